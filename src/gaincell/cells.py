@@ -1,0 +1,147 @@
+"""Gain-cell models: the charge a cell gives for a read pulse x on a stored offset voltage y~.
+
+Every model here has the separable form  charge(x, y~) = x · g(y~)  (the pulse width multiplies
+the cell current), and leakage scales the stored offset voltage, y~ → λ^age · y~ (SPEC §3.4). We
+keep g as a polynomial g(y) = Σ_i β_i y^i because then the leaked score is a sum of ordinary
+matmuls, Σ_i β_i λ^(i·age) (Q · (k~^i)ᵀ), and never needs a (T, M, D) tensor:
+
+- ``linear``: β = (0, α), α = 19.3 (SPEC §3.3);
+- ``polynomial``: the paper's fit, β_i = Σ_j c_ij V_in^j with V_in = 0.9 V (SPEC §3.4);
+- ``cubic``, ``quintic``: y³, y⁵ scaled so g(±0.45) = ±0.45·α, as the paper's alternatives;
+- ``sigmoid``, ``exp``: sigmoid(10y), exp(3y) affinely rescaled the same way; not polynomials, so
+  represented by their least-squares polynomial of degree ``fit_degree`` on [−0.45, 0.45]
+  (``fit_error`` records the worst deviation; ``exact`` keeps the true curve for reference).
+
+New models plug in with :func:`register_cell`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from gaincell.errors import GainCellError
+
+#: Offset-voltage range of a stored value: y~ = y − 0.45 with y in [0, 0.9] V (SPEC §3.2).
+OFFSET_RANGE = 0.45
+
+
+@dataclass(frozen=True)
+class CellModel:
+    """g(y~) = Σ_i coefficients[i] · y~^i; ``alpha`` is the slope of the linear surrogate gradient."""
+
+    name: str
+    coefficients: tuple[float, ...]
+    alpha: float
+    exact: Callable[[torch.Tensor], torch.Tensor] | None = None
+    fit_error: float = 0.0
+
+    @property
+    def degree(self) -> int:
+        return len(self.coefficients) - 1
+
+    @property
+    def is_linear(self) -> bool:
+        """True when g is α·y, so the surrogate gradient *is* the exact gradient."""
+        return self.degree == 1 and self.coefficients[0] == 0.0 and self.coefficients[1] == self.alpha
+
+    def g(self, y: torch.Tensor) -> torch.Tensor:
+        """The polynomial the simulator uses (Horner's rule)."""
+        out = torch.full_like(y, self.coefficients[-1])
+        for c in reversed(self.coefficients[:-1]):
+            out = out * y + c
+        return out
+
+    def true_g(self, y: torch.Tensor) -> torch.Tensor:
+        """The model's defining curve (equal to :meth:`g` for polynomial cells)."""
+        return self.exact(y) if self.exact is not None else self.g(y)
+
+    def charge(self, pulse: torch.Tensor, stored_offset: torch.Tensor) -> torch.Tensor:
+        """Charge of one cell: pulse width × g(offset voltage)."""
+        return pulse * self.g(stored_offset)
+
+
+_REGISTRY: dict[str, Callable[[Any], CellModel]] = {}
+
+
+def register_cell(kind: str, factory: Callable[[Any], CellModel]) -> None:
+    """Make ``CellConfig(kind=...)`` build ``factory(cell_config)``."""
+    if not kind or not isinstance(kind, str):
+        raise GainCellError(f"cell kind must be a non-empty string, got {kind!r}")
+    _REGISTRY[kind] = factory
+
+
+def registered_cells() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def build_cell(cell_config: Any) -> CellModel:
+    """The :class:`CellModel` described by a :class:`gaincell.config.CellConfig`."""
+    try:
+        factory = _REGISTRY[cell_config.kind]
+    except KeyError:
+        raise GainCellError(
+            f"cell.kind must be one of {', '.join(_REGISTRY)}, got {cell_config.kind!r}"
+        ) from None
+    return factory(cell_config)
+
+
+def _linear(cfg: Any) -> CellModel:
+    return CellModel("linear", (0.0, float(cfg.alpha)), float(cfg.alpha))
+
+
+def _paper_polynomial(cfg: Any) -> CellModel:
+    """β_i = Σ_j c_ij · V_in^j: the read voltage folds into one coefficient per power of y~."""
+    degree = max(int(i) for i, _, _ in cfg.coefficients)
+    betas = [0.0] * (degree + 1)
+    for i, j, c in cfg.coefficients:
+        betas[int(i)] += float(c) * float(cfg.read_voltage) ** int(j)
+    return CellModel("polynomial", tuple(betas), float(cfg.alpha))
+
+
+def _power(power: int) -> Callable[[Any], CellModel]:
+    def factory(cfg: Any) -> CellModel:
+        scale = float(cfg.alpha) / OFFSET_RANGE ** (power - 1)
+        betas = [0.0] * power + [scale]
+        return CellModel({3: "cubic", 5: "quintic"}[power], tuple(betas), float(cfg.alpha))
+
+    return factory
+
+
+def _fitted(name: str, curve: Callable[[np.ndarray], np.ndarray], torch_curve) -> Callable[[Any], CellModel]:
+    """A non-polynomial cell, affinely rescaled to ±0.45·α at y~ = ±0.45, then fitted by a polynomial."""
+
+    def factory(cfg: Any) -> CellModel:
+        h, alpha = OFFSET_RANGE, float(cfg.alpha)
+        lo, hi = float(curve(np.array(-h))), float(curve(np.array(h)))
+        gain = 2 * alpha * h / (hi - lo)
+        shift = -gain * (hi + lo) / 2
+
+        def rescaled(y):
+            return gain * curve(y) + shift
+
+        nodes = h * np.cos(np.linspace(0.0, math.pi, 4001))
+        fit = np.polynomial.Polynomial.fit(nodes, rescaled(nodes), int(cfg.fit_degree)).convert()
+        fit_error = float(np.abs(fit(nodes) - rescaled(nodes)).max())
+        return CellModel(
+            name,
+            tuple(float(c) for c in fit.coef),
+            alpha,
+            exact=lambda y: gain * torch_curve(y) + shift,
+            fit_error=fit_error,
+        )
+
+    return factory
+
+
+register_cell("linear", _linear)
+register_cell("polynomial", _paper_polynomial)
+register_cell("cubic", _power(3))
+register_cell("quintic", _power(5))
+register_cell("sigmoid", _fitted("sigmoid", lambda y: 1 / (1 + np.exp(-10 * y)), lambda y: torch.sigmoid(10 * y)))
+register_cell("exp", _fitted("exp", lambda y: np.exp(3 * y), lambda y: torch.exp(3 * y)))

@@ -1,0 +1,276 @@
+"""What the chip is: window, sub-tiles, cell model, periphery, leakage, noise (SPEC §3).
+
+One frozen dataclass tree, validated when it is built, so a bad value fails at the line that made
+it with a message naming the field. Presets name the models of SPEC §3:
+
+- ``softmax``: the software sliding-window baseline (§3.1);
+- ``linear``: the linear intermediate hardware model (§3.3);
+- ``paper``: the nonlinear gain-cell model the paper adapts GPT-2 to (§3.4);
+- ``ideal``: the paper's cell with no quantisation, no leakage and no noise, for debugging and for
+  comparing with the authors' golden single-array outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from gaincell.errors import GainCellError
+
+ATTENTION_KINDS = ("softmax", "gaincell")
+GRADIENT_MODES = ("surrogate", "exact")
+
+#: The paper's fitted charge polynomial f(x, y~) = sum_ij c_ij 0.9^j x y~^i, keyed (i, j) (SPEC §3.4).
+PAPER_COEFFICIENTS: tuple[tuple[int, int, float], ...] = (
+    (0, 0, 0.17393044),
+    (0, 1, 0.15653739),
+    (0, 2, 0.14088365),
+    (0, 3, 0.12679529),
+    (1, 0, 5.51975209),
+    (1, 1, 4.96777688),
+    (1, 2, 4.4709992),
+    (2, 0, -1.44776001),
+    (2, 1, -1.30298401),
+    (3, 0, 46.05483778),
+)
+
+
+def _fail(name: str, expected: str, value: Any) -> None:
+    raise GainCellError(f"{name} must be {expected}, got {value!r}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        _fail(name, "a finite number > 0", value)
+
+
+def _check_non_negative(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        _fail(name, "a finite number >= 0", value)
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        _fail(name, f"an integer >= {minimum}", value)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(name, f"one of {', '.join(choices)}", value)
+
+
+@dataclass(frozen=True)
+class QuantizerConfig:
+    """A clamp to [low, high] followed by an optional uniform quantiser of ``levels`` levels.
+
+    Levels lie at low + k·step, step = (high − low)/(levels − 1); for low = 0 this is SPEC's
+    x_q = step · round(x / step). ``levels=None`` keeps the clamp and skips the rounding.
+    """
+
+    low: float
+    high: float
+    levels: int | None
+
+    def validate(self, name: str) -> None:
+        for bound in ("low", "high"):
+            value = getattr(self, bound)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                _fail(f"{name}.{bound}", "a finite number", value)
+        if self.low >= self.high:
+            _fail(f"{name}.low/high", "an increasing range (low < high)", f"[{self.low}, {self.high}]")
+        if self.levels is not None:
+            _check_int(f"{name}.levels", self.levels, 2)
+
+    @property
+    def step(self) -> float | None:
+        return None if self.levels is None else (self.high - self.low) / (self.levels - 1)
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """The gain cell's charge for a read pulse of width x on a stored offset voltage y~.
+
+    ``linear``: alpha · x · y~ (SPEC §3.3). ``polynomial``: the paper's fitted total-degree-3
+    polynomial with read voltage ``read_voltage`` (§3.4). ``cubic``/``quintic``/``sigmoid``/``exp``:
+    the alternative nonlinearities of §3.4, rescaled to alpha's range (see :mod:`gaincell.cells`).
+    """
+
+    kind: str = "polynomial"
+    alpha: float = 19.3
+    read_voltage: float = 0.9
+    coefficients: tuple[tuple[int, int, float], ...] = PAPER_COEFFICIENTS
+    fit_degree: int = 15
+
+    def validate(self) -> None:
+        from gaincell.cells import registered_cells  # validation only; cells never imports config
+
+        _check_choice("cell.kind", self.kind, registered_cells())
+        _check_positive("cell.alpha", self.alpha)
+        _check_positive("cell.read_voltage", self.read_voltage)
+        _check_int("cell.fit_degree", self.fit_degree, 1)
+        for entry in self.coefficients:
+            if len(entry) != 3 or not all(isinstance(x, (int, float)) for x in entry):
+                _fail("cell.coefficients", "a list of (i, j, c_ij) triples", entry)
+            i, j, _ = entry
+            if int(i) != i or int(j) != j or i < 0 or j < 0:
+                _fail("cell.coefficients", "non-negative integer powers (i, j)", entry)
+
+
+@dataclass(frozen=True)
+class PeripheryConfig:
+    """Everything around the arrays: DAC/ADC ranges and levels, charge-to-pulse, read-out (SPEC §3.2–3.3)."""
+
+    q: QuantizerConfig = QuantizerConfig(0.0, 1.0, 16)
+    kv: QuantizerConfig = QuantizerConfig(0.0, 0.9, 8)
+    adc: QuantizerConfig = QuantizerConfig(-1.0, 1.0, 32)
+    offset: float = 0.45
+    s_sat: float = 80.0
+    readout_gain: float = 1.0 / 40.0
+
+    def validate(self) -> None:
+        self.q.validate("periphery.q")
+        self.kv.validate("periphery.kv")
+        self.adc.validate("periphery.adc")
+        if not isinstance(self.offset, (int, float)) or not math.isfinite(self.offset):
+            _fail("periphery.offset", "a finite number", self.offset)
+        _check_positive("periphery.s_sat", self.s_sat)
+        _check_positive("periphery.readout_gain", self.readout_gain)
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Non-idealities beyond the paper's main model (SPEC §3.5); both off by default.
+
+    ``read_noise``: std of additive Gaussian noise on the first product S and on each sub-tile's
+    read-out before its ADC, as a fraction of full scale (S_sat, resp. the ADC's upper bound); the
+    full-scale SNR is 1/read_noise. Fresh noise each call, reproducible from torch's seed.
+    ``variability``: relative std of each cell's gain, sampled once per simulated chip from ``seed``.
+    """
+
+    read_noise: float = 0.0
+    variability: float = 0.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check_non_negative("noise.read_noise", self.read_noise)
+        _check_non_negative("noise.variability", self.variability)
+        _check_int("noise.seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
+class GainCellConfig:
+    """The whole attention model of SPEC §3 for one layer type.
+
+    ``leakage`` is ε per token step (retained fraction λ^age with λ = exp(−ε)); ``block_size`` only
+    sets how many queries the banded kernel processes at once (speed/memory, not results).
+    """
+
+    attention: str = "gaincell"
+    window: int = 1024
+    subtile_rows: int = 64
+    cell: CellConfig = field(default_factory=CellConfig)
+    periphery: PeripheryConfig = field(default_factory=PeripheryConfig)
+    leakage: float = 1.6e-4
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    gradient: str = "surrogate"
+    block_size: int = 128
+
+    def __post_init__(self) -> None:
+        _check_choice("attention", self.attention, ATTENTION_KINDS)
+        _check_int("window", self.window, 1)
+        _check_int("subtile_rows", self.subtile_rows, 1)
+        _check_non_negative("leakage", self.leakage)
+        _check_choice("gradient", self.gradient, GRADIENT_MODES)
+        _check_int("block_size", self.block_size, 1)
+        for name, expected in (("cell", CellConfig), ("periphery", PeripheryConfig), ("noise", NoiseConfig)):
+            if not isinstance(getattr(self, name), expected):
+                _fail(name, f"a {expected.__name__}", getattr(self, name))
+        self.cell.validate()
+        self.periphery.validate()
+        self.noise.validate()
+
+    @property
+    def n_subtiles(self) -> int:
+        """Sub-tiles per array: a window of M stored tokens uses ceil(M / R) of them (SPEC §1)."""
+        return -(-self.window // self.subtile_rows)
+
+    def replace(self, **changes: Any) -> GainCellConfig:
+        """A copy with top-level fields changed (``config.replace(leakage=0.0)``)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GainCellConfig:
+        """Rebuild a config from :meth:`to_dict` output; unknown keys are errors, not ignored."""
+        if not isinstance(data, dict):
+            _fail("config", "a JSON object", type(data).__name__)
+        data = dict(data)
+        _reject_unknown("config", data, cls)
+        if "cell" in data:
+            cell = dict(data["cell"])
+            _reject_unknown("cell", cell, CellConfig)
+            if "coefficients" in cell:
+                cell["coefficients"] = tuple(tuple(entry) for entry in cell["coefficients"])
+            data["cell"] = CellConfig(**cell)
+        if "periphery" in data:
+            periphery = dict(data["periphery"])
+            _reject_unknown("periphery", periphery, PeripheryConfig)
+            for name in ("q", "kv", "adc"):
+                if name in periphery:
+                    _reject_unknown(f"periphery.{name}", periphery[name], QuantizerConfig)
+                    periphery[name] = QuantizerConfig(**periphery[name])
+            data["periphery"] = PeripheryConfig(**periphery)
+        if "noise" in data:
+            _reject_unknown("noise", data["noise"], NoiseConfig)
+            data["noise"] = NoiseConfig(**data["noise"])
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> GainCellConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise GainCellError(f"gain-cell config is not valid JSON: {error}") from None
+        return cls.from_dict(data)
+
+
+def _reject_unknown(name: str, data: dict, cls: type) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        _fail(name, f"an object with keys among {sorted(known)}", f"unknown key(s) {unknown}")
+
+
+def _no_quantisation(periphery: PeripheryConfig) -> PeripheryConfig:
+    return dataclasses.replace(
+        periphery,
+        q=dataclasses.replace(periphery.q, levels=None),
+        kv=dataclasses.replace(periphery.kv, levels=None),
+        adc=dataclasses.replace(periphery.adc, levels=None),
+    )
+
+
+PRESETS = ("softmax", "linear", "paper", "ideal")
+
+
+def preset(name: str, **changes: Any) -> GainCellConfig:
+    """A named configuration of SPEC §3, with optional top-level overrides (``window=64``)."""
+    if name == "softmax":
+        config = GainCellConfig(attention="softmax", leakage=0.0)
+    elif name == "linear":
+        config = GainCellConfig(cell=CellConfig(kind="linear"))
+    elif name == "paper":
+        config = GainCellConfig()
+    elif name == "ideal":
+        config = GainCellConfig(periphery=_no_quantisation(PeripheryConfig()), leakage=0.0)
+    else:
+        raise GainCellError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    return config.replace(**changes) if changes else config
