@@ -1,0 +1,402 @@
+"""GPU side of the comparison: a memory-roofline model of decode attention, and a local measurement.
+
+SPEC-hardware §6.2/§6.3.2. In autoregressive decoding every step must stream the whole KV cache from
+DRAM (SPEC §1), so a step of one attention layer costs
+
+    latency = max(bytes moved / DRAM bandwidth, FLOPs / peak FLOP rate)
+    energy  = latency x (TDP - idle power)     the board held at its power limit, above idle, which is
+                                               what the §6.2 protocol measures: (power - idle) x time
+    DRAM floor = bytes moved x DRAM energy per bit   (reported beside it: the memory's share alone)
+
+How many bytes a step moves depends on the kernel, so the kernel is an explicit choice:
+
+- ``eager`` (baseline ``paper``): what the authors timed (their script tests_divers/test_speed_energy.py:
+  fp32 ``torch.rand`` data, two ``torch.matmul`` calls without softmax on a cache laid out
+  (batch, tokens, heads, D)). ``matmul`` cannot fold that strided layout into a batched GEMM without a
+  contiguous copy, so K and V each cross DRAM three times per step (read, write the copy, read it).
+- ``fused`` (baseline ``fused``): one pass over a head-major cache, as ``scaled_dot_product_attention``
+  / flash-decoding does; by default in fp16. The honest "optimised GPU" baseline.
+
+:func:`measure` runs the §6.2 protocol on the user's machine: a KV cache of the configured size, decode
+steps that write the new token into its slot (circular, as the chip does) and attend over the window,
+warm-up, repetitions and the median; energy from NVML (CUDA) or RAPL (CPU) minus idle power.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from gaincell.errors import GainCellError
+from gaincell.hardware.constants import GpuDevice, load_gpus
+
+DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
+KV_PASSES: dict[str, int] = {"eager": 3, "fused": 1}  # DRAM passes over K and V per step (see above)
+BASELINES: dict[str, tuple[str, str]] = {"paper": ("eager", "fp32"), "fused": ("fused", "fp16")}
+_ALIASES = {"4090": "rtx4090", "rtx-4090": "rtx4090", "jetson": "jetson-nano", "nano": "jetson-nano"}
+
+
+@dataclass(frozen=True)
+class DecodeWorkload:
+    """One attention layer's decode step on a GPU: B sequences, H heads, head size D, M cached tokens."""
+
+    batch: int
+    heads: int
+    head_dim: int
+    window: int
+    dtype: str = "fp32"
+    kernel: str = "eager"
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "heads", "head_dim", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                flag = "--" + name.replace("_", "-")
+                raise GainCellError(f"{name} ({flag}) must be an integer >= 1, got {value!r}")
+        if self.dtype not in DTYPE_BYTES:
+            raise GainCellError(f"--dtype must be one of {sorted(DTYPE_BYTES)}, got {self.dtype!r}")
+        if self.kernel not in KV_PASSES:
+            raise GainCellError(f"kernel must be one of {sorted(KV_PASSES)}, got {self.kernel!r}")
+
+    @property
+    def kv_bytes(self) -> int:
+        """One read of the cached K and V: 2 x B x H x M x D elements."""
+        return 2 * self.batch * self.heads * self.window * self.head_dim * DTYPE_BYTES[self.dtype]
+
+    @property
+    def bytes_per_step(self) -> int:
+        """DRAM traffic of one step: KV passes + the new k, v written + q read and output written.
+
+        ``eager`` also writes and reads back the score tensor (B x H x M) between its two matmuls.
+        """
+        element = DTYPE_BYTES[self.dtype]
+        small = 4 * self.batch * self.heads * self.head_dim * element  # new k, v; q; output
+        scores = 2 * self.batch * self.heads * self.window * element if self.kernel == "eager" else 0
+        return KV_PASSES[self.kernel] * self.kv_bytes + small + scores
+
+    @property
+    def flops_per_step(self) -> int:
+        """Two products of a 1 x D query against M x D keys and values: 4 x B x H x M x D."""
+        return 4 * self.batch * self.heads * self.window * self.head_dim
+
+
+@dataclass(frozen=True)
+class GpuEstimate:
+    """Roofline latency (s) and energy (J) of one decode step on a named GPU."""
+
+    device: GpuDevice
+    workload: DecodeWorkload
+    latency_step: float
+    energy_step: float
+    dram_energy_step: float
+    bound: str  # "memory" or "compute"
+
+    @property
+    def latency_per_sequence_token(self) -> float:
+        return self.latency_step / self.workload.batch
+
+    @property
+    def energy_per_sequence_token(self) -> float:
+        return self.energy_step / self.workload.batch
+
+
+def peak_flops(device: GpuDevice, dtype: str) -> float:
+    """Dense peak for the dtype: FP32 non-tensor for fp32, FP16 tensor for fp16/bf16."""
+    return device.peak_fp32 if dtype == "fp32" else device.peak_fp16
+
+
+def roofline_time(device: GpuDevice, bytes_moved: float, flops: float, dtype: str) -> tuple[float, str]:
+    """max(bytes / bandwidth, FLOPs / peak) and which bound it is (SPEC-hardware §6.3.2)."""
+    memory_time = bytes_moved / device.bandwidth
+    compute_time = flops / peak_flops(device, dtype)
+    return (memory_time, "memory") if memory_time >= compute_time else (compute_time, "compute")
+
+
+def board_energy(device: GpuDevice, seconds: float) -> float:
+    """Energy above idle while busy: time x (TDP - idle), the quantity the §6.2 protocol measures."""
+    return seconds * max(device.tdp - device.idle_power, 0.0)
+
+
+def roofline(device: GpuDevice, workload: DecodeWorkload) -> GpuEstimate:
+    """Memory-roofline estimate of one decode step of one attention layer (SPEC-hardware §6.3.2)."""
+    latency, bound = roofline_time(device, workload.bytes_per_step, workload.flops_per_step, workload.dtype)
+    dram = workload.bytes_per_step * 8 * device.dram_energy_per_bit
+    return GpuEstimate(device, workload, latency, board_energy(device, latency), dram, bound)
+
+
+def resolve_gpus(names: Iterable[str] | None) -> list[GpuDevice]:
+    """``--gpu`` values (repeatable, comma lists, a few aliases) to devices; ``None`` means all."""
+    devices = load_gpus()
+    if not names:
+        return list(devices.values())
+    chosen: list[GpuDevice] = []
+    for item in names:
+        for raw in item.split(","):
+            key = raw.strip().lower().replace("_", "-").replace(" ", "-")
+            if not key:
+                continue
+            key = _ALIASES.get(key, key)
+            if key not in devices:
+                raise GainCellError(f"--gpu: unknown device {raw.strip()!r}; choose from {sorted(devices)}")
+            if devices[key] not in chosen:
+                chosen.append(devices[key])
+    if not chosen:
+        raise GainCellError(f"--gpu: no device named; choose from {sorted(devices)}")
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------------
+# Local measurement (SPEC-hardware §6.2 protocol on the user's machine)
+
+
+class EnergyMeter(Protocol):
+    """A cumulative energy counter in joules (NVML board energy, RAPL package energy)."""
+
+    name: str
+
+    def read_joules(self) -> float: ...
+
+
+class RaplMeter:
+    """CPU package energy from Linux powercap (``/sys/class/powercap/intel-rapl:N/energy_uj``)."""
+
+    name = "RAPL package energy (powercap)"
+
+    def __init__(self, domains: list[Path]):
+        self._domains = domains
+        self._ranges = [int((d / "max_energy_range_uj").read_text()) for d in domains]
+        self._last = [self._raw(d) for d in domains]
+        self._total_uj = 0
+
+    @staticmethod
+    def _raw(domain: Path) -> int:
+        return int((domain / "energy_uj").read_text())
+
+    def read_joules(self) -> float:
+        for i, domain in enumerate(self._domains):
+            now = self._raw(domain)
+            delta = now - self._last[i]
+            self._total_uj += delta if delta >= 0 else delta + self._ranges[i]  # counter wrapped
+            self._last[i] = now
+        return self._total_uj * 1e-6
+
+    @classmethod
+    def open(cls, root: Path = Path("/sys/class/powercap")) -> tuple[RaplMeter | None, str]:
+        """The package domains (``intel-rapl:N``) if readable, else ``None`` and the reason."""
+        domains = sorted(p for p in root.glob("intel-rapl:*") if p.name.count(":") == 1)
+        if not domains:
+            return None, f"no RAPL package domain under {root}"
+        try:
+            return cls(domains), ""
+        except (OSError, ValueError) as error:
+            return None, f"RAPL not readable ({error})"
+
+
+class NvmlMeter:
+    """Board energy of a CUDA device from NVML's total-energy counter (Volta and later)."""
+
+    name = "NVML total energy counter"
+
+    def __init__(self, index: int):
+        import pynvml
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self.read_joules()  # fails here if the counter is unsupported
+
+    def read_joules(self) -> float:
+        return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) * 1e-3
+
+    @classmethod
+    def open(cls, index: int) -> tuple[NvmlMeter | None, str]:
+        try:
+            import pynvml  # noqa: F401
+        except ImportError:
+            return None, "pynvml is not installed (pip install nvidia-ml-py)"
+        try:
+            return cls(index), ""
+        except Exception as error:  # NVMLError subclasses are generated at run time
+            return None, f"NVML energy counter unavailable ({error})"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The §6.2 protocol's result on this machine: latency per step (median) and energy above idle."""
+
+    device: str
+    workload: DecodeWorkload
+    steps: int
+    repetitions: int
+    warmup: int
+    latency_step: float  # median over repetitions of the mean step time
+    latency_step_min: float
+    latency_step_max: float
+    energy_step: float | None  # (energy - idle power x time) per step; None when no meter
+    idle_power: float | None
+    energy_method: str
+
+    @property
+    def latency_per_sequence_token(self) -> float:
+        return self.latency_step / self.workload.batch
+
+    @property
+    def energy_per_sequence_token(self) -> float | None:
+        return None if self.energy_step is None else self.energy_step / self.workload.batch
+
+
+def _decode_step(workload: DecodeWorkload, device: str) -> Callable[[int], object]:
+    """Build a KV cache of the workload's size and return ``step(t)``: write slot t mod M, attend.
+
+    ``fused``: head-major cache (B, H, M, D) and ``scaled_dot_product_attention``. ``eager``: the
+    authors' layout (B, M, H, D) and two ``matmul`` calls without softmax, as in their script.
+    """
+    import torch
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[workload.dtype]
+    b, h, m, d = workload.batch, workload.heads, workload.window, workload.head_dim
+    generator = torch.Generator(device="cpu").manual_seed(0)
+
+    def random(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator).to(device=device, dtype=dtype)
+
+    query, new_k, new_v = random(b, h, 1, d), random(b, h, d), random(b, h, d)
+    if workload.kernel == "fused":
+        k_cache, v_cache = random(b, h, m, d), random(b, h, m, d)
+
+        def step(t: int) -> torch.Tensor:
+            slot = t % m
+            k_cache[:, :, slot] = new_k
+            v_cache[:, :, slot] = new_v
+            return torch.nn.functional.scaled_dot_product_attention(query, k_cache, v_cache)
+
+    else:
+        k_cache, v_cache = random(b, m, h, d), random(b, m, h, d)
+
+        def step(t: int) -> torch.Tensor:
+            slot = t % m
+            k_cache[:, slot] = new_k
+            v_cache[:, slot] = new_v
+            scores = torch.matmul(query, k_cache.transpose(1, 2).transpose(-1, -2))
+            return torch.matmul(scores, v_cache.transpose(1, 2))
+
+    return step
+
+
+def measure(
+    workload: DecodeWorkload,
+    device: str = "cpu",
+    steps: int = 20,
+    repetitions: int = 5,
+    warmup: int = 5,
+    idle_seconds: float = 0.5,
+    meter: EnergyMeter | None = None,
+    threads: int | None = None,
+) -> Measurement:
+    """Run the SPEC-hardware §6.2 protocol here: warm-up, timed repetitions, median, idle subtraction.
+
+    Each repetition times ``steps`` consecutive decode steps (synchronising CUDA before and after);
+    the step latency is the median over repetitions of the mean step time. Energy: the meter's reading
+    over all timed repetitions minus idle power (measured over ``idle_seconds`` of sleep beforehand)
+    times the elapsed time, per step. With no meter (CPU without RAPL, CUDA without pynvml) energy is
+    ``None`` and ``energy_method`` says why. ``threads`` sets torch's CPU threads for the run only
+    (on a loaded machine fewer threads than cores avoids oversubscription).
+    """
+    import torch
+
+    checks = (("--measure-steps", steps, 1), ("--measure-repeats", repetitions, 1))
+    for name, value, low in (*checks, ("--measure-warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise GainCellError(f"{name} must be an integer >= {low}, got {value!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise GainCellError(f"--measure-threads must be an integer >= 1, got {threads!r}")
+    if device not in ("cpu", "cuda"):
+        raise GainCellError(f"--measure-device must be 'cpu' or 'cuda', got {device!r}")
+    reason = ""
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise GainCellError("--measure-device cuda: no CUDA device is available here; use cpu")
+        label = torch.cuda.get_device_name(0)
+        if meter is None:
+            meter, reason = NvmlMeter.open(torch.cuda.current_device())
+    else:
+        used = threads or torch.get_num_threads()
+        label = f"cpu ({platform.machine()}, {used} threads, {os.cpu_count()} cores)"
+        if meter is None:
+            meter, reason = RaplMeter.open()
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        per_step, idle_power, energy_step = _timed_run(
+            workload, device, steps, repetitions, warmup, idle_seconds, meter, sync
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+    method = f"{meter.name} minus idle power" if meter is not None else f"unavailable: {reason}"
+    return Measurement(
+        label,
+        workload,
+        steps,
+        repetitions,
+        warmup,
+        statistics.median(per_step),
+        min(per_step),
+        max(per_step),
+        energy_step,
+        idle_power,
+        method,
+    )
+
+
+def _timed_run(
+    workload: DecodeWorkload,
+    device: str,
+    steps: int,
+    repetitions: int,
+    warmup: int,
+    idle_seconds: float,
+    meter: EnergyMeter | None,
+    sync: Callable[[], None],
+) -> tuple[list[float], float | None, float | None]:
+    """Warm-up, idle power, timed repetitions: (per-step times, idle power, energy per step)."""
+    import torch
+
+    step = _decode_step(workload, device)
+    with torch.inference_mode():
+        for t in range(warmup):
+            step(t)
+        sync()
+        idle_power = None
+        if meter is not None:
+            start = meter.read_joules()
+            time.sleep(idle_seconds)
+            idle_power = (meter.read_joules() - start) / idle_seconds
+        per_step = []
+        energy_start, clock_start = (meter.read_joules() if meter else 0.0), time.perf_counter()
+        t = warmup
+        for _ in range(repetitions):
+            sync()
+            begin = time.perf_counter()
+            for _ in range(steps):
+                step(t)
+                t += 1
+            sync()
+            per_step.append((time.perf_counter() - begin) / steps)
+        elapsed = time.perf_counter() - clock_start
+        energy_step = None
+        if meter is not None and idle_power is not None:
+            active = meter.read_joules() - energy_start - idle_power * elapsed
+            energy_step = active / (steps * repetitions)
+    return per_step, idle_power, energy_step

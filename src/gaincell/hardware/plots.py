@@ -1,0 +1,130 @@
+"""PNG plots of the cost model (SPEC-hardware §6.3.5): scaling with the window M, breakdown, area.
+
+- ``energy_vs_window.png`` / ``latency_vs_window.png``: per token and attention layer, log axes; gain
+  cells against each GPU's roofline, per sequence-token (solid) and per batch step (dashed);
+- ``energy_breakdown.png``: the per-head components of SPEC-hardware §6.1, model against paper, and
+  how the four groups grow with M;
+- ``area_vs_window.png``: area of one layer's arrays and periphery against M, by component.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from gaincell.atomic import atomic_file
+from gaincell.hardware.constants import load_reference
+from gaincell.hardware.gaincell_model import GainCellEstimate, estimate
+from gaincell.hardware.gpu import roofline
+from gaincell.hardware.report import Resolved
+
+
+def sweep_windows(window: int, subtile_rows: int) -> list[int]:
+    """Windows from one sub-tile to 16k tokens (powers of two), plus the chosen one."""
+    windows = {subtile_rows * 2**k for k in range(12) if subtile_rows * 2**k <= max(16384, window)}
+    return sorted(windows | {window})
+
+
+def _save(figure, directory: Path, name: str) -> Path:
+    path = directory / name
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def write_plots(resolved: Resolved, directory: str | os.PathLike) -> list[Path]:
+    """Write the four plots into ``directory`` (created if missing); returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shape, tech = resolved.shape, resolved.tech
+    windows = sweep_windows(shape.window, shape.subtile_rows)
+    chips: list[GainCellEstimate] = [estimate(replace(shape, window=m), tech) for m in windows]
+    gpus = {d.key: [roofline(d, resolved.workload(m)) for m in windows] for d in resolved.devices}
+    title = f"H={shape.heads}, D={shape.head_dim}, R={shape.subtile_rows}, GPU batch {resolved.batch}"
+    written = []
+
+    for quantity, unit, chip_value, gpu_value in (
+        ("energy", "J", lambda c: c.energy_per_layer, lambda g: g.energy_step),
+        ("latency", "s", lambda c: c.latency_per_layer, lambda g: g.latency_step),
+    ):
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        axes.plot(windows, [chip_value(c) for c in chips], "k-o", label=f"gain cells ({tech.name})")
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (key, estimates) in enumerate(gpus.items()):
+            colour = colours[i % len(colours)]
+            steps = [gpu_value(g) for g in estimates]
+            axes.plot(
+                windows, [v / resolved.batch for v in steps], "-", color=colour, label=f"{key} per seq-token"
+            )
+            axes.plot(windows, steps, "--", color=colour, label=f"{key} per batch step")
+        axes.axvline(shape.window, color="grey", lw=0.8, ls=":")
+        axes.set(
+            xscale="log",
+            yscale="log",
+            xlabel="window M (tokens)",
+            ylabel=f"{quantity} per token and layer ({unit})",
+        )
+        axes.set_title(
+            f"{quantity.capitalize()} of one attention layer per token; GPUs: roofline, "
+            f"{resolved.kernel} {resolved.dtype}\n{title}",
+            fontsize=9,
+        )
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=7, ncol=2)
+        written.append(_save(figure, directory, f"{quantity}_vs_window.png"))
+        plt.close(figure)
+
+    chip = estimate(shape, tech)
+    reference = load_reference().gain_cell
+    paper = [reference.first_product, reference.second_product, reference.digital, reference.dac]
+    groups = list(chip.energy_breakdown)
+    labels = [g.replace("_and_", " +\n").replace("_", " ") for g in groups]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    positions = range(len(groups))
+    left.bar(
+        [p - 0.2 for p in positions], [chip.energy_breakdown[g] * 1e12 for g in groups], 0.4, label="model"
+    )
+    left.bar([p + 0.2 for p in positions], [v * 1e12 for v in paper], 0.4, label="paper §6.1 (M=1024)")
+    left.set_xticks(list(positions), labels, fontsize=7)
+    left.set(ylabel="energy per head and token (pJ)", title=f"Breakdown at M={shape.window}")
+    left.legend(fontsize=8)
+    bottom = [0.0] * len(windows)
+    for group, label in zip(groups, labels, strict=True):
+        values = [c.energy_breakdown[group] * 1e12 for c in chips]
+        right.fill_between(
+            windows,
+            bottom,
+            [b + v for b, v in zip(bottom, values, strict=True)],
+            label=label.replace("\n", " "),
+        )
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    right.set(
+        xscale="log",
+        xlabel="window M (tokens)",
+        ylabel="energy per head and token (pJ)",
+        title="Components against the window",
+    )
+    right.legend(fontsize=7, loc="upper left")
+    figure.suptitle(f"Gain-cell energy breakdown ({tech.name}); {title}", fontsize=9)
+    written.append(_save(figure, directory, "energy_breakdown.png"))
+    plt.close(figure)
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for component in chip.area_components:
+        values = [c.area_components[component] * c.shape.heads * 1e6 for c in chips]
+        axes.plot(windows, values, "-", label=component.replace("_", " "))
+    axes.plot(windows, [c.area_per_layer * 1e6 for c in chips], "k-o", label="total")
+    axes.axvline(shape.window, color="grey", lw=0.8, ls=":")
+    axes.set(xscale="log", yscale="log", xlabel="window M (tokens)", ylabel="area per layer (mm²)")
+    axes.set_title(f"Gain-cell area of one attention layer ({tech.name}); {title}", fontsize=9)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7)
+    written.append(_save(figure, directory, "area_vs_window.png"))
+    plt.close(figure)
+    return written

@@ -1,0 +1,564 @@
+"""Assemble the ``gaincell hw`` report: one JSON-able dict, and its rendering as terminal tables.
+
+Every number in the report comes from a constant of ``presets/`` (listed with its source under
+``sources``) or a formula of :mod:`~gaincell.hardware.gaincell_model`, :mod:`~gaincell.hardware.gpu`
+or :mod:`~gaincell.hardware.compare`, whose docstrings cite SPEC-hardware. Units are SI and named in
+each key (``_j``, ``_s``, ``_m2``, ``_w``). :func:`summary_lines` is the short form for other reports
+(``gaincell demo``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from gaincell.errors import GainCellError
+from gaincell.hardware.compare import RetentionCheck, ratios, retention_check, whole_model
+from gaincell.hardware.constants import (
+    ConstantRecord,
+    GpuDevice,
+    Technology,
+    load_gpus,
+    load_reference,
+    load_technology,
+)
+from gaincell.hardware.gaincell_model import AttentionShape, GainCellEstimate, estimate
+from gaincell.hardware.gpu import BASELINES, DecodeWorkload, measure, resolve_gpus, roofline
+from gaincell.hardware.models import DECODERS, DecoderShape, decoder
+
+NORMALISATION_NOTES = {
+    "per_batch_step": "one GPU decode step (batch of B sequences, one token each) vs one gain-cell token",
+    "per_sequence_token": "GPU step / B vs one gain-cell token: equal work; the paper's ratios use this",
+}
+
+
+@dataclass(frozen=True)
+class HardwareQuery:
+    """What ``gaincell hw`` was asked: the workload, the technology, the GPUs and the extras."""
+
+    model: str = "gpt2"
+    heads: int | None = None  # None: the model's
+    head_dim: int | None = None
+    layers: int | None = None
+    window: int = 1024
+    subtile_rows: int = 64
+    tech: str = "paper"
+    gpus: tuple[str, ...] | None = None  # None: all
+    batch: int = 64
+    baseline: str = "paper"
+    dtype: str | None = None  # None: the baseline's
+    token_rate: float | None = None  # Hz; None: the chip's own pace
+    measure: bool = False
+    measure_device: str = "cpu"
+    measure_steps: int = 20
+    measure_repeats: int = 5
+    measure_warmup: int = 5
+    measure_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A query checked and turned into model objects (shared by the report and the plots)."""
+
+    model: DecoderShape  # the named decoder, with --heads/--head-dim/--layers applied
+    customised: bool
+    shape: AttentionShape
+    tech: Technology
+    devices: tuple[GpuDevice, ...]
+    batch: int
+    kernel: str
+    dtype: str
+
+    def workload(self, window: int | None = None) -> DecodeWorkload:
+        """The GPU decode step matching the chip's shape (optionally at another window)."""
+        shape = self.shape
+        return DecodeWorkload(
+            self.batch, shape.heads, shape.head_dim, window or shape.window, self.dtype, self.kernel
+        )
+
+
+def resolve(query: HardwareQuery) -> Resolved:
+    """Validate a query: unknown names and out-of-range numbers raise :class:`GainCellError`."""
+    named = decoder(query.model)
+    if query.baseline not in BASELINES:
+        raise GainCellError(f"--baseline must be one of {sorted(BASELINES)}, got {query.baseline!r}")
+    kernel, default_dtype = BASELINES[query.baseline]
+    model = dataclasses.replace(
+        named,
+        heads=named.heads if query.heads is None else query.heads,
+        head_dim=named.head_dim if query.head_dim is None else query.head_dim,
+        layers=named.layers if query.layers is None else query.layers,
+    )
+    customised = model != named
+    if customised:
+        model = dataclasses.replace(model, name=f"{named.name} (custom)")
+    shape = AttentionShape(model.heads, model.head_dim, query.window, query.subtile_rows, model.layers)
+    if query.token_rate is not None and not query.token_rate > 0:
+        raise GainCellError(f"--token-rate must be > 0 Hz, got {query.token_rate!r}")
+    resolved = Resolved(
+        model,
+        customised,
+        shape,
+        load_technology(query.tech),
+        tuple(resolve_gpus(query.gpus)),
+        query.batch,
+        kernel,
+        query.dtype or default_dtype,
+    )
+    resolved.workload()  # checks batch and dtype
+    return resolved
+
+
+def _records(records: tuple[ConstantRecord, ...]) -> dict[str, dict[str, Any]]:
+    return {
+        r.key: {"value": r.value, "unit": r.unit, "si_value": r.si_value, "source": r.source} for r in records
+    }
+
+
+def _gain_cell_section(chip: GainCellEstimate, tech: Technology) -> dict[str, Any]:
+    return {
+        "technology": tech.name,
+        "description": tech.description,
+        "operation_counts_per_head": dataclasses.asdict(chip.counts),
+        "per_head": {
+            "energy_j": chip.energy_per_head,
+            "breakdown_j": chip.energy_breakdown,
+            "components_j": chip.energy_components,
+            "area_m2": chip.area_per_head,
+            "area_components_m2": chip.area_components,
+        },
+        "per_layer": {
+            "energy_j": chip.energy_per_layer,
+            "latency_s": chip.latency_per_layer,
+            "area_m2": chip.area_per_layer,
+            "latency_components_s": chip.latency_components,
+        },
+        "per_token_all_layers": {
+            "energy_j": chip.energy_per_token,
+            "latency_s": chip.latency_per_token,
+            "area_m2": chip.area_total,
+        },
+    }
+
+
+def _paper_section(chip: GainCellEstimate) -> dict[str, Any]:
+    """Our model against SPEC-hardware §6.1 (meaningful for the reference workload and ``paper`` tech)."""
+    ref = load_reference().gain_cell
+    reference = {
+        "first_product_and_charge_to_pulse": ref.first_product,
+        "second_product_and_adc": ref.second_product,
+        "digital_control_and_routing": ref.digital,
+        "dac": ref.dac,
+    }
+    ours = chip.energy_breakdown
+    pairs = {f"{k}_per_head_j": (ours[k], v) for k, v in reference.items()}
+    pairs["energy_per_head_j"] = (chip.energy_per_head, ref.per_head)
+    pairs["energy_per_layer_j"] = (chip.energy_per_layer, ref.per_layer)
+    pairs["latency_per_layer_s"] = (chip.latency_per_layer, ref.latency)
+    return {
+        name: {"model": model, "paper": paper, "relative_error": model / paper - 1.0}
+        for name, (model, paper) in pairs.items()
+    }
+
+
+def _gpu_section(resolved: Resolved, chip: GainCellEstimate) -> list[dict[str, Any]]:
+    """Roofline per device; for the paper's devices and workload also the §6.2 measurements."""
+    reference = load_reference()
+    workload = resolved.workload()
+    paper_workload = (reference.heads, reference.head_dim, reference.window, reference.batch)
+    matches_paper = (workload.heads, workload.head_dim, workload.window, workload.batch) == paper_workload
+    paper_kernel, paper_dtype = BASELINES["paper"]
+    sections = []
+    for device in resolved.devices:
+        gpu = roofline(device, workload)
+        entry: dict[str, Any] = {
+            "key": device.key,
+            "name": device.name,
+            "memory": device.memory,
+            "bandwidth_bytes_per_s": device.bandwidth,
+            "tdp_w": device.tdp,
+            "idle_power_w": device.idle_power,
+            "roofline": {
+                "bytes_per_step": workload.bytes_per_step,
+                "flops_per_step": workload.flops_per_step,
+                "bound": gpu.bound,
+                "latency_step_s": gpu.latency_step,
+                "energy_step_j": gpu.energy_step,
+                "dram_energy_step_j": gpu.dram_energy_step,
+                "latency_per_sequence_token_s": gpu.latency_per_sequence_token,
+                "energy_per_sequence_token_j": gpu.energy_per_sequence_token,
+                "ratios": ratios(gpu.latency_step, gpu.energy_step, workload.batch, chip),
+            },
+            "paper_measured": None,
+        }
+        measured = reference.gpus.get(device.key)
+        if measured is not None and matches_paper:
+            latency_step = measured.latency_per_sequence_token * reference.batch
+            energy_step = measured.energy_per_sequence_token * reference.batch
+            protocol = roofline(device, dataclasses.replace(workload, kernel=paper_kernel, dtype=paper_dtype))
+            entry["paper_measured"] = {
+                "latency_per_sequence_token_s": measured.latency_per_sequence_token,
+                "energy_per_sequence_token_j": measured.energy_per_sequence_token,
+                "latency_step_s": latency_step,
+                "energy_step_j": energy_step,
+                "ratios": ratios(latency_step, energy_step, reference.batch, chip),
+                "paper_stated_ratios": {"latency": measured.latency_ratio, "energy": measured.energy_ratio},
+                "paper_protocol_roofline": {
+                    "kernel": paper_kernel,
+                    "dtype": paper_dtype,
+                    "bandwidth_bytes_per_s": device.bandwidth,
+                    "latency_step_s": protocol.latency_step,
+                    "energy_step_j": protocol.energy_step,
+                    "latency_over_measured": protocol.latency_step / latency_step,
+                    "energy_over_measured": protocol.energy_step / energy_step,
+                },
+            }
+        sections.append(entry)
+    return sections
+
+
+def _measured_section(query: HardwareQuery, resolved: Resolved, chip: GainCellEstimate) -> dict[str, Any]:
+    result = measure(
+        resolved.workload(),
+        device=query.measure_device,
+        steps=query.measure_steps,
+        repetitions=query.measure_repeats,
+        warmup=query.measure_warmup,
+        threads=query.measure_threads,
+    )
+    return {
+        "device": result.device,
+        "kernel": resolved.kernel,
+        "dtype": resolved.dtype,
+        "steps": result.steps,
+        "repetitions": result.repetitions,
+        "warmup": result.warmup,
+        "latency_step_s": result.latency_step,
+        "latency_step_min_s": result.latency_step_min,
+        "latency_step_max_s": result.latency_step_max,
+        "latency_per_sequence_token_s": result.latency_per_sequence_token,
+        "energy_step_j": result.energy_step,
+        "energy_per_sequence_token_j": result.energy_per_sequence_token,
+        "idle_power_w": result.idle_power,
+        "energy_method": result.energy_method,
+        "ratios": ratios(result.latency_step, result.energy_step, resolved.batch, chip),
+    }
+
+
+def _whole_model_rows(resolved: Resolved) -> list[dict[str, Any]]:
+    """SPEC-hardware §6.3.3 for GPT-2 small..XL, Llama-7B and, if customised, the selected shape."""
+    decoders = list(DECODERS.values()) + ([resolved.model] if resolved.customised else [])
+    shape, primary = resolved.shape, resolved.devices[0]
+    rows = []
+    for model in decoders:
+        view = whole_model(
+            model,
+            primary,
+            resolved.tech,
+            shape.window,
+            resolved.batch,
+            resolved.dtype,
+            resolved.kernel,
+            shape.subtile_rows,
+        )
+        rows.append(
+            {
+                "model": view.model,
+                "selected": model.name == resolved.model.name,
+                "gpu_rest_latency_step_s": view.gpu_rest_latency,
+                "gpu_attention_latency_step_s": view.gpu_attention_latency,
+                "chip_attention_latency_step_s": view.chip_attention_latency,
+                "gpu_rest_energy_step_j": view.gpu_rest_energy,
+                "gpu_attention_energy_step_j": view.gpu_attention_energy,
+                "chip_attention_energy_step_j": view.chip_attention_energy,
+                "attention_latency_fraction": view.attention_latency_fraction,
+                "attention_energy_fraction": view.attention_energy_fraction,
+                "latency_speedup": view.latency_speedup,
+                "energy_reduction": view.energy_reduction,
+                "latency_bound": view.latency_bound,
+                "energy_bound": view.energy_bound,
+                "chip_area_per_sequence_m2": view.chip_area_per_sequence,
+            }
+        )
+    return rows
+
+
+def _retention_checks(
+    resolved: Resolved, chip: GainCellEstimate, selected: dict[str, Any], token_rate: float | None
+) -> list[RetentionCheck]:
+    """ε at the chip's own pace (the paper's), with the rest of the model on the GPU, and --token-rate."""
+    tech, window = resolved.tech, resolved.shape.window
+    hybrid = selected["gpu_rest_latency_step_s"] + selected["chip_attention_latency_step_s"]
+    checks = [
+        retention_check(tech, window, chip.latency_per_token, "chip-paced (the paper's assumption)"),
+        retention_check(tech, window, hybrid, f"hybrid: rest of the model on {resolved.devices[0].key}"),
+    ]
+    if token_rate is not None:
+        checks.append(retention_check(tech, window, 1.0 / token_rate, "--token-rate"))
+    return checks
+
+
+def build_report(query: HardwareQuery) -> dict[str, Any]:
+    """Run every part of the cost model for one query and return the report as plain data."""
+    resolved = resolve(query)
+    shape, reference = resolved.shape, load_reference()
+    chip = estimate(shape, resolved.tech)
+    rows = _whole_model_rows(resolved)
+    selected = next(row for row in rows if row["selected"])
+    checks = _retention_checks(resolved, chip, selected, query.token_rate)
+    chosen = checks[-1] if query.token_rate is not None else checks[0]
+    paper_workload = (reference.heads, reference.head_dim, reference.window, reference.batch)
+    return {
+        "workload": {
+            "model": resolved.model.name,
+            "heads": shape.heads,
+            "head_dim": shape.head_dim,
+            "window": shape.window,
+            "subtile_rows": shape.subtile_rows,
+            "subtiles": shape.subtiles,
+            "layers": shape.layers,
+            "batch": resolved.batch,
+            "technology": resolved.tech.name,
+            "gpu_baseline": {"name": query.baseline, "kernel": resolved.kernel, "dtype": resolved.dtype},
+            "matches_paper_workload": (shape.heads, shape.head_dim, shape.window, resolved.batch)
+            == paper_workload,
+        },
+        "gain_cell": _gain_cell_section(chip, resolved.tech),
+        "paper_6_1": _paper_section(chip),
+        "gpus": _gpu_section(resolved, chip),
+        "measured": _measured_section(query, resolved, chip) if query.measure else None,
+        "whole_model": {
+            "gpu": resolved.devices[0].key,
+            "kernel": resolved.kernel,
+            "dtype": resolved.dtype,
+            "rows": rows,
+        },
+        "retention": {
+            "epsilon": chosen.epsilon,
+            "scenario": chosen.scenario,
+            "checks": [dataclasses.asdict(check) for check in checks],
+            "warnings": [check.warning for check in checks if check.warning],
+        },
+        "normalisations": NORMALISATION_NOTES,
+        "sources": {
+            "technology": _records(resolved.tech.records),
+            "gpus": {device.key: _records(device.records) for device in load_gpus().values()},
+            "paper": _records(reference.records),
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text output
+
+
+def _si(value: float | None, unit: str) -> str:
+    """Engineering notation: 7.38e-08 J -> '73.8 nJ'."""
+    if value is None:
+        return "n/a"
+    prefixes = (
+        (1e-15, "f"),
+        (1e-12, "p"),
+        (1e-9, "n"),
+        (1e-6, "µ"),
+        (1e-3, "m"),
+        (1.0, ""),
+        (1e3, "k"),
+        (1e9, "G"),
+        (1e12, "T"),
+    )
+    scale, prefix = prefixes[0]
+    for candidate, name in prefixes:
+        if abs(value) >= candidate:
+            scale, prefix = candidate, name
+    return f"{value / scale:.4g} {prefix}{unit}"
+
+
+def _area(square_metres: float) -> str:
+    return f"{square_metres * 1e6:.4g} mm²"
+
+
+def _ratio(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}x" if value >= 100 else f"{value:.3g}x"
+
+
+def _pair(first: float | None, second: float | None, unit: str | None = None) -> str:
+    if unit is None:
+        return f"{_ratio(first)}, {_ratio(second)}"
+    return f"{_si(first, unit)}, {_si(second, 'J')}"
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A few plain lines for another command's report (``gaincell demo``)."""
+    w, layer = report["workload"], report["gain_cell"]["per_layer"]
+    lines = [
+        f"gain-cell attention ({w['technology']}), H={w['heads']} D={w['head_dim']} M={w['window']}: "
+        f"{_si(layer['energy_j'], 'J')} and {_si(layer['latency_s'], 's')} per token and layer, "
+        f"{_area(layer['area_m2'])} per layer",
+    ]
+    for gpu in report["gpus"]:
+        r = gpu["roofline"]["ratios"]["per_sequence_token"]
+        lines.append(
+            f"vs {gpu['name']} (roofline, {w['gpu_baseline']['name']} baseline, per sequence-token): "
+            f"latency {_ratio(r['latency_ratio'])}, energy {_ratio(r['energy_ratio'])}"
+        )
+    retention = report["retention"]
+    lines.append(f"leakage ε = {retention['epsilon']:.3g} per step ({retention['scenario']})")
+    return lines + list(retention["warnings"])
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    return table
+
+
+def _render_gain_cell(report: dict[str, Any], console: Any) -> None:
+    w, cell, paper = report["workload"], report["gain_cell"], report["paper_6_1"]
+    table = _table(
+        "Gain-cell attention, per head and token (SPEC-hardware §6.1)",
+        ("component", "model", "paper §6.1", "share"),
+    )
+    total = cell["per_head"]["energy_j"]
+    for name, value in cell["per_head"]["breakdown_j"].items():
+        reference = paper[f"{name}_per_head_j"]["paper"]
+        table.add_row(name.replace("_", " "), _si(value, "J"), _si(reference, "J"), f"{value / total:.1%}")
+    rows = (
+        ("[bold]total per head[/bold]", total, "energy_per_head_j", "J"),
+        (f"x {w['heads']} heads, per layer", cell["per_layer"]["energy_j"], "energy_per_layer_j", "J"),
+        ("latency per layer", cell["per_layer"]["latency_s"], "latency_per_layer_s", "s"),
+    )
+    for label, value, key, unit in rows:
+        table.add_row(label, _si(value, unit), _si(paper[key]["paper"], unit), "")
+    every = cell["per_token_all_layers"]
+    table.add_row(f"all {w['layers']} layers: energy per token", _si(every["energy_j"], "J"), "", "")
+    table.add_row(f"all {w['layers']} layers: latency per token", _si(every["latency_s"], "s"), "", "")
+    table.add_row("area per layer", _area(cell["per_layer"]["area_m2"]), "", "")
+    table.add_row(f"area, all {w['layers']} layers (one sequence)", _area(every["area_m2"]), "", "")
+    console.print(table)
+    if not w["matches_paper_workload"] or w["technology"] != "paper":
+        console.print(
+            "[dim]paper §6.1 column: the paper's figures for its own workload (reference only)[/dim]"
+        )
+
+
+def _render_gpus(report: dict[str, Any], console: Any) -> None:
+    columns = (
+        "GPU",
+        "bandwidth",
+        "step: latency, energy",
+        "DRAM floor",
+        "per seq-token: latency, energy",
+        "ratio per step",
+        "ratio per seq-token",
+        "roofline / measured",
+    )
+    table = _table("GPU decode attention, one layer (memory roofline), and GPU / gain-cell ratios", columns)
+    for gpu in report["gpus"]:
+        r = gpu["roofline"]
+        step, seq = r["ratios"]["per_batch_step"], r["ratios"]["per_sequence_token"]
+        table.add_row(
+            gpu["name"],
+            _si(gpu["bandwidth_bytes_per_s"], "B/s"),
+            _pair(r["latency_step_s"], r["energy_step_j"], "s"),
+            _si(r["dram_energy_step_j"], "J"),
+            _pair(r["latency_per_sequence_token_s"], r["energy_per_sequence_token_j"], "s"),
+            _pair(step["latency_ratio"], step["energy_ratio"]),
+            _pair(seq["latency_ratio"], seq["energy_ratio"]),
+            "",
+        )
+        measured = gpu["paper_measured"]
+        if measured:
+            step, seq = measured["ratios"]["per_batch_step"], measured["ratios"]["per_sequence_token"]
+            check = measured["paper_protocol_roofline"]
+            table.add_row(
+                "  measured in the paper (§6.2)",
+                "",
+                _pair(measured["latency_step_s"], measured["energy_step_j"], "s"),
+                "",
+                _pair(measured["latency_per_sequence_token_s"], measured["energy_per_sequence_token_j"], "s"),
+                _pair(step["latency_ratio"], step["energy_ratio"]),
+                _pair(seq["latency_ratio"], seq["energy_ratio"]),
+                f"{check['latency_over_measured']:.2f}, {check['energy_over_measured']:.2f}",
+            )
+    console.print(table)
+    console.print(
+        "[dim]pairs are (latency, energy); roofline / measured: the paper's protocol (eager, fp32) "
+        "against the paper's measurement[/dim]"
+    )
+    for name, note in report["normalisations"].items():
+        console.print(f"[dim]{name}: {note}[/dim]")
+
+
+def _render_measured(measured: dict[str, Any], console: Any) -> None:
+    step, seq = measured["ratios"]["per_batch_step"], measured["ratios"]["per_sequence_token"]
+    console.print(
+        f"[bold]measured here[/bold] on {measured['device']} ({measured['kernel']}, {measured['dtype']}; "
+        f"{measured['repetitions']} x {measured['steps']} steps after {measured['warmup']} warm-up): step "
+        f"{_si(measured['latency_step_s'], 's')} (min {_si(measured['latency_step_min_s'], 's')}, max "
+        f"{_si(measured['latency_step_max_s'], 's')}), energy {_si(measured['energy_step_j'], 'J')} "
+        f"[{measured['energy_method']}]; ratios per step "
+        f"{_pair(step['latency_ratio'], step['energy_ratio'])}; "
+        f"per seq-token {_pair(seq['latency_ratio'], seq['energy_ratio'])}"
+    )
+
+
+def _render_whole_model(view: dict[str, Any], console: Any) -> None:
+    table = _table(
+        f"Whole model per decode step on {view['gpu']} ({view['kernel']}, {view['dtype']}): "
+        "attention on gain cells, the rest on the GPU (Amdahl)",
+        (
+            "model",
+            "attention share",
+            "latency speed-up",
+            "energy reduction",
+            "Amdahl limit",
+            "chip area / seq.",
+        ),
+    )
+    for row in view["rows"]:
+        table.add_row(
+            f"[bold]{row['model']}[/bold]" if row["selected"] else row["model"],
+            f"{row['attention_latency_fraction']:.1%}",
+            _ratio(row["latency_speedup"]),
+            _ratio(row["energy_reduction"]),
+            _ratio(row["latency_bound"]),
+            _area(row["chip_area_per_sequence_m2"]),
+        )
+    console.print(table)
+
+
+def _render_retention(retention: dict[str, Any], console: Any) -> None:
+    for check in retention["checks"]:
+        console.print(
+            f"retention, {check['scenario']}: Δt = {_si(check['token_period'], 's')}, τ = "
+            f"{_si(check['retention_time'], 's')}, ε = Δt/τ = {check['epsilon']:.3g} per step; "
+            f"the window spans {_si(check['window_time'], 's')}, "
+            f"its oldest token keeps {check['oldest_retained_fraction']:.1%}"
+        )
+    console.print(f"leakage for the simulator: ε = {retention['epsilon']:.3g} ({retention['scenario']})")
+    for warning in retention["warnings"]:
+        console.print(f"[yellow]warning: {warning}[/yellow]")
+
+
+def render(report: dict[str, Any], console: Any) -> None:
+    """Print the report as rich tables (the default output of ``gaincell hw``)."""
+    w, base = report["workload"], report["workload"]["gpu_baseline"]
+    console.print(
+        f"[bold]gaincell hw[/bold]: {w['model']}, H={w['heads']}, D={w['head_dim']}, window M={w['window']} "
+        f"({w['subtiles']} sub-tiles of R={w['subtile_rows']}), {w['layers']} layers, GPU batch "
+        f"{w['batch']}; technology [bold]{w['technology']}[/bold]; GPU baseline {base['name']} "
+        f"({base['kernel']}, {base['dtype']})"
+    )
+    _render_gain_cell(report, console)
+    _render_gpus(report, console)
+    if report["measured"]:
+        _render_measured(report["measured"], console)
+    _render_whole_model(report["whole_model"], console)
+    _render_retention(report["retention"], console)
