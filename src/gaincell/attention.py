@@ -229,10 +229,6 @@ class Plan:
     read_noise: float
     adc_high: float
 
-    @property
-    def powers(self) -> set[int]:
-        return {f.power for f in self.features + self.grad_features} | {0}
-
 
 def _features(coefficients: tuple[float, ...], leakage: float, with_gains: bool):
     """Group g's powers by their leakage exponent; the constant term is a cheap row-sum unless gains apply."""
@@ -280,54 +276,74 @@ def make_plan(config: GainCellConfig, with_gains: bool) -> Plan:
 
 @dataclass
 class Band:
-    """Where a group of queries reads: ages and validity of each (query, key) pair, and sub-tiles.
+    """Which stored keys a group of queries reads, and how much each has leaked.
 
-    Keys are taken in chunks of g = gcd(M, R) consecutive tokens; every chunk lies in one physical
-    sub-tile, so per-sub-tile sums are per-chunk matmuls folded by ``chunk_subtile``.
+    Ages are split at an anchor a (a block boundary): age = (t − a) + (a − n), so the decay
+    λ^(p·age) = λ^(p·(t−a)) · λ^(p·(a−n)) scales query rows and key rows separately and the leaked
+    score stays one matmul (no (queries, keys) decay table). Keys come in chunks of g = gcd(M, R)
+    consecutive tokens; every chunk lies in one physical sub-tile (``chunk_subtile``).
     """
 
-    valid: torch.Tensor  # (queries, keys) bool: 0 <= age < M
-    decay: dict  # power -> (queries, keys) λ^(power·age), zero where invalid
+    query_age: torch.Tensor  # (queries,) t − a
+    key_age: torch.Tensor  # (keys,) a − n
+    valid: torch.Tensor  # (queries, keys) bool: written and 0 <= age < M
     chunk_subtile: torch.Tensor  # (keys // g,) physical sub-tile of each chunk
     occupied: torch.Tensor  # (n_subtiles, queries) bool: the sub-tile holds a visible token
 
 
-def make_band(plan: Plan, age: torch.Tensor, chunk_subtile: torch.Tensor, dtype) -> Band:
-    """Build a :class:`Band` from integer ages (query position − key position, any sign)."""
-    valid = (age >= 0) & (age < plan.window)
-    decay = {}
-    for power in plan.powers:
-        if plan.leakage == 0 or power == 0:
-            decay[power] = valid.to(dtype)
-        else:
-            decay[power] = torch.exp(-plan.leakage * power * age.clamp(min=0).to(dtype)) * valid
+def make_band(plan: Plan, query_positions, key_positions, anchor: int, chunk_subtile) -> Band:
+    """A :class:`Band` for queries at ``query_positions`` reading keys at ``key_positions`` (−1: empty)."""
+    age = query_positions[:, None] - key_positions[None, :]
+    valid = (age >= 0) & (age < plan.window) & (key_positions >= 0)[None, :]
     queries, keys = valid.shape
-    per_chunk = valid.view(queries, keys // plan.chunk, plan.chunk).any(-1).to(dtype)
-    occupied = torch.zeros(plan.n_subtiles, queries, dtype=dtype, device=age.device)
+    per_chunk = valid.view(queries, keys // plan.chunk, plan.chunk).any(-1).to(torch.int32)
+    occupied = torch.zeros(plan.n_subtiles, queries, dtype=torch.int32, device=valid.device)
     occupied.index_add_(0, chunk_subtile, per_chunk.T)
-    return Band(valid, decay, chunk_subtile, occupied > 0)
+    return Band(query_positions - anchor, anchor - key_positions, valid, chunk_subtile, occupied > 0)
 
 
-def _stack(features, x, gain):
-    """φ_f(x) (· cell gain) for each feature, stacked along the key axis: (BH, F·L, D)."""
-    parts = [f.value(x) if gain is None else f.value(x) * gain for f in features]
-    return torch.cat(parts, dim=1)
+def _decay(plan: Plan, power: int, age: torch.Tensor, dtype) -> torch.Tensor:
+    if plan.leakage == 0 or power == 0:
+        return torch.ones(age.shape, dtype=dtype, device=age.device)
+    return torch.exp(-plan.leakage * power * age.to(torch.float64)).to(dtype)
 
 
-def _by_chunk(x: torch.Tensor, n_features: int, chunk: int) -> torch.Tensor:
-    """(BH, Q, F·L) weights → (BH·C, Q, F·g): one small matmul per chunk of g keys."""
-    bh, queries, width = x.shape
-    keys = width // n_features
-    x = x.view(bh, queries, n_features, keys // chunk, chunk).permute(0, 3, 1, 2, 4)
-    return x.reshape(bh * (keys // chunk), queries, n_features * chunk)
+def _rows(features, plan: Plan, pulses, band: Band):
+    """Query side of the factorised products: [λ^(p_f·(t−a)) Q]_f, (BH, Q, F·D), and the scales (Q, F)."""
+    scales = torch.stack([_decay(plan, f.power, band.query_age, pulses.dtype) for f in features], dim=1)
+    rows = (pulses[:, :, None, :] * scales[None, :, :, None]).flatten(2)
+    return rows, scales
 
 
-def _chunked_values(x: torch.Tensor, n_features: int, chunk: int) -> torch.Tensor:
-    """(BH, F·L, D) stored features → (BH·C, F·g, D), matching :func:`_by_chunk`."""
-    bh, width, dim = x.shape
-    keys = width // n_features
-    x = x.view(bh, n_features, keys // chunk, chunk, dim).permute(0, 2, 1, 3, 4)
-    return x.reshape(bh * (keys // chunk), n_features * chunk, dim)
+def _columns(features, plan: Plan, stored, gain, band: Band):
+    """Stored side: [λ^(p_f·(a−n)) φ_f(y~) (· gain)]_f, (BH, L, F·D)."""
+    parts = []
+    for feature in features:
+        part = feature.value(stored) * _decay(plan, feature.power, band.key_age, stored.dtype)[:, None]
+        parts.append(part if gain is None else part * gain)
+    return torch.cat(parts, dim=2)
+
+
+def _column_slopes(features, plan: Plan, stored, gain, band: Band, grad_columns):
+    """Chain rule from the stored side back to y~: Σ_f λ^(p_f·(a−n)) φ_f'(y~) (· gain) · grad_f."""
+    dim = stored.shape[-1]
+    grad = torch.zeros_like(stored)
+    for index, feature in enumerate(features):
+        slope = feature.slope(stored) * _decay(plan, feature.power, band.key_age, stored.dtype)[:, None]
+        grad += grad_columns[..., index * dim : (index + 1) * dim] * (slope if gain is None else slope * gain)
+    return grad
+
+
+def _chunks(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(BH, Q, L) → (BH·C, Q, g): the pulse widths of each chunk of g stored tokens."""
+    bh, queries, keys = x.shape
+    return x.view(bh, queries, keys // chunk, chunk).transpose(1, 2).reshape(-1, queries, chunk)
+
+
+def _unchunk(x: torch.Tensor, bh: int) -> torch.Tensor:
+    """Inverse of :func:`_chunks`."""
+    _, queries, chunk = x.shape
+    return x.view(bh, -1, queries, chunk).transpose(1, 2).reshape(bh, queries, -1)
 
 
 def _noise(generator, shape, like, std):
@@ -342,39 +358,40 @@ def analog_read(plan: Plan, pulses, keys, values, gain_k, gain_v, band: Band, ge
     intermediates (S, P, per-sub-tile read-outs Y) that the backward pass needs.
     """
     bh, queries, dim = pulses.shape
-    n_keys = keys.shape[1]
-    n_chunks = n_keys // plan.chunk
+    n_chunks = keys.shape[1] // plan.chunk
     features = plan.features
-    # First product: S = Σ_f λ^(p_f·age) ∘ (Q · φ_f(k~)ᵀ) + β0 · rowsum(Q).
-    scores = torch.zeros(bh, queries, n_keys, dtype=pulses.dtype, device=pulses.device)
+    # First product: S_tn = Σ_f λ^(p_f·age) Q_t · φ_f(k~_n) (+ β0 Σ_d Q_td), one matmul.
     if features:
-        products = torch.bmm(pulses, _stack(features, keys, gain_k).transpose(1, 2))
-        for index, feature in enumerate(features):
-            scores += products[:, :, index * n_keys : (index + 1) * n_keys] * band.decay[feature.power]
+        rows, _ = _rows(features, plan, pulses, band)
+        scores = torch.bmm(rows, _columns(features, plan, keys, gain_k, band).transpose(1, 2))
+    else:
+        scores = pulses.new_zeros(bh, queries, keys.shape[1])
     if plan.constant:
-        scores += plan.constant * pulses.sum(-1, keepdim=True) * band.decay[0]
+        scores += plan.constant * pulses.sum(-1, keepdim=True)
     if plan.read_noise:
         scores += _noise(generator, scores.shape, scores, plan.read_noise * plan.s_sat)
     # Charge-to-pulse: the HardSigmoid that replaces softmax; nothing outside the window.
-    pulse_widths = charge_to_pulse(scores, plan.s_sat) * band.valid
-    # Second product, one partial sum per chunk of g stored tokens.
-    partial = torch.zeros(bh, n_chunks, queries, dim, dtype=pulses.dtype, device=pulses.device)
+    widths = charge_to_pulse(scores, plan.s_sat) * band.valid
+    # Second product, one partial sum per chunk of g stored tokens (same decay split).
+    partial = 0
     if features:
-        weights = torch.cat([pulse_widths * band.decay[f.power] for f in features], dim=2)
-        stored = _chunked_values(_stack(features, values, gain_v), len(features), plan.chunk)
-        partial += torch.bmm(_by_chunk(weights, len(features), plan.chunk), stored).view(bh, n_chunks, queries, dim)
+        stored = _columns(features, plan, values, gain_v, band)
+        stored = stored.view(bh, n_chunks, plan.chunk, -1).reshape(bh * n_chunks, plan.chunk, -1)
+        per_feature = torch.bmm(_chunks(widths, plan.chunk), stored).view(bh, n_chunks, queries, -1, dim)
+        _, scales = _rows(features, plan, pulses[:1, :1], band)
+        partial = (per_feature * scales[:, :, None]).sum(3)
     if plan.constant:
-        per_chunk = pulse_widths.view(bh, queries, n_chunks, plan.chunk).sum(-1)
-        partial += plan.constant * per_chunk.transpose(1, 2)[..., None]
+        per_chunk = widths.view(bh, queries, n_chunks, plan.chunk).sum(-1)
+        partial = partial + plan.constant * per_chunk.transpose(1, 2)[..., None]
     # Fold chunks into physical sub-tiles, read out (gain 1/40), one ADC each, add digitally.
-    readout = torch.zeros(bh, plan.n_subtiles, queries, dim, dtype=pulses.dtype, device=pulses.device)
+    readout = pulses.new_zeros(bh, plan.n_subtiles, queries, dim)
     readout.index_add_(1, band.chunk_subtile, partial)
     readout *= plan.readout_gain
     if plan.read_noise:
         readout += _noise(generator, readout.shape, readout, plan.read_noise * plan.adc_high)
     digital = (quantize(readout, plan.adc) * band.occupied[None, :, :, None]).sum(1)
     if keep:
-        return digital, (scores, pulse_widths, readout)
+        return digital, (scores, widths, readout)
     return digital
 
 
@@ -383,73 +400,54 @@ def analog_read_backward(plan: Plan, grad, pulses, keys, values, gain_k, gain_v,
 
     STE through the ADC rounding, zero where the ADC or the charge-to-pulse converter saturates.
     """
-    scores, pulse_widths, readout = saved
+    scores, widths, readout = saved
     bh, queries, dim = pulses.shape
-    n_keys = keys.shape[1]
-    n_chunks = n_keys // plan.chunk
+    n_chunks = keys.shape[1] // plan.chunk
     features = plan.grad_features
     adc_pass = in_range(readout, plan.adc) & band.occupied[None, :, :, None]
-    grad_readout = grad[:, None] * adc_pass * plan.readout_gain  # (BH, NS, Q, D)
-    grad_partial = grad_readout.index_select(1, band.chunk_subtile)  # (BH, C, Q, D)
-    grad_pulses_width = torch.zeros_like(pulse_widths)
+    grad_partial = (grad[:, None] * adc_pass * plan.readout_gain).index_select(1, band.chunk_subtile)
+    grad_widths = torch.zeros_like(widths)
+    grad_pulses = torch.zeros_like(pulses)
     grad_keys = torch.zeros_like(keys)
     grad_values = torch.zeros_like(values)
-    grad_pulses = torch.zeros_like(pulses)
     if features:
-        n_feat = len(features)
-        stored = _chunked_values(_stack(features, values, gain_v), n_feat, plan.chunk)
-        grad_chunks = grad_partial.reshape(bh * n_chunks, queries, dim)
-        # dP: through each feature's stored values.
-        grad_weights = torch.bmm(grad_chunks, stored.transpose(1, 2))  # (BH·C, Q, F·g)
-        grad_weights = grad_weights.view(bh, n_chunks, queries, n_feat, plan.chunk).permute(0, 2, 3, 1, 4)
-        grad_weights = grad_weights.reshape(bh, queries, n_feat, n_keys)
-        weights = []
-        for index, feature in enumerate(features):
-            grad_pulses_width += grad_weights[:, :, index] * band.decay[feature.power]
-            weights.append(pulse_widths * band.decay[feature.power])
-        # dv~: through the weights of each feature, then the feature's slope.
-        weights = _by_chunk(torch.cat(weights, dim=2), n_feat, plan.chunk)
-        grad_stored = torch.bmm(weights.transpose(1, 2), grad_chunks)  # (BH·C, F·g, D)
-        grad_stored = grad_stored.view(bh, n_chunks, n_feat, plan.chunk, dim).permute(0, 2, 1, 3, 4)
-        grad_stored = grad_stored.reshape(bh, n_feat, n_keys, dim)
-        for index, feature in enumerate(features):
-            slope = feature.slope(values) if gain_v is None else feature.slope(values) * gain_v
-            grad_values += grad_stored[:, index] * slope
+        _, scales = _rows(features, plan, pulses[:1, :1], band)
+        grad_features = (grad_partial[:, :, :, None, :] * scales[:, :, None]).flatten(3)
+        grad_features = grad_features.reshape(bh * n_chunks, queries, -1)  # (BH·C, Q, F·D)
+        stored = _columns(features, plan, values, gain_v, band)
+        stored = stored.view(bh, n_chunks, plan.chunk, -1).reshape(bh * n_chunks, plan.chunk, -1)
+        grad_widths += _unchunk(torch.bmm(grad_features, stored.transpose(1, 2)), bh)
+        grad_stored = torch.bmm(_chunks(widths, plan.chunk).transpose(1, 2), grad_features)
+        grad_values += _column_slopes(features, plan, values, gain_v, band, grad_stored.view(bh, -1, len(features) * dim))
     if plan.grad_constant:
         grad_sum = grad_partial.sum(-1).transpose(1, 2)  # (BH, Q, C)
-        grad_pulses_width += plan.grad_constant * grad_sum.repeat_interleave(plan.chunk, dim=2)
-    grad_scores = grad_pulses_width * charge_to_pulse_slope(scores, plan.s_sat) * band.valid
+        grad_widths += plan.grad_constant * grad_sum.repeat_interleave(plan.chunk, dim=2)
+    grad_scores = grad_widths * charge_to_pulse_slope(scores, plan.s_sat) * band.valid
     if features:
-        scaled = torch.cat([grad_scores * band.decay[f.power] for f in features], dim=2)
-        grad_pulses += torch.bmm(scaled, _stack(features, keys, gain_k))
-        grad_stored = torch.bmm(scaled.transpose(1, 2), pulses).view(bh, len(features), n_keys, dim)
-        for index, feature in enumerate(features):
-            slope = feature.slope(keys) if gain_k is None else feature.slope(keys) * gain_k
-            grad_keys += grad_stored[:, index] * slope
+        rows, scales = _rows(features, plan, pulses, band)
+        columns = _columns(features, plan, keys, gain_k, band)
+        grad_rows = torch.bmm(grad_scores, columns).view(bh, queries, len(features), dim)
+        grad_pulses += (grad_rows * scales[None, :, :, None]).sum(2)
+        grad_columns = torch.bmm(grad_scores.transpose(1, 2), rows)
+        grad_keys += _column_slopes(features, plan, keys, gain_k, band, grad_columns)
     if plan.grad_constant:
-        grad_pulses += plan.grad_constant * (grad_scores * band.decay[0]).sum(-1, keepdim=True)
+        grad_pulses += plan.grad_constant * grad_scores.sum(-1, keepdim=True)
     return grad_pulses, grad_keys, grad_values
 
 
 class _Blocks:
-    """Query blocks of one sequence and their key bands, sharing one precomputed canonical band.
+    """Query blocks of one sequence and the band of keys each reads.
 
-    Block b holds queries [t0, t1) and reads keys [n0, n0 + L) with n0 = max(0, t0 − W),
-    W = M − 1 rounded up to the chunk g. Every unclipped block sees the same ages, so the decay
-    tables are computed once and sliced for the first (clipped) blocks.
+    Block b holds queries [t0, t1) and reads keys [n0, n1) with n0 = max(0, t0 − W), W = M − 1
+    rounded up to the chunk g, n1 = t1 rounded up to g (keys are padded to a multiple of g; padded
+    keys lie in the future of every query and are never visible). The anchor is t0.
     """
 
-    def __init__(self, plan: Plan, length: int, device, dtype):
-        self.plan, self.length = plan, length
+    def __init__(self, plan: Plan, length: int, device):
+        self.plan, self.length, self.device = plan, length, device
         g = plan.chunk
         self.reach = -(-(plan.window - 1) // g) * g
         self.padded = -(-length // g) * g
-        rows = torch.arange(plan.block, device=device)[:, None]
-        cols = torch.arange(self.reach + plan.block, device=device)[None, :]
-        canonical_age = rows + self.reach - cols
-        dummy = torch.zeros((self.reach + plan.block) // g, dtype=torch.long, device=device)
-        self.canonical = make_band(plan, canonical_age, dummy, dtype)
-        self.device = device
 
     def __iter__(self):
         plan, g = self.plan, self.plan.chunk
@@ -457,21 +455,9 @@ class _Blocks:
             t1 = min(t0 + plan.block, self.length)
             n0 = max(0, t0 - self.reach)
             n1 = min(-(-t1 // g) * g, self.padded)
-            offset = self.reach - (t0 - n0)
-            cols = slice(offset, offset + (n1 - n0))
-            rows = slice(0, t1 - t0)
-            canon = self.canonical
-            starts = torch.arange(n0, n1, g, device=self.device)
-            chunk_subtile = (starts % plan.window) // plan.subtile_rows
-            band = Band(
-                valid=canon.valid[rows, cols],
-                decay={p: d[rows, cols] for p, d in canon.decay.items()},
-                chunk_subtile=chunk_subtile,
-                occupied=None,
-            )
-            per_chunk = band.valid.reshape(t1 - t0, (n1 - n0) // g, g).any(-1).to(canon.decay[0].dtype)
-            occupied = torch.zeros(plan.n_subtiles, t1 - t0, dtype=per_chunk.dtype, device=self.device)
-            band.occupied = occupied.index_add_(0, chunk_subtile, per_chunk.T) > 0
+            keys = torch.arange(n0, n1, device=self.device)
+            chunk_subtile = (keys[::g] % plan.window) // plan.subtile_rows
+            band = make_band(plan, torch.arange(t0, t1, device=self.device), keys, t0, chunk_subtile)
             yield index, (t0, t1), (n0, n1), band
 
 
@@ -492,21 +478,14 @@ class _BandedAnalogCore(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pulses, keys, values, gain_k, gain_v, plan, noise_seed):
-        blocks = _Blocks(plan, pulses.shape[1], pulses.device, pulses.dtype)
+        blocks = _Blocks(plan, pulses.shape[1], pulses.device)
         keys_p, values_p = _pad(keys, blocks.padded), _pad(values, blocks.padded)
         gain_k_p, gain_v_p = _pad(gain_k, blocks.padded), _pad(gain_v, blocks.padded)
         out = torch.empty_like(pulses)
         for index, (t0, t1), (n0, n1), band in blocks:
-            out[:, t0:t1] = analog_read(
-                plan,
-                pulses[:, t0:t1],
-                keys_p[:, n0:n1],
-                values_p[:, n0:n1],
-                None if gain_k_p is None else gain_k_p[:, n0:n1],
-                None if gain_v_p is None else gain_v_p[:, n0:n1],
-                band,
-                _generator(noise_seed, index, pulses.device),
-            )
+            generator = _generator(noise_seed, index, pulses.device)
+            args = _block_args((t0, t1), (n0, n1), pulses, keys_p, values_p, gain_k_p, gain_v_p)
+            out[:, t0:t1] = analog_read(plan, *args, band, generator)
         ctx.save_for_backward(pulses, keys, values, gain_k, gain_v)
         ctx.plan, ctx.noise_seed = plan, noise_seed
         return out
@@ -515,7 +494,7 @@ class _BandedAnalogCore(torch.autograd.Function):
     def backward(ctx, grad_out):
         pulses, keys, values, gain_k, gain_v = ctx.saved_tensors
         plan = ctx.plan
-        blocks = _Blocks(plan, pulses.shape[1], pulses.device, pulses.dtype)
+        blocks = _Blocks(plan, pulses.shape[1], pulses.device)
         keys_p, values_p = _pad(keys, blocks.padded), _pad(values, blocks.padded)
         gain_k_p, gain_v_p = _pad(gain_k, blocks.padded), _pad(gain_v, blocks.padded)
         grad_pulses = torch.zeros_like(pulses)
@@ -523,14 +502,8 @@ class _BandedAnalogCore(torch.autograd.Function):
         grad_values = torch.zeros_like(values_p)
         grad_out = grad_out.contiguous()
         for index, (t0, t1), (n0, n1), band in blocks:
-            args = (
-                pulses[:, t0:t1],
-                keys_p[:, n0:n1],
-                values_p[:, n0:n1],
-                None if gain_k_p is None else gain_k_p[:, n0:n1],
-                None if gain_v_p is None else gain_v_p[:, n0:n1],
-            )
             generator = _generator(ctx.noise_seed, index, pulses.device)
+            args = _block_args((t0, t1), (n0, n1), pulses, keys_p, values_p, gain_k_p, gain_v_p)
             _, saved = analog_read(plan, *args, band, generator, keep=True)
             gp, gk, gv = analog_read_backward(plan, grad_out[:, t0:t1], *args, band, saved)
             grad_pulses[:, t0:t1] += gp
@@ -538,3 +511,10 @@ class _BandedAnalogCore(torch.autograd.Function):
             grad_values[:, n0:n1] += gv
         length = keys.shape[1]
         return grad_pulses, grad_keys[:, :length], grad_values[:, :length], None, None, None, None
+
+
+def _block_args(queries, keys, pulses, keys_p, values_p, gain_k_p, gain_v_p):
+    """One block's queries and its band of keys, values and cell gains."""
+    (t0, t1), (n0, n1) = queries, keys
+    gains = [None if g is None else g[:, n0:n1] for g in (gain_k_p, gain_v_p)]
+    return (pulses[:, t0:t1], keys_p[:, n0:n1], values_p[:, n0:n1], *gains)
