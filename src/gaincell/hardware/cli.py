@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console()
+    if not console.is_terminal:  # piped or captured: keep the wide GPU table on one line per row
+        console = Console(width=200)
     render(report, console)
     for path in written:
         console.print(f"wrote {path}")

@@ -380,9 +380,9 @@ def _timed_run(
         sync()
         idle_power = None
         if meter is not None:
-            start = meter.read_joules()
+            start, begin = meter.read_joules(), time.perf_counter()
             time.sleep(idle_seconds)
-            idle_power = (meter.read_joules() - start) / idle_seconds
+            idle_power = (meter.read_joules() - start) / (time.perf_counter() - begin)
         per_step = []
         energy_start, clock_start = (meter.read_joules() if meter else 0.0), time.perf_counter()
         t = warmup

@@ -343,7 +343,7 @@ def build_report(query: HardwareQuery) -> dict[str, Any]:
         "normalisations": NORMALISATION_NOTES,
         "sources": {
             "technology": _records(resolved.tech.records),
-            "gpus": {device.key: _records(device.records) for device in load_gpus().values()},
+            "gpus": _records(tuple(r for device in load_gpus().values() for r in device.records)),
             "paper": _records(reference.records),
         },
     }
