@@ -166,24 +166,25 @@ def test_user_errors_name_the_flag(capsys, argv, message):
         run_hw(capsys, *argv)
 
 
+MEASURE_TINY = [
+    *TINY,
+    "--measure",
+    "--measure-device",
+    "cpu",
+    "--measure-steps",
+    "3",
+    "--measure-repeats",
+    "2",
+    "--measure-warmup",
+    "1",
+    "--measure-threads",
+    "1",
+]
+
+
 def test_measure_runs_the_protocol_on_cpu_quickly(capsys):
     start = time.perf_counter()
-    code, out = run_hw(
-        capsys,
-        *TINY,
-        "--measure",
-        "--measure-device",
-        "cpu",
-        "--measure-steps",
-        "3",
-        "--measure-repeats",
-        "2",
-        "--measure-warmup",
-        "1",
-        "--measure-threads",
-        "1",
-        "--json",
-    )
+    code, out = run_hw(capsys, *MEASURE_TINY, "--json")
     assert time.perf_counter() - start < 60
     measured = json.loads(out)["measured"]
     assert code == 0 and measured["device"].startswith("cpu")
@@ -193,6 +194,12 @@ def test_measure_runs_the_protocol_on_cpu_quickly(capsys):
         assert measured["energy_method"].startswith("unavailable")
         assert measured["ratios"]["per_batch_step"]["energy_ratio"] is None
     assert measured["ratios"]["per_batch_step"]["latency_ratio"] > 0
+
+
+def test_measure_in_the_table_says_how_energy_was_read(capsys):
+    code, out = run_hw(capsys, *MEASURE_TINY, "--gpu", "h100")
+    assert code == 0 and "measured here on cpu" in out
+    assert "minus idle power" in out or "(unavailable: " in out
 
 
 class _FakeMeter:

@@ -27,6 +27,17 @@ from gaincell.hardware.gaincell_model import AttentionShape, GainCellEstimate, e
 from gaincell.hardware.gpu import BASELINES, DecodeWorkload, measure, resolve_gpus, roofline
 from gaincell.hardware.models import DECODERS, DecoderShape, decoder
 
+FORMULAS = {  # where each section of the report is computed; § are SPEC-hardware sections
+    "gain_cell": "gaincell_model.estimate: sum of operation count x per-operation constant (§6.3.1)",
+    "paper_6_1": "report._paper_section: model / paper - 1 for the components of SPEC-hardware §6.1",
+    "gpus.roofline": "gpu.roofline: max(bytes / bandwidth, FLOPs / peak); time x (TDP - idle) (§6.3.2)",
+    "gpus.paper_measured": "reference.toml (SPEC-hardware §6.2, per sequence-token) x batch = per step",
+    "ratios": "compare.ratios: GPU / gain cell per batch step and per sequence-token (§6.2)",
+    "measured": "gpu.measure: median step time; (meter energy - idle power x time) / steps (§6.2 protocol)",
+    "whole_model": "compare.whole_model: weights roofline + L x attention roofline vs chip (Amdahl, §6.3.3)",
+    "retention": "compare.retention_check: ε = Δt / τ, oldest token keeps exp(-ε (M - 1)) (§6.3.4)",
+}
+
 NORMALISATION_NOTES = {
     "per_batch_step": "one GPU decode step (batch of B sequences, one token each) vs one gain-cell token",
     "per_sequence_token": "GPU step / B vs one gain-cell token: equal work; the paper's ratios use this",
@@ -341,6 +352,7 @@ def build_report(query: HardwareQuery) -> dict[str, Any]:
             "warnings": [check.warning for check in checks if check.warning],
         },
         "normalisations": NORMALISATION_NOTES,
+        "formulas": FORMULAS,
         "sources": {
             "technology": _records(resolved.tech.records),
             "gpus": _records(tuple(r for device in load_gpus().values() for r in device.records)),
@@ -503,7 +515,7 @@ def _render_measured(measured: dict[str, Any], console: Any) -> None:
         f"{measured['repetitions']} x {measured['steps']} steps after {measured['warmup']} warm-up): step "
         f"{_si(measured['latency_step_s'], 's')} (min {_si(measured['latency_step_min_s'], 's')}, max "
         f"{_si(measured['latency_step_max_s'], 's')}), energy {_si(measured['energy_step_j'], 'J')} "
-        f"[{measured['energy_method']}]; ratios per step "
+        f"({measured['energy_method']}); ratios per step "
         f"{_pair(step['latency_ratio'], step['energy_ratio'])}; "
         f"per seq-token {_pair(seq['latency_ratio'], seq['energy_ratio'])}"
     )
