@@ -285,3 +285,9 @@ def test_through_the_gaincell_command(capsys):
     assert json.loads(capsys.readouterr().out)["gain_cell"]["per_layer"]["latency_s"] == pytest.approx(65e-9)
     assert main(["hw", "--heads", "0"]) == 2
     assert "error: heads (--heads) must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_cli_model_choices_match_the_decoder_table():
+    from gaincell.hardware.models import DECODERS
+
+    assert hw_cli.MODELS == tuple(DECODERS)
