@@ -6,7 +6,15 @@ language models*, Nature Computational Science 5, 813–824 (2025).
 
 from gaincell.attention import CellGains, Scalers, gain_cell_attention, sliding_window_softmax
 from gaincell.cells import CellModel, build_cell, register_cell
-from gaincell.config import PRESETS, CellConfig, GainCellConfig, NoiseConfig, PeripheryConfig, QuantizerConfig, preset
+from gaincell.config import (
+    PRESETS,
+    CellConfig,
+    GainCellConfig,
+    NoiseConfig,
+    PeripheryConfig,
+    QuantizerConfig,
+    preset,
+)
 from gaincell.errors import GainCellError
 from gaincell.memory import GainCellMemory
 

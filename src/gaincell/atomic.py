@@ -21,6 +21,9 @@ def atomic_file(target: str | os.PathLike, mode: str = "w", **open_kwargs) -> It
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
     try:
         with open(tmp, mode, **open_kwargs) as handle:
             yield handle

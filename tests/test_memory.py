@@ -1,0 +1,68 @@
+"""The step-by-step gain-cell memory returns what the parallel op returns (SPEC §3.6)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from gaincell import CellGains, GainCellError, GainCellMemory, Scalers, gain_cell_attention, preset
+from gaincell.config import PRESETS
+
+
+def _sequence(length, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.rand(2, 3, length, 8, generator=generator, dtype=dtype)
+    k = torch.rand(2, 3, length, 8, generator=generator, dtype=dtype) - 0.5
+    v = torch.rand(2, 3, length, 8, generator=generator, dtype=dtype) - 0.5
+    return q, k, v
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("length", [20, 32, 150])  # T < M, T = M, T > M (four wrap-arounds)
+@pytest.mark.parametrize("prompt", [0, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_steps_equal_parallel(name, length, prompt, dtype):
+    config = preset(name, window=32, subtile_rows=16, block_size=16)
+    q, k, v = _sequence(length, dtype)
+    scalers = Scalers(3).to(dtype)
+    with torch.no_grad():
+        parallel = gain_cell_attention(q, k, v, scalers, config)
+    memory = GainCellMemory(config, scalers, 2, 3, 8, dtype=dtype)
+    outputs = [memory.prefill(q[:, :, :prompt], k[:, :, :prompt], v[:, :, :prompt])] if prompt else []
+    for t in range(prompt, length):
+        outputs.append(memory.step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1]))
+    stepped = torch.cat(outputs, dim=2)
+    assert ((stepped - parallel).abs().max() / parallel.abs().max()).item() <= 1e-5
+
+
+def test_steps_equal_parallel_with_variability_and_uneven_subtiles():
+    config = preset("paper", window=40, subtile_rows=16, block_size=24)
+    config = config.replace(noise=dataclasses.replace(config.noise, variability=0.1))
+    gains = CellGains.sample(config, 3, 8)
+    q, k, v = _sequence(101, torch.float64)
+    scalers = Scalers(3).double()
+    parallel = gain_cell_attention(q, k, v, scalers, config, gains=gains)
+    memory = GainCellMemory(config, scalers, 2, 3, 8, gains=gains, dtype=torch.float64)
+    stepped = torch.cat([memory.step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1]) for t in range(101)], 2)
+    torch.testing.assert_close(stepped, parallel, rtol=1e-10, atol=1e-12)
+
+
+def test_slots_hold_the_last_window_in_circular_order():
+    config = preset("paper", window=8, subtile_rows=4, block_size=4)
+    q, k, v = _sequence(13, torch.float32)
+    memory = GainCellMemory(config, Scalers(3), 2, 3, 8)
+    for t in range(13):
+        memory.step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1])
+    assert memory.positions.tolist() == [8, 9, 10, 11, 12, 5, 6, 7]
+    memory.reset()
+    assert memory.length == 0 and (memory.positions == -1).all()
+
+
+def test_bad_inputs_are_named():
+    memory = GainCellMemory(preset("paper", window=8, subtile_rows=4), Scalers(3), 2, 3, 8)
+    with pytest.raises(GainCellError, match="one token"):
+        memory.step(*(torch.rand(2, 3, 2, 8) for _ in range(3)))
+    with pytest.raises(GainCellError, match="heads=3"):
+        memory.step(*(torch.rand(2, 4, 1, 8) for _ in range(3)))
+    with pytest.raises(GainCellError, match="batch"):
+        GainCellMemory(preset("paper"), Scalers(3), 0, 3, 8)
