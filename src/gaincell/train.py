@@ -1,0 +1,505 @@
+"""The fine-tuning loop used by every stage of the adaptation recipe (SPEC §4).
+
+It works for any ``transformers`` causal LM whose ``forward(input_ids, labels)`` returns ``.loss``
+— GPT-2 as loaded, or with gain-cell attention put in. It is an ordinary loop on
+``accelerate.Accelerator``, so ``accelerate launch`` or ``torchrun`` runs it with DDP or FSDP on
+many GPUs and nodes with no code change: AdamW (no weight decay on 1-D parameters: biases,
+LayerNorm gains and the per-head scalers), linear warm-up then cosine decay, gradient
+accumulation, clipping, mixed precision when available, periodic evaluation, a progress bar and
+one JSONL line of metrics per logged step.
+
+Resuming is exact. The data order is a pure function of (seed, epoch) and of the optimizer step,
+and a checkpoint holds the weights, the optimizer, the schedule, every process's RNG states and
+the step; so a run killed and resumed takes the same steps, on the same blocks, with the same
+dropout masks, as one that was never interrupted. Checkpoints are written into a temporary
+directory that is renamed into place when complete (:func:`gaincell.atomic.atomic_directory`), so a
+crash never leaves a partial one where resume would look.
+
+Units: ``batch_size`` is blocks per process per micro-batch; one optimizer step consumes
+``batch_size * grad_accum * num_processes`` blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gaincell.atomic import atomic_directory, atomic_file
+from gaincell.data import check_context, epoch_permutation
+from gaincell.errors import GainCellError
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+TRACKERS = ("tensorboard", "wandb")
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+_CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
+#: Settings that fix the data order and the RNG streams; a resumed run must keep them.
+_RESUME_INVARIANTS = ("batch_size", "grad_accum", "seed")
+
+
+def _fail(name: str, expected: str, value: Any) -> None:
+    raise GainCellError(f"TrainConfig.{name} must be {expected}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything the loop needs besides the model and the data; checked when built.
+
+    ``eval_every`` / ``checkpoint_every`` of 0 mean "only at the end"; ``eval_batches`` of None
+    evaluates on all evaluation blocks; ``log_jsonl`` is relative to the output directory (None: no
+    file); ``report_to`` may add ``"tensorboard"`` and/or ``"wandb"``. ``mixed_precision="auto"``
+    picks bf16 on a GPU that has it, fp16 on other GPUs and full precision on CPU.
+    """
+
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = 1.0
+    mixed_precision: str = "auto"
+    eval_every: int = 100
+    eval_batches: int | None = 20
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    log_jsonl: str | None = "metrics.jsonl"
+    report_to: tuple[str, ...] = ()
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.lr) or self.lr <= 0:
+            _fail("lr", "a finite number > 0", self.lr)
+        if not _is_number(self.min_lr) or not 0 <= self.min_lr <= self.lr:
+            _fail("min_lr", f"a number in [0, lr={self.lr}]", self.min_lr)
+        for name, minimum in (("warmup_steps", 0), ("max_steps", 1), ("batch_size", 1), ("grad_accum", 1),
+                              ("eval_every", 0), ("checkpoint_every", 0), ("keep_checkpoints", 1),
+                              ("log_every", 1), ("seed", 0)):
+            if not _is_int(getattr(self, name), minimum):
+                _fail(name, f"an integer >= {minimum}", getattr(self, name))
+        if self.warmup_steps > self.max_steps:
+            _fail("warmup_steps", f"<= max_steps={self.max_steps}", self.warmup_steps)
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            _fail("weight_decay", "a finite number >= 0", self.weight_decay)
+        betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
+        if len(betas) != 2 or not all(_is_number(beta) and 0 <= beta < 1 for beta in betas):
+            _fail("betas", "two numbers in [0, 1)", self.betas)
+        object.__setattr__(self, "betas", betas)
+        if self.grad_clip is not None and (not _is_number(self.grad_clip) or self.grad_clip <= 0):
+            _fail("grad_clip", "a finite number > 0 or None", self.grad_clip)
+        if self.mixed_precision not in MIXED_PRECISION:
+            _fail("mixed_precision", f"one of {MIXED_PRECISION}", self.mixed_precision)
+        if self.eval_batches is not None and not _is_int(self.eval_batches, 1):
+            _fail("eval_batches", "an integer >= 1 or None", self.eval_batches)
+        if self.log_jsonl is not None and (not isinstance(self.log_jsonl, str) or not self.log_jsonl):
+            _fail("log_jsonl", "a file name or None", self.log_jsonl)
+        report_to = (self.report_to,) if isinstance(self.report_to, str) else tuple(self.report_to)
+        if any(tracker not in TRACKERS for tracker in report_to):
+            _fail("report_to", f"a subset of {TRACKERS}", self.report_to)
+        object.__setattr__(self, "report_to", report_to)
+        if not isinstance(self.progress_bar, bool):
+            _fail("progress_bar", "True or False", self.progress_bar)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Learning rate of the update that ends step ``step + 1`` (``step`` counts from 0).
+
+    Linear warm-up to ``lr`` over ``warmup_steps`` updates, then a half cosine down to ``min_lr``
+    at ``max_steps`` (the paper's schedule, SPEC §4).
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay matrices (ndim >= 2) only, never biases, norms or per-head scalers."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    if not decay and not no_decay:
+        raise GainCellError("model: has no trainable parameters")
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns; the full history is in the JSONL file.
+
+    ``loss`` is the last step's training loss (mean over its micro-batches and processes),
+    ``eval_loss`` the last evaluation's; ``history`` holds the records logged by this call.
+    """
+
+    model: torch.nn.Module
+    step: int
+    loss: float | None
+    eval_loss: float | None
+    checkpoint: Path | None
+    history: list[dict] = field(default_factory=list)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / CHECKPOINT_DIR / f"step-{step:08d}"
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step under ``output_dir`` (None if there is none)."""
+    folder = Path(output_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return None
+    found = [(int(match.group(1)), path) for path in folder.iterdir()
+             if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name))]
+    return max(found)[1] if found else None
+
+
+def read_checkpoint_state(path: str | Path) -> dict:
+    """Read a checkpoint's ``trainer_state.json`` and check every file it lists is there, whole.
+
+    A damaged or incomplete checkpoint raises :class:`GainCellError` naming the path.
+    """
+    path = Path(path)
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        step = int(state["step"])
+        files = dict(state["files"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise GainCellError(f"corrupt checkpoint {path}: unreadable {STATE_FILE} ({type(error).__name__})") from error
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size != size:
+            raise GainCellError(f"corrupt checkpoint {path}: {name} is missing or has the wrong size")
+    if step < 0:
+        raise GainCellError(f"corrupt checkpoint {path}: negative step {step}")
+    return state
+
+
+def _remove_partial_checkpoints(output_dir: Path) -> None:
+    """Delete what a killed run left half-written (temporary or set-aside checkpoint folders)."""
+    folder = output_dir / CHECKPOINT_DIR
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name.startswith(".step-"):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _prune_checkpoints(output_dir: Path, keep: int) -> None:
+    folder = output_dir / CHECKPOINT_DIR
+    found = sorted((int(match.group(1)), path) for path in folder.iterdir()
+                   if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name)))
+    for _, path in found[:-keep]:
+        doomed = path.with_name(f".{path.name}.deleting")
+        path.rename(doomed)  # atomic: a checkpoint folder is either complete or hidden
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _save_checkpoint(accelerator, output_dir: Path, step: int, state: dict) -> Path:
+    """Write a checkpoint atomically; every process writes its part into one shared temp dir."""
+    from accelerate.utils import broadcast_object_list
+
+    target = checkpoint_path(output_dir, step)
+    with ExitStack() as stack:
+        temporary = [str(stack.enter_context(atomic_directory(target))) if accelerator.is_main_process else None]
+        temporary = Path(broadcast_object_list(temporary)[0])
+        accelerator.save_state(str(temporary))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            files = {str(file.relative_to(temporary)): file.stat().st_size
+                     for file in sorted(temporary.rglob("*")) if file.is_file()}
+            (temporary / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=1))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _prune_checkpoints(output_dir, state["config"]["keep_checkpoints"])
+    return target
+
+
+def _load_checkpoint(accelerator, path: Path) -> None:
+    try:
+        accelerator.load_state(str(path))
+    except Exception as error:  # any failure to read it back means the checkpoint is damaged
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise GainCellError(f"corrupt checkpoint {path}: {type(error).__name__}: {detail}") from error
+
+
+def _check_resumable(state: dict, path: Path, config: TrainConfig, world: int, n_blocks: int) -> None:
+    saved = state.get("config", {})
+    for name in _RESUME_INVARIANTS:
+        if saved.get(name) != getattr(config, name):
+            raise GainCellError(
+                f"cannot resume {path} exactly: {name} was {saved.get(name)!r}, now {getattr(config, name)!r}"
+            )
+    for name, now in (("num_processes", world), ("train_blocks", n_blocks)):
+        if state.get(name) != now:
+            raise GainCellError(f"cannot resume {path} exactly: {name} was {state.get(name)!r}, now {now!r}")
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+def _rows(blocks, indices: torch.Tensor) -> torch.Tensor:
+    """Rows of a tensor or a (memory-mapped) numpy array of blocks, as a LongTensor."""
+    if isinstance(blocks, torch.Tensor):
+        return blocks[indices].long()
+    return torch.from_numpy(np.asarray(blocks[indices.numpy()])).long()
+
+
+def _check_blocks(blocks, name: str, model, minimum: int) -> None:
+    if not isinstance(blocks, (torch.Tensor, np.ndarray)) or blocks.ndim != 2:
+        raise GainCellError(f"{name} must be a 2-D tensor or array of token blocks (n_blocks, block_size)")
+    integer = not blocks.dtype.is_floating_point if isinstance(blocks, torch.Tensor) else blocks.dtype.kind in "iu"
+    if not integer or blocks.dtype == torch.bool:
+        raise GainCellError(f"{name} must hold integer token ids, got dtype {blocks.dtype}")
+    if len(blocks) < minimum:
+        raise GainCellError(f"{name} has {len(blocks)} blocks; need at least {minimum} (one per process and batch row)")
+    check_context(model, int(blocks.shape[1]), name)
+
+
+class _Order:
+    """Which blocks each process reads for micro-batch number ``index`` (counted over the whole run).
+
+    Epoch ``e`` reads the blocks in :func:`epoch_permutation` order (seed, e); each micro-batch
+    takes the next ``batch_size * world`` of them and process ``rank`` gets its contiguous slice.
+    The incomplete batch at an epoch's end is skipped.
+    """
+
+    def __init__(self, n_blocks: int, batch_size: int, seed: int, rank: int, world: int) -> None:
+        self.n_blocks, self.batch_size, self.seed, self.rank, self.world = n_blocks, batch_size, seed, rank, world
+        self.per_epoch = n_blocks // (batch_size * world)
+        self._epoch, self._permutation = -1, None
+
+    def indices(self, index: int) -> torch.Tensor:
+        epoch, position = divmod(index, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._permutation = epoch, epoch_permutation(self.n_blocks, self.seed, epoch)
+        start = (position * self.world + self.rank) * self.batch_size
+        return self._permutation[start : start + self.batch_size]
+
+    def epoch(self, index: int) -> float:
+        return index / self.per_epoch
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+
+def _no_accelerator() -> bool:
+    """True on a machine with no GPU (or other torch accelerator).
+
+    ``Accelerator(cpu=True)`` is what makes a ``torchrun``-launched job on CPUs run as one
+    gloo process group instead of as independent single-process runs.
+    """
+    probe = getattr(torch, "accelerator", None)
+    return not (probe.is_available() if probe is not None else torch.cuda.is_available())
+
+
+def _resolve_mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+@torch.no_grad()
+def _evaluate(model, eval_data, config: TrainConfig, accelerator) -> float:
+    """Mean token loss over the first ``eval_batches * batch_size * world`` evaluation blocks.
+
+    Every process scores the same number of blocks (interleaved), then the sums are reduced.
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n_blocks = len(eval_data)
+    if config.eval_batches is not None:
+        n_blocks = min(n_blocks, config.eval_batches * config.batch_size * world)
+    n_blocks -= n_blocks % world
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for chunk in torch.arange(rank, n_blocks, world).split(config.batch_size):
+        input_ids = _rows(eval_data, chunk).to(accelerator.device)
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+        total += torch.stack([loss.double() * len(chunk), torch.tensor(len(chunk), dtype=torch.float64,
+                                                                       device=accelerator.device)])
+    model.train(was_training)
+    total = accelerator.reduce(total, reduction="sum")
+    return float(total[0] / total[1])
+
+
+def _call(callbacks: Sequence, hook: str, step: int, model, metrics: dict) -> None:
+    for callback in callbacks:
+        method: Callable | None = getattr(callback, hook, None)
+        if method is not None:
+            method(step, model, metrics)
+
+
+def _rewrite_log(path: Path, last_step: int) -> None:
+    """On resume, drop log lines of steps after the checkpoint: they are about to be redone."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    with atomic_file(path) as handle:
+        handle.write("".join(line + "\n" for line in kept))
+
+
+def train(
+    model: torch.nn.Module,
+    train_data,
+    eval_data,
+    config: TrainConfig,
+    output_dir: str | Path,
+    *,
+    resume: bool = False,
+    callbacks: Sequence = (),
+) -> TrainResult:
+    """Fine-tune ``model`` on blocks of token ids; see the module docstring.
+
+    ``train_data`` / ``eval_data`` are ``(n_blocks, block_size)`` integer tensors or numpy arrays
+    (memory-mapped ones work); ``eval_data`` may be None. Checkpoints go to
+    ``output_dir/checkpoints/step-XXXXXXXX`` every ``checkpoint_every`` steps and at the end.
+    ``resume=True`` continues from the latest checkpoint there; without it the directory must hold
+    none. Callbacks are objects with optional ``on_step_end(step, model, metrics)`` and
+    ``on_eval(step, model, metrics)`` methods, called on every process with the unwrapped model;
+    a callback that also has ``state_dict``/``load_state_dict`` is saved in the checkpoints.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    if not isinstance(config, TrainConfig):
+        raise GainCellError(f"config must be a TrainConfig, got {type(config).__name__}")
+    output_dir = Path(output_dir)
+    accelerator = Accelerator(
+        cpu=_no_accelerator(),
+        gradient_accumulation_steps=config.grad_accum,
+        mixed_precision=_resolve_mixed_precision(config.mixed_precision),
+        log_with=list(config.report_to) or None,
+        project_dir=str(output_dir),
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    _check_blocks(train_data, "train_data", model, config.batch_size * world)
+    if eval_data is not None:
+        _check_blocks(eval_data, "eval_data", model, world)
+    if accelerator.is_main_process:
+        _remove_partial_checkpoints(output_dir)
+
+    latest = latest_checkpoint(output_dir)
+    resumed_state: dict = {}
+    if resume:
+        if latest is None:
+            raise GainCellError(f"resume: no checkpoint in {output_dir / CHECKPOINT_DIR}")
+        resumed_state = read_checkpoint_state(latest)
+        _check_resumable(resumed_state, latest, config, world, len(train_data))
+    elif latest is not None:
+        raise GainCellError(f"output_dir: {output_dir} already holds checkpoints; pass resume=True or use a new directory")
+
+    set_seed(config.seed)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(step, config) / config.lr)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The schedule is stepped by hand once per update, so it is checkpointed as a custom object
+    # rather than prepared (a prepared scheduler advances once per process).
+    accelerator.register_for_checkpointing(scheduler)
+    stateful = [callback for callback in callbacks
+                if hasattr(callback, "state_dict") and hasattr(callback, "load_state_dict")]
+    if stateful:
+        accelerator.register_for_checkpointing(*stateful)
+    if resume:
+        _load_checkpoint(accelerator, latest)
+        accelerator.print(f"resumed from {latest} at step {resumed_state['step']}")
+
+    step = int(resumed_state.get("step", 0))
+    loss = resumed_state.get("loss")
+    eval_loss = resumed_state.get("eval_loss")
+    elapsed_before = float(resumed_state.get("elapsed", 0.0))
+    block_size = int(train_data.shape[1])
+    tokens_per_step = config.batch_size * config.grad_accum * world * block_size
+    order = _Order(len(train_data), config.batch_size, config.seed, rank, world)
+    log_path = output_dir / config.log_jsonl if config.log_jsonl else None
+    if accelerator.is_main_process and log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if resume:
+            _rewrite_log(log_path, step)
+        elif log_path.exists():
+            log_path.unlink()
+    if config.report_to:
+        accelerator.init_trackers("gaincell", config=dataclasses.asdict(config))
+    unwrapped = accelerator.unwrap_model(model)
+    history: list[dict] = []
+    checkpoint = latest if resume else None
+    progress = tqdm(total=config.max_steps, initial=step, desc="train", dynamic_ncols=True,
+                    disable=not (config.progress_bar and accelerator.is_local_main_process))
+    started = time.perf_counter() - elapsed_before
+    model.train()
+    while step < config.max_steps:
+        lr = scheduler.get_last_lr()[0]
+        micro_losses = []
+        for micro in range(config.grad_accum):
+            index = step * config.grad_accum + micro
+            input_ids = _rows(train_data, order.indices(index)).to(accelerator.device)
+            with accelerator.accumulate(model):
+                micro_loss = model(input_ids=input_ids, labels=input_ids).loss
+                accelerator.backward(micro_loss)
+            micro_losses.append(micro_loss.detach().float())
+        grad_norm = None
+        if config.grad_clip is not None:
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), config.grad_clip))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss = float(accelerator.reduce(torch.stack(micro_losses).mean(), reduction="mean"))
+        metrics = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": step * tokens_per_step,
+                   "epoch": order.epoch(step * config.grad_accum), "elapsed": time.perf_counter() - started}
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        _call(callbacks, "on_step_end", step, unwrapped, metrics)
+        final = step == config.max_steps
+        if eval_data is not None and (final or (config.eval_every and step % config.eval_every == 0)):
+            eval_loss = _evaluate(model, eval_data, config, accelerator)
+            metrics["eval_loss"] = eval_loss
+            _call(callbacks, "on_eval", step, unwrapped, metrics)
+        if final or step % config.log_every == 0 or "eval_loss" in metrics:
+            history.append(metrics)
+            if accelerator.is_main_process and log_path is not None:
+                with log_path.open("a") as handle:
+                    handle.write(json.dumps(metrics) + "\n")
+            if config.report_to:
+                accelerator.log({k: v for k, v in metrics.items() if k != "step" and v is not None}, step=step)
+        if final or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            state = {"step": step, "loss": loss, "eval_loss": eval_loss, "elapsed": metrics["elapsed"],
+                     "tokens": metrics["tokens"], "num_processes": world, "train_blocks": len(train_data),
+                     "block_size": block_size, "config": dataclasses.asdict(config)}
+            checkpoint = _save_checkpoint(accelerator, output_dir, step, state)
+    progress.close()
+    if config.report_to:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    return TrainResult(model=unwrapped, step=step, loss=loss, eval_loss=eval_loss, checkpoint=checkpoint,
+                       history=history)

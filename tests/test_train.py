@@ -1,0 +1,297 @@
+"""The fine-tuning loop (gaincell.train): learning, exact resume, DDP, checkpoints, config checks."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gaincell.data import corpus_blocks, corpus_from_texts, split_blocks, train_bpe_tokenizer
+from gaincell.errors import GainCellError
+from gaincell.train import (
+    TrainConfig,
+    latest_checkpoint,
+    learning_rate,
+    parameter_groups,
+    read_checkpoint_state,
+    train,
+)
+
+WORKER = Path(__file__).resolve().parent / "data" / "train_worker.py"
+WORKER_MODEL = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: faster for tiny models on a small shared CPU, and bit-reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def blocks(shared_data):
+    """(train, eval, vocab_size): 32-token blocks of Tiny Shakespeare under a 384-token BPE."""
+    text = (shared_data / "tinyshakespeare.txt").read_text()[:100_000]
+    tokenizer = train_bpe_tokenizer(text, 384)
+    train_blocks, eval_blocks = split_blocks(corpus_blocks(corpus_from_texts([text]), tokenizer, 32), 0.1)
+    return train_blocks, eval_blocks, len(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def blocks_file(blocks, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("blocks") / "blocks.pt"
+    train_blocks, eval_blocks, vocab_size = blocks
+    torch.save({"train": train_blocks, "eval": eval_blocks, "vocab_size": vocab_size}, path)
+    return path
+
+
+def tiny_gpt2(vocab_size: int, n_positions: int = 32):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(**{**WORKER_MODEL, "n_positions": n_positions}, vocab_size=vocab_size,
+                                      bos_token_id=0, eos_token_id=0))
+
+
+def quick_config(**overrides) -> TrainConfig:
+    settings = {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 4, "max_steps": 10, "batch_size": 4, "grad_accum": 2,
+                "eval_every": 5, "eval_batches": 2, "checkpoint_every": 5, "log_every": 1, "progress_bar": False}
+    return TrainConfig(**{**settings, **overrides})
+
+
+def worker_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def read_result(output_dir: Path, rank: int = 0) -> dict:
+    return json.loads((output_dir / f"result-rank{rank}.json").read_text())
+
+
+# -- configuration and schedule -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("lr", 0.0), ("lr", float("nan")), ("min_lr", 1.0), ("warmup_steps", -1), ("warmup_steps", 2000),
+        ("max_steps", 0), ("batch_size", 0), ("grad_accum", 1.5), ("weight_decay", -0.1), ("betas", (0.9,)),
+        ("betas", (0.9, 1.0)), ("grad_clip", 0.0), ("mixed_precision", "fp8"), ("eval_every", -1),
+        ("eval_batches", 0), ("checkpoint_every", -5), ("keep_checkpoints", 0), ("log_every", 0), ("seed", -1),
+        ("log_jsonl", ""), ("report_to", ("mlflow",)), ("progress_bar", "yes"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(GainCellError, match=rf"TrainConfig\.{field} must be"):
+        TrainConfig(**{field: value})
+
+
+def test_config_is_frozen_and_normalised():
+    config = TrainConfig(betas=[0.9, 0.99], report_to="tensorboard", grad_clip=None)
+    assert config.betas == (0.9, 0.99) and config.report_to == ("tensorboard",)
+    with pytest.raises(AttributeError):
+        config.lr = 1.0
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine_to_min_lr():
+    config = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    warmup = [learning_rate(step, config) for step in range(10)]
+    assert warmup == pytest.approx([(step + 1) / 10 for step in range(10)])
+    decay = [learning_rate(step, config) for step in range(10, 111)]
+    assert decay[0] == pytest.approx(1.0)
+    assert decay[50] == pytest.approx(0.55)
+    assert decay[-1] == pytest.approx(0.1)
+    assert all(later <= earlier for earlier, later in zip(decay, decay[1:], strict=False))
+
+
+def test_weight_decay_spares_biases_norms_and_per_head_scalers():
+    model = tiny_gpt2(64)
+    model.register_parameter("scaler_a_q", torch.nn.Parameter(torch.ones(2)))
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(parameter.ndim >= 2 for parameter in decay["params"])
+    assert any(parameter is model.scaler_a_q for parameter in no_decay["params"])
+    assert sum(p.numel() for group in (decay, no_decay) for p in group["params"]) == sum(
+        p.numel() for p in model.parameters())
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A callback with state, as the adaptation recipe's statistics recorder will be."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.evals: list[tuple[int, float]] = []
+
+    def on_step_end(self, step, model, metrics) -> None:
+        assert isinstance(model, torch.nn.Module) and math.isfinite(metrics["loss"])
+        self.steps.append(step)
+
+    def on_eval(self, step, model, metrics) -> None:
+        self.evals.append((step, metrics["eval_loss"]))
+
+    def state_dict(self) -> dict:
+        return {"steps": list(self.steps)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = list(state["steps"])
+
+
+def test_loss_decreases_on_a_real_corpus(blocks, tmp_path):
+    train_blocks, eval_blocks, vocab_size = blocks
+    recorder = Recorder()
+    config = quick_config(max_steps=40, eval_every=20, checkpoint_every=20)
+    result = train(tiny_gpt2(vocab_size), train_blocks, eval_blocks, config, tmp_path, callbacks=[recorder])
+
+    assert result.step == 40 and recorder.steps == list(range(1, 41))
+    assert [step for step, _ in recorder.evals] == [20, 40]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == list(range(1, 41))
+    assert set(records[0]) >= {"step", "loss", "lr", "eval_loss", "tokens", "elapsed"} - {"eval_loss"}
+    assert records[-1]["tokens"] == 40 * 4 * 2 * 32
+    first, last = records[0]["loss"], result.loss
+    assert first == pytest.approx(math.log(vocab_size), abs=0.3)
+    assert last < first - 0.7
+    assert result.eval_loss == records[-1]["eval_loss"] < first - 0.7
+    assert latest_checkpoint(tmp_path) == result.checkpoint == tmp_path / "checkpoints" / "step-00000040"
+    assert read_checkpoint_state(result.checkpoint)["step"] == 40
+
+
+def test_resume_after_kill_reaches_the_same_final_loss(blocks_file, tmp_path):
+    """Kill a run (SIGKILL) after its step-20 checkpoint, resume it, compare with a run never stopped."""
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    command = [sys.executable, str(WORKER), str(blocks_file)]
+    reference = subprocess.Popen([*command, str(reference_dir), "40"], env=worker_env(), stderr=subprocess.PIPE)
+    victim = subprocess.Popen([*command, str(killed_dir), "40", "--slow-after", "20"], env=worker_env(),
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed_dir / "checkpoints" / "step-00000020").is_dir():
+        assert victim.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    time.sleep(0.3)  # a step or two past the checkpoint: those must be redone identically
+    assert victim.poll() is None
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert latest_checkpoint(killed_dir).name == "step-00000020"
+    assert reference.wait() == 0, reference.stderr.read().decode()[-2000:]
+
+    resumed = subprocess.run([*command, str(killed_dir), "40", "--resume"], env=worker_env(), capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout
+    expected, got = read_result(reference_dir), read_result(killed_dir)
+    assert got["step"] == expected["step"] == 40
+    assert got["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    assert got["eval_loss"] == pytest.approx(expected["eval_loss"], abs=1e-6)
+    assert got["weights"] == expected["weights"]
+    steps = [json.loads(line)["step"] for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 41))
+    assert not [path for path in (killed_dir / "checkpoints").iterdir() if path.name.startswith(".")]
+
+
+def test_ddp_on_cpu_with_two_processes(blocks_file, tmp_path):
+    """torchrun with two gloo processes: both ranks end with the same weights and the loss falls."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(WORKER), str(blocks_file), str(tmp_path), "20"]
+    finished = subprocess.run(command, env=worker_env(), capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    rank0, rank1 = read_result(tmp_path, 0), read_result(tmp_path, 1)
+    assert rank0["num_processes"] == rank1["num_processes"] == 2
+    assert rank0["weights"] == rank1["weights"]
+    assert rank0["loss"] == rank1["loss"] and math.isfinite(rank0["loss"])
+    assert rank0["loss"] < rank0["first_loss"] - 0.4
+    state = read_checkpoint_state(latest_checkpoint(tmp_path))
+    assert state["num_processes"] == 2 and state["tokens"] == 20 * 4 * 2 * 2 * 32
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(state["files"])
+
+
+def test_resume_restores_stateful_callbacks_and_extends_a_finished_run(blocks, tmp_path):
+    train_blocks, eval_blocks, vocab_size = blocks
+    first = Recorder()
+    train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(max_steps=6), tmp_path, callbacks=[first])
+    second = Recorder()
+    result = train(tiny_gpt2(vocab_size), train_blocks, eval_blocks, quick_config(max_steps=9), tmp_path,
+                   resume=True, callbacks=[second])
+    assert second.steps == list(range(1, 10))
+    assert result.step == 9 and result.eval_loss is not None
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["step-00000006", "step-00000009"]
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def finished_run(blocks, tmp_path):
+    train_blocks, _, vocab_size = blocks
+    train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(max_steps=5), tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("damage", ["truncate-weights", "garbage-state", "missing-rng", "garbage-optimizer"])
+def test_corrupt_checkpoint_gives_one_line_naming_it(blocks, finished_run, damage):
+    train_blocks, _, vocab_size = blocks
+    checkpoint = latest_checkpoint(finished_run)
+    if damage == "truncate-weights":
+        weights = checkpoint / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "garbage-state":
+        (checkpoint / "trainer_state.json").write_text("{not json")
+    elif damage == "missing-rng":
+        (checkpoint / "random_states_0.pkl").unlink()
+    else:  # same size, unreadable content: caught when loading
+        optimizer = checkpoint / "optimizer.bin"
+        optimizer.write_bytes(b"\0" * optimizer.stat().st_size)
+    with pytest.raises(GainCellError, match=f"corrupt checkpoint {checkpoint}") as raised:
+        train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(max_steps=8), finished_run, resume=True)
+    assert "\n" not in str(raised.value)
+
+
+def test_partial_checkpoints_of_a_killed_run_are_removed_on_restart(blocks, finished_run):
+    train_blocks, _, vocab_size = blocks
+    partial = finished_run / "checkpoints" / ".step-00000007.x1y2.tmp"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    result = train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(max_steps=8), finished_run, resume=True)
+    assert result.step == 8 and not partial.exists()
+
+
+def test_resume_needs_a_checkpoint_and_a_fresh_run_needs_an_empty_directory(blocks, finished_run, tmp_path_factory):
+    train_blocks, _, vocab_size = blocks
+    with pytest.raises(GainCellError, match="resume: no checkpoint"):
+        train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(), tmp_path_factory.mktemp("empty"), resume=True)
+    with pytest.raises(GainCellError, match="already holds checkpoints"):
+        train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(), finished_run)
+
+
+def test_resume_refuses_a_different_data_order(blocks, finished_run):
+    train_blocks, _, vocab_size = blocks
+    with pytest.raises(GainCellError, match="batch_size was 4, now 8"):
+        train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(batch_size=8), finished_run, resume=True)
+    with pytest.raises(GainCellError, match="train_blocks was"):
+        train(tiny_gpt2(vocab_size), train_blocks[:-1], None, quick_config(), finished_run, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("make_data", "message"),
+    [
+        (lambda data: torch.cat([data, data], dim=1), "train_data: context of 64 tokens is longer than the model's 32"),
+        (lambda data: data[:3], "train_data has 3 blocks; need at least 4"),
+        (lambda data: data.float(), "train_data must hold integer token ids"),
+        (lambda data: data[0], "train_data must be a 2-D"),
+    ],
+)
+def test_bad_training_data_is_refused_before_anything_is_written(blocks, tmp_path, make_data, message):
+    train_blocks, _, vocab_size = blocks
+    with pytest.raises(GainCellError, match=message):
+        train(tiny_gpt2(vocab_size), make_data(train_blocks), None, quick_config(), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
