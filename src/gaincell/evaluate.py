@@ -1,0 +1,313 @@
+"""Evaluation as the paper reports it (SPEC §5): perplexity and lm-eval-harness tasks.
+
+- :func:`strided_perplexity`: the standard sliding-window perplexity of a causal LM over a token
+  stream — windows of ``context`` tokens advanced by ``stride``, each token scored exactly once,
+  with at least ``context - stride`` tokens of left context once the first window is full.
+- :class:`GainCellLM`: an lm-eval-harness model (registered as ``"gaincell"``) that wraps an
+  already-built model and tokenizer, or loads a model directory, so ``lm_eval`` runs any gain-cell
+  model on its tasks. It is built on first use: lm-eval is an optional dependency.
+- ``gaincell eval MODEL_DIR --text FILE``: both from the command line (:func:`add_arguments`,
+  :func:`run`).
+
+Model directories are read by :func:`load_model_dir`, the one place that knows how a saved model
+is loaded; every caller here looks it up at call time, so replacing it (for models whose gain-cell
+state lives beside the weights) changes the adapter and the CLI together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from gaincell.data import check_context, load_text_corpus, model_max_positions
+from gaincell.errors import GainCellError
+
+
+def load_model_dir(path: str | os.PathLike):
+    """Load the causal LM saved in directory ``path`` (default: ``AutoModelForCausalLM``)."""
+    from transformers import AutoModelForCausalLM
+
+    directory = _model_directory(path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(directory)
+    except Exception as error:  # a directory that does not load is a user input problem
+        raise GainCellError(f"MODEL_DIR: cannot load a model from {directory}: {_first_line(error)}") from error
+
+
+def load_tokenizer_dir(path: str | os.PathLike):
+    """Load the tokenizer saved beside a model in directory ``path``."""
+    from transformers import AutoTokenizer
+
+    directory = _model_directory(path)
+    try:
+        return AutoTokenizer.from_pretrained(directory)
+    except Exception as error:
+        raise GainCellError(f"MODEL_DIR: cannot load a tokenizer from {directory}: {_first_line(error)}") from error
+
+
+def _model_directory(path: str | os.PathLike) -> Path:
+    directory = Path(path)
+    if not directory.is_dir():
+        raise GainCellError(f"MODEL_DIR: no such directory: {directory}")
+    return directory
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window; no position is scored twice.
+
+    A window's first token has no left context in it, so with ``stride == context`` the first token
+    of every window is skipped; with ``stride < context`` every token after the first is scored.
+    """
+    windows, scored_up_to = [], 1
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + context, n_tokens)
+        windows.append((begin, end, max(scored_up_to, begin + 1)))
+        scored_up_to = end
+        if end == n_tokens:
+            break
+    return windows
+
+
+@torch.no_grad()
+def strided_perplexity(
+    model,
+    token_ids: torch.Tensor,
+    context: int,
+    stride: int,
+    batch_size: int = 1,
+) -> dict:
+    """Perplexity of ``model`` on a 1-D token stream by the sliding-window method.
+
+    Window ``k`` covers tokens ``[k*stride, k*stride + context)``; only the tokens not scored by an
+    earlier window count, so each token after the first is predicted once (``stride < context``),
+    from at least ``context - stride`` earlier tokens (all of them near the start). ``batch_size`` windows run
+    together (the last one is padded on the right, which a causal model cannot see).
+    Returns ``{"ppl", "nll", "tokens"}``: ``nll`` is the mean negative log-likelihood in nats.
+    """
+    for name, value in (("context", context), ("stride", stride), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise GainCellError(f"{name} must be an integer >= 1, got {value!r}")
+    if context < 2:
+        raise GainCellError(f"context must be at least 2 tokens, got {context}")
+    if stride > context:
+        raise GainCellError(f"stride must be <= context={context}, got {stride}")
+    check_context(model, context, "context")
+    token_ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
+    if token_ids.numel() < 2:
+        raise GainCellError(f"text: needs at least 2 tokens to score, got {token_ids.numel()}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    windows = _windows(token_ids.numel(), context, stride)
+    for first in range(0, len(windows), batch_size):
+        group = windows[first : first + batch_size]
+        width = max(end - begin for begin, end, _ in group)
+        input_ids = torch.zeros(len(group), width, dtype=torch.long)
+        scored = torch.zeros(len(group), width - 1, dtype=torch.bool)
+        for row, (begin, end, scored_from) in enumerate(group):
+            input_ids[row, : end - begin] = token_ids[begin:end]
+            scored[row, scored_from - begin - 1 : end - begin - 1] = True
+        input_ids, scored = input_ids.to(device), scored.to(device)
+        logits = model(input_ids=input_ids).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
+        total_nll += float(nll[scored].double().sum())
+        total_tokens += int(scored.sum())
+    model.train(was_training)
+    mean_nll = total_nll / total_tokens
+    return {"ppl": math.exp(mean_nll), "nll": mean_nll, "tokens": total_tokens}
+
+
+def text_perplexity(
+    model,
+    tokenizer,
+    text: str | os.PathLike | None = None,
+    *,
+    dataset: str | None = None,
+    split: str = "test",
+    config: str | None = None,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 1,
+    max_tokens: int | None = None,
+) -> dict:
+    """:func:`strided_perplexity` over a text file or folder (``text``) or a hub ``dataset``.
+
+    Rows are joined with blank lines (one row per file; hub WikiText rows are lines, joined as in
+    the usual WikiText perplexity recipe) and tokenised as one stream. ``context`` defaults to the
+    model's positions, ``stride`` to half the context; ``max_tokens`` scores only a prefix.
+    """
+    corpus = load_text_corpus(text=text, dataset=dataset, split=split, config=config)
+    if context is None:
+        context = model_max_positions(model) or 1024
+    if stride is None:
+        stride = max(1, context // 2)
+    joined = "\n\n".join(corpus["text"])
+    token_ids = torch.tensor(tokenizer(joined, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
+    if max_tokens is not None:
+        if not isinstance(max_tokens, int) or max_tokens < 2:
+            raise GainCellError(f"max_tokens must be an integer >= 2, got {max_tokens!r}")
+        token_ids = token_ids[:max_tokens]
+    result = strided_perplexity(model, token_ids, context, stride, batch_size)
+    return {**result, "context": context, "stride": stride}
+
+
+# -- lm-evaluation-harness ------------------------------------------------------------------------
+
+
+@cache
+def lm_eval_model_class() -> type:
+    """Define and register (as ``"gaincell"``) the lm-eval model class; needs ``lm-eval``."""
+    try:
+        from lm_eval.api.registry import register_model
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as error:
+        raise GainCellError("lm-eval tasks need the lm-eval package: pip install 'gaincell[eval]'") from error
+
+    @register_model("gaincell")
+    class GainCellLM(HFLM):
+        """lm-eval's Hugging Face causal-LM model around a gain-cell (or any causal) model.
+
+        ``pretrained`` is a model instance (then ``tokenizer`` must be given) or a model
+        directory (read with :func:`load_model_dir` and :func:`load_tokenizer_dir`); the other
+        keyword arguments are ``HFLM``'s (``batch_size``, ``max_length``, ...). ``device`` moves
+        the model; by default a loaded directory goes to the GPU when there is one.
+        """
+
+        def __init__(self, pretrained, tokenizer=None, device: str | None = None, **kwargs) -> None:
+            if isinstance(pretrained, (str, os.PathLike)):
+                directory = pretrained
+                pretrained = load_model_dir(directory)
+                tokenizer = load_tokenizer_dir(tokenizer or directory)
+                device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            elif tokenizer is None:
+                raise GainCellError("tokenizer: required when pretrained is a model instance")
+            elif isinstance(tokenizer, (str, os.PathLike)):
+                tokenizer = load_tokenizer_dir(tokenizer)
+            if device:
+                pretrained = pretrained.to(device)
+            super().__init__(pretrained=pretrained, tokenizer=tokenizer, backend="causal", **kwargs)
+
+    GainCellLM.__qualname__ = "GainCellLM"
+    return GainCellLM
+
+
+def __getattr__(name: str):
+    """``gaincell.evaluate.GainCellLM`` builds the lm-eval class on first access (lm-eval is optional)."""
+    if name == "GainCellLM":
+        return lm_eval_model_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def run_lm_eval(
+    model,
+    tokenizer,
+    tasks: list[str],
+    *,
+    include_path: str | os.PathLike | None = None,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 1,
+) -> dict[str, dict[str, float]]:
+    """Run lm-eval ``tasks`` on an in-memory model; returns ``{task: {metric: value}}``.
+
+    ``include_path`` adds a folder of task YAML files to lm-eval's own tasks (which are indexed only
+    if some task is not in that folder).
+    """
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    if not tasks:
+        raise GainCellError("tasks: give at least one lm-eval task name")
+    if include_path is not None and not Path(include_path).is_dir():
+        raise GainCellError(f"include_path: no such directory: {include_path}")
+    adapter = lm_eval_model_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    manager = None
+    if include_path is not None:  # indexing lm-eval's own ~15k task files takes seconds: skip if not needed
+        manager = TaskManager(include_path=str(include_path), include_defaults=False)
+    if manager is None or any(task not in manager.all_tasks for task in tasks):
+        manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
+    unknown = [task for task in tasks if task not in manager.all_tasks]
+    if unknown:
+        raise GainCellError(f"tasks: unknown lm-eval task(s) {unknown}")
+    output = simple_evaluate(model=adapter, tasks=list(tasks), task_manager=manager, limit=limit,
+                             num_fewshot=num_fewshot)
+    return {
+        task: {metric: float(value) for metric, value in metrics.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        for task, metrics in output["results"].items()
+    }
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``gaincell eval``."""
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a saved model directory (weights and tokenizer)")
+    source = parser.add_argument_group("perplexity")
+    source.add_argument("--text", metavar="FILE", help="a .txt file or a folder of them")
+    source.add_argument("--dataset", metavar="NAME", help="a hub dataset instead of --text (needs the network)")
+    source.add_argument("--dataset-config", metavar="NAME", help="the hub dataset's configuration")
+    source.add_argument("--split", default="test", help="the hub dataset's split (default: test)")
+    source.add_argument("--context", type=int, metavar="N", help="window length in tokens (default: the model's positions)")
+    source.add_argument("--stride", type=int, metavar="N", help="window step in tokens (default: context / 2)")
+    source.add_argument("--max-tokens", type=int, metavar="N", help="score only the first N tokens")
+    tasks = parser.add_argument_group("lm-evaluation-harness")
+    tasks.add_argument("--tasks", metavar="LIST", help="comma-separated lm-eval tasks, e.g. arc_easy,piqa")
+    tasks.add_argument("--include-path", metavar="DIR", help="a folder of extra lm-eval task YAML files")
+    tasks.add_argument("--limit", type=float, metavar="N", help="items per task (a fraction if < 1)")
+    tasks.add_argument("--num-fewshot", type=int, metavar="N", help="few-shot examples per item")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="windows or requests per forward")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``gaincell eval``: perplexity on a text and/or lm-eval tasks for a saved model."""
+    if args.text is None and args.dataset is None and args.tasks is None:
+        raise GainCellError("give --text FILE, --dataset NAME and/or --tasks LIST")
+    model = load_model_dir(args.model_dir)
+    tokenizer = load_tokenizer_dir(args.model_dir)
+    model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    results: dict = {"model": str(args.model_dir)}
+    if args.text is not None or args.dataset is not None:
+        results["perplexity"] = {
+            "corpus": args.text or args.dataset,
+            **text_perplexity(model, tokenizer, args.text, dataset=args.dataset, split=args.split,
+                              config=args.dataset_config, context=args.context, stride=args.stride,
+                              batch_size=args.batch_size, max_tokens=args.max_tokens),
+        }
+    if args.tasks is not None:
+        limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
+        results["tasks"] = run_lm_eval(model, tokenizer, [task for task in args.tasks.split(",") if task],
+                                       include_path=args.include_path, limit=limit,
+                                       num_fewshot=args.num_fewshot, batch_size=args.batch_size)
+    print(json.dumps(results, indent=1) if args.json else _table(results))
+    return 0
+
+
+def _table(results: dict) -> str:
+    lines = [f"model: {results['model']}"]
+    if "perplexity" in results:
+        ppl = results["perplexity"]
+        lines += ["", f"{'corpus':<32} {'context':>7} {'stride':>7} {'tokens':>9} {'nll':>8} {'ppl':>10}",
+                  f"{Path(ppl['corpus']).name:<32} {ppl['context']:>7} {ppl['stride']:>7} {ppl['tokens']:>9} "
+                  f"{ppl['nll']:>8.4f} {ppl['ppl']:>10.3f}"]
+    if "tasks" in results:
+        lines += ["", f"{'task':<32} {'metric':<20} {'value':>8}"]
+        for task, metrics in results["tasks"].items():
+            for metric, value in metrics.items():
+                lines.append(f"{task:<32} {metric:<20} {value:>8.4f}")
+    return "\n".join(lines)

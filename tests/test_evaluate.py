@@ -1,0 +1,236 @@
+"""Evaluation (gaincell.evaluate): strided perplexity, the lm-eval adapter and `gaincell eval`."""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gaincell import evaluate
+from gaincell.data import train_bpe_tokenizer
+from gaincell.errors import GainCellError
+
+TASKS = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def text(shared_data) -> str:
+    return (shared_data / "wikitext2-valid.txt").read_text()[:40_000]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(text):
+    return train_bpe_tokenizer(text, 384)
+
+
+def tiny_gpt2(vocab_size: int, n_positions: int = 32):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=n_positions, vocab_size=vocab_size,
+                                       bos_token_id=0, eos_token_id=0))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_gpt2(len(tokenizer))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tokenizer, tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("model")
+    tiny_gpt2(len(tokenizer), n_positions=64).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def token_ids(text, tokenizer) -> torch.Tensor:
+    return torch.tensor(tokenizer(text[:2000])["input_ids"])
+
+
+# -- perplexity -----------------------------------------------------------------------------------
+
+
+def reference_nll(model, token_ids: torch.Tensor, context: int) -> float:
+    """Token by token: each token after the first, from the (up to) context - 1 tokens before it."""
+    total = 0.0
+    with torch.no_grad():
+        for position in range(1, len(token_ids)):
+            window = token_ids[max(0, position - context + 1) : position]
+            log_probs = model(input_ids=window[None]).logits[0, -1].log_softmax(-1)
+            total -= float(log_probs[token_ids[position]])
+    return total / (len(token_ids) - 1)
+
+
+def test_one_window_equals_the_models_own_loss(model, token_ids):
+    ids = token_ids[:32]
+    result = evaluate.strided_perplexity(model, ids, context=32, stride=16)
+    with torch.no_grad():
+        loss = float(model(input_ids=ids[None], labels=ids[None]).loss)
+    assert result["tokens"] == 31
+    assert result["nll"] == pytest.approx(loss, rel=1e-5)
+    assert result["ppl"] == pytest.approx(math.exp(loss), rel=1e-5)
+
+
+def test_stride_one_scores_every_token_with_the_longest_context(model, token_ids):
+    ids = token_ids[:80]
+    result = evaluate.strided_perplexity(model, ids, context=16, stride=1, batch_size=5)
+    assert result["tokens"] == 79
+    assert result["nll"] == pytest.approx(reference_nll(model, ids, 16), rel=1e-5)
+
+
+@pytest.mark.parametrize(("stride", "expected_tokens"), [(8, 199), (20, 199), (32, 199 - 6)])
+def test_each_token_is_scored_at_most_once_and_batching_does_not_matter(model, token_ids, stride, expected_tokens):
+    ids = token_ids[:200]
+    one = evaluate.strided_perplexity(model, ids, context=32, stride=stride, batch_size=1)
+    many = evaluate.strided_perplexity(model, ids, context=32, stride=stride, batch_size=3)
+    assert one["tokens"] == many["tokens"] == expected_tokens  # stride == context: windows' first tokens unscored
+    assert many["nll"] == pytest.approx(one["nll"], rel=1e-5)
+
+
+def test_more_left_context_helps_a_trained_model(tokenizer, text, tmp_path):
+    from gaincell.data import corpus_blocks, corpus_from_texts
+    from gaincell.train import TrainConfig, train
+
+    model = tiny_gpt2(len(tokenizer))
+    blocks = corpus_blocks(corpus_from_texts([text[2000:]]), tokenizer, 32)
+    config = TrainConfig(lr=3e-3, min_lr=3e-4, warmup_steps=5, max_steps=60, batch_size=8, eval_every=0,
+                         checkpoint_every=0, log_jsonl=None, progress_bar=False)
+    model = train(model, blocks, None, config, tmp_path).model
+    ids = torch.tensor(tokenizer(text[:3000])["input_ids"])
+    short = evaluate.strided_perplexity(model, ids, context=32, stride=32)
+    long = evaluate.strided_perplexity(model, ids, context=32, stride=4)
+    assert long["ppl"] < short["ppl"] < len(tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"context": 33, "stride": 8}, "context: context of 33 tokens is longer than the model's 32 positions"),
+        ({"context": 16, "stride": 17}, "stride must be <= context=16"),
+        ({"context": 16, "stride": 0}, "stride must be an integer >= 1"),
+        ({"context": 16, "stride": 8, "batch_size": 0}, "batch_size must be"),
+    ],
+)
+def test_bad_windows_are_refused(model, token_ids, kwargs, message):
+    with pytest.raises(GainCellError, match=message):
+        evaluate.strided_perplexity(model, token_ids, **kwargs)
+
+
+def test_too_little_text_is_refused(model):
+    with pytest.raises(GainCellError, match="needs at least 2 tokens"):
+        evaluate.strided_perplexity(model, torch.tensor([5]), context=16, stride=8)
+
+
+def test_text_perplexity_of_a_file(model, tokenizer, text, tmp_path):
+    path = tmp_path / "sample.txt"
+    path.write_text(text[:6000])
+    result = evaluate.text_perplexity(model, tokenizer, path, max_tokens=500)
+    assert result["context"] == 32 and result["stride"] == 16 and result["tokens"] == 499
+    assert 1 < result["ppl"] < 2 * len(tokenizer)
+    with pytest.raises(GainCellError, match="text: no such file"):
+        evaluate.text_perplexity(model, tokenizer, tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(GainCellError, match="empty corpus"):
+        evaluate.text_perplexity(model, tokenizer, tmp_path / "empty.txt")
+
+
+# -- lm-evaluation-harness ------------------------------------------------------------------------
+
+
+def test_lm_eval_runs_a_local_task_on_a_model_instance(model, tokenizer, monkeypatch):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.chdir(TASKS)  # the task's data_files path is relative
+    adapter = evaluate.GainCellLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
+    output = simple_evaluate(model=adapter, tasks=["gaincell_tiny_mc"],
+                             task_manager=TaskManager(include_path=str(TASKS), include_defaults=False))
+    metrics = output["results"]["gaincell_tiny_mc"]
+    assert 0.0 <= metrics["acc,none"] <= 1.0
+    assert 0.0 <= metrics["acc_norm,none"] <= 1.0
+
+
+def test_lm_eval_loads_a_model_directory_through_the_pluggable_loader(model_dir, monkeypatch):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    evaluate.lm_eval_model_class()  # registers "gaincell"
+    loaded = []
+    default_loader = evaluate.load_model_dir
+
+    def loader(path):
+        loaded.append(Path(path))
+        return default_loader(path)
+
+    monkeypatch.setattr(evaluate, "load_model_dir", loader)
+    monkeypatch.chdir(TASKS)
+    output = simple_evaluate(model="gaincell", model_args={"pretrained": str(model_dir), "device": "cpu"},
+                             tasks=["gaincell_tiny_mc"], limit=3,
+                             task_manager=TaskManager(include_path=str(TASKS), include_defaults=False))
+    assert loaded == [model_dir]
+    assert 0.0 <= output["results"]["gaincell_tiny_mc"]["acc,none"] <= 1.0
+
+
+def test_adapter_needs_a_tokenizer_with_a_model_instance(model):
+    with pytest.raises(GainCellError, match="tokenizer: required"):
+        evaluate.GainCellLM(pretrained=model)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="gaincell eval")
+    evaluate.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_prints_perplexity_as_a_table_and_as_json(model_dir, text, tmp_path, capsys):
+    path = tmp_path / "sample.txt"
+    path.write_text(text[:4000])
+    assert evaluate.run(parse([str(model_dir), "--text", str(path), "--context", "64", "--stride", "32"])) == 0
+    table = capsys.readouterr().out
+    assert "sample.txt" in table and "ppl" in table
+
+    assert evaluate.run(parse([str(model_dir), "--text", str(path), "--max-tokens", "300", "--json"])) == 0
+    result = json.loads(capsys.readouterr().out)["perplexity"]
+    assert result["context"] == 64 and result["stride"] == 32 and result["tokens"] == 299
+    assert result["ppl"] == pytest.approx(math.exp(result["nll"]))
+
+
+def test_cli_runs_lm_eval_tasks(model_dir, capsys, monkeypatch):
+    monkeypatch.chdir(TASKS)
+    argv = [str(model_dir), "--tasks", "gaincell_tiny_mc", "--include-path", str(TASKS), "--limit", "2", "--json"]
+    assert evaluate.run(parse(argv)) == 0
+    tasks = json.loads(capsys.readouterr().out)["tasks"]
+    assert 0.0 <= tasks["gaincell_tiny_mc"]["acc,none"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{missing}", "--text", "x.txt"], "MODEL_DIR: no such directory"),
+        (["{model}"], "give --text FILE"),
+        (["{model}", "--text", "{missing}"], "text: no such file"),
+        (["{model}", "--text", "{sample}", "--context", "65"], "longer than the model's 64 positions"),
+    ],
+)
+def test_cli_errors_are_one_line(model_dir, tmp_path, argv, message):
+    (tmp_path / "sample.txt").write_text("a few words of text to score\n")
+    names = {"missing": tmp_path / "missing", "model": model_dir, "sample": tmp_path / "sample.txt"}
+    with pytest.raises(GainCellError, match=message) as raised:
+        evaluate.run(parse([arg.format(**names) for arg in argv]))
+    assert "\n" not in str(raised.value)
