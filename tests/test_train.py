@@ -100,6 +100,16 @@ def test_config_is_frozen_and_normalised():
         config.lr = 1.0
 
 
+def test_missing_tracker_is_refused(blocks, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed")
+    train_blocks, _, vocab_size = blocks
+    with pytest.raises(GainCellError, match=r"report_to: wandb is not installed"):
+        train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(report_to=("wandb",)), tmp_path)
+
+
 def test_schedule_warms_up_linearly_then_decays_by_cosine_to_min_lr():
     config = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
     warmup = [learning_rate(step, config) for step in range(10)]

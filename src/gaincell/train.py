@@ -22,6 +22,7 @@ Units: ``batch_size`` is blocks per process per micro-batch; one optimizer step 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import re
@@ -394,6 +395,9 @@ def train(
 
     if not isinstance(config, TrainConfig):
         raise GainCellError(f"config must be a TrainConfig, got {type(config).__name__}")
+    for tracker in config.report_to:
+        if importlib.util.find_spec(tracker) is None:
+            raise GainCellError(f"report_to: {tracker} is not installed (pip install {tracker})")
     output_dir = Path(output_dir)
     accelerator = Accelerator(
         cpu=_no_accelerator(),
