@@ -20,3 +20,16 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared corpora not found at {path}")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules that train tiny models: on a small shared CPU that is far faster
+    (2 threads made a tiny GPT-2 step 50x slower here) and bit-reproducible. Opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,13 +27,7 @@ WORKER = Path(__file__).resolve().parent / "data" / "train_worker.py"
 WORKER_MODEL = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: faster for tiny models on a small shared CPU, and bit-reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
