@@ -6,6 +6,7 @@ language models*, Nature Computational Science 5, 813–824 (2025).
 
 from gaincell.attention import CellGains, Scalers, gain_cell_attention, sliding_window_softmax
 from gaincell.cells import CellModel, build_cell, register_cell
+from gaincell.checkpoint import load, save
 from gaincell.config import (
     PRESETS,
     CellConfig,
@@ -15,6 +16,7 @@ from gaincell.config import (
     QuantizerConfig,
     preset,
 )
+from gaincell.convert import convert
 from gaincell.errors import GainCellError
 from gaincell.memory import GainCellMemory
 
@@ -33,8 +35,11 @@ __all__ = [
     "QuantizerConfig",
     "Scalers",
     "build_cell",
+    "convert",
     "gain_cell_attention",
+    "load",
     "preset",
     "register_cell",
+    "save",
     "sliding_window_softmax",
 ]

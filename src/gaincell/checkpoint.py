@@ -1,0 +1,116 @@
+"""Save and load gain-cell models as ordinary ``save_pretrained`` directories.
+
+Everything lives in one directory: ``config.json`` carries the model's config with the gain-cell
+config under ``"gaincell"``; the safetensors weights carry the scalers and calibration targets
+beside the model's own tensors (``…attn.gaincell.scalers.a_q``, ``…gaincell.target_mean``). A
+plain transformers loader still reads the model; :func:`load` also restores the gain-cell part.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from gaincell.atomic import atomic_directory
+from gaincell.config import GainCellConfig
+from gaincell.convert import convert
+from gaincell.errors import GainCellError
+
+GAIN_CELL_KEY = ".gaincell."
+
+
+def save(model, path: str | os.PathLike, tokenizer=None) -> Path:
+    """``model.save_pretrained`` (and the tokenizer's) into ``path``, atomically: a crash leaves the
+    previous directory (or none), never a half-written one."""
+    path = Path(path)
+    with atomic_directory(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return path
+
+
+@contextmanager
+def _quiet_transformers():
+    """from_pretrained reports the gain-cell tensors as unexpected; they are loaded right after."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def load(path: str | os.PathLike, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """Load a model saved by :func:`save` (or any ``save_pretrained`` causal LM directory).
+
+    A directory with a gain-cell config comes back converted, with its scalers and targets; one
+    without comes back as the plain transformers model.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    directory = Path(path)
+    if not directory.is_dir():
+        raise GainCellError(f"MODEL_DIR: {directory} is not a directory")
+    if not (directory / "config.json").is_file():
+        raise GainCellError(f"MODEL_DIR: {directory} has no config.json (not a save_pretrained directory)")
+    try:
+        config = AutoConfig.from_pretrained(directory)
+        gain_cell = getattr(config, "gaincell", None)
+        gain_cell_config = None if gain_cell is None else GainCellConfig.from_dict(gain_cell)
+        with _quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=dtype or torch.float32)
+    except GainCellError as error:
+        raise GainCellError(f"MODEL_DIR: {directory}: {error}") from error
+    except Exception as error:  # corrupt or foreign files are a user input problem
+        raise GainCellError(f"MODEL_DIR: cannot load a model from {directory}: {_first_line(error)}") from error
+    if gain_cell_config is not None:
+        convert(model, gain_cell_config)
+        _load_gain_cell_tensors(model, directory)
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return sorted({directory / name for name in weight_map.values()})
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise GainCellError(f"MODEL_DIR: {directory} has no safetensors weights (model.safetensors)")
+
+
+def _load_gain_cell_tensors(model, directory: Path) -> None:
+    from safetensors import safe_open
+
+    tensors = {}
+    try:
+        for file in _weight_files(directory):
+            with safe_open(str(file), framework="pt") as handle:
+                tensors.update({key: handle.get_tensor(key) for key in handle.keys() if GAIN_CELL_KEY in key})
+    except GainCellError:
+        raise
+    except Exception as error:
+        raise GainCellError(f"MODEL_DIR: cannot read the weights in {directory}: {_first_line(error)}") from error
+    expected = {key for key in model.state_dict() if GAIN_CELL_KEY in key}
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise GainCellError(
+            f"MODEL_DIR: the gain-cell tensors in {directory} do not match the model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    model.load_state_dict(tensors, strict=False)
