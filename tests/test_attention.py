@@ -143,9 +143,7 @@ def test_noisy_backward_recomputes_the_same_noise():
     config = config.replace(noise=dataclasses.replace(config.noise, read_noise=0.01))
     (q, k, v), scalers = _inputs(1, 1, 24, 4, torch.float64, requires_grad=True)
     q = (q * 0.5 + 0.2).detach().requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda a, b, c: gain_cell_attention(a, b, c, scalers, config, noise_seed=11), (q, k, v)
-    )
+    assert torch.autograd.gradcheck(lambda a, b, c: gain_cell_attention(a, b, c, scalers, config, noise_seed=11), (q, k, v))
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ def tokenizer(shakespeare):
 def test_default_corpus_is_pythons_reference_documentation():
     text = default_corpus_text()
     assert len(text) > 100_000
-    assert "The \"for\" statement" in text or "for_stmt" in text
+    assert 'The "for" statement' in text or "for_stmt" in text
     assert text == default_corpus_text()
 
 
@@ -102,11 +102,14 @@ def test_bpe_tokenizer_round_trips_and_saves(tmp_path, tokenizer, shakespeare):
     assert reloaded.eos_token_id == tokenizer.eos_token_id
 
 
-@pytest.mark.parametrize(("texts", "vocab_size", "message"), [
-    ("some text", 100, "vocab_size must be"),
-    ([], 300, "empty corpus"),
-    (["  ", "\n"], 300, "empty corpus"),
-])
+@pytest.mark.parametrize(
+    ("texts", "vocab_size", "message"),
+    [
+        ("some text", 100, "vocab_size must be"),
+        ([], 300, "empty corpus"),
+        (["  ", "\n"], 300, "empty corpus"),
+    ],
+)
 def test_bpe_tokenizer_rejects_bad_input(texts, vocab_size, message):
     with pytest.raises(GainCellError, match=message):
         train_bpe_tokenizer(texts, vocab_size)
@@ -170,8 +173,9 @@ def test_block_loader_yields_model_ready_batches_in_epoch_order():
 def test_context_longer_than_model_positions_is_refused():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, n_positions=16, vocab_size=300,
-                                       bos_token_id=0, eos_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=8, n_head=2, n_positions=16, vocab_size=300, bos_token_id=0, eos_token_id=0)
+    )
     check_context(model, 16, "block_size")
     with pytest.raises(GainCellError, match="block_size: context of 17 tokens is longer than the model's 16 positions"):
         check_context(model, 17, "block_size")

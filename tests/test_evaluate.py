@@ -32,8 +32,11 @@ def tiny_gpt2(vocab_size: int, n_positions: int = 32):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=n_positions, vocab_size=vocab_size,
-                                       bos_token_id=0, eos_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2, n_embd=32, n_head=2, n_positions=n_positions, vocab_size=vocab_size, bos_token_id=0, eos_token_id=0
+        )
+    )
     return model.eval()
 
 
@@ -101,8 +104,17 @@ def test_more_left_context_helps_a_trained_model(tokenizer, text, tmp_path):
 
     model = tiny_gpt2(len(tokenizer))
     blocks = corpus_blocks(corpus_from_texts([text[2000:]]), tokenizer, 32)
-    config = TrainConfig(lr=3e-3, min_lr=3e-4, warmup_steps=5, max_steps=60, batch_size=8, eval_every=0,
-                         checkpoint_every=0, log_jsonl=None, progress_bar=False)
+    config = TrainConfig(
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=5,
+        max_steps=60,
+        batch_size=8,
+        eval_every=0,
+        checkpoint_every=0,
+        log_jsonl=None,
+        progress_bar=False,
+    )
     model = train(model, blocks, None, config, tmp_path).model
     ids = torch.tensor(tokenizer(text[:3000])["input_ids"])
     short = evaluate.strided_perplexity(model, ids, context=32, stride=32)
@@ -151,8 +163,9 @@ def test_lm_eval_runs_a_local_task_on_a_model_instance(model, tokenizer, monkeyp
 
     monkeypatch.chdir(TASKS)  # the task's data_files path is relative
     adapter = evaluate.GainCellLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
-    output = simple_evaluate(model=adapter, tasks=["gaincell_tiny_mc"],
-                             task_manager=TaskManager(include_path=str(TASKS), include_defaults=False))
+    output = simple_evaluate(
+        model=adapter, tasks=["gaincell_tiny_mc"], task_manager=TaskManager(include_path=str(TASKS), include_defaults=False)
+    )
     metrics = output["results"]["gaincell_tiny_mc"]
     assert 0.0 <= metrics["acc,none"] <= 1.0
     assert 0.0 <= metrics["acc_norm,none"] <= 1.0
@@ -172,9 +185,13 @@ def test_lm_eval_loads_a_model_directory_through_the_pluggable_loader(model_dir,
 
     monkeypatch.setattr(evaluate, "load_model_dir", loader)
     monkeypatch.chdir(TASKS)
-    output = simple_evaluate(model="gaincell", model_args={"pretrained": str(model_dir), "device": "cpu"},
-                             tasks=["gaincell_tiny_mc"], limit=3,
-                             task_manager=TaskManager(include_path=str(TASKS), include_defaults=False))
+    output = simple_evaluate(
+        model="gaincell",
+        model_args={"pretrained": str(model_dir), "device": "cpu"},
+        tasks=["gaincell_tiny_mc"],
+        limit=3,
+        task_manager=TaskManager(include_path=str(TASKS), include_defaults=False),
+    )
     assert loaded == [model_dir]
     assert 0.0 <= output["results"]["gaincell_tiny_mc"]["acc,none"] <= 1.0
 

@@ -64,9 +64,7 @@ def test_json_reproduces_section_6_1(capsys):
         ("jetson-nano", (7522, 4.396e4), (4.814e5, 2.814e6)),
     ],
 )
-def test_json_prints_the_section_6_2_ratios_in_both_normalisations(
-    gpt2_report, key, per_sequence_token, per_batch_step
-):
+def test_json_prints_the_section_6_2_ratios_in_both_normalisations(gpt2_report, key, per_sequence_token, per_batch_step):
     gpu = next(g for g in gpt2_report["gpus"] if g["key"] == key)
     measured = gpu["paper_measured"]
     for name, (latency, energy) in (
@@ -76,21 +74,15 @@ def test_json_prints_the_section_6_2_ratios_in_both_normalisations(
         assert measured["ratios"][name]["latency_ratio"] == pytest.approx(latency, rel=1e-3), name
         assert measured["ratios"][name]["energy_ratio"] == pytest.approx(energy, rel=1e-3), name
     stated = measured["paper_stated_ratios"]
-    assert measured["ratios"]["per_sequence_token"]["latency_ratio"] == pytest.approx(
-        stated["latency"], rel=0.01
-    )
-    assert measured["ratios"]["per_sequence_token"]["energy_ratio"] == pytest.approx(
-        stated["energy"], rel=0.01
-    )
+    assert measured["ratios"]["per_sequence_token"]["latency_ratio"] == pytest.approx(stated["latency"], rel=0.01)
+    assert measured["ratios"]["per_sequence_token"]["energy_ratio"] == pytest.approx(stated["energy"], rel=0.01)
 
 
 @pytest.mark.parametrize(
     ("key", "bandwidth", "latency_over_measured"),
     [("rtx4090", 1008e9, 0.842), ("jetson-nano", 25.6e9, 1.517)],
 )
-def test_json_checks_the_roofline_against_the_measurements(
-    gpt2_report, key, bandwidth, latency_over_measured
-):
+def test_json_checks_the_roofline_against_the_measurements(gpt2_report, key, bandwidth, latency_over_measured):
     gpu = next(g for g in gpt2_report["gpus"] if g["key"] == key)
     check = gpu["paper_measured"]["paper_protocol_roofline"]
     assert check["bandwidth_bytes_per_s"] == bandwidth
@@ -218,9 +210,7 @@ class _FakeMeter:
 
 def test_measure_subtracts_idle_power():
     workload = DecodeWorkload(batch=1, heads=1, head_dim=8, window=16, kernel="fused")
-    result = measure(
-        workload, steps=2, repetitions=2, warmup=1, idle_seconds=0.05, meter=_FakeMeter(), threads=1
-    )
+    result = measure(workload, steps=2, repetitions=2, warmup=1, idle_seconds=0.05, meter=_FakeMeter(), threads=1)
     assert result.idle_power == pytest.approx(10.0, rel=0.01)
     assert result.energy_step == pytest.approx(2.0 / 4, rel=0.05)
     assert result.energy_method == "fake minus idle power"

@@ -109,9 +109,7 @@ def test_bad_technology_files_are_rejected_by_name(tmp_path, edit, message):
 
 
 def test_unknown_preset_and_missing_file_are_user_errors(tmp_path):
-    with pytest.raises(
-        GainCellError, match=r"--tech: unknown preset 'sram'; choose from \['paper', 'osfet'\]"
-    ):
+    with pytest.raises(GainCellError, match=r"--tech: unknown preset 'sram'; choose from \['paper', 'osfet'\]"):
         load_technology("sram")
     with pytest.raises(GainCellError, match="no such file"):
         load_technology(tmp_path / "missing.toml")

@@ -37,9 +37,7 @@ def test_reference_workload_reproduces_the_papers_totals():
     assert chip.energy_per_layer == pytest.approx(73.84e-9, rel=1e-3)
     assert chip.latency_per_layer == pytest.approx(65e-9, rel=1e-9)
     assert chip.energy_per_layer == pytest.approx(REFERENCE.gain_cell.per_layer, rel=0.10)
-    assert chip.energy_per_layer == pytest.approx(
-        REFERENCE.gain_cell.per_layer, rel=0.01
-    )  # tighter than asked
+    assert chip.energy_per_layer == pytest.approx(REFERENCE.gain_cell.per_layer, rel=0.01)  # tighter than asked
 
 
 def test_reference_workload_reproduces_the_papers_breakdown():
@@ -85,9 +83,7 @@ def test_window_scaling_goes_through_columns_and_subtiles():
     assert large.energy_components["adder"] == pytest.approx(small.energy_components["adder"] * 63 / 15)
     for name in ("dac", "control", "k_write", "v_write"):
         assert large.energy_components[name] == pytest.approx(small.energy_components[name]), name
-    assert large.latency_per_layer - small.latency_per_layer == pytest.approx(
-        2 * PAPER.digital.adder_time_per_stage
-    )
+    assert large.latency_per_layer - small.latency_per_layer == pytest.approx(2 * PAPER.digital.adder_time_per_stage)
     assert large.area_components["cells"] == pytest.approx(4 * small.area_components["cells"])
 
 
@@ -95,9 +91,7 @@ def test_head_dim_scaling_goes_through_rows_and_output_columns():
     small, large = (estimate(AttentionShape(12, d, 1024), PAPER) for d in (64, 128))
     for name in ("k_read", "v_read", "adc", "dac", "adder", "routing", "k_write"):
         assert large.energy_components[name] == pytest.approx(2 * small.energy_components[name]), name
-    assert large.energy_components["charge_to_pulse"] == pytest.approx(
-        small.energy_components["charge_to_pulse"]
-    )
+    assert large.energy_components["charge_to_pulse"] == pytest.approx(small.energy_components["charge_to_pulse"])
 
 
 def test_smaller_subtiles_mean_more_adc_conversions():
@@ -175,9 +169,7 @@ def test_workload_rejects_bad_values_by_flag():
 # --- comparisons (SPEC-hardware §6.2 ratios, §6.3.3, §6.3.4) ---------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("key", "latency_ratio", "energy_ratio"), [("rtx4090", 344, 9.7e4), ("jetson-nano", 7520, 4.4e4)]
-)
+@pytest.mark.parametrize(("key", "latency_ratio", "energy_ratio"), [("rtx4090", 344, 9.7e4), ("jetson-nano", 7520, 4.4e4)])
 def test_per_sequence_token_ratios_are_the_papers(key, latency_ratio, energy_ratio):
     measured = REFERENCE.gpus[key]
     chip = estimate(GPT2_LAYER, PAPER)
@@ -211,9 +203,7 @@ def test_whole_model_speedup_is_bounded_by_amdahl(name):
 
 def test_larger_models_leave_more_on_the_gpu():
     fractions = [
-        whole_model(
-            DECODERS[n], GPUS["h100"], PAPER, 1024, 64, "fp16", "fused", 64
-        ).attention_latency_fraction
+        whole_model(DECODERS[n], GPUS["h100"], PAPER, 1024, 64, "fp16", "fused", 64).attention_latency_fraction
         for n in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-7b")
     ]
     assert fractions == sorted(fractions, reverse=True)

@@ -51,13 +51,25 @@ def tiny_gpt2(vocab_size: int, n_positions: int = 32):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(**{**WORKER_MODEL, "n_positions": n_positions}, vocab_size=vocab_size,
-                                      bos_token_id=0, eos_token_id=0))
+    return GPT2LMHeadModel(
+        GPT2Config(**{**WORKER_MODEL, "n_positions": n_positions}, vocab_size=vocab_size, bos_token_id=0, eos_token_id=0)
+    )
 
 
 def quick_config(**overrides) -> TrainConfig:
-    settings = {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 4, "max_steps": 10, "batch_size": 4, "grad_accum": 2,
-                "eval_every": 5, "eval_batches": 2, "checkpoint_every": 5, "log_every": 1, "progress_bar": False}
+    settings = {
+        "lr": 3e-3,
+        "min_lr": 3e-4,
+        "warmup_steps": 4,
+        "max_steps": 10,
+        "batch_size": 4,
+        "grad_accum": 2,
+        "eval_every": 5,
+        "eval_batches": 2,
+        "checkpoint_every": 5,
+        "log_every": 1,
+        "progress_bar": False,
+    }
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -75,11 +87,28 @@ def read_result(output_dir: Path, rank: int = 0) -> dict:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("lr", 0.0), ("lr", float("nan")), ("min_lr", 1.0), ("warmup_steps", -1), ("warmup_steps", 2000),
-        ("max_steps", 0), ("batch_size", 0), ("grad_accum", 1.5), ("weight_decay", -0.1), ("betas", (0.9,)),
-        ("betas", (0.9, 1.0)), ("grad_clip", 0.0), ("mixed_precision", "fp8"), ("eval_every", -1),
-        ("eval_batches", 0), ("checkpoint_every", -5), ("keep_checkpoints", 0), ("log_every", 0), ("seed", -1),
-        ("log_jsonl", ""), ("report_to", ("mlflow",)), ("progress_bar", "yes"),
+        ("lr", 0.0),
+        ("lr", float("nan")),
+        ("min_lr", 1.0),
+        ("warmup_steps", -1),
+        ("warmup_steps", 2000),
+        ("max_steps", 0),
+        ("batch_size", 0),
+        ("grad_accum", 1.5),
+        ("weight_decay", -0.1),
+        ("betas", (0.9,)),
+        ("betas", (0.9, 1.0)),
+        ("grad_clip", 0.0),
+        ("mixed_precision", "fp8"),
+        ("eval_every", -1),
+        ("eval_batches", 0),
+        ("checkpoint_every", -5),
+        ("keep_checkpoints", 0),
+        ("log_every", 0),
+        ("seed", -1),
+        ("log_jsonl", ""),
+        ("report_to", ("mlflow",)),
+        ("progress_bar", "yes"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
@@ -123,7 +152,8 @@ def test_weight_decay_spares_biases_norms_and_per_head_scalers():
     assert all(parameter.ndim >= 2 for parameter in decay["params"])
     assert any(parameter is model.scaler_a_q for parameter in no_decay["params"])
     assert sum(p.numel() for group in (decay, no_decay) for p in group["params"]) == sum(
-        p.numel() for p in model.parameters())
+        p.numel() for p in model.parameters()
+    )
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -175,8 +205,9 @@ def test_resume_after_kill_reaches_the_same_final_loss(blocks_file, tmp_path):
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     command = [sys.executable, str(WORKER), str(blocks_file)]
     reference = subprocess.Popen([*command, str(reference_dir), "40"], env=worker_env(), stderr=subprocess.PIPE)
-    victim = subprocess.Popen([*command, str(killed_dir), "40", "--slow-after", "20"], env=worker_env(),
-                              stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        [*command, str(killed_dir), "40", "--slow-after", "20"], env=worker_env(), stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not (killed_dir / "checkpoints" / "step-00000020").is_dir():
         assert victim.poll() is None, "the run ended before it could be killed"
@@ -189,8 +220,7 @@ def test_resume_after_kill_reaches_the_same_final_loss(blocks_file, tmp_path):
     assert latest_checkpoint(killed_dir).name == "step-00000020"
     assert reference.wait() == 0, reference.stderr.read().decode()[-2000:]
 
-    resumed = subprocess.run([*command, str(killed_dir), "40", "--resume"], env=worker_env(), capture_output=True,
-                             text=True)
+    resumed = subprocess.run([*command, str(killed_dir), "40", "--resume"], env=worker_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout
     expected, got = read_result(reference_dir), read_result(killed_dir)
@@ -205,8 +235,18 @@ def test_resume_after_kill_reaches_the_same_final_loss(blocks_file, tmp_path):
 
 def test_ddp_on_cpu_with_two_processes(blocks_file, tmp_path):
     """torchrun with two gloo processes: both ranks end with the same weights and the loss falls."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(WORKER), str(blocks_file), str(tmp_path), "20"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(WORKER),
+        str(blocks_file),
+        str(tmp_path),
+        "20",
+    ]
     finished = subprocess.run(command, env=worker_env(), capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     rank0, rank1 = read_result(tmp_path, 0), read_result(tmp_path, 1)
@@ -224,8 +264,15 @@ def test_resume_restores_stateful_callbacks_and_extends_a_finished_run(blocks, t
     first = Recorder()
     train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(max_steps=6), tmp_path, callbacks=[first])
     second = Recorder()
-    result = train(tiny_gpt2(vocab_size), train_blocks, eval_blocks, quick_config(max_steps=9), tmp_path,
-                   resume=True, callbacks=[second])
+    result = train(
+        tiny_gpt2(vocab_size),
+        train_blocks,
+        eval_blocks,
+        quick_config(max_steps=9),
+        tmp_path,
+        resume=True,
+        callbacks=[second],
+    )
     assert second.steps == list(range(1, 10))
     assert result.step == 9 and result.eval_loss is not None
     assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["step-00000006", "step-00000009"]

@@ -85,9 +85,7 @@ def build_cell(cell_config: Any) -> CellModel:
     try:
         factory = _REGISTRY[cell_config.kind]
     except KeyError:
-        raise GainCellError(
-            f"cell.kind must be one of {', '.join(_REGISTRY)}, got {cell_config.kind!r}"
-        ) from None
+        raise GainCellError(f"cell.kind must be one of {', '.join(_REGISTRY)}, got {cell_config.kind!r}") from None
     return factory(cell_config)
 
 

@@ -82,9 +82,7 @@ def load_text_corpus(
                 f"{type(error).__name__}: {first_line}"
             ) from error
         if text_column not in corpus.column_names:
-            raise GainCellError(
-                f"text_column: {dataset!r} has no column {text_column!r}; columns are {corpus.column_names}"
-            )
+            raise GainCellError(f"text_column: {dataset!r} has no column {text_column!r}; columns are {corpus.column_names}")
         corpus = corpus.select_columns([text_column])
         if text_column != "text":
             corpus = corpus.rename_column(text_column, "text")
@@ -222,9 +220,7 @@ def pack_blocks(token_ids: torch.Tensor | np.ndarray | list[int], block_size: in
     stream = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
     n_blocks = stream.numel() // block_size
     if n_blocks == 0:
-        raise GainCellError(
-            f"corpus: has {stream.numel()} tokens, fewer than one block of block_size={block_size}"
-        )
+        raise GainCellError(f"corpus: has {stream.numel()} tokens, fewer than one block of block_size={block_size}")
     return stream[: n_blocks * block_size].reshape(n_blocks, block_size).clone()
 
 

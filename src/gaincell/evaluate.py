@@ -241,11 +241,13 @@ def run_lm_eval(
     unknown = [task for task in tasks if task not in manager.all_tasks]
     if unknown:
         raise GainCellError(f"tasks: unknown lm-eval task(s) {unknown}")
-    output = simple_evaluate(model=adapter, tasks=list(tasks), task_manager=manager, limit=limit,
-                             num_fewshot=num_fewshot)
+    output = simple_evaluate(model=adapter, tasks=list(tasks), task_manager=manager, limit=limit, num_fewshot=num_fewshot)
     return {
-        task: {metric: float(value) for metric, value in metrics.items()
-               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        task: {
+            metric: float(value)
+            for metric, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
         for task, metrics in output["results"].items()
     }
 
@@ -285,15 +287,30 @@ def run(args: argparse.Namespace) -> int:
     if args.text is not None or args.dataset is not None:
         results["perplexity"] = {
             "corpus": args.text or args.dataset,
-            **text_perplexity(model, tokenizer, args.text, dataset=args.dataset, split=args.split,
-                              config=args.dataset_config, context=args.context, stride=args.stride,
-                              batch_size=args.batch_size, max_tokens=args.max_tokens),
+            **text_perplexity(
+                model,
+                tokenizer,
+                args.text,
+                dataset=args.dataset,
+                split=args.split,
+                config=args.dataset_config,
+                context=args.context,
+                stride=args.stride,
+                batch_size=args.batch_size,
+                max_tokens=args.max_tokens,
+            ),
         }
     if args.tasks is not None:
         limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
-        results["tasks"] = run_lm_eval(model, tokenizer, [task for task in args.tasks.split(",") if task],
-                                       include_path=args.include_path, limit=limit,
-                                       num_fewshot=args.num_fewshot, batch_size=args.batch_size)
+        results["tasks"] = run_lm_eval(
+            model,
+            tokenizer,
+            [task for task in args.tasks.split(",") if task],
+            include_path=args.include_path,
+            limit=limit,
+            num_fewshot=args.num_fewshot,
+            batch_size=args.batch_size,
+        )
     print(json.dumps(results, indent=1) if args.json else _table(results))
     return 0
 
@@ -302,9 +319,12 @@ def _table(results: dict) -> str:
     lines = [f"model: {results['model']}"]
     if "perplexity" in results:
         ppl = results["perplexity"]
-        lines += ["", f"{'corpus':<32} {'context':>7} {'stride':>7} {'tokens':>9} {'nll':>8} {'ppl':>10}",
-                  f"{Path(ppl['corpus']).name:<32} {ppl['context']:>7} {ppl['stride']:>7} {ppl['tokens']:>9} "
-                  f"{ppl['nll']:>8.4f} {ppl['ppl']:>10.3f}"]
+        lines += [
+            "",
+            f"{'corpus':<32} {'context':>7} {'stride':>7} {'tokens':>9} {'nll':>8} {'ppl':>10}",
+            f"{Path(ppl['corpus']).name:<32} {ppl['context']:>7} {ppl['stride']:>7} {ppl['tokens']:>9} "
+            f"{ppl['nll']:>8.4f} {ppl['ppl']:>10.3f}",
+        ]
     if "tasks" in results:
         lines += ["", f"{'task':<32} {'metric':<20} {'value':>8}"]
         for task, metrics in results["tasks"].items():

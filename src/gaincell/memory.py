@@ -75,8 +75,7 @@ class GainCellMemory:
         batch, heads, dim = self.shape
         if (q.shape[0], q.shape[1], q.shape[3]) != (batch, heads, dim):
             raise GainCellError(
-                f"q, k, v must have shape (batch={batch}, heads={heads}, {steps}, head_dim={dim}), "
-                f"got {tuple(q.shape)}"
+                f"q, k, v must have shape (batch={batch}, heads={heads}, {steps}, head_dim={dim}), got {tuple(q.shape)}"
             )
 
     def _write(self, keys: torch.Tensor, values: torch.Tensor) -> None:

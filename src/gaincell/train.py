@@ -97,9 +97,17 @@ class TrainConfig:
             _fail("lr", "a finite number > 0", self.lr)
         if not _is_number(self.min_lr) or not 0 <= self.min_lr <= self.lr:
             _fail("min_lr", f"a number in [0, lr={self.lr}]", self.min_lr)
-        for name, minimum in (("warmup_steps", 0), ("max_steps", 1), ("batch_size", 1), ("grad_accum", 1),
-                              ("eval_every", 0), ("checkpoint_every", 0), ("keep_checkpoints", 1),
-                              ("log_every", 1), ("seed", 0)):
+        for name, minimum in (
+            ("warmup_steps", 0),
+            ("max_steps", 1),
+            ("batch_size", 1),
+            ("grad_accum", 1),
+            ("eval_every", 0),
+            ("checkpoint_every", 0),
+            ("keep_checkpoints", 1),
+            ("log_every", 1),
+            ("seed", 0),
+        ):
             if not _is_int(getattr(self, name), minimum):
                 _fail(name, f"an integer >= {minimum}", getattr(self, name))
         if self.warmup_steps > self.max_steps:
@@ -177,8 +185,11 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     folder = Path(output_dir) / CHECKPOINT_DIR
     if not folder.is_dir():
         return None
-    found = [(int(match.group(1)), path) for path in folder.iterdir()
-             if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name))]
+    found = [
+        (int(match.group(1)), path)
+        for path in folder.iterdir()
+        if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name))
+    ]
     return max(found)[1] if found else None
 
 
@@ -214,8 +225,11 @@ def _remove_partial_checkpoints(output_dir: Path) -> None:
 
 def _prune_checkpoints(output_dir: Path, keep: int) -> None:
     folder = output_dir / CHECKPOINT_DIR
-    found = sorted((int(match.group(1)), path) for path in folder.iterdir()
-                   if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name)))
+    found = sorted(
+        (int(match.group(1)), path)
+        for path in folder.iterdir()
+        if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name))
+    )
     for _, path in found[:-keep]:
         doomed = path.with_name(f".{path.name}.deleting")
         path.rename(doomed)  # atomic: a checkpoint folder is either complete or hidden
@@ -233,8 +247,11 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, state: dict) -> P
         accelerator.save_state(str(temporary))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            files = {str(file.relative_to(temporary)): file.stat().st_size
-                     for file in sorted(temporary.rglob("*")) if file.is_file()}
+            files = {
+                str(file.relative_to(temporary)): file.stat().st_size
+                for file in sorted(temporary.rglob("*"))
+                if file.is_file()
+            }
             (temporary / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -345,8 +362,9 @@ def _evaluate(model, eval_data, config: TrainConfig, accelerator) -> float:
     for chunk in torch.arange(rank, n_blocks, world).split(config.batch_size):
         input_ids = _rows(eval_data, chunk).to(accelerator.device)
         loss = model(input_ids=input_ids, labels=input_ids).loss
-        total += torch.stack([loss.double() * len(chunk), torch.tensor(len(chunk), dtype=torch.float64,
-                                                                       device=accelerator.device)])
+        total += torch.stack(
+            [loss.double() * len(chunk), torch.tensor(len(chunk), dtype=torch.float64, device=accelerator.device)]
+        )
     model.train(was_training)
     total = accelerator.reduce(total, reduction="sum")
     return float(total[0] / total[1])
@@ -363,8 +381,7 @@ def _rewrite_log(path: Path, last_step: int) -> None:
     """On resume, drop log lines of steps after the checkpoint: they are about to be redone."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
     with atomic_file(path) as handle:
         handle.write("".join(line + "\n" for line in kept))
 
@@ -430,8 +447,9 @@ def train(
     # The schedule is stepped by hand once per update, so it is checkpointed as a custom object
     # rather than prepared (a prepared scheduler advances once per process).
     accelerator.register_for_checkpointing(scheduler)
-    stateful = [callback for callback in callbacks
-                if hasattr(callback, "state_dict") and hasattr(callback, "load_state_dict")]
+    stateful = [
+        callback for callback in callbacks if hasattr(callback, "state_dict") and hasattr(callback, "load_state_dict")
+    ]
     if stateful:
         accelerator.register_for_checkpointing(*stateful)
     if resume:
@@ -457,8 +475,13 @@ def train(
     unwrapped = accelerator.unwrap_model(model)
     history: list[dict] = []
     checkpoint = latest if resume else None
-    progress = tqdm(total=config.max_steps, initial=step, desc="train", dynamic_ncols=True,
-                    disable=not (config.progress_bar and accelerator.is_local_main_process))
+    progress = tqdm(
+        total=config.max_steps,
+        initial=step,
+        desc="train",
+        dynamic_ncols=True,
+        disable=not (config.progress_bar and accelerator.is_local_main_process),
+    )
     started = time.perf_counter() - elapsed_before
     model.train()
     while step < config.max_steps:
@@ -479,8 +502,15 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         step += 1
         loss = float(accelerator.reduce(torch.stack(micro_losses).mean(), reduction="mean"))
-        metrics = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": step * tokens_per_step,
-                   "epoch": order.epoch(step * config.grad_accum), "elapsed": time.perf_counter() - started}
+        metrics = {
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": step * tokens_per_step,
+            "epoch": order.epoch(step * config.grad_accum),
+            "elapsed": time.perf_counter() - started,
+        }
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         _call(callbacks, "on_step_end", step, unwrapped, metrics)
@@ -497,13 +527,20 @@ def train(
             if config.report_to:
                 accelerator.log({k: v for k, v in metrics.items() if k != "step" and v is not None}, step=step)
         if final or (config.checkpoint_every and step % config.checkpoint_every == 0):
-            state = {"step": step, "loss": loss, "eval_loss": eval_loss, "elapsed": metrics["elapsed"],
-                     "tokens": metrics["tokens"], "num_processes": world, "train_blocks": len(train_data),
-                     "block_size": block_size, "config": dataclasses.asdict(config)}
+            state = {
+                "step": step,
+                "loss": loss,
+                "eval_loss": eval_loss,
+                "elapsed": metrics["elapsed"],
+                "tokens": metrics["tokens"],
+                "num_processes": world,
+                "train_blocks": len(train_data),
+                "block_size": block_size,
+                "config": dataclasses.asdict(config),
+            }
             checkpoint = _save_checkpoint(accelerator, output_dir, step, state)
     progress.close()
     if config.report_to:
         accelerator.end_training()
     accelerator.wait_for_everyone()
-    return TrainResult(model=unwrapped, step=step, loss=loss, eval_loss=eval_loss, checkpoint=checkpoint,
-                       history=history)
+    return TrainResult(model=unwrapped, step=step, loss=loss, eval_loss=eval_loss, checkpoint=checkpoint, history=history)

@@ -39,13 +39,26 @@ def main() -> None:
     torch.set_num_threads(1)
     data = torch.load(args.blocks)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=32, vocab_size=data["vocab_size"],
-                                       bos_token_id=0, eos_token_id=0))
-    config = TrainConfig(lr=3e-3, min_lr=3e-4, warmup_steps=4, max_steps=args.max_steps, batch_size=4, grad_accum=2,
-                         eval_every=10, eval_batches=4, checkpoint_every=10, log_every=1, progress_bar=False)
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2, n_embd=32, n_head=2, n_positions=32, vocab_size=data["vocab_size"], bos_token_id=0, eos_token_id=0
+        )
+    )
+    config = TrainConfig(
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=4,
+        max_steps=args.max_steps,
+        batch_size=4,
+        grad_accum=2,
+        eval_every=10,
+        eval_batches=4,
+        checkpoint_every=10,
+        log_every=1,
+        progress_bar=False,
+    )
     callbacks = [SlowDown(args.slow_after)] if args.slow_after is not None else []
-    result = train(model, data["train"], data["eval"], config, args.output_dir, resume=args.resume,
-                   callbacks=callbacks)
+    result = train(model, data["train"], data["eval"], config, args.output_dir, resume=args.resume, callbacks=callbacks)
     digest = hashlib.sha256()
     for name, tensor in sorted(result.model.state_dict().items()):
         digest.update(name.encode())

@@ -20,13 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     workload.add_argument("--layers", type=int, help="decoder layers (default: the model's)")
     workload.add_argument("--window", type=int, default=1024, help="stored tokens per head M (default: 1024)")
     workload.add_argument("--subtile-rows", type=int, default=64, help="sub-tile height R (default: 64)")
-    workload.add_argument(
-        "--batch", type=int, default=64, help="GPU batch of sequences (default: 64, as §6.2)"
-    )
+    workload.add_argument("--batch", type=int, default=64, help="GPU batch of sequences (default: 64, as §6.2)")
     hardware = parser.add_argument_group("hardware")
-    hardware.add_argument(
-        "--tech", default="paper", help="gain-cell technology: paper, osfet, or a path to a TOML preset"
-    )
+    hardware.add_argument("--tech", default="paper", help="gain-cell technology: paper, osfet, or a path to a TOML preset")
     hardware.add_argument(
         "--gpu",
         action="append",
@@ -41,17 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="GPU kernel: paper = the authors' eager fp32 matmuls (3 DRAM passes over K, V); "
         "fused = one pass, SDPA / flash-decoding style, fp16 (default: paper)",
     )
-    hardware.add_argument(
-        "--dtype", choices=("fp32", "fp16", "bf16"), help="GPU dtype (default: the baseline's)"
-    )
-    hardware.add_argument(
-        "--token-rate", type=float, metavar="HZ", help="tokens per second for the leakage/retention check"
-    )
+    hardware.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="GPU dtype (default: the baseline's)")
+    hardware.add_argument("--token-rate", type=float, metavar="HZ", help="tokens per second for the leakage/retention check")
     measure = parser.add_argument_group("measure the GPU side on this machine (SPEC-hardware §6.2 protocol)")
     measure.add_argument("--measure", action="store_true", help="time decode attention here with torch")
-    measure.add_argument(
-        "--measure-device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu"
-    )
+    measure.add_argument("--measure-device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
     measure.add_argument("--measure-steps", type=int, default=20, help="decode steps per repetition (20)")
     measure.add_argument("--measure-repeats", type=int, default=5, help="timed repetitions, median taken (5)")
     measure.add_argument("--measure-warmup", type=int, default=5, help="untimed warm-up steps (5)")

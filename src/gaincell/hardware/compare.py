@@ -189,7 +189,5 @@ def with_leakage(config: Any, epsilon: float) -> Any:
     simulator (STYLE.md: ``hardware/`` reads config only).
     """
     if not dataclasses.is_dataclass(config) or "leakage" not in {f.name for f in dataclasses.fields(config)}:
-        raise GainCellError(
-            f"with_leakage: expected a config dataclass with a 'leakage' field, got {config!r}"
-        )
+        raise GainCellError(f"with_leakage: expected a config dataclass with a 'leakage' field, got {config!r}")
     return dataclasses.replace(config, leakage=float(epsilon))

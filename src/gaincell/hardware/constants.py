@@ -209,9 +209,7 @@ def _read_toml(path: Path | None, preset: str | None) -> tuple[dict, str]:
 def _constant(entry: Any, key: str, where: str, dimension: str, positive: bool, maximum: float | None):
     """Check one ``{ value, unit, source }`` entry and return (SI value, record)."""
     if not isinstance(entry, dict) or set(entry) != {"value", "unit", "source"}:
-        raise GainCellError(
-            f'{where}: \'{key}\' must be an inline table {{ value = ..., unit = "...", source = "..." }}'
-        )
+        raise GainCellError(f'{where}: \'{key}\' must be an inline table {{ value = ..., unit = "...", source = "..." }}')
     value, unit, source = entry["value"], entry["unit"], entry["source"]
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise GainCellError(f"{where}: '{key}' value must be a finite number, got {value!r}")
@@ -271,9 +269,7 @@ def load_technology(name_or_path: str | Path = "paper") -> Technology:
     elif text.endswith(".toml") or Path(text).exists():
         data, where = _read_toml(Path(text), None)
     else:
-        raise GainCellError(
-            f"--tech: unknown preset {text!r}; choose from {list(TECH_PRESETS)} or a path to a .toml file"
-        )
+        raise GainCellError(f"--tech: unknown preset {text!r}; choose from {list(TECH_PRESETS)} or a path to a .toml file")
     _check_tables(data, where, {"meta", "array", "periphery", "digital"})
     meta = data["meta"]
     if (

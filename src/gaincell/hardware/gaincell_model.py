@@ -115,10 +115,7 @@ class GainCellEstimate:
     @property
     def energy_breakdown(self) -> dict[str, float]:
         """Per-head energy in the four components of SPEC-hardware §6.1."""
-        return {
-            group: sum(self.energy_components[name] for name in names)
-            for group, names in BREAKDOWN_GROUPS.items()
-        }
+        return {group: sum(self.energy_components[name] for name in names) for group, names in BREAKDOWN_GROUPS.items()}
 
     @property
     def energy_per_head(self) -> float:

@@ -59,9 +59,7 @@ def write_plots(resolved: Resolved, directory: str | os.PathLike) -> list[Path]:
         for i, (key, estimates) in enumerate(gpus.items()):
             colour = colours[i % len(colours)]
             steps = [gpu_value(g) for g in estimates]
-            axes.plot(
-                windows, [v / resolved.batch for v in steps], "-", color=colour, label=f"{key} per seq-token"
-            )
+            axes.plot(windows, [v / resolved.batch for v in steps], "-", color=colour, label=f"{key} per seq-token")
             axes.plot(windows, steps, "--", color=colour, label=f"{key} per batch step")
         axes.axvline(shape.window, color="grey", lw=0.8, ls=":")
         axes.set(
@@ -87,9 +85,7 @@ def write_plots(resolved: Resolved, directory: str | os.PathLike) -> list[Path]:
     labels = [g.replace("_and_", " +\n").replace("_", " ") for g in groups]
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     positions = range(len(groups))
-    left.bar(
-        [p - 0.2 for p in positions], [chip.energy_breakdown[g] * 1e12 for g in groups], 0.4, label="model"
-    )
+    left.bar([p - 0.2 for p in positions], [chip.energy_breakdown[g] * 1e12 for g in groups], 0.4, label="model")
     left.bar([p + 0.2 for p in positions], [v * 1e12 for v in paper], 0.4, label="paper §6.1 (M=1024)")
     left.set_xticks(list(positions), labels, fontsize=7)
     left.set(ylabel="energy per head and token (pJ)", title=f"Breakdown at M={shape.window}")

@@ -84,9 +84,7 @@ class Resolved:
     def workload(self, window: int | None = None) -> DecodeWorkload:
         """The GPU decode step matching the chip's shape (optionally at another window)."""
         shape = self.shape
-        return DecodeWorkload(
-            self.batch, shape.heads, shape.head_dim, window or shape.window, self.dtype, self.kernel
-        )
+        return DecodeWorkload(self.batch, shape.heads, shape.head_dim, window or shape.window, self.dtype, self.kernel)
 
 
 def resolve(query: HardwareQuery) -> Resolved:
@@ -122,9 +120,7 @@ def resolve(query: HardwareQuery) -> Resolved:
 
 
 def _records(records: tuple[ConstantRecord, ...]) -> dict[str, dict[str, Any]]:
-    return {
-        r.key: {"value": r.value, "unit": r.unit, "si_value": r.si_value, "source": r.source} for r in records
-    }
+    return {r.key: {"value": r.value, "unit": r.unit, "si_value": r.si_value, "source": r.source} for r in records}
 
 
 def _gain_cell_section(chip: GainCellEstimate, tech: Technology) -> dict[str, Any]:
@@ -332,8 +328,7 @@ def build_report(query: HardwareQuery) -> dict[str, Any]:
             "batch": resolved.batch,
             "technology": resolved.tech.name,
             "gpu_baseline": {"name": query.baseline, "kernel": resolved.kernel, "dtype": resolved.dtype},
-            "matches_paper_workload": (shape.heads, shape.head_dim, shape.window, resolved.batch)
-            == paper_workload,
+            "matches_paper_workload": (shape.heads, shape.head_dim, shape.window, resolved.batch) == paper_workload,
         },
         "gain_cell": _gain_cell_section(chip, resolved.tech),
         "paper_6_1": _paper_section(chip),
@@ -455,9 +450,7 @@ def _render_gain_cell(report: dict[str, Any], console: Any) -> None:
     table.add_row(f"area, all {w['layers']} layers (one sequence)", _area(every["area_m2"]), "", "")
     console.print(table)
     if not w["matches_paper_workload"] or w["technology"] != "paper":
-        console.print(
-            "[dim]paper §6.1 column: the paper's figures for its own workload (reference only)[/dim]"
-        )
+        console.print("[dim]paper §6.1 column: the paper's figures for its own workload (reference only)[/dim]")
 
 
 def _render_gpus(report: dict[str, Any], console: Any) -> None:
