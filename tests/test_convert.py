@@ -169,6 +169,7 @@ def test_targets_are_an_ema_of_the_scaler_output_statistics():
     model = gaincell.convert(_model("gpt2"), "linear", **SMALL)
     cell = gain_cell_layers(model)[0]
     cell.recording = cell.observing = True
+    model.train()  # targets are recorded by training forwards only
     observed = []
     with torch.no_grad():
         for seed in range(3):

@@ -58,7 +58,7 @@ class GainCellAttention(nn.Module):
     """The gain-cell state of one attention layer: scalers, calibration targets, chip gains.
 
     ``targets`` are per (scaler q/k/v/o, head) running mean and std of the scaler outputs, recorded
-    as an EMA while ``recording`` (SPEC §4.1). While ``observing``, each forward leaves the current
+    as an EMA while ``recording`` in training mode (SPEC §4.1). While ``observing``, each forward leaves the current
     statistics in ``observed`` for the calibration loop (SPEC §4.2).
     """
 
@@ -111,7 +111,7 @@ class GainCellAttention(nn.Module):
             output = cache_layer.read(self, query, key, value)
         else:
             output = gain_cell_attention(query, key, value, scalers, self.config, gains=self.chip_gains(query.device))
-        if not softmax and (self.recording or self.observing):
+        if not softmax and ((self.recording and self.training) or self.observing):
             self._statistics(query, key, value, output)
         return output
 
@@ -136,7 +136,7 @@ class GainCellAttention(nn.Module):
         stds = torch.stack([x.float().std(dim=(0, 2, 3), unbiased=False) for x in after])
         if self.observing:
             self.observed = (means, stds)
-        if self.recording:
+        if self.recording and self.training:
             if int(self.target_count) == 0:
                 self.target_mean.copy_(means)
                 self.target_std.copy_(stds)
@@ -285,8 +285,8 @@ def convert(model, config: GainCellConfig | str = "paper", **changes):
         heads, head_dim = _head_shape(model, module)
         if config.attention != "softmax" and head_dim > config.subtile_rows:
             raise GainCellError(
-                f"head_dim {head_dim} does not fit the K array: one head's query drives the D rows of a sub-tile "
-                f"of subtile_rows={config.subtile_rows} rows; use a config with subtile_rows >= {head_dim}"
+                f"head_dim {head_dim} does not fit a sub-tile: sub-tiles are square (subtile_rows x subtile_rows, "
+                f"64 x 64 in the paper) and one head's D values span one side; use subtile_rows >= {head_dim}"
             )
     _register()
     for module in modules:

@@ -1,0 +1,482 @@
+"""The adaptation recipe of SPEC §4: a pre-trained softmax model onto the nonlinear gain-cell model.
+
+1. **Linear stage** — convert to the linear hardware model (§3.3: same periphery, window and
+   leakage as the target chip, linear cells), fine-tune it (scalers trainable) and record, per
+   layer, head and scaler, an EMA (α = 0.1) of the mean and std after each scaler: the *targets*.
+2. **Calibration** — switch to the nonlinear model with the same weights and, without gradients,
+   move each scaler so its output statistics meet the targets:
+   a ← a·(1 + d·(target_std/std − 1)),  b ← b + d·(target_mean − mean),
+   with a damping d decaying linearly from 1.0 to 0.1 over 50 iterations; stop when every
+   |error| < 1e-4 or after 100 iterations. With several processes each calibrates on its own
+   batch and the scalers of the process with the lowest loss are broadcast to all.
+3. **Nonlinear stage** — fine-tune the calibrated nonlinear model, quantisation-aware (STE).
+
+:func:`adapt` runs the three from one :class:`Recipe`, read from a TOML file by ``gaincell adapt``;
+the stage functions are public so notebooks and the demo can run them one by one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gaincell.config import CellConfig, GainCellConfig, preset
+from gaincell.convert import convert, gain_cell_layers, model_config
+from gaincell.errors import GainCellError
+from gaincell.train import TrainConfig, TrainResult, train
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+# -- stages -----------------------------------------------------------------------------------------
+
+
+def linear_config(hardware: GainCellConfig) -> GainCellConfig:
+    """The linear intermediate model (§3.3) of a target chip: its periphery, window and leakage, linear cells."""
+    return hardware.replace(attention="gaincell", cell=CellConfig(kind="linear"))
+
+
+class _RecordTargets:
+    """Turns target recording on for the linear stage's training steps (not for its evaluations)."""
+
+    def __init__(self, model) -> None:
+        self.cells = gain_cell_layers(model)
+
+    def __enter__(self):
+        for cell in self.cells:
+            cell.recording = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for cell in self.cells:
+            cell.recording = False
+
+
+def linear_stage(
+    model, train_data, eval_data, config: TrainConfig, hardware: GainCellConfig, output_dir, **kwargs
+) -> TrainResult:
+    """Stage 1: fine-tune on the linear model while recording the calibration targets."""
+    convert(model, linear_config(hardware))
+    with _RecordTargets(model):
+        return train(model, train_data, eval_data, config, output_dir, **kwargs)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """The calibration loop of SPEC §4.2; every field has the paper's value as default."""
+
+    max_iterations: int = 100
+    tolerance: float = 1e-4
+    damping_start: float = 1.0
+    damping_end: float = 0.1
+    damping_iterations: int = 50
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_iterations", "damping_iterations", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise GainCellError(f"calibration.{name} must be an integer >= 1, got {value!r}")
+        for name in ("tolerance", "damping_start", "damping_end"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+                raise GainCellError(f"calibration.{name} must be a number > 0, got {value!r}")
+        if self.damping_start > 1 or self.damping_end > 1:
+            raise GainCellError("calibration.damping_start and damping_end must be <= 1 (1 = the full correction)")
+
+    def damping(self, iteration: int) -> float:
+        """Linear decay from ``damping_start`` to ``damping_end`` over ``damping_iterations``, then flat."""
+        progress = min(1.0, iteration / self.damping_iterations)
+        return self.damping_start + (self.damping_end - self.damping_start) * progress
+
+
+@dataclass
+class CalibrationResult:
+    """How calibration ended: iterations run, the largest |error| after each, final loss, chosen rank."""
+
+    iterations: int
+    converged: bool
+    errors: list[float]
+    loss: float
+    rank: int = 0
+
+
+def _errors(cell) -> tuple[torch.Tensor, torch.Tensor]:
+    means, stds = cell.observed
+    return cell.target_mean - means.to(cell.target_mean), cell.target_std - stds.to(cell.target_std)
+
+
+@torch.no_grad()
+def calibrate(
+    model, batch: torch.Tensor, config: CalibrationConfig = CalibrationConfig(), hardware: GainCellConfig | None = None
+):
+    """Stage 2: match the scaler statistics of the nonlinear model to the linear stage's targets.
+
+    ``batch`` is a (B, T) block of token ids (this process's). ``hardware`` switches the model to
+    that config first (default: keep the model's). Returns a :class:`CalibrationResult`.
+    """
+    if hardware is not None:
+        convert(model, hardware)
+    cells = gain_cell_layers(model)
+    if model_config(model).attention == "softmax":
+        raise GainCellError("calibration needs a gain-cell config, not the softmax one")
+    if any(int(cell.target_count) == 0 for cell in cells):
+        raise GainCellError("calibration needs targets: run the linear stage (adapt.linear_stage) first")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    for cell in cells:
+        cell.observing = True
+    errors: list[float] = []
+    converged = False
+    try:
+        for iteration in range(config.max_iterations):
+            model(input_ids=batch)
+            gaps = [_errors(cell) for cell in cells]
+            worst = max(max(mean.abs().max().item(), std.abs().max().item()) for mean, std in gaps)
+            errors.append(worst)
+            if worst < config.tolerance:
+                converged = True
+                break
+            damping = config.damping(iteration)
+            for cell, (mean_gap, _) in zip(cells, gaps, strict=True):
+                means, stds = cell.observed
+                ratio = cell.target_std / stds.to(cell.target_std).clamp_min(1e-12)
+                for index, name in enumerate(cell.scalers.names):
+                    a, b = getattr(cell.scalers, f"a_{name}"), getattr(cell.scalers, f"b_{name}")
+                    a.mul_(1 + damping * (ratio[index].to(a) - 1))
+                    b.add_(damping * mean_gap[index].to(b))
+        loss = float(model(input_ids=batch, labels=batch).loss)
+    finally:
+        for cell in cells:
+            cell.observing = False
+            cell.observed = None
+        model.train(was_training)
+    rank = _keep_best_rank(model, loss)
+    return CalibrationResult(iterations=len(errors), converged=converged, errors=errors, loss=loss, rank=rank)
+
+
+def _keep_best_rank(model, loss: float) -> int:
+    """With several processes, broadcast the scalers of the one whose calibrated loss is lowest."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0
+    world = torch.distributed.get_world_size()
+    device = next(model.parameters()).device
+    if torch.distributed.get_backend() == "nccl" and device.type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    losses = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(world)]
+    torch.distributed.all_gather(losses, torch.tensor([loss], dtype=torch.float64, device=device))
+    best = int(torch.cat(losses).argmin())
+    for cell in gain_cell_layers(model):
+        for parameter in cell.scalers.parameters():
+            data = parameter.data.to(device)
+            torch.distributed.broadcast(data, src=best)
+            parameter.data.copy_(data)
+    return best
+
+
+def nonlinear_stage(
+    model, train_data, eval_data, config: TrainConfig, hardware: GainCellConfig, output_dir, **kwargs
+) -> TrainResult:
+    """Stage 3: quantisation-aware fine-tuning of the calibrated model on the target chip's config."""
+    convert(model, hardware)
+    return train(model, train_data, eval_data, config, output_dir, **kwargs)
+
+
+# -- the recipe file ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Where the recipe's tokens come from: a local text file/folder or a hub dataset."""
+
+    text: str | None = None
+    dataset: str | None = None
+    dataset_config: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    eval_text: str | None = None
+    eval_split: str | None = None
+    block_size: int = 1024
+    eval_fraction: float = 0.05
+    eval_blocks: int | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One adaptation run: model, data, target chip and the three stages (SPEC §4).
+
+    ``hardware`` is a preset name plus top-level overrides (``{"preset": "paper", "window": 1024}``)
+    or a full gain-cell config dict. Stage tables take :class:`~gaincell.train.TrainConfig` fields.
+    """
+
+    model: str = "gpt2"
+    output_dir: str = "adapt-run"
+    data: DataSection = field(default_factory=DataSection)
+    hardware: dict = field(default_factory=lambda: {"preset": "paper"})
+    linear: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=3000, batch_size=16, grad_accum=120))
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    nonlinear: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=13000, batch_size=60, grad_accum=32))
+
+    def hardware_config(self) -> GainCellConfig:
+        return hardware_from_dict(self.hardware)
+
+
+def hardware_from_dict(data: dict) -> GainCellConfig:
+    """``{"preset": name, **top-level overrides}`` or a full :meth:`GainCellConfig.to_dict` dict."""
+    if not isinstance(data, dict):
+        raise GainCellError(f"hardware must be a table, got {type(data).__name__}")
+    data = dict(data)
+    if "preset" in data:
+        name = data.pop("preset")
+        base = preset(name).to_dict()
+        for key, value in data.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = value
+        data = base
+    try:
+        return GainCellConfig.from_dict(data)
+    except TypeError as error:
+        raise GainCellError(f"hardware: {error}") from error
+
+
+def _section(cls, data: Any, name: str, defaults: Any = None):
+    if data is None:
+        return defaults if defaults is not None else cls()
+    if not isinstance(data, dict):
+        raise GainCellError(f"[{name}] must be a table, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise GainCellError(f"[{name}] has unknown key(s) {unknown}; known: {sorted(known)}")
+    base = dataclasses.asdict(defaults) if defaults is not None else {}
+    try:
+        return cls(**{**base, **data})
+    except GainCellError as error:
+        raise GainCellError(f"[{name}] {error}") from error
+    except TypeError as error:
+        raise GainCellError(f"[{name}] {error}") from error
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    """Build and validate a :class:`Recipe`; unknown keys anywhere are errors that name them."""
+    if not isinstance(data, dict):
+        raise GainCellError("recipe must be a table")
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise GainCellError(f"recipe has unknown key(s) {unknown}; known: {sorted(known)}")
+    defaults = Recipe()
+    recipe = Recipe(
+        model=data.get("model", defaults.model),
+        output_dir=data.get("output_dir", defaults.output_dir),
+        data=_section(DataSection, data.get("data"), "data"),
+        hardware=data.get("hardware", defaults.hardware),
+        linear=_section(TrainConfig, data.get("linear"), "linear", defaults.linear),
+        calibration=_section(CalibrationConfig, data.get("calibration"), "calibration"),
+        nonlinear=_section(TrainConfig, data.get("nonlinear"), "nonlinear", defaults.nonlinear),
+    )
+    for name in ("model", "output_dir"):
+        if not isinstance(getattr(recipe, name), str) or not getattr(recipe, name):
+            raise GainCellError(f"{name} must be a non-empty string, got {getattr(recipe, name)!r}")
+    if (recipe.data.text is None) == (recipe.data.dataset is None):
+        raise GainCellError("[data] needs exactly one of text = PATH or dataset = NAME")
+    recipe.hardware_config()  # validate now, not after the linear stage
+    if recipe.linear.mixed_precision != recipe.nonlinear.mixed_precision:
+        raise GainCellError("linear.mixed_precision and nonlinear.mixed_precision must match (one accelerate state per run)")
+    return recipe
+
+
+def read_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a TOML recipe; ``overrides`` are ``section.key=value`` strings (values parsed as TOML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GainCellError(f"CONFIG: no such file {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise GainCellError(f"CONFIG: {path} is not valid TOML: {error}") from error
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            raise GainCellError(f"--set expects section.key=value, got {override!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare string
+        table = data
+        *parents, leaf = key.strip().split(".")
+        for parent in parents:
+            table = table.setdefault(parent, {})
+            if not isinstance(table, dict):
+                raise GainCellError(f"--set {key}: {parent} is not a table")
+        table[leaf] = value
+    return recipe_from_dict(data)
+
+
+# -- running a recipe -----------------------------------------------------------------------------
+
+
+def _load_model(name: str):
+    from gaincell.checkpoint import load
+
+    if Path(name).is_dir():
+        return load(name)
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GainCellError(f"model: cannot load {name!r} (a local directory or a hub id): {first}") from error
+
+
+def _load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GainCellError(f"model: cannot load a tokenizer for {name!r}: {first}") from error
+
+
+def recipe_blocks(recipe: Recipe, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and evaluation blocks of the recipe's corpus, tokenised with the model's tokenizer."""
+    from gaincell.data import corpus_blocks, load_text_corpus, split_blocks
+
+    data = recipe.data
+    corpus = load_text_corpus(
+        data.text, data.dataset, split=data.split, config=data.dataset_config, text_column=data.text_column
+    )
+    blocks = corpus_blocks(corpus, tokenizer, data.block_size)
+    if data.eval_text is not None or data.eval_split is not None:
+        eval_corpus = load_text_corpus(
+            data.eval_text, None if data.eval_text else data.dataset,
+            split=data.eval_split or "validation", config=data.dataset_config, text_column=data.text_column,
+        )  # fmt: skip
+        train_blocks, eval_blocks = blocks, corpus_blocks(eval_corpus, tokenizer, data.block_size)
+    else:
+        train_blocks, eval_blocks = split_blocks(blocks, data.eval_fraction)
+    if data.eval_blocks is not None:
+        eval_blocks = eval_blocks[: data.eval_blocks]
+    return train_blocks, eval_blocks
+
+
+def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
+    """Run the recipe; each stage saves its model under ``output_dir/<stage>/model``. Returns a summary.
+
+    With ``resume`` a stage whose model is already saved is skipped and an interrupted training
+    stage continues from its last checkpoint.
+    """
+    from gaincell.checkpoint import load, save
+
+    hardware = recipe.hardware_config()
+    output = Path(recipe.output_dir)
+    if output.exists() and any(output.iterdir()) and not resume:
+        raise GainCellError(f"output_dir: {output} is not empty; use --resume to continue or choose another directory")
+    tokenizer = _load_tokenizer(recipe.model)
+    model = _load_model(recipe.model)
+    train_blocks, eval_blocks = recipe_blocks(recipe, tokenizer)
+    summary: dict[str, Any] = {"model": recipe.model, "hardware": hardware.to_dict()}
+
+    def stage(name: str, run) -> None:
+        nonlocal model
+        saved = output / name / "model"
+        if resume and saved.is_dir():
+            model = load(saved)
+            summary[name] = json.loads((output / name / "summary.json").read_text())
+            return
+        summary[name] = run()
+        save(model, saved, tokenizer)
+        (output / name / "summary.json").write_text(json.dumps(summary[name], indent=1))
+
+    def run_linear():
+        stage_dir = output / "linear"
+        result = linear_stage(
+            model,
+            train_blocks,
+            eval_blocks,
+            recipe.linear,
+            hardware,
+            stage_dir,
+            resume=resume and _has_checkpoint(stage_dir),
+        )
+        return {"steps": result.step, "loss": result.loss, "eval_loss": result.eval_loss}
+
+    def run_calibration():
+        generator = torch.Generator().manual_seed(recipe.calibration.seed + _rank())
+        rows = torch.randperm(len(train_blocks), generator=generator)[: recipe.calibration.batch_size]
+        result = calibrate(model, train_blocks[rows], recipe.calibration, hardware)
+        return dataclasses.asdict(result)
+
+    def run_nonlinear():
+        stage_dir = output / "nonlinear"
+        result = nonlinear_stage(
+            model,
+            train_blocks,
+            eval_blocks,
+            recipe.nonlinear,
+            hardware,
+            stage_dir,
+            resume=resume and _has_checkpoint(stage_dir),
+        )
+        return {"steps": result.step, "loss": result.loss, "eval_loss": result.eval_loss}
+
+    stage("linear", run_linear)
+    stage("calibrated", run_calibration)
+    stage("nonlinear", run_nonlinear)
+    (output / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _has_checkpoint(stage_dir: Path) -> bool:
+    from gaincell.train import latest_checkpoint
+
+    return latest_checkpoint(stage_dir) is not None
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="recipe TOML file (see examples/adapt.toml)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a recipe field, e.g. --set linear.max_steps=100 --set hardware.window=256",
+    )  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in output_dir")
+    parser.add_argument("--output-dir", help="override the recipe's output_dir")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.set)
+    if args.output_dir:
+        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
+    recipe = read_recipe(args.config, overrides)
+    summary = adapt(recipe, resume=args.resume)
+    for name in ("linear", "calibrated", "nonlinear"):
+        print(f"{name:>10}: {json.dumps(summary[name])[:200]}")
+    print(f"models and summary in {recipe.output_dir}")
+    return 0

@@ -1,0 +1,158 @@
+"""The adaptation recipe (SPEC §4): linear stage targets, calibration loop, recipe file and CLI."""
+
+import copy
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config
+
+import gaincell
+from gaincell import GainCellError, preset
+from gaincell.adapt import (
+    CalibrationConfig,
+    calibrate,
+    linear_config,
+    linear_stage,
+    read_recipe,
+    recipe_from_dict,
+)
+from gaincell.cli import main
+from gaincell.convert import gain_cell_layers, model_config
+from gaincell.data import train_bpe_tokenizer
+from gaincell.train import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HARDWARE = preset("paper", window=16, subtile_rows=8, block_size=16)
+CONFIG = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=300, n_positions=32, bos_token_id=0, eos_token_id=0)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(copy.deepcopy(CONFIG))
+
+
+def _blocks(n=24, seed=0):
+    return torch.randint(1, 300, (n, 32), generator=torch.Generator().manual_seed(seed))
+
+
+def _quick(**changes):
+    base = dict(max_steps=6, warmup_steps=1, batch_size=4, eval_every=0, eval_batches=1, checkpoint_every=0,
+                log_every=1, progress_bar=False, mixed_precision="no")  # fmt: skip
+    return TrainConfig(**{**base, **changes})
+
+
+def test_linear_config_keeps_the_chip_but_uses_linear_cells():
+    linear = linear_config(HARDWARE)
+    assert linear.cell.kind == "linear" and linear.periphery == HARDWARE.periphery
+    assert (linear.window, linear.leakage) == (HARDWARE.window, HARDWARE.leakage)
+
+
+def test_damping_decays_linearly_from_one_to_a_tenth_over_fifty_iterations():
+    config = CalibrationConfig()
+    assert config.damping(0) == 1.0 and config.damping(25) == pytest.approx(0.55)
+    assert config.damping(50) == pytest.approx(0.1) and config.damping(99) == pytest.approx(0.1)
+    assert (config.max_iterations, config.tolerance) == (100, 1e-4)
+
+
+def test_linear_stage_records_targets_then_calibration_meets_them(tmp_path):
+    model = _model()
+    blocks = _blocks()
+    linear_stage(model, blocks, blocks[:4], _quick(), HARDWARE, tmp_path / "linear")
+    cells = gain_cell_layers(model)
+    assert model_config(model).cell.kind == "linear"
+    assert all(int(cell.target_count) == 6 for cell in cells)  # one EMA update per training forward
+    assert not any(cell.recording for cell in cells)
+    result = calibrate(model, blocks[:8], CalibrationConfig(max_iterations=100), HARDWARE)
+    assert model_config(model) == HARDWARE
+    assert result.errors[-1] < result.errors[0] / 10
+    assert result.converged == (result.errors[-1] < 1e-4)
+    assert result.iterations <= 100 and torch.isfinite(torch.tensor(result.loss))
+
+
+def test_calibration_moves_the_output_scaler_toward_the_targets():
+    model = gaincell.convert(_model(), HARDWARE)
+    for cell in gain_cell_layers(model):  # targets the nonlinear model does not meet on its own
+        cell.target_count.fill_(1)
+        cell.target_mean.zero_()
+        cell.target_std.fill_(0.5)
+    result = calibrate(model, _blocks(8), CalibrationConfig(max_iterations=60))
+    assert result.errors[-1] < 0.05 * result.errors[0]
+
+
+def test_calibration_refuses_models_without_targets():
+    with pytest.raises(GainCellError, match="run the linear stage"):
+        calibrate(gaincell.convert(_model(), HARDWARE), _blocks(4))
+
+
+def test_recipe_defaults_are_the_papers_and_unknown_keys_are_named():
+    recipe = recipe_from_dict({"data": {"text": "corpus.txt"}})
+    assert recipe.linear.max_steps == 3000 and recipe.linear.batch_size * recipe.linear.grad_accum == 16 * 120
+    assert recipe.nonlinear.max_steps == 13000 and recipe.linear.lr == 6e-4 and recipe.linear.weight_decay == 0.1
+    assert recipe.hardware_config() == preset("paper")
+    with pytest.raises(GainCellError, match=r"\[linear\] has unknown key\(s\) \['stepz'\]"):
+        recipe_from_dict({"data": {"text": "x"}, "linear": {"stepz": 1}})
+    with pytest.raises(GainCellError, match="exactly one of text"):
+        recipe_from_dict({})
+    with pytest.raises(GainCellError, match="preset must be one of"):
+        recipe_from_dict({"data": {"text": "x"}, "hardware": {"preset": "nope"}})
+    with pytest.raises(GainCellError, match="calibration.tolerance"):
+        recipe_from_dict({"data": {"text": "x"}, "calibration": {"tolerance": -1}})
+
+
+def test_recipe_overrides_parse_as_toml(tmp_path):
+    path = tmp_path / "recipe.toml"
+    path.write_text('model = "m"\n[data]\ntext = "c.txt"\n[hardware]\npreset = "paper"\n')
+    recipe = read_recipe(
+        path, ["linear.max_steps=7", "linear.warmup_steps=1", "hardware.window=64", "hardware.noise.read_noise=0.01"]
+    )
+    assert recipe.linear.max_steps == 7
+    config = recipe.hardware_config()
+    assert config.window == 64 and config.noise.read_noise == 0.01 and config.cell == preset("paper").cell
+
+
+def _pretrained_dir(tmp_path, shared_data):
+    text = (shared_data / "tinyshakespeare.txt").read_text()[:60_000]
+    tokenizer = train_bpe_tokenizer(text, vocab_size=300)
+    model = _model()
+    model.resize_token_embeddings(len(tokenizer))
+    directory = tmp_path / "pretrained"
+    gaincell.save(model, directory, tokenizer)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text)
+    return directory, corpus
+
+
+STAGE = 'warmup_steps = 1\nbatch_size = 4\ngrad_accum = 1\nprogress_bar = false\nmixed_precision = "no"\n'
+
+
+def test_adapt_cli_runs_the_three_stages_and_resumes(tmp_path, shared_data, capsys):
+    model_dir, corpus = _pretrained_dir(tmp_path, shared_data)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        f'model = "{model_dir}"\noutput_dir = "{tmp_path / "run"}"\n'
+        f'[data]\ntext = "{corpus}"\nblock_size = 32\neval_blocks = 4\n'
+        '[hardware]\npreset = "paper"\nwindow = 16\nsubtile_rows = 8\n'
+        f"[linear]\nmax_steps = 4\n{STAGE}[calibration]\nmax_iterations = 5\nbatch_size = 4\n"
+        f"[nonlinear]\nmax_steps = 3\n{STAGE}"
+    )
+    assert main(["adapt", str(recipe)]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["linear"]["steps"] == 4 and summary["nonlinear"]["steps"] == 3
+    assert summary["calibrated"]["iterations"] <= 5
+    adapted = gaincell.load(tmp_path / "run" / "nonlinear" / "model")
+    assert model_config(adapted) == preset("paper", window=16, subtile_rows=8)
+    assert all(int(cell.target_count) == 4 for cell in gain_cell_layers(adapted))
+    assert main(["adapt", str(recipe)]) == 2  # refuses to overwrite
+    assert "not empty" in capsys.readouterr().err
+    assert main(["adapt", str(recipe), "--resume"]) == 0  # every stage done: loads and returns
+
+
+def test_adapt_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["adapt", str(tmp_path / "missing.toml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("model = \n")
+    assert main(["adapt", str(bad)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
