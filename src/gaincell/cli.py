@@ -15,6 +15,7 @@ import sys
 from gaincell.errors import GainCellError
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("gaincell.demo", "train, adapt and evaluate a small gain-cell GPT-2 end to end, offline"),
     "selfcheck": ("gaincell.selfcheck", "check the attention op against SPEC's equations and time it"),
     "adapt": ("gaincell.adapt", "adapt a pre-trained model to gain-cell attention (SPEC §4 recipe)"),
     "eval": ("gaincell.evaluate", "perplexity and lm-eval tasks of a saved model"),

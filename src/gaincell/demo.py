@@ -1,0 +1,396 @@
+"""``gaincell demo``: the paper's whole experiment (SPEC §4–5) at laptop scale, offline.
+
+It trains a small GPT-2-architecture softmax model as the "pre-trained" model, then measures what
+each step of the adaptation recipe buys, on held-out text:
+
+(a) the softmax model (full causal attention);
+(b) the same weights with sliding-window softmax (window M);
+(c) the nonlinear gain-cell model with the pre-trained weights swapped in, no adaptation;
+(d) calibration only: targets recorded by the linear model with the pre-trained weights (no
+    training), then the calibration loop;
+(e) the full recipe: linear stage, calibration, nonlinear stage;
+(f) the same nonlinear model trained from scratch for as many steps as (e) trained.
+
+Rows between them (the linear-stage model; linear stage + calibration) show where the gains come
+from. Everything lands in one folder: ``report.md`` with the table and plots, ``results.json``,
+the adapted model (``gaincell generate``/``gaincell eval`` read it), a sample generated through the
+gain-cell memory, and the cost-model summary for the demo's attention shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from gaincell.atomic import atomic_file
+from gaincell.errors import GainCellError
+
+MARKER = ".gaincell-demo"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of one demo run. The defaults take about 10–15 minutes on 2 CPU cores; QUICK about 2."""
+
+    context: int = 256
+    window: int = 128
+    subtile_rows: int = 64
+    layers: int = 4
+    embedding: int = 256
+    heads: int = 4
+    vocab_size: int = 4096
+    batch_size: int = 8
+    pretrain_steps: int = 600
+    pretrain_lr: float = 1e-3
+    linear_steps: int = 100
+    nonlinear_steps: int = 200
+    adapt_lr: float = 6e-4
+    calibration_batch: int = 8
+    eval_blocks: int = 64
+    sample_tokens: int = 60
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("context", "window", "subtile_rows", "layers", "embedding", "heads", "vocab_size", "batch_size",
+                     "pretrain_steps", "linear_steps", "nonlinear_steps", "calibration_batch", "eval_blocks"):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise GainCellError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.embedding % self.heads:
+            raise GainCellError(f"embedding ({self.embedding}) must be a multiple of heads ({self.heads})")
+
+    @property
+    def scratch_steps(self) -> int:
+        return self.linear_steps + self.nonlinear_steps
+
+
+QUICK = DemoConfig(
+    context=128, window=64, layers=2, embedding=128, heads=2, vocab_size=2048, pretrain_steps=200,
+    linear_steps=40, nonlinear_steps=60, eval_blocks=32, sample_tokens=40,
+)  # fmt: skip
+
+
+# -- pieces -----------------------------------------------------------------------------------------
+
+
+def _train_config(steps: int, lr: float, config: DemoConfig, warmup: int):
+    from gaincell.train import TrainConfig
+
+    return TrainConfig(
+        lr=lr, min_lr=lr / 10, warmup_steps=min(warmup, steps), max_steps=steps, batch_size=config.batch_size,
+        eval_every=0, eval_batches=4, checkpoint_every=0, keep_checkpoints=1, log_every=5, seed=config.seed,
+    )  # fmt: skip
+
+
+def _perplexity(model, eval_ids: torch.Tensor, context: int) -> float:
+    from gaincell.evaluate import strided_perplexity
+
+    with torch.no_grad():
+        return strided_perplexity(model, eval_ids, context=context, stride=context, batch_size=8)["ppl"]
+
+
+def _prepare_output(path: Path) -> Path:
+    """A fresh output folder; a previous demo's folder is replaced, anything else is left alone."""
+    if path.exists():
+        if not path.is_dir():
+            raise GainCellError(f"--output: {path} exists and is not a directory")
+        if any(path.iterdir()) and not (path / MARKER).exists():
+            raise GainCellError(f"--output: {path} is not empty and not a previous demo folder; choose another")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / MARKER).write_text("written by gaincell demo; replaced by the next run\n")
+    return path
+
+
+def _texts(args) -> tuple[str, str, str | None]:
+    """(training text, description, evaluation text or None)."""
+    from gaincell.data import default_corpus_text, load_text_corpus
+
+    if args.text and args.dataset:
+        raise GainCellError("give at most one of --text FILE and --dataset NAME")
+    if args.text:
+        corpus = load_text_corpus(text=args.text)
+        name = str(args.text)
+    elif args.dataset:
+        corpus = load_text_corpus(dataset=args.dataset, config=args.dataset_config, split="train")
+        name = f"{args.dataset} ({args.dataset_config or 'default'})"
+    else:
+        corpus, name = None, "Python's bundled documentation (pydoc_data, offline default)"
+    text = default_corpus_text() if corpus is None else "\n\n".join(corpus["text"])
+    eval_text = None
+    if args.eval_text:
+        eval_text = "\n\n".join(load_text_corpus(text=args.eval_text)["text"])
+    if not text.strip():
+        raise GainCellError(f"corpus {name} is empty")
+    return text, name, eval_text
+
+
+def _history(result) -> list[tuple[int, float]]:
+    return [(row["step"], row["loss"]) for row in result.history if row.get("loss") is not None]
+
+
+def _plots(folder: Path, curves: dict[str, list[tuple[int, float]]], rows: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for label, points in curves.items():
+        if points:
+            steps, losses = zip(*points, strict=True)
+            axis.plot(steps, losses, label=label)
+    axis.set(xlabel="optimizer step (of that run)", ylabel="training loss (nats/token)", title="Training runs")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(folder / "loss_curves.png", dpi=120)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(8, 4))
+    labels = [row["key"] for row in rows]
+    values = [row["ppl"] for row in rows]
+    bars = axis.bar(labels, values, color=["#4c72b0" if row["key"] in "ab" else "#dd8452" for row in rows])
+    axis.bar_label(bars, fmt="%.1f", fontsize=8)
+    axis.set(ylabel="perplexity (held-out)", title="Perplexity per stage", yscale="log")
+    figure.tight_layout()
+    figure.savefig(folder / "perplexity.png", dpi=120)
+    plt.close(figure)
+    return ["loss_curves.png", "perplexity.png"]
+
+
+def _hardware_lines(config: DemoConfig) -> list[str]:
+    from gaincell.hardware.report import HardwareQuery, build_report, summary_lines
+
+    head_dim = config.embedding // config.heads
+    query = HardwareQuery(model="gpt2", heads=config.heads, head_dim=head_dim, layers=config.layers, window=config.window)
+    return summary_lines(build_report(query))
+
+
+# -- the run ------------------------------------------------------------------------------------------
+
+
+def run_demo(config: DemoConfig, output: Path, text: str, corpus_name: str, eval_text: str | None, *, echo=print) -> dict:
+    """Run the whole demo into ``output`` and return the results (also in ``results.json``)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gaincell.adapt import CalibrationConfig, calibrate, linear_config, linear_stage, nonlinear_stage
+    from gaincell.checkpoint import save
+    from gaincell.config import preset
+    from gaincell.convert import convert, gain_cell_layers
+    from gaincell.data import pack_blocks, split_blocks, train_bpe_tokenizer
+    from gaincell.train import train
+
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    echo(f"corpus: {corpus_name}")
+    tokenizer = train_bpe_tokenizer(text, vocab_size=config.vocab_size, model_max_length=config.context)
+    blocks = pack_blocks(tokenizer(text, verbose=False)["input_ids"], config.context)
+    if eval_text is None:
+        train_blocks, held_out = split_blocks(blocks, 0.1)
+        eval_ids = held_out.reshape(-1)
+    else:
+        train_blocks = blocks
+        eval_ids = torch.tensor(tokenizer(eval_text, verbose=False)["input_ids"])
+    eval_ids = eval_ids[: config.eval_blocks * config.context + 1]
+    train_blocks, monitor = split_blocks(train_blocks, 0.02)
+    echo(f"tokens: {train_blocks.numel():,} training, {eval_ids.numel():,} held out; vocabulary {len(tokenizer):,}")
+
+    hardware = preset("paper", window=config.window, subtile_rows=config.subtile_rows)
+    sliding = preset("softmax", window=config.window, subtile_rows=config.subtile_rows)
+    model_config = GPT2Config(
+        n_embd=config.embedding, n_layer=config.layers, n_head=config.heads, n_positions=config.context,
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    curves: dict[str, list[tuple[int, float]]] = {}
+    rows: list[dict] = []
+
+    def measure(key: str, label: str, model) -> float:
+        ppl = _perplexity(model, eval_ids, config.context)
+        rows.append({"key": key, "label": label, "ppl": ppl})
+        echo(f"  ({key}) {label}: perplexity {ppl:.2f}")
+        return ppl
+
+    def fit(name: str, model, steps: int, lr: float, warmup: int, stage=None):
+        directory = output / "runs" / name
+        train_config = _train_config(steps, lr, config, warmup)
+        if stage is None:
+            result = train(model, train_blocks, monitor, train_config, directory)
+        else:
+            result = stage(model, train_blocks, monitor, train_config, hardware, directory)
+        shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # the demo does not resume; keep the disk
+        curves[name] = _history(result)
+        return result.model
+
+    echo(f"1/5 pre-training a GPT-2-architecture softmax model ({config.pretrain_steps} steps)")
+    torch.manual_seed(config.seed)
+    pretrained = fit("pretrain", GPT2LMHeadModel(copy.deepcopy(model_config)), config.pretrain_steps, config.pretrain_lr, 50)
+    measure("a", "softmax model (full causal attention)", pretrained)
+    measure("b", f"sliding-window softmax (M = {config.window})", convert(copy.deepcopy(pretrained), sliding))
+    measure("c", "nonlinear gain-cell model, pre-trained weights swapped in", convert(copy.deepcopy(pretrained), hardware))
+
+    echo("2/5 calibration only (targets from the untrained linear model)")
+    calibrated_only = convert(copy.deepcopy(pretrained), linear_config(hardware))
+    for cell in gain_cell_layers(calibrated_only):
+        cell.recording = True
+    calibrated_only.train()
+    with torch.no_grad():
+        for start in range(0, min(len(train_blocks), 8 * config.batch_size), config.batch_size):
+            calibrated_only(input_ids=train_blocks[start : start + config.batch_size])
+    for cell in gain_cell_layers(calibrated_only):
+        cell.recording = False
+    calibration = CalibrationConfig(batch_size=config.calibration_batch, seed=config.seed)
+    batch = train_blocks[torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(config.seed))]
+    batch = batch[: config.calibration_batch]
+    only = calibrate(calibrated_only, batch, calibration, hardware)
+    measure("d", f"calibration only ({only.iterations} iterations)", calibrated_only)
+    del calibrated_only
+
+    echo(
+        f"3/5 adaptation recipe: linear stage ({config.linear_steps} steps), calibration, "
+        f"nonlinear stage ({config.nonlinear_steps} steps)"
+    )
+    extra: list[dict] = []
+
+    def diagnose(key: str, label: str, model) -> None:
+        extra.append({"key": key, "label": label, "ppl": _perplexity(model, eval_ids, config.context)})
+        echo(f"      {label}: perplexity {extra[-1]['ppl']:.2f}")
+
+    adapted = fit("linear", copy.deepcopy(pretrained), config.linear_steps, config.adapt_lr, 20, stage=linear_stage)
+    diagnose("linear", "linear hardware model after the linear stage", adapted)
+    recipe_calibration = calibrate(adapted, batch, calibration, hardware)
+    iterations = recipe_calibration.iterations
+    diagnose("linear+cal", f"nonlinear model after linear stage + calibration ({iterations} iterations)", adapted)
+    adapted = fit("nonlinear", adapted, config.nonlinear_steps, config.adapt_lr, 20, stage=nonlinear_stage)
+    measure("e", "adapted nonlinear gain-cell model (full recipe)", adapted)
+
+    echo(f"4/5 the same nonlinear model trained from scratch ({config.scratch_steps} steps)")
+    torch.manual_seed(config.seed)
+    scratch = convert(GPT2LMHeadModel(copy.deepcopy(model_config)), hardware)
+    scratch = fit("scratch", scratch, config.scratch_steps, config.pretrain_lr, 50)
+    measure("f", f"nonlinear model trained from scratch ({config.scratch_steps} steps)", scratch)
+    del scratch
+
+    echo("5/5 generating through the gain-cell memory, costing the chip, writing the report")
+    save(adapted, output / "model", tokenizer)
+    prompt_ids = eval_ids[:16].unsqueeze(0)
+    torch.manual_seed(config.seed)
+    with torch.no_grad():
+        generated = adapted.generate(
+            prompt_ids, max_new_tokens=config.sample_tokens, do_sample=True, top_k=40, temperature=0.8,
+            pad_token_id=tokenizer.eos_token_id,
+        )  # fmt: skip
+    continuation = generated[0, prompt_ids.shape[1] :]
+    sample = {"prompt": tokenizer.decode(prompt_ids[0]), "continuation": tokenizer.decode(continuation)}
+    hardware_lines = _hardware_lines(config)
+    ppl = {row["key"]: row["ppl"] for row in rows}
+    checks = {
+        "e_better_than_c_d_f": ppl["e"] < min(ppl["c"], ppl["d"], ppl["f"]),
+        "e_within_25_percent_of_b": ppl["e"] <= 1.25 * ppl["b"],
+    }
+    results = {
+        "config": asdict(config),
+        "corpus": corpus_name,
+        "train_tokens": int(train_blocks.numel()),
+        "eval_tokens": int(eval_ids.numel()),
+        "hardware": hardware.to_dict(),
+        "perplexity": rows,
+        "diagnostics": extra,
+        "calibration": {"only": asdict(only), "recipe": asdict(recipe_calibration)},
+        "checks": checks,
+        "sample": sample,
+        "hardware_summary": hardware_lines,
+        "seconds": time.perf_counter() - started,
+    }
+    plots = _plots(output, curves, rows)
+    with atomic_file(output / "results.json") as handle:
+        json.dump(results, handle, indent=1)
+    with atomic_file(output / "report.md") as handle:
+        handle.write(_markdown(results, plots))
+    return results
+
+
+def _markdown(results: dict, plots: list[str]) -> str:
+    config = results["config"]
+    lines = [
+        "# gaincell demo",
+        "",
+        f"Corpus: {results['corpus']} — {results['train_tokens']:,} training tokens, "
+        f"{results['eval_tokens']:,} held-out tokens. Model: GPT-2 architecture, {config['layers']} layers, "
+        f"{config['heads']} heads of {config['embedding'] // config['heads']}, context {config['context']}; "
+        f"gain-cell window M = {config['window']}, `paper` preset (SPEC §3.4). Run time {results['seconds'] / 60:.1f} min.",
+        "",
+        "| | model | perplexity |",
+        "|---|---|---:|",
+    ]
+    lines += [f"| ({row['key']}) | {row['label']} | {row['ppl']:.2f} |" for row in results["perplexity"]]
+    lines += ["", "Between (c) and (e):", ""]
+    lines += [f"- {row['label']}: {row['ppl']:.2f}" for row in results["diagnostics"]]
+    checks = results["checks"]
+    lines += [
+        "",
+        f"- (e) better than (c), (d) and (f): **{'yes' if checks['e_better_than_c_d_f'] else 'no'}**",
+        f"- (e) within 25% of (b): **{'yes' if checks['e_within_25_percent_of_b'] else 'no'}**",
+        "",
+    ]
+    lines += [f"![{name}]({name})" for name in plots]
+    sample = results["sample"]
+    lines += ["", "## Generated through the gain-cell memory", "", f"> **{sample['prompt']}**{sample['continuation']}", ""]
+    lines += ["## Cost model (SPEC §6) for this attention shape", ""] + [f"- {line}" for line in results["hardware_summary"]]
+    return "\n".join(lines) + "\n"
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text", help="training corpus: a .txt file or folder (default: Python's bundled docs)")
+    parser.add_argument("--dataset", help="training corpus: a hub dataset name (needs the network)")
+    parser.add_argument("--dataset-config", help="the hub dataset's config name")
+    parser.add_argument("--eval-text", help="held-out text for perplexity (default: the corpus's last 10%%)")
+    parser.add_argument("--output", default="gaincell-demo", help="output folder (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="a smaller run of about 2 minutes")
+    parser.add_argument("--seed", type=int, default=0)
+    for name in ("pretrain_steps", "linear_steps", "nonlinear_steps", "window", "context"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"override {name}")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = QUICK if args.quick else DemoConfig()
+    names = ("pretrain_steps", "linear_steps", "nonlinear_steps", "window", "context")
+    changes = {name: getattr(args, name) for name in names}
+    config = replace(config, seed=args.seed, **{k: v for k, v in changes.items() if v is not None})
+    text, corpus_name, eval_text = _texts(args)
+    output = _prepare_output(Path(args.output))
+    results = run_demo(config, output, text, corpus_name, eval_text)
+    _print_table(results)
+    print(f"report: {output / 'report.md'}   model: {output / 'model'}")
+    return 0
+
+
+def _print_table(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="gaincell demo: held-out perplexity")
+    table.add_column("")
+    table.add_column("model")
+    table.add_column("perplexity", justify="right")
+    for row in results["perplexity"]:
+        table.add_row(f"({row['key']})", row["label"], f"{row['ppl']:.2f}")
+    console = Console()
+    console.print(table)
+    for name, ok in results["checks"].items():
+        console.print(f"{name}: {'yes' if ok else 'no'}")
+    sample = results["sample"]
+    console.print(Text.assemble("sample: ", (sample["prompt"], "bold"), sample["continuation"]))
+    for line in results["hardware_summary"]:
+        console.print(Text(line))

@@ -1,0 +1,55 @@
+"""``gaincell demo`` end to end at toy size: every stage runs, every artefact is written."""
+
+import json
+
+import pytest
+
+import gaincell
+from gaincell.cli import main
+from gaincell.convert import model_config
+from gaincell.demo import QUICK, DemoConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TOY = [
+    "--context", "32", "--window", "16", "--pretrain-steps", "6", "--linear-steps", "3", "--nonlinear-steps", "3",
+]  # fmt: skip
+
+
+def test_demo_writes_the_report_the_results_and_a_loadable_model(tmp_path, shared_data, monkeypatch, capsys):
+    toy = DemoConfig(
+        context=32, window=16, subtile_rows=16, layers=1, embedding=32, heads=2, vocab_size=300, batch_size=4,
+        pretrain_steps=6, linear_steps=3, nonlinear_steps=3, calibration_batch=4, eval_blocks=4, sample_tokens=8,
+    )  # fmt: skip
+    monkeypatch.setattr("gaincell.demo.DemoConfig", lambda: toy)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((shared_data / "tinyshakespeare.txt").read_text()[:40_000])
+    output = tmp_path / "demo"
+    assert main(["demo", "--text", str(corpus), "--output", str(output), *TOY]) == 0
+    results = json.loads((output / "results.json").read_text())
+    assert [row["key"] for row in results["perplexity"]] == list("abcdef")
+    assert all(row["ppl"] > 1 for row in results["perplexity"] + results["diagnostics"])
+    assert results["config"]["linear_steps"] + results["config"]["nonlinear_steps"] == 6  # (f)'s budget
+    assert results["sample"]["continuation"] and results["hardware_summary"]
+    report = (output / "report.md").read_text()
+    assert "| (e) |" in report and "![perplexity.png](perplexity.png)" in report
+    assert (output / "loss_curves.png").stat().st_size > 0 and (output / "perplexity.png").stat().st_size > 0
+    model = gaincell.load(output / "model")
+    assert model_config(model).window == 16 and model_config(model).attention == "gaincell"
+    assert "held-out perplexity" in capsys.readouterr().out
+    assert main(["demo", "--text", str(corpus), "--output", str(output), *TOY]) == 0  # a demo folder is replaced
+
+
+def test_demo_refuses_a_foreign_output_folder_and_bad_sizes(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    assert main(["demo", "--output", str(tmp_path / "mine")]) == 2
+    assert "not a previous demo folder" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    assert main(["demo", "--text", str(tmp_path / "missing.txt"), "--output", str(tmp_path / "d")]) == 2
+    with pytest.raises(gaincell.GainCellError, match="multiple of heads"):
+        DemoConfig(embedding=100, heads=3)
+
+
+def test_quick_sizes_fit_the_model():
+    assert QUICK.embedding // QUICK.heads <= QUICK.subtile_rows and QUICK.window <= QUICK.context
