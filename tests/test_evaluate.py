@@ -231,6 +231,51 @@ def test_cli_runs_lm_eval_tasks(model_dir, capsys, monkeypatch):
     assert 0.0 <= tasks["gaincell_tiny_mc"]["acc,none"] <= 1.0
 
 
+def converted_gpt2(vocab_size: int):
+    """A tiny gain-cell GPT-2 whose scalers are away from their initial values, so losing them shows."""
+    import gaincell
+    from gaincell.convert import gain_cell_layers
+
+    model = gaincell.convert(tiny_gpt2(vocab_size), "paper", window=16, subtile_rows=16, block_size=16)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for cell in gain_cell_layers(model):
+            for parameter in cell.scalers.parameters():
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
+
+
+def test_cli_evaluates_a_saved_gain_cell_model_as_it_ran_in_process(tokenizer, text, tmp_path, capsys):
+    import gaincell
+    from gaincell.cli import main
+
+    model = converted_gpt2(len(tokenizer))
+    gaincell.save(model, tmp_path / "converted", tokenizer)
+    path = tmp_path / "sample.txt"
+    path.write_text(text[:3000])
+    assert main(["eval", str(tmp_path / "converted"), "--text", str(path), "--json"]) == 0
+    reported = json.loads(capsys.readouterr().out)["perplexity"]
+    expected = evaluate.text_perplexity(model, tokenizer, path)
+    assert (reported["tokens"], reported["context"], reported["stride"]) == (expected["tokens"], 32, 16)
+    assert reported["nll"] == pytest.approx(expected["nll"], abs=1e-9)
+    assert reported["ppl"] == pytest.approx(expected["ppl"], rel=1e-9)
+    # an untrained model barely depends on its attention, but enough to tell which model was loaded:
+    plain = evaluate.text_perplexity(tiny_gpt2(len(tokenizer)), tokenizer, path)  # the weights with softmax attention
+    assert abs(reported["nll"] - plain["nll"]) > 1e-6
+
+
+def test_lm_eval_adapter_loads_a_gain_cell_directory_converted(tokenizer, tmp_path):
+    import gaincell
+    from gaincell.convert import model_config
+
+    model = converted_gpt2(len(tokenizer))
+    gaincell.save(model, tmp_path / "converted", tokenizer)
+    adapter = evaluate.GainCellLM(pretrained=str(tmp_path / "converted"), device="cpu")
+    assert model_config(adapter.model) == model_config(model)
+    loaded, saved = adapter.model.state_dict(), model.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in saved.items() if ".gaincell." in key)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -3,7 +3,8 @@
 Everything lives in one directory: ``config.json`` carries the model's config with the gain-cell
 config under ``"gaincell"``; the safetensors weights carry the scalers and calibration targets
 beside the model's own tensors (``…attn.gaincell.scalers.a_q``, ``…gaincell.target_mean``). A
-plain transformers loader still reads the model; :func:`load` also restores the gain-cell part.
+plain transformers loader still reads the model; :func:`load` also restores the gain-cell part, and
+:func:`load_tokenizer` reads the tokenizer saved beside it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from gaincell.convert import convert
 from gaincell.errors import GainCellError
 
 GAIN_CELL_KEY = ".gaincell."
+
+#: Files of which a saved tokenizer has at least one (``AutoTokenizer`` would otherwise build an
+#: empty tokenizer from ``config.json`` alone, and every text would encode to nothing).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 def save(model, path: str | os.PathLike, tokenizer=None) -> Path:
@@ -52,6 +57,18 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+def torch_device(name: str | torch.device | None = None) -> torch.device:
+    """``name`` as a torch device that exists on this machine; None: the GPU when there is one, else the CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)  # a device type torch knows but this machine lacks fails here
+    except Exception as error:
+        raise GainCellError(f"device: cannot use {str(name)!r}: {_first_line(error)}") from error
+    return device
+
+
 def load(path: str | os.PathLike, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """Load a model saved by :func:`save` (or any ``save_pretrained`` causal LM directory).
 
@@ -60,6 +77,8 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None, d
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if device is not None:
+        device = torch_device(device)
     directory = Path(path)
     if not directory.is_dir():
         raise GainCellError(f"MODEL_DIR: {directory} is not a directory")
@@ -81,6 +100,24 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None, d
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer saved beside a model by :func:`save` (read with ``AutoTokenizer``)."""
+    from transformers import AutoTokenizer
+
+    directory = Path(path)
+    if not directory.is_dir():
+        raise GainCellError(f"MODEL_DIR: {directory} is not a directory")
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise GainCellError(
+            f"MODEL_DIR: {directory} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+            "save the model with its tokenizer: gaincell.save(model, path, tokenizer)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(directory)
+    except Exception as error:  # corrupt tokenizer files are a user input problem
+        raise GainCellError(f"MODEL_DIR: cannot load a tokenizer from {directory}: {_first_line(error)}") from error
 
 
 def _weight_files(directory: Path) -> list[Path]:

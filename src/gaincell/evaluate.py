@@ -9,9 +9,10 @@
 - ``gaincell eval MODEL_DIR --text FILE``: both from the command line (:func:`add_arguments`,
   :func:`run`).
 
-Model directories are read by :func:`load_model_dir`, the one place that knows how a saved model
-is loaded; every caller here looks it up at call time, so replacing it (for models whose gain-cell
-state lives beside the weights) changes the adapter and the CLI together.
+Model directories are read by :func:`load_model_dir` (:func:`gaincell.load`: a gain-cell model comes
+back converted, with its scalers, targets and config), the one place that knows how a saved model
+is loaded; every caller here looks it up at call time, so replacing it changes the adapter and the
+CLI together.
 """
 
 from __future__ import annotations
@@ -30,25 +31,17 @@ from gaincell.errors import GainCellError
 
 
 def load_model_dir(path: str | os.PathLike):
-    """Load the causal LM saved in directory ``path`` (default: ``AutoModelForCausalLM``)."""
-    from transformers import AutoModelForCausalLM
+    """Load the causal LM saved in directory ``path`` with :func:`gaincell.load` (converted if it was saved so)."""
+    from gaincell.checkpoint import load
 
-    directory = _model_directory(path)
-    try:
-        return AutoModelForCausalLM.from_pretrained(directory)
-    except Exception as error:  # a directory that does not load is a user input problem
-        raise GainCellError(f"MODEL_DIR: cannot load a model from {directory}: {_first_line(error)}") from error
+    return load(_model_directory(path))
 
 
 def load_tokenizer_dir(path: str | os.PathLike):
     """Load the tokenizer saved beside a model in directory ``path``."""
-    from transformers import AutoTokenizer
+    from gaincell.checkpoint import load_tokenizer
 
-    directory = _model_directory(path)
-    try:
-        return AutoTokenizer.from_pretrained(directory)
-    except Exception as error:
-        raise GainCellError(f"MODEL_DIR: cannot load a tokenizer from {directory}: {_first_line(error)}") from error
+    return load_tokenizer(_model_directory(path))
 
 
 def _model_directory(path: str | os.PathLike) -> Path:
@@ -56,11 +49,6 @@ def _model_directory(path: str | os.PathLike) -> Path:
     if not directory.is_dir():
         raise GainCellError(f"MODEL_DIR: no such directory: {directory}")
     return directory
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
@@ -278,11 +266,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``gaincell eval``: perplexity on a text and/or lm-eval tasks for a saved model."""
+    from gaincell.checkpoint import torch_device
+
     if args.text is None and args.dataset is None and args.tasks is None:
         raise GainCellError("give --text FILE, --dataset NAME and/or --tasks LIST")
-    model = load_model_dir(args.model_dir)
+    device = torch_device(args.device)
     tokenizer = load_tokenizer_dir(args.model_dir)
-    model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model_dir(args.model_dir).to(device)
     results: dict = {"model": str(args.model_dir)}
     if args.text is not None or args.dataset is not None:
         results["perplexity"] = {
