@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "selfcheck": ("gaincell.selfcheck", "check the attention op against SPEC's equations and time it"),
     "adapt": ("gaincell.adapt", "adapt a pre-trained model to gain-cell attention (SPEC §4 recipe)"),
     "eval": ("gaincell.evaluate", "perplexity and lm-eval tasks of a saved model"),
+    "generate": ("gaincell.generation", "continue a prompt with a saved model, through its gain-cell memories"),
     "hw": ("gaincell.hardware.cli", "area, latency and energy of gain-cell attention vs GPUs"),
 }
 

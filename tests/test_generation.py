@@ -1,0 +1,76 @@
+"""`gaincell generate`: a saved gain-cell model continues a prompt through its analog memories."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config
+
+import gaincell
+from gaincell.cli import main
+from gaincell.convert import gain_cell_layers
+from gaincell.data import train_bpe_tokenizer
+from gaincell.memory import GainCellMemory
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONFIG = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=300, n_positions=64, bos_token_id=0, eos_token_id=0)
+HARDWARE = dict(window=8, subtile_rows=8, block_size=8)  # a window shorter than prompt + new tokens: slots wrap
+PROMPT = "ROMEO: Wherefore art thou"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(shared_data):
+    return train_bpe_tokenizer((shared_data / "tinyshakespeare.txt").read_text()[:30_000], vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def converted(tokenizer):
+    """A tiny converted GPT-2 with scalers away from their initial values (so loading them matters)."""
+    torch.manual_seed(0)
+    model = gaincell.convert(AutoModelForCausalLM.from_config(copy.deepcopy(CONFIG)), "paper", **HARDWARE).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for cell in gain_cell_layers(model):
+            for parameter in cell.scalers.parameters():
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_dir(converted, tokenizer, tmp_path_factory):
+    return gaincell.save(converted, tmp_path_factory.mktemp("generate") / "model", tokenizer)
+
+
+def generate(model_dir, capsys, *options: str) -> str:
+    assert main(["generate", str(model_dir), "--prompt", PROMPT, "--max-new-tokens", "16", *options]) == 0
+    return capsys.readouterr().out.rstrip("\n")
+
+
+def test_greedy_cli_prints_what_the_converted_model_generates_in_process(converted, tokenizer, model_dir, capsys):
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = converted.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    assert generate(model_dir, capsys, "--greedy") == tokenizer.decode(expected[0], skip_special_tokens=True)
+
+
+def test_cli_generates_through_the_gain_cell_memory(model_dir, capsys, monkeypatch):
+    steps = []
+    step = GainCellMemory.step
+
+    def counted(self, *args):
+        steps.append(self.keys.shape)
+        return step(self, *args)
+
+    monkeypatch.setattr(GainCellMemory, "step", counted)
+    text = generate(model_dir, capsys, "--greedy")
+    assert text.startswith(PROMPT)
+    assert len(steps) == 2 * 15  # per layer, every new token after the first (read at prefill) is one memory step
+    assert {shape[2] for shape in steps} == {HARDWARE["window"]}  # M slots, whatever the length
+
+
+def test_sampling_is_seeded(model_dir, capsys):
+    first = generate(model_dir, capsys, "--seed", "3", "--temperature", "1.5", "--top-k", "0")
+    assert generate(model_dir, capsys, "--seed", "3", "--temperature", "1.5", "--top-k", "0") == first
+    assert generate(model_dir, capsys, "--seed", "4", "--temperature", "1.5", "--top-k", "0") != first
+    assert first.startswith(PROMPT)
