@@ -2,6 +2,10 @@
 
 import copy
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,6 +83,28 @@ def test_calibration_moves_the_output_scaler_toward_the_targets():
         cell.target_std.fill_(0.5)
     result = calibrate(model, _blocks(8), CalibrationConfig(max_iterations=60))
     assert result.errors[-1] < 0.05 * result.errors[0]
+
+
+def test_calibration_with_two_processes_keeps_the_scalers_of_the_lowest_loss(tmp_path):
+    """torchrun with two gloo processes, one batch each: both end with the best rank's own scalers."""
+    worker = Path(__file__).resolve().parent / "data" / "calibrate_worker.py"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    finished = subprocess.run([*torchrun, str(worker), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"result-rank{rank}.pt") for rank in range(2)]
+    assert [result["world"] for result in ranks] == [2, 2]
+    losses = [result["loss"] for result in ranks]
+    assert losses == [result["alone_loss"] for result in ranks]  # each rank's loss is its own batch's
+    best = min(range(2), key=losses.__getitem__)
+    assert best == 1 and losses[1] < losses[0] - 1  # by construction (see the worker): not rank 0 by default
+    assert [result["chosen_rank"] for result in ranks] == [best, best]
+    alone = [result["alone_scalers"] for result in ranks]
+    names = sorted(alone[best])
+    assert len(names) == 2 * 8 and any(not torch.equal(alone[0][name], alone[1][name]) for name in names)
+    for result in ranks:
+        assert sorted(result["scalers"]) == names
+        assert all(torch.equal(result["scalers"][name], alone[best][name]) for name in names)
 
 
 def test_calibration_refuses_models_without_targets():
