@@ -173,6 +173,9 @@ def test_adapt_cli_runs_the_three_stages_and_resumes(tmp_path, shared_data, caps
     assert main(["adapt", str(recipe)]) == 2  # refuses to overwrite
     assert "not empty" in capsys.readouterr().err
     assert main(["adapt", str(recipe), "--resume"]) == 0  # every stage done: loads and returns
+    (tmp_path / "run" / "nonlinear" / "summary.json").unlink()  # killed between saving the model and its summary
+    assert main(["adapt", str(recipe), "--resume"]) == 0  # that stage is redone (from its last checkpoint)
+    assert json.loads((tmp_path / "run" / "nonlinear" / "summary.json").read_text())["steps"] == 3
 
 
 def test_adapt_cli_errors_are_one_line(tmp_path, capsys):

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 
+from gaincell.atomic import atomic_file
 from gaincell.config import CellConfig, GainCellConfig, preset
 from gaincell.convert import convert, gain_cell_layers, model_config
 from gaincell.errors import GainCellError
@@ -240,18 +242,18 @@ def hardware_from_dict(data: dict) -> GainCellConfig:
     if not isinstance(data, dict):
         raise GainCellError(f"hardware must be a table, got {type(data).__name__}")
     data = dict(data)
-    if "preset" in data:
-        name = data.pop("preset")
-        base = preset(name).to_dict()
-        for key, value in data.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                base[key] = {**base[key], **value}
-            else:
-                base[key] = value
-        data = base
     try:
+        if "preset" in data:
+            name = data.pop("preset")
+            base = preset(name).to_dict()
+            for key, value in data.items():
+                if isinstance(value, dict) and isinstance(base.get(key), dict):
+                    base[key] = {**base[key], **value}
+                else:
+                    base[key] = value
+            data = base
         return GainCellConfig.from_dict(data)
-    except TypeError as error:
+    except (GainCellError, TypeError) as error:
         raise GainCellError(f"hardware: {error}") from error
 
 
@@ -332,11 +334,21 @@ def read_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 # -- running a recipe -----------------------------------------------------------------------------
 
 
+def _check_local_model(name: str) -> None:
+    """A name that can only be a local path (hub ids are ``name`` or ``owner/name``) must be a directory."""
+    path = Path(name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise GainCellError(f"model: {name} is not a directory (a saved model directory or a hub id)")
+    if not path.exists() and (path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1):
+        raise GainCellError(f"model: no such directory {name}")
+
+
 def _load_model(name: str):
     from gaincell.checkpoint import load
 
-    if Path(name).is_dir():
-        return load(name)
+    _check_local_model(name)
+    if Path(name).expanduser().is_dir():
+        return load(Path(name).expanduser())
     from transformers import AutoModelForCausalLM
 
     try:
@@ -347,6 +359,11 @@ def _load_model(name: str):
 
 
 def _load_tokenizer(name: str):
+    from gaincell.checkpoint import load_tokenizer
+
+    _check_local_model(name)
+    if Path(name).expanduser().is_dir():
+        return load_tokenizer(Path(name).expanduser())
     from transformers import AutoTokenizer
 
     try:
@@ -388,23 +405,27 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
 
     hardware = recipe.hardware_config()
     output = Path(recipe.output_dir)
+    if output.exists() and not output.is_dir():
+        raise GainCellError(f"output_dir: {output} exists and is not a directory")
     if output.exists() and any(output.iterdir()) and not resume:
         raise GainCellError(f"output_dir: {output} is not empty; use --resume to continue or choose another directory")
     tokenizer = _load_tokenizer(recipe.model)
     model = _load_model(recipe.model)
     train_blocks, eval_blocks = recipe_blocks(recipe, tokenizer)
+    _check_batches(recipe, train_blocks)
     summary: dict[str, Any] = {"model": recipe.model, "hardware": hardware.to_dict()}
 
     def stage(name: str, run) -> None:
         nonlocal model
-        saved = output / name / "model"
-        if resume and saved.is_dir():
+        saved, stage_summary = output / name / "model", output / name / "summary.json"
+        if resume and saved.is_dir() and stage_summary.is_file():  # the summary is written last
             model = load(saved)
-            summary[name] = json.loads((output / name / "summary.json").read_text())
+            summary[name] = json.loads(stage_summary.read_text())
             return
         summary[name] = run()
         save(model, saved, tokenizer)
-        (output / name / "summary.json").write_text(json.dumps(summary[name], indent=1))
+        with atomic_file(stage_summary) as handle:
+            handle.write(json.dumps(summary[name], indent=1))
 
     def run_linear():
         stage_dir = output / "linear"
@@ -441,8 +462,21 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
     stage("linear", run_linear)
     stage("calibrated", run_calibration)
     stage("nonlinear", run_nonlinear)
-    (output / "summary.json").write_text(json.dumps(summary, indent=1))
+    with atomic_file(output / "summary.json") as handle:
+        handle.write(json.dumps(summary, indent=1))
     return summary
+
+
+def _check_batches(recipe: Recipe, train_blocks: torch.Tensor) -> None:
+    """Each training stage needs one full batch per process: refuse now, not after the stages before it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
+    for name in ("linear", "nonlinear"):
+        needed = getattr(recipe, name).batch_size * world
+        if len(train_blocks) < needed:
+            raise GainCellError(
+                f"{name}.batch_size: the corpus gives {len(train_blocks)} training blocks of {recipe.data.block_size} "
+                f"tokens, fewer than one batch of {needed} ({world} process(es)); use more text or a smaller batch"
+            )
 
 
 def _has_checkpoint(stage_dir: Path) -> bool:

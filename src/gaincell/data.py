@@ -64,13 +64,18 @@ def load_text_corpus(
         raise GainCellError("give exactly one of text=PATH (a .txt file or folder) or dataset=NAME")
     if text is not None:
         files = _text_files(Path(text))
-        corpus = datasets.load_dataset(
-            "text",
-            data_files=[str(file) for file in files],
-            split="train",
-            sample_by=sample_by,
-            keep_linebreaks=True,
-        )
+        try:
+            corpus = datasets.load_dataset(
+                "text",
+                data_files=[str(file) for file in files],
+                split="train",
+                sample_by=sample_by,
+                keep_linebreaks=True,
+            )
+        except datasets.exceptions.DatasetGenerationError as error:  # e.g. a file that is not UTF-8 text
+            cause = error.__cause__ or error
+            first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            raise GainCellError(f"text: cannot read {text}: {type(cause).__name__}: {first_line}") from error
         origin = f"text: {text}"
     else:
         try:
