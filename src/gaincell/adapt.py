@@ -423,9 +423,11 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
             summary[name] = json.loads(stage_summary.read_text())
             return
         summary[name] = run()
-        save(model, saved, tokenizer)
-        with atomic_file(stage_summary) as handle:
-            handle.write(json.dumps(summary[name], indent=1))
+        if _rank() == 0:  # one writer: every process holds the same model after a stage
+            save(model, saved, tokenizer)
+            with atomic_file(stage_summary) as handle:
+                handle.write(json.dumps(summary[name], indent=1))
+        _barrier()
 
     def run_linear():
         stage_dir = output / "linear"
@@ -462,8 +464,10 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
     stage("linear", run_linear)
     stage("calibrated", run_calibration)
     stage("nonlinear", run_nonlinear)
-    with atomic_file(output / "summary.json") as handle:
-        handle.write(json.dumps(summary, indent=1))
+    if _rank() == 0:
+        with atomic_file(output / "summary.json") as handle:
+            handle.write(json.dumps(summary, indent=1))
+    _barrier()
     return summary
 
 
@@ -483,6 +487,11 @@ def _has_checkpoint(stage_dir: Path) -> bool:
     from gaincell.train import latest_checkpoint
 
     return latest_checkpoint(stage_dir) is not None
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _rank() -> int:
