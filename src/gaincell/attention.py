@@ -52,7 +52,7 @@ class Scalers(nn.Module):
         """a · x + b with one (a, b) per head; x is (B, H, T, D)."""
         a = getattr(self, f"a_{name}").to(x.dtype)[:, None, None]
         b = getattr(self, f"b_{name}").to(x.dtype)[:, None, None]
-        return a * x + b
+        return torch.addcmul(b, a, x)
 
 
 @dataclass(frozen=True)
@@ -199,21 +199,24 @@ class Feature:
     power: int
     coefficients: tuple[float, ...]
 
-    def value(self, y: torch.Tensor) -> torch.Tensor:
-        return _polynomial(enumerate(self.coefficients), y)
+    def terms(self, slope: bool = False) -> list[tuple[int, float]]:
+        """The (power, coefficient) pairs of φ, or of φ' with ``slope``, that are not zero."""
+        terms = [(i, c) for i, c in enumerate(self.coefficients) if c]
+        return [(i - 1, i * c) for i, c in terms if i] if slope else terms
 
-    def slope(self, y: torch.Tensor) -> torch.Tensor:
-        return _polynomial(((i - 1, i * c) for i, c in enumerate(self.coefficients) if i), y)
-
-
-def _polynomial(terms, y: torch.Tensor) -> torch.Tensor:
-    """Σ c·y^i over (i, c) terms, skipping zero coefficients: a leaked feature is a single power."""
-    out = None
-    for power, c in terms:
-        if c:
-            term = c * y**power if power else torch.full_like(y, c)
-            out = term if out is None else out.add_(term)
-    return torch.zeros_like(y) if out is None else out
+    def scaled(self, y: torch.Tensor, scale: torch.Tensor, gain, out: torch.Tensor, slope: bool = False):
+        """out = φ(y)·scale (· gain), or φ'(y)·scale (· gain); a single power is one pow and one multiply."""
+        terms = self.terms(slope)
+        if len(terms) == 1 and terms[0][0]:
+            power, c = terms[0]
+            torch.mul(y if power == 1 else y**power, c * scale, out=out)
+        else:
+            polynomial = torch.zeros_like(y)
+            for power, c in terms:
+                polynomial += c * y**power
+            torch.mul(polynomial, scale, out=out)
+        if gain is not None:
+            out *= gain
 
 
 @dataclass(frozen=True)
@@ -387,11 +390,7 @@ def _columns(features, plan: Plan, stored, gain, key_age, slope: bool = False, o
     decays = _decays(features, plan, key_age, stored.dtype)
     columns = stored.new_empty(bh, keys, len(features) * dim + ones)
     for index, feature in enumerate(features):
-        part = feature.slope(stored) if slope else feature.value(stored)
-        column = columns[:, :, index * dim : (index + 1) * dim]
-        torch.mul(part, decays[:, index, None], out=column)
-        if gain is not None:
-            column *= gain
+        feature.scaled(stored, decays[:, index, None], gain, columns[:, :, index * dim : (index + 1) * dim], slope)
     if ones:
         columns[:, :, -1] = 1.0
     return columns
@@ -405,13 +404,12 @@ def _value_columns(features, plan: Plan, stored, gain, key_age, features_inner: 
     """
     bh, keys, dim = stored.shape
     chunks, g = keys // plan.chunk, plan.chunk
-    decays = _decays(features, plan, key_age, stored.dtype)
+    decays = _decays(features, plan, key_age, stored.dtype).view(chunks, g, -1)
     columns = stored.new_empty(chunks, bh, len(features), g, dim)
+    by_chunk = stored.view(bh, chunks, g, dim)
+    gain = None if gain is None else gain.view(bh, chunks, g, dim)
     for index, feature in enumerate(features):
-        part = feature.value(stored) * decays[:, index, None]
-        if gain is not None:
-            part *= gain
-        columns[:, :, index] = part.view(bh, chunks, g, dim).transpose(0, 1)
+        feature.scaled(by_chunk, decays[:, :, index, None], gain, columns[:, :, index].transpose(0, 1))
     if features_inner:
         return columns.view(chunks * bh, -1, dim)
     return columns.transpose(2, 3).reshape(chunks * bh, g, -1)

@@ -17,15 +17,30 @@ def quantize(x: torch.Tensor, quantizer: QuantizerConfig) -> torch.Tensor:
     if quantizer.levels is None:
         return x
     step = quantizer.step
-    return quantizer.low + step * torch.round((x - quantizer.low) / step)
+    return x.sub_(quantizer.low).div_(step).round_().mul_(step).add_(quantizer.low)  # in place on the clamp's copy
 
 
 def quantize_ste(x: torch.Tensor, quantizer: QuantizerConfig) -> torch.Tensor:
     """:func:`quantize` whose gradient is that of the clamp alone (straight-through rounding)."""
-    clamped = x.clamp(quantizer.low, quantizer.high)
     if quantizer.levels is None:
-        return clamped
-    return clamped + (quantize(clamped, quantizer) - clamped).detach()
+        return x.clamp(quantizer.low, quantizer.high)
+    return _StraightThrough.apply(x, quantizer)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward :func:`quantize`, backward the clamp's derivative: one pass each way instead of a graph
+    of clamp, rounding and a detached correction (this runs on every q, k, v of every layer)."""
+
+    @staticmethod
+    def forward(ctx, x, quantizer):
+        ctx.save_for_backward(x)
+        ctx.quantizer = quantizer
+        return quantize(x, quantizer)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * in_range(x, ctx.quantizer), None
 
 
 def in_range(x: torch.Tensor, quantizer: QuantizerConfig) -> torch.Tensor:
