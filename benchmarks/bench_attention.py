@@ -125,7 +125,9 @@ def main() -> None:
     shape = (args.heads, args.head_dim, args.window)
     if args.case:
         method, length, which = args.case
-        print(json.dumps(run_case(method, int(length), which == "fwd+bwd", args.repeats, args.device, *shape)))
+        if which not in ("fwd", "fwd+bwd", "fwdbwd"):
+            parser.error(f"--case PASS must be fwd or fwd+bwd (alias fwdbwd), got {which!r}")
+        print(json.dumps(run_case(method, int(length), which != "fwd", args.repeats, args.device, *shape)))
         return
     lengths = args.lengths or ([512, 1024] if args.quick else [512, 1024, 2048, 4096])
     results = {}

@@ -247,7 +247,8 @@ class Plan:
 
 
 def _features(coefficients: tuple[float, ...], leakage: float, with_gains: bool):
-    """Group g's powers by their leakage exponent; the constant term is a cheap row-sum unless gains apply."""
+    """Group g's powers by their leakage exponent; the constant term rides along as a column of ones
+    (first product) and a sum per chunk (second product) unless gains apply."""
     constant = 0.0 if with_gains else coefficients[0]
     start = 0 if with_gains else 1
     if leakage == 0:
@@ -450,13 +451,14 @@ def _scores(plan: Plan, rows, key_columns, band: Band, generator, scratch: _Scra
 
 
 def _hide(scores, band: Band) -> None:
+    """S = −1 for the (key, query) pairs outside the window, touching only the band's edge keys."""
     for rows_range, visible in band.edges:
         keep = visible.to(scores.dtype)
         scores[:, rows_range].mul_(keep).add_(keep - 1)
 
 
 def _subtile_readout(plan: Plan, widths, decays, value_columns, band: Band, generator, scratch: _Scratch):
-    """Second product and read-out gain, one partial sum per sub-tile; returns (Y, occupied).
+    """Second product and read-out gain, one partial sum per sub-tile: returns (Y, occupied).
 
     ``widths`` is S_sat·P (BH, keys, Q). Per chunk c of g keys, A_c = Σ_f Σ_n (P_tn λ^(p_f(t−a))) ·
     λ^(p_f(a−n)) φ_f(v~_n) is ONE matmul with the features stacked along its inner dimension; the
@@ -540,7 +542,8 @@ def analog_read(plan: Plan, pulses, keys, values, gain_k, gain_v, band: Band, ge
     digital = pulses.new_empty(pulses.shape)
     _adc(plan, readout, occupied, digital, scratch)
     if keep:
-        subtiles = band.chunk_subtile[: readout.shape[0]] if band.fold else torch.arange(plan.n_subtiles)
+        in_order = band.fold is None
+        subtiles = torch.arange(plan.n_subtiles, device=readout.device) if in_order else band.chunk_subtile[: band.fold]
         physical = readout.new_zeros(plan.n_subtiles, *readout.shape[1:]).index_copy_(0, subtiles, readout)
         return digital, (*kept, widths.transpose(1, 2) / plan.s_sat, physical.transpose(0, 1))
     return digital
