@@ -1,4 +1,7 @@
-"""The circuits around the arrays: DACs, clamps, quantisers, charge-to-pulse, ADCs (SPEC §3.2–3.3).
+"""The circuits around the arrays: DACs, clamps, quantisers and ADCs (SPEC §3.2–3.3).
+
+The charge-to-pulse converter φ(S) = clamp(S/S_sat, 0, 1) is folded into the banded kernel of
+:mod:`gaincell.attention`, where it is fused with the scaling of the second product's pulses.
 
 Forward passes round like the hardware; backward passes the gradient straight through the rounding
 (STE) and stops it where the clamp saturates, as the paper's quantisation-aware training does.
@@ -46,13 +49,3 @@ class _StraightThrough(torch.autograd.Function):
 def in_range(x: torch.Tensor, quantizer: QuantizerConfig) -> torch.Tensor:
     """Where the clamp passes its input through: the STE derivative of :func:`quantize` (0 or 1)."""
     return (x >= quantizer.low) & (x <= quantizer.high)
-
-
-def charge_to_pulse(scores: torch.Tensor, s_sat: float) -> torch.Tensor:
-    """φ(S) = clamp(S / S_sat, 0, 1): the saturating converter that replaces softmax (SPEC §1, §3.3)."""
-    return (scores / s_sat).clamp(0.0, 1.0)
-
-
-def charge_to_pulse_slope(scores: torch.Tensor, s_sat: float) -> torch.Tensor:
-    """dφ/dS: 1/S_sat where the converter is not saturated, else 0 (inclusive bounds, as torch.clamp)."""
-    return ((scores >= 0.0) & (scores <= s_sat)).to(scores.dtype) / s_sat
