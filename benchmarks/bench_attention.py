@@ -54,7 +54,7 @@ def dense_gain_cell_attention(q, k, v, scalers, config):
         stored = F.pad(values**power, (0, 0, 0, pad)).unflatten(-2, (chunks, rows))  # (B,H,C,R,D)
         partial = partial + betas[power] * torch.einsum("bhtcr,bhcrd->bhctd", weights, stored)
     subtile = (torch.arange(chunks, device=q.device) * rows % config.window) // rows
-    occupied = (mask.view(length, 1, length) if pad == 0 else F.pad(mask, (0, pad)).view(length, 1, -1))
+    occupied = mask.view(length, 1, length) if pad == 0 else F.pad(mask, (0, pad)).view(length, 1, -1)
     occupied = occupied.unflatten(-1, (chunks, rows)).any(-1).squeeze(1).T  # (C, T)
     readout = torch.zeros(*partial.shape[:2], config.n_subtiles, length, q.shape[-1], dtype=q.dtype)
     readout = readout.index_add(2, subtile, partial) * config.periphery.readout_gain
@@ -134,9 +134,24 @@ def main() -> None:
     for length in lengths:
         for which in ("fwd", "fwd+bwd"):
             for method in args.methods:
-                command = [sys.executable, __file__, "--case", method, str(length), which, "--repeats",
-                           str(args.repeats), "--device", args.device, "--heads", str(args.heads),
-                           "--head-dim", str(args.head_dim), "--window", str(args.window)]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--case",
+                    method,
+                    str(length),
+                    which,
+                    "--repeats",
+                    str(args.repeats),
+                    "--device",
+                    args.device,
+                    "--heads",
+                    str(args.heads),
+                    "--head-dim",
+                    str(args.head_dim),
+                    "--window",
+                    str(args.window),
+                ]
                 done = subprocess.run(command, capture_output=True, text=True)
                 key = f"{method}/T={length}/{which}"
                 if done.returncode != 0:
@@ -162,14 +177,27 @@ def main() -> None:
         large = results.get(f"gaincell/T={max(lengths)}/{which}", {}).get("peak_bytes")
         if small and large:
             ratios[f"gaincell_memory_T={max(lengths)}_over_T={base}/{which}"] = large / small
-    print(json.dumps({
-        "config": {"heads": args.heads, "head_dim": args.head_dim, "window": args.window, "batch": 1,
-                   "preset": "paper", "device": args.device, "repeats": args.repeats,
-                   "threads": torch.get_num_threads(), "torch": torch.__version__,
-                   "machine": platform.machine()},
-        "results": results,
-        "ratios": ratios,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "config": {
+                    "heads": args.heads,
+                    "head_dim": args.head_dim,
+                    "window": args.window,
+                    "batch": 1,
+                    "preset": "paper",
+                    "device": args.device,
+                    "repeats": args.repeats,
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                    "machine": platform.machine(),
+                },
+                "results": results,
+                "ratios": ratios,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -67,9 +67,7 @@ class CellGains:
     value: torch.Tensor
 
     @classmethod
-    def sample(
-        cls, config: GainCellConfig, n_heads: int, head_dim: int, layer: int = 0, device=None
-    ) -> CellGains | None:
+    def sample(cls, config: GainCellConfig, n_heads: int, head_dim: int, layer: int = 0, device=None) -> CellGains | None:
         """Gains 1 + σ·N(0, 1) from ``config.noise``; None when variability is off."""
         sigma = config.noise.variability
         if sigma == 0:
@@ -92,9 +90,7 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int | 
         if not isinstance(x, torch.Tensor):
             raise GainCellError(f"{name} must be a torch.Tensor of shape (batch, heads, seq, head_dim)")
         if x.dim() != 4:
-            raise GainCellError(
-                f"{name} must have shape (batch, heads, seq, head_dim), got {tuple(x.shape)} ({x.dim()}-D)"
-            )
+            raise GainCellError(f"{name} must have shape (batch, heads, seq, head_dim), got {tuple(x.shape)} ({x.dim()}-D)")
         if not x.is_floating_point():
             raise GainCellError(f"{name} must be a floating-point tensor, got {x.dtype}")
     if not (q.shape == k.shape == v.shape):
@@ -712,9 +708,16 @@ class _BandedAnalogCore(torch.autograd.Function):
                 k0, k1 = n0 - m0, n1 - m0
                 c0, c1 = k0 // plan.chunk * bh, k1 // plan.chunk * bh
                 grad_pulses[:, t0:t1] = _read_backward(
-                    plan, grad_out[:, t0:t1], pulses[:, t0:t1], key_columns[:, k0:k1],
+                    plan,
+                    grad_out[:, t0:t1],
+                    pulses[:, t0:t1],
+                    key_columns[:, k0:k1],
                     (grad_key_columns[:, k0:k1], grad_value_columns[c0:c1]),
-                    (key_sum[:, k0:k1], value_sum[c0:c1]), band, generator, passes[index], scratch,
+                    (key_sum[:, k0:k1], value_sum[c0:c1]),
+                    band,
+                    generator,
+                    passes[index],
+                    scratch,
                 )
             # Chain rule from the columns back to the stored offsets, once per group.
             width = len(features) * dim
