@@ -32,7 +32,7 @@ import torch
 from gaincell.atomic import atomic_file
 from gaincell.config import CellConfig, GainCellConfig, preset
 from gaincell.convert import convert, gain_cell_layers, model_config
-from gaincell.errors import GainCellError
+from gaincell.errors import GainCellError, first_line
 from gaincell.train import TrainConfig, TrainResult, train
 
 if sys.version_info >= (3, 11):
@@ -354,8 +354,7 @@ def _load_model(name: str):
     try:
         return AutoModelForCausalLM.from_pretrained(name)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise GainCellError(f"model: cannot load {name!r} (a local directory or a hub id): {first}") from error
+        raise GainCellError(f"model: cannot load {name!r} (a local directory or a hub id): {first_line(error)}") from error
 
 
 def _load_tokenizer(name: str):
@@ -369,8 +368,7 @@ def _load_tokenizer(name: str):
     try:
         return AutoTokenizer.from_pretrained(name)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise GainCellError(f"model: cannot load a tokenizer for {name!r}: {first}") from error
+        raise GainCellError(f"model: cannot load a tokenizer for {name!r}: {first_line(error)}") from error
 
 
 def recipe_blocks(recipe: Recipe, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:

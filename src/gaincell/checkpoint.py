@@ -20,7 +20,7 @@ import torch
 from gaincell.atomic import atomic_directory
 from gaincell.config import GainCellConfig
 from gaincell.convert import convert
-from gaincell.errors import GainCellError
+from gaincell.errors import GainCellError, first_line
 
 GAIN_CELL_KEY = ".gaincell."
 
@@ -52,11 +52,6 @@ def _quiet_transformers():
         logger.setLevel(level)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def torch_device(name: str | torch.device | None = None) -> torch.device:
     """``name`` as a torch device that exists on this machine; None: the GPU when there is one, else the CPU."""
     if name is None:
@@ -65,7 +60,7 @@ def torch_device(name: str | torch.device | None = None) -> torch.device:
         device = torch.device(name)
         torch.empty(0, device=device)  # a device type torch knows but this machine lacks fails here
     except Exception as error:
-        raise GainCellError(f"device: cannot use {str(name)!r}: {_first_line(error)}") from error
+        raise GainCellError(f"device: cannot use {str(name)!r}: {first_line(error)}") from error
     return device
 
 
@@ -93,7 +88,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None, d
     except GainCellError as error:
         raise GainCellError(f"MODEL_DIR: {directory}: {error}") from error
     except Exception as error:  # corrupt or foreign files are a user input problem
-        raise GainCellError(f"MODEL_DIR: cannot load a model from {directory}: {_first_line(error)}") from error
+        raise GainCellError(f"MODEL_DIR: cannot load a model from {directory}: {first_line(error)}") from error
     if gain_cell_config is not None:
         convert(model, gain_cell_config)
         _load_gain_cell_tensors(model, directory)
@@ -117,7 +112,7 @@ def load_tokenizer(path: str | os.PathLike):
     try:
         return AutoTokenizer.from_pretrained(directory)
     except Exception as error:  # corrupt tokenizer files are a user input problem
-        raise GainCellError(f"MODEL_DIR: cannot load a tokenizer from {directory}: {_first_line(error)}") from error
+        raise GainCellError(f"MODEL_DIR: cannot load a tokenizer from {directory}: {first_line(error)}") from error
 
 
 def _weight_files(directory: Path) -> list[Path]:
@@ -142,7 +137,7 @@ def _load_gain_cell_tensors(model, directory: Path) -> None:
     except GainCellError:
         raise
     except Exception as error:
-        raise GainCellError(f"MODEL_DIR: cannot read the weights in {directory}: {_first_line(error)}") from error
+        raise GainCellError(f"MODEL_DIR: cannot read the weights in {directory}: {first_line(error)}") from error
     expected = {key for key in model.state_dict() if GAIN_CELL_KEY in key}
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:

@@ -246,11 +246,6 @@ def gain_cell_layers(model) -> list[GainCellAttention]:
     return layers
 
 
-def is_converted(model) -> bool:
-    """Whether ``model`` carries a gain-cell config (converted here, or loaded by :func:`gaincell.load`)."""
-    return getattr(getattr(model, "config", None), "gaincell", None) is not None
-
-
 def model_config(model) -> GainCellConfig:
     """The gain-cell config a converted model runs with."""
     data = getattr(model.config, "gaincell", None)
@@ -301,14 +296,7 @@ def convert(model, config: GainCellConfig | str = "paper", **changes):
             cell.to(parameter.device)
         module.gaincell = cell
     model.config.gaincell = config.to_dict()
-    _select_attention(model)
+    model.set_attn_implementation(ATTENTION_NAME)
     if not isinstance(model, GainCellGeneration):
         model.__class__ = _generation_class(type(model))
     return model
-
-
-def _select_attention(model) -> None:
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(ATTENTION_NAME)
-    else:  # pragma: no cover - older transformers
-        model.config._attn_implementation = ATTENTION_NAME

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gaincell.errors import GainCellError
+from gaincell.errors import GainCellError, first_line
 
 EOS_TOKEN = "<|endoftext|>"
 #: Byte-level BPE starts from the 256 byte symbols; the vocabulary must also hold the EOS token.
@@ -74,17 +74,15 @@ def load_text_corpus(
             )
         except datasets.exceptions.DatasetGenerationError as error:  # e.g. a file that is not UTF-8 text
             cause = error.__cause__ or error
-            first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-            raise GainCellError(f"text: cannot read {text}: {type(cause).__name__}: {first_line}") from error
+            raise GainCellError(f"text: cannot read {text}: {type(cause).__name__}: {first_line(cause, '')}") from error
         origin = f"text: {text}"
     else:
         try:
             corpus = datasets.load_dataset(dataset, config, split=split)
         except Exception as error:  # any loading failure (offline, unknown name, bad split) is user input
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise GainCellError(
                 f"dataset: cannot load {dataset!r} (config={config!r}, split={split!r}): "
-                f"{type(error).__name__}: {first_line}"
+                f"{type(error).__name__}: {first_line(error, '')}"
             ) from error
         if text_column not in corpus.column_names:
             raise GainCellError(f"text_column: {dataset!r} has no column {text_column!r}; columns are {corpus.column_names}")

@@ -8,3 +8,10 @@ inside. It subclasses ``ValueError`` so library callers can catch it the usual w
 
 class GainCellError(ValueError):
     """Invalid user input: the message names the argument and what was expected."""
+
+
+def first_line(error: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message, for one-line errors about what a library rejected
+    (``default``, or the exception's type name, when the message is empty)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else (type(error).__name__ if default is None else default)

@@ -39,7 +39,7 @@ import torch
 
 from gaincell.atomic import atomic_directory, atomic_file
 from gaincell.data import check_context, epoch_permutation
-from gaincell.errors import GainCellError
+from gaincell.errors import GainCellError, first_line
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "wandb")
@@ -263,8 +263,7 @@ def _load_checkpoint(accelerator, path: Path) -> None:
     try:
         accelerator.load_state(str(path))
     except Exception as error:  # any failure to read it back means the checkpoint is damaged
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise GainCellError(f"corrupt checkpoint {path}: {type(error).__name__}: {detail}") from error
+        raise GainCellError(f"corrupt checkpoint {path}: {type(error).__name__}: {first_line(error, '')}") from error
 
 
 def _check_resumable(state: dict, path: Path, config: TrainConfig, world: int, n_blocks: int) -> None:
