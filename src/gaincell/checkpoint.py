@@ -146,3 +146,75 @@ def _load_gain_cell_tensors(model, directory: Path) -> None:
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     model.load_state_dict(tensors, strict=False)
+
+
+# -- pre-trained models from anywhere the ecosystem keeps them ------------------------------------
+
+
+def _pretrained_source(name_or_path: str | os.PathLike, gguf_file: str | None) -> tuple[str, str | None, bool]:
+    """(what to give ``from_pretrained``, its ``gguf_file``, whether it is a local directory).
+
+    A hub id is ``name`` or ``owner/name``; a path to a ``.gguf`` file is split into its folder and
+    file name, as transformers expects (``from_pretrained(folder, gguf_file=name)``).
+    """
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if gguf_file is not None and (not isinstance(gguf_file, str) or not gguf_file):
+        raise GainCellError(f"gguf_file must be a file name, got {gguf_file!r}")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise GainCellError(f"model: {name} is a file but not a .gguf file (give a directory, a .gguf file or a hub id)")
+        if gguf_file is not None:
+            raise GainCellError(f"gguf_file: model {name} is already a .gguf file; give one or the other")
+        return str(path.parent), path.name, True
+    if path.is_dir():
+        if gguf_file is not None and not (path / gguf_file).is_file():
+            raise GainCellError(f"gguf_file: no file {gguf_file} in {path}")
+        if gguf_file is None and not (path / "config.json").is_file():
+            found = sorted(p.name for p in path.glob("*.gguf"))
+            hint = f"; pass gguf_file= one of {found}" if found else ""
+            raise GainCellError(f"model: {path} has no config.json (not a save_pretrained directory){hint}")
+        return str(path), gguf_file, True
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise GainCellError(f"model: no such file or directory {name}")
+    return name, gguf_file, False
+
+
+def _library_error(what: str, name: str, error: Exception) -> GainCellError:
+    if isinstance(error, ImportError) and "gguf" in str(error).lower():
+        return GainCellError(f"model: reading {name} needs the gguf package: pip install 'gaincell[gguf]'")
+    return GainCellError(
+        f"model: cannot load {what} for {name!r} (a local directory, a .gguf file or a hub id): {first_line(error)}"
+    )
+
+
+def load_pretrained(name_or_path: str | os.PathLike, gguf_file: str | None = None, *, dtype: torch.dtype | None = None):
+    """Any causal LM the ecosystem can load: a hub id, a ``save_pretrained`` folder or a GGUF file.
+
+    The one place adapt, eval and generate load models. A folder saved by :func:`save` comes back
+    converted (:func:`load`); a GGUF file (``gguf_file=`` inside a folder or hub repo, or a path
+    ending in ``.gguf``) is dequantised by transformers to float32 (needs ``gaincell[gguf]``).
+    """
+    source, gguf_file, local = _pretrained_source(name_or_path, gguf_file)
+    if local and gguf_file is None:
+        return load(source, dtype=dtype)
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=dtype or torch.float32)
+    except Exception as error:
+        raise _library_error("a model", str(name_or_path), error) from error
+    return model.eval()
+
+
+def load_pretrained_tokenizer(name_or_path: str | os.PathLike, gguf_file: str | None = None):
+    """The tokenizer of :func:`load_pretrained`'s model (a GGUF file carries its own)."""
+    source, gguf_file, local = _pretrained_source(name_or_path, gguf_file)
+    if local and gguf_file is None:
+        return load_tokenizer(source)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    except Exception as error:
+        raise _library_error("a tokenizer", str(name_or_path), error) from error
