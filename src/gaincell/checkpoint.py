@@ -163,7 +163,7 @@ def _pretrained_source(name_or_path: str | os.PathLike, gguf_file: str | None) -
         raise GainCellError(f"gguf_file must be a file name, got {gguf_file!r}")
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise GainCellError(f"model: {name} is a file but not a .gguf file (give a directory, a .gguf file or a hub id)")
+            raise GainCellError(f"model: {name} is not a directory or a .gguf file (a save_pretrained folder or a hub id)")
         if gguf_file is not None:
             raise GainCellError(f"gguf_file: model {name} is already a .gguf file; give one or the other")
         return str(path.parent), path.name, True
@@ -175,9 +175,20 @@ def _pretrained_source(name_or_path: str | os.PathLike, gguf_file: str | None) -
             hint = f"; pass gguf_file= one of {found}" if found else ""
             raise GainCellError(f"model: {path} has no config.json (not a save_pretrained directory){hint}")
         return str(path), gguf_file, True
-    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
-        raise GainCellError(f"model: no such file or directory {name}")
+    if is_local_path(name):
+        raise GainCellError(f"model: no such directory or .gguf file {name}")
     return name, gguf_file, False
+
+
+def is_local_path(name: str | os.PathLike) -> bool:
+    """Whether ``name`` can only mean a local path (hub ids are ``name`` or ``owner/name``)."""
+    name = str(name)
+    return Path(name).expanduser().exists() or Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+
+
+def is_saved_directory(name: str | os.PathLike, gguf_file: str | None = None) -> bool:
+    """Whether ``name`` is meant as a local ``save_pretrained`` folder (not a GGUF file, not a hub id)."""
+    return gguf_file is None and not str(name).lower().endswith(".gguf") and is_local_path(name)
 
 
 def _library_error(what: str, name: str, error: Exception) -> GainCellError:
