@@ -211,11 +211,33 @@ def load_pretrained(name_or_path: str | os.PathLike, gguf_file: str | None = Non
         return load(source, dtype=dtype)
     from transformers import AutoModelForCausalLM
 
+    extra = {}
+    if gguf_file is not None:
+        from transformers import GgufConfig
+
+        extra["quantization_config"] = GgufConfig(gguf_file=gguf_file, dequantize=True)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=dtype or torch.float32, **extra)
     except Exception as error:
         raise _library_error("a model", str(name_or_path), error) from error
+    if gguf_file is not None:
+        _forget_gguf_origin(model)
     return model.eval()
+
+
+def _forget_gguf_origin(model) -> None:
+    """A GGUF model dequantised to float tensors is an ordinary model: trainable, saveable with
+    ``save_pretrained``. transformers keeps it marked as quantised (and refuses to save it); unmark it."""
+    packed = sorted({type(m).__name__ for m in model.modules() if "gguf" in type(m).__name__.lower()})
+    if packed:
+        raise GainCellError(f"model: the GGUF weights stayed packed ({', '.join(packed)}); gaincell needs them dequantised")
+    model.hf_quantizer = None
+    model.is_quantized = False
+    for owner in (model, model.config):
+        if hasattr(owner, "quantization_method"):
+            owner.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def load_pretrained_tokenizer(name_or_path: str | os.PathLike, gguf_file: str | None = None):
