@@ -60,7 +60,9 @@ def test_initialised_output_scalers_match_the_softmax_outputs_moments():
         cell.observing = True
     with torch.no_grad(), capture_attention_io(teacher) as calls:
         teacher(input_ids=batch)
-        for module, cell, call, layer in zip(attention_modules(student), gain_cell_layers(student), calls, softmax):
+        for module, cell, call, layer in zip(
+            attention_modules(student), gain_cell_layers(student), calls, softmax, strict=True
+        ):
             replay(module, call)
             mean, std = layer["o"].mean_std()
             torch.testing.assert_close(cell.observed[0][3].double(), mean, atol=1e-4, rtol=1e-4)
