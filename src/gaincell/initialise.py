@@ -140,7 +140,7 @@ def initialise_scalers(
     return {
         "layers": [{name: [round(float(x), 5) for x in layer[name].mean_std()[1]] for name in "qkvo"} for layer in stats],
         "batches": len(batches),
-        "tokens": sum(batch.numel() for batch in batches),
+        "statistics_tokens": sum(batch.numel() for batch in batches),  # forward only, like calibration
     }
 
 
