@@ -172,3 +172,18 @@ def test_half_precision_inputs_compute_in_float32():
     out = gain_cell_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), scalers, config)
     assert out.dtype == torch.bfloat16
     assert torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("kind", ["cubic", "quintic", "sigmoid", "exp"])
+def test_alternative_cells_equal_spec_curves(kind):
+    """The fast op with SPEC §3.4's alternative cells against the reference's own curves. y³ and y⁵
+    are exact polynomials (full `paper` periphery); sigmoid and exp run through their degree-15 fit,
+    so they are compared unquantised, where the fit error cannot move an ADC level."""
+    exact = kind in ("cubic", "quintic")
+    config = preset("paper" if exact else "ideal", window=32, subtile_rows=16, block_size=16, leakage=3e-3)
+    config = config.replace(cell=dataclasses.replace(config.cell, kind=kind))
+    (q, k, v), scalers = _inputs(2, 3, 75, 8, torch.float64)
+    with torch.no_grad():
+        fast = gain_cell_attention(q, k, v, scalers, config)
+        ref = reference_attention(q, k, v, scalers, config)
+    assert _relative_error(fast, ref) <= (1e-10 if exact else 1e-3)

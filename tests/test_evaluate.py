@@ -19,8 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def text(shared_data) -> str:
-    return (shared_data / "wikitext2-valid.txt").read_text()[:40_000]
+def text(test_data) -> str:
+    return (test_data / "corpora" / "wikitext2-valid-head.txt").read_text()[:40_000]
 
 
 @pytest.fixture(scope="module")

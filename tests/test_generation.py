@@ -20,8 +20,8 @@ PROMPT = "ROMEO: Wherefore art thou"
 
 
 @pytest.fixture(scope="module")
-def tokenizer(shared_data):
-    return train_bpe_tokenizer((shared_data / "tinyshakespeare.txt").read_text()[:30_000], vocab_size=300)
+def tokenizer(test_data):
+    return train_bpe_tokenizer((test_data / "corpora" / "tinyshakespeare-head.txt").read_text()[:30_000], vocab_size=300)
 
 
 @pytest.fixture(scope="module")

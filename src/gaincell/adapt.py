@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from gaincell.atomic import atomic_file
 from gaincell.config import CellConfig, GainCellConfig, preset
@@ -108,13 +109,21 @@ class CalibrationConfig:
 
 @dataclass
 class CalibrationResult:
-    """How calibration ended: iterations run, the largest |error| after each, final loss, chosen rank."""
+    """How calibration ended, on the process whose scalers were kept (``rank``).
+
+    ``errors[i]`` is the largest |target − observed| gap in mean or std over all layers, heads and
+    scalers measured at iteration i, ``dampings[i]`` the damping its update used (none after the
+    last measurement); ``loss`` is that process's loss on its own batch after calibration, and
+    ``losses`` every process's (NaN or inf never wins the choice).
+    """
 
     iterations: int
     converged: bool
     errors: list[float]
+    dampings: list[float]
     loss: float
     rank: int = 0
+    losses: list[float] = field(default_factory=list)
 
 
 def _errors(cell) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,14 +131,39 @@ def _errors(cell) -> tuple[torch.Tensor, torch.Tensor]:
     return cell.target_mean - means.to(cell.target_mean), cell.target_std - stds.to(cell.target_std)
 
 
+def _update_scalers(cells, gaps, damping: float) -> None:
+    """a ← a·(1 + d·(target_std/std − 1)), b ← b + d·(target_mean − mean), per layer, head and scaler.
+
+    Where a scaler's output has no spread at all (std = 0: e.g. every sub-tile of a head reads out
+    0, so its output is constant) no gain can reach the target std; there a stays and only b moves.
+    """
+    for cell, (mean_gap, _) in zip(cells, gaps, strict=True):
+        _, stds = cell.observed
+        stds = stds.to(cell.target_std)
+        spread = (stds > 0) & torch.isfinite(stds)
+        ratio = torch.where(spread, cell.target_std / stds.where(spread, torch.ones_like(stds)), torch.ones_like(stds))
+        for index, name in enumerate(cell.scalers.names):
+            a, b = getattr(cell.scalers, f"a_{name}"), getattr(cell.scalers, f"b_{name}")
+            a.mul_(1 + damping * (ratio[index].to(a) - 1))
+            b.add_(damping * mean_gap[index].to(b))
+
+
 @torch.no_grad()
 def calibrate(
-    model, batch: torch.Tensor, config: CalibrationConfig = CalibrationConfig(), hardware: GainCellConfig | None = None
-):
+    model,
+    batch: torch.Tensor,
+    config: CalibrationConfig = CalibrationConfig(),
+    hardware: GainCellConfig | None = None,
+    *,
+    progress: bool = True,
+) -> CalibrationResult:
     """Stage 2: match the scaler statistics of the nonlinear model to the linear stage's targets.
 
     ``batch`` is a (B, T) block of token ids (this process's). ``hardware`` switches the model to
-    that config first (default: keep the model's). Returns a :class:`CalibrationResult`.
+    that config first (default: keep the model's). The statistics are measured in training mode
+    (dropout on), the mode the targets were recorded in (SPEC §4.2), with the same dropout draw
+    (``config.seed``) at every iteration, so the loop converges on one function instead of chasing
+    dropout noise. The loss that picks the process to keep is measured in eval mode.
     """
     if hardware is not None:
         convert(model, hardware)
@@ -139,16 +173,20 @@ def calibrate(
     if any(int(cell.target_count) == 0 for cell in cells):
         raise GainCellError("calibration needs targets: run the linear stage (adapt.linear_stage) first")
     was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     batch = batch.to(device)
     for cell in cells:
         cell.observing = True
     errors: list[float] = []
+    dampings: list[float] = []
     converged = False
+    bar = tqdm(range(config.max_iterations), desc="calibration", leave=False, disable=not progress or _rank() != 0)
     try:
-        for iteration in range(config.max_iterations):
-            model(input_ids=batch)
+        model.train()
+        for iteration in bar:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(config.seed)  # the same dropout draw every iteration: one function to calibrate
+                model(input_ids=batch)
             gaps = [_errors(cell) for cell in cells]
             worst = max(max(mean.abs().max().item(), std.abs().max().item()) for mean, std in gaps)
             errors.append(worst)
@@ -156,40 +194,43 @@ def calibrate(
                 converged = True
                 break
             damping = config.damping(iteration)
-            for cell, (mean_gap, _) in zip(cells, gaps, strict=True):
-                means, stds = cell.observed
-                ratio = cell.target_std / stds.to(cell.target_std).clamp_min(1e-12)
-                for index, name in enumerate(cell.scalers.names):
-                    a, b = getattr(cell.scalers, f"a_{name}"), getattr(cell.scalers, f"b_{name}")
-                    a.mul_(1 + damping * (ratio[index].to(a) - 1))
-                    b.add_(damping * mean_gap[index].to(b))
+            dampings.append(damping)
+            bar.set_postfix(error=f"{worst:.2e}", damping=f"{damping:.3f}")
+            _update_scalers(cells, gaps, damping)
+        model.eval()
         loss = float(model(input_ids=batch, labels=batch).loss)
     finally:
+        bar.close()
         for cell in cells:
             cell.observing = False
             cell.observed = None
         model.train(was_training)
-    rank = _keep_best_rank(model, loss)
-    return CalibrationResult(iterations=len(errors), converged=converged, errors=errors, loss=loss, rank=rank)
+    result = CalibrationResult(len(errors), converged, errors, dampings, loss, 0, [loss])
+    return _keep_best_rank(model, result)
 
 
-def _keep_best_rank(model, loss: float) -> int:
-    """With several processes, broadcast the scalers of the one whose calibrated loss is lowest."""
+def _keep_best_rank(model, result: CalibrationResult) -> CalibrationResult:
+    """With several processes, broadcast the scalers (and the result) of the one whose calibrated loss
+    is lowest. A NaN or infinite loss never wins; if every loss is, process 0 is kept."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return 0
+        return result
     world = torch.distributed.get_world_size()
     device = next(model.parameters()).device
     if torch.distributed.get_backend() == "nccl" and device.type != "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     losses = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(world)]
-    torch.distributed.all_gather(losses, torch.tensor([loss], dtype=torch.float64, device=device))
-    best = int(torch.cat(losses).argmin())
+    torch.distributed.all_gather(losses, torch.tensor([result.loss], dtype=torch.float64, device=device))
+    losses = torch.cat(losses).cpu()
+    finite = torch.isfinite(losses)
+    best = int(torch.where(finite, losses, torch.inf).argmin()) if bool(finite.any()) else 0
     for cell in gain_cell_layers(model):
         for parameter in cell.scalers.parameters():
             data = parameter.data.to(device)
             torch.distributed.broadcast(data, src=best)
             parameter.data.copy_(data)
-    return best
+    chosen = [result]
+    torch.distributed.broadcast_object_list(chosen, src=best, device=device)
+    return dataclasses.replace(chosen[0], rank=best, losses=losses.tolist())
 
 
 def nonlinear_stage(

@@ -494,16 +494,20 @@ def _subtile_readout(plan: Plan, widths, decays, value_columns, band: Band, gene
 
 
 def _adc(plan: Plan, readout, occupied, out, scratch: _Scratch, keep_pass: bool = False):
-    """One ADC per occupied sub-tile, added digitally into ``out`` (BH, Q, D).
+    """One ADC per occupied sub-tile (clamp, then the quantiser of :mod:`gaincell.periphery` on
+    ``adc``'s grid), added digitally into ``out`` (BH, Q, D).
 
-    Σ_s (low + step·k_s) is computed as step·Σ_s k_s + low·(number of occupied sub-tiles).
-    With ``keep_pass`` returns where each ADC passes its input (uint8, the STE derivative).
+    Σ_s (origin + step·k_s) is computed as step·Σ_s k_s + origin·(number of occupied sub-tiles);
+    on SPEC's grid the origin is 0. With ``keep_pass`` returns where each ADC passes its input
+    (uint8, the STE derivative).
     """
     adc = plan.adc
     levels = torch.clamp(readout, adc.low, adc.high, out=scratch("levels", readout, *readout.shape))
     passed = torch.eq(levels, readout, out=scratch("passed", readout, *readout.shape)) if keep_pass else None
     if adc.levels is not None:
-        levels.sub_(adc.low).div_(adc.step).round_()
+        if adc.origin:
+            levels.sub_(adc.origin)
+        levels.div_(adc.step).round_()
     if not bool(occupied.all()):
         mask = occupied.to(readout.dtype)[:, None, :, None]
         levels.mul_(mask)
@@ -511,8 +515,9 @@ def _adc(plan: Plan, readout, occupied, out, scratch: _Scratch, keep_pass: bool 
             passed.mul_(mask)
     torch.sum(levels, 0, out=out)
     if adc.levels is not None:
-        offsets = adc.low * occupied.sum(0).to(out.dtype)
-        out.mul_(adc.step).add_(offsets[None, :, None])
+        out.mul_(adc.step)
+        if adc.origin:
+            out.add_((adc.origin * occupied.sum(0).to(out.dtype))[None, :, None])
     return None if passed is None else passed.to(torch.uint8)
 
 

@@ -22,6 +22,9 @@ from gaincell.errors import GainCellError
 
 ATTENTION_KINDS = ("softmax", "gaincell")
 GRADIENT_MODES = ("surrogate", "exact")
+#: Where a quantiser's levels sit: ``zero`` at k·step (SPEC §3.2–3.3, 0 is a level), ``ends`` at
+#: low + k·step (both range ends are levels; an alternative ADC, nobody's default).
+QUANTIZER_GRIDS = ("zero", "ends")
 
 #: The paper's fitted charge polynomial f(x, y~) = sum_ij c_ij 0.9^j x y~^i, keyed (i, j) (SPEC §3.4).
 PAPER_COEFFICIENTS: tuple[tuple[int, int, float], ...] = (
@@ -64,15 +67,19 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class QuantizerConfig:
-    """A clamp to [low, high] followed by an optional uniform quantiser of ``levels`` levels.
+    """A clamp to [low, high] followed by an optional uniform quantiser, step = (high − low)/(levels − 1).
 
-    Levels lie at low + k·step, step = (high − low)/(levels − 1); for low = 0 this is SPEC's
-    x_q = step · round(x / step). ``levels=None`` keeps the clamp and skips the rounding.
+    ``grid="zero"`` is SPEC's quantiser x_q = step · round(x / step) (§3.2, and the ADC of §3.3): 0
+    is a level, and a range not aligned with the step rounds its clamped ends outward (the ADC's
+    ±1 become ±16·step ≈ ±1.032, as in the authors' simulation). ``grid="ends"`` puts the levels at
+    low + k·step, exactly ``levels`` of them inside [low, high]. The two agree when low is a multiple
+    of the step (Q, K, V: low = 0). ``levels=None`` keeps the clamp and skips the rounding.
     """
 
     low: float
     high: float
     levels: int | None
+    grid: str = "zero"
 
     def validate(self, name: str) -> None:
         for bound in ("low", "high"):
@@ -83,10 +90,16 @@ class QuantizerConfig:
             _fail(f"{name}.low/high", "an increasing range (low < high)", f"[{self.low}, {self.high}]")
         if self.levels is not None:
             _check_int(f"{name}.levels", self.levels, 2)
+        _check_choice(f"{name}.grid", self.grid, QUANTIZER_GRIDS)
 
     @property
     def step(self) -> float | None:
         return None if self.levels is None else (self.high - self.low) / (self.levels - 1)
+
+    @property
+    def origin(self) -> float:
+        """The point the levels are counted from: x_q = origin + step · round((x − origin) / step)."""
+        return 0.0 if self.grid == "zero" else self.low
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,15 @@ from gaincell.config import QuantizerConfig
 
 
 def quantize(x: torch.Tensor, quantizer: QuantizerConfig) -> torch.Tensor:
-    """Clamp to [low, high] and round to the nearest of ``levels`` evenly spaced levels (no gradient logic)."""
+    """Clamp to [low, high], then round to the nearest level origin + k·step (SPEC §3.2: x_q =
+    step · round(x / step) on the default ``zero`` grid); no gradient logic."""
     x = x.clamp(quantizer.low, quantizer.high)
     if quantizer.levels is None:
         return x
-    step = quantizer.step
-    return x.sub_(quantizer.low).div_(step).round_().mul_(step).add_(quantizer.low)  # in place on the clamp's copy
+    step, origin = quantizer.step, quantizer.origin
+    if origin == 0:
+        return x.div_(step).round_().mul_(step)  # in place on the clamp's copy
+    return x.sub_(origin).div_(step).round_().mul_(step).add_(origin)
 
 
 def quantize_ste(x: torch.Tensor, quantizer: QuantizerConfig) -> torch.Tensor:

@@ -70,6 +70,9 @@ class TrainConfig:
     evaluates on all evaluation blocks; ``log_jsonl`` is relative to the output directory (None: no
     file); ``report_to`` may add ``"tensorboard"`` and/or ``"wandb"``. ``mixed_precision="auto"``
     picks bf16 on a GPU that has it, fp16 on other GPUs and full precision on CPU.
+
+    ``batch_size`` is per process, as in the authors' code (SPEC §4): one optimiser step sees
+    batch_size × grad_accum × processes × block tokens; :func:`train` prints that number at start.
     """
 
     lr: float = 6e-4
@@ -461,6 +464,10 @@ def train(
     elapsed_before = float(resumed_state.get("elapsed", 0.0))
     block_size = int(train_data.shape[1])
     tokens_per_step = config.batch_size * config.grad_accum * world * block_size
+    accelerator.print(
+        f"{output_dir.name}: {tokens_per_step:,} tokens per optimiser step (batch_size {config.batch_size} per "
+        f"process x grad_accum {config.grad_accum} x {world} process(es) x block {block_size})"
+    )
     order = _Order(len(train_data), config.batch_size, config.seed, rank, world)
     log_path = output_dir / config.log_jsonl if config.log_jsonl else None
     if accelerator.is_main_process and log_path is not None:
