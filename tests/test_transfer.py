@@ -73,6 +73,7 @@ def test_attention_transfer_lowers_every_layers_mse(tmp_path):
     pretrained = tiny_llama()
     teacher = make_teacher(tiny_llama(), "window", HARDWARE)
     student = gaincell.convert(pretrained, HARDWARE)
+    initialise_scalers(student, tiny_llama(), blocks(32), InitialiseConfig(batch_size=8, batches=1))
     probe = AttentionTransfer(student, teacher).eval()
     probe(blocks(8, seed=1))
     before = probe.layer_losses
