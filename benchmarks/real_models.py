@@ -12,7 +12,7 @@ for (e) a short sample generated through the gain-cell memory. Writes JSON and a
 - ``smollm2``: SmolLM2-135M-Instruct (benchmarks/fetch_models.py), M = 512, trained on
   wikitext2-valid; perplexity on the first 4,096 tokens of wikitext2-test, context 512, stride 256.
 
-    python benchmarks/real_models.py stories                # about 15 min on 2 CPU cores
+    python benchmarks/real_models.py stories                # 13 min on a shared 2-core CPU
     python benchmarks/real_models.py smollm2 --budget 2000000
     python benchmarks/real_models.py smollm2 --smoke        # a few steps: shows it runs end to end
 
@@ -102,9 +102,11 @@ def recipes(setup, args) -> dict[str, dict]:
     transfer_steps = max(1, round(steps * args.transfer_share))
     return {
         "e-paper": {**base, "stages": ["linear", "calibrated", "nonlinear"],
+                    "calibration": {"batch_size": args.batch, "max_iterations": args.calibration_iterations},
                     "linear": stage_table(linear_steps, args.batch, lr=args.lr),
                     "nonlinear": stage_table(steps - linear_steps, args.batch, lr=args.lr)},
         "e-transfer": {**base, "stages": ["initialised", "transfer", "distill"],
+                       "initialise": {"batch_size": args.batch, "batches": max(1, 32 // args.batch)},
                        "transfer": stage_table(transfer_steps, args.batch, lr=args.transfer_lr, weight_decay=0.0),
                        "distill": stage_table(steps - transfer_steps, args.batch, lr=args.lr)},
     }  # fmt: skip
@@ -126,7 +128,8 @@ def calibration_only(pretrained, setup, hardware, args):
             model(input_ids=blocks[start : start + args.batch])
     for cell in gain_cell_layers(model):
         cell.recording = False
-    calibrate(model, blocks[: args.batch], CalibrationConfig(batch_size=args.batch), hardware)
+    calibration = CalibrationConfig(batch_size=args.batch, max_iterations=args.calibration_iterations)
+    calibrate(model, blocks[: args.batch], calibration, hardware)
     return model.eval()
 
 
@@ -144,6 +147,7 @@ def main() -> None:
     parser.add_argument("--transfer-share", type=float, default=0.25)
     parser.add_argument("--stories", type=int, default=2048, help="stories to sample (stories260K)")
     parser.add_argument("--eval-tokens", type=int, default=4096)
+    parser.add_argument("--calibration-iterations", type=int, default=100, help="the paper's 100; fewer in --smoke")
     parser.add_argument("--smoke", action="store_true", help="tiny budget: shows the pipeline runs end to end")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -156,6 +160,7 @@ def main() -> None:
             128,
             1024,
         )
+        args.calibration_iterations = 5
     run(args)
 
 
