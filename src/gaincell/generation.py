@@ -56,6 +56,8 @@ class GainCellCacheLayer(CacheLayerMixin):
             )  # fmt: skip
         if self.memory.length == 0 and length > 1:
             return self.memory.prefill(query, key, value)
+        if length == 1:
+            return self.memory.step(query, key, value)
         steps = [slice(t, t + 1) for t in range(length)]
         return torch.cat([self.memory.step(query[:, :, t], key[:, :, t], value[:, :, t]) for t in steps], dim=2)
 
@@ -76,9 +78,7 @@ class GainCellCacheLayer(CacheLayerMixin):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search: keep the memories of the selected beams."""
         if self.memory is not None:
-            index = beam_idx.to(self.memory.keys.device)
-            self.memory.keys = self.memory.keys.index_select(0, index)
-            self.memory.values = self.memory.values.index_select(0, index)
+            self.memory.select(beam_idx)
 
     def offload(self) -> None:
         return None
