@@ -190,6 +190,32 @@ def test_reference_and_points_match_gaincell_eval(files, tmp_path):
     assert rows[0]["cost"] is None and rows[1]["cost"]["energy_per_token_j"] > 0
 
 
+def test_per_point_calibration_on_a_model_with_targets(files, tmp_path):
+    """A linear-stage model (targets recorded) is calibrated per point, from the same scalers each time."""
+    from gaincell.convert import gain_cell_layers
+
+    model = gaincell.load(files / "model")
+    gaincell.convert(model, "linear", window=32, subtile_rows=16)
+    ids = torch.randint(1, model.config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
+    model.train()
+    for cell in gain_cell_layers(model):
+        cell.recording = True
+    with torch.no_grad():
+        model(input_ids=ids)
+    for cell in gain_cell_layers(model):
+        cell.recording = False
+    gaincell.save(model, tmp_path / "adapted", gaincell.checkpoint.load_tokenizer(files / "model"))
+    data = spec_dict(files, model=str(tmp_path / "adapted"), output_dir=str(tmp_path / "o"), seeds=[0])
+    data |= {"calibrate": True, "calibration": {"max_iterations": 4, "batch_size": 2}, "grid": {"cell": ["polynomial"]}}
+    rows = run_sweep(spec_from_dict(data), progress=False)["rows"]
+    assert rows[0]["leakage"] == pytest.approx(1.6e-4) and rows[1]["point"] == {"cell": "polynomial"}
+    (calibration,) = rows[1]["calibration"]
+    assert calibration["iterations"] == 4 and calibration["final_error"] > 0
+    uncalibrated = run_sweep(spec_from_dict({**data, "calibrate": False, "output_dir": str(tmp_path / "u")}), progress=False)
+    assert uncalibrated["rows"][1]["ppl_mean"] != pytest.approx(rows[1]["ppl_mean"])
+    assert uncalibrated["rows"][0]["ppl_mean"] == pytest.approx(rows[0]["ppl_mean"])  # the reference is never calibrated
+
+
 def test_another_sweep_in_the_same_folder_is_refused(files, tmp_path):
     run_sweep(spec_from_dict(spec_dict(files, output_dir=str(tmp_path / "o"), grid={"window": [16]})), progress=False)
     other = spec_from_dict(spec_dict(files, output_dir=str(tmp_path / "o"), grid={"window": [32]}))

@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from itertools import product
+from itertools import chain, product
 from pathlib import Path
 from typing import Any
 
@@ -489,23 +489,23 @@ def run_sweep(spec: SweepSpec, *, jobs: int | None = None, progress: bool = True
     results_path = out / "results.jsonl"
     done = {record["key"] for record in read_results(results_path)}
     todo = [unit for unit in work_units(spec) if unit.key not in done]
-    start = time.perf_counter()
+    start, measured = time.perf_counter(), 0
     bar = _progress(len(todo), progress)
-    if todo and todo[0].index == -1:  # the reference runs before any conversion, in this process
-        append_result(results_path, evaluator.evaluate(todo.pop(0)))
-        bar.update()
+    records: Any = []
+    if todo and todo[0].index == -1:  # the reference runs first, before any conversion, in this process
+        records = [evaluator.evaluate(todo.pop(0))]
     if jobs > 1 and len(todo) > 1:
-        for record in run_parallel(spec, todo, jobs):
-            append_result(results_path, record)
-            bar.update()
+        records = chain(records, run_parallel(spec, todo, jobs))
     else:
-        for unit in todo:
-            append_result(results_path, evaluator.evaluate(unit))
-            bar.update()
+        records = chain(records, (evaluator.evaluate(unit) for unit in todo))
+    for record in records:
+        append_result(results_path, record)
+        measured += 1
+        bar.update()
     bar.close()
     summary = summarise(spec, read_results(results_path))
     wall = time.perf_counter() - start
-    write_outputs(spec, summary, out, f"{bar.n} units measured in {wall:.1f} s, {jobs} job(s)")
+    write_outputs(spec, summary, out, f"{measured} units measured in {wall:.1f} s, {jobs} job(s)")
     return {**summary, "wall_seconds_this_run": wall, "jobs": jobs}
 
 
