@@ -141,7 +141,8 @@ def _subprocess(case: dict, threads: int) -> dict:
 
 def cases(args: argparse.Namespace) -> list[dict]:
     prompts, batches, new = ((128,), (1,), 64) if args.quick else ((128, 1024), (1, 8), args.new_tokens)
-    models = ("stories260K", "gpt2-shape")
+    prompts, batches = args.prompts or prompts, args.batches or batches
+    models = args.models
     common = dict(window=args.window, stories=str(args.stories))
     grid = [
         dict(name=m, attention=a, prompt=p, batch=b, new=new, **common)
@@ -185,6 +186,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=256, help="gain-cell window M (default 256)")
     parser.add_argument("--long", type=int, default=0, metavar="N", help="also one N-token generation per model")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--models", nargs="+", default=["stories260K", "gpt2-shape"], choices=["stories260K", "gpt2-shape"])
+    parser.add_argument("--prompts", nargs="+", type=int, help="prompt lengths (default: 128 1024)")
+    parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: 1 8)")
     parser.add_argument("--stories", type=Path, default=DEFAULT_STORIES, help="the stories260K model directory")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -24,7 +24,7 @@ from gaincell.attention import (
     Scalers,
     _adc,
     _columns,
-    _rows,
+    _decays,
     _scores,
     _Scratch,
     _subtile_readout,
@@ -80,11 +80,14 @@ class GainCellMemory:
             starts = torch.arange(0, window, self.plan.chunk, device=device)
             self.chunk_subtile = starts // config.subtile_rows
             self._scratch = _Scratch()
-            self._gain_k = self._gain_v = None
+            # Decays by age, computed once: a query's t - a is in [0, block), a new key's a - t in (-block, 0].
+            ages = torch.arange(-self.plan.block + 1, self.plan.block, device=device)
+            self._ages = ages
+            self._age_decays = _decays(self.plan.features, self.plan, ages, dtype)
+            self._gains = None  # (2 B H, M, D): the key arrays' cell gains, then the value arrays'
             if gains is not None:
-                flat = batch * n_heads
-                self._gain_k = gains.key.to(dtype).expand(batch, -1, -1, -1).reshape(flat, window, head_dim)
-                self._gain_v = gains.value.to(dtype).expand(batch, -1, -1, -1).reshape(flat, window, head_dim)
+                stacked = torch.stack([gains.key, gains.value]).to(dtype)
+                self._gains = stacked[:, None].expand(-1, batch, -1, -1, -1).reshape(2 * batch * n_heads, window, head_dim)
 
     def reset(self) -> None:
         """Forget everything (a new sequence): slots are marked empty, nothing is read from them."""
@@ -139,39 +142,52 @@ class GainCellMemory:
     @torch.no_grad()
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Write one token (B, H, 1, D) into slot t mod M and read the memory with its query."""
-        self._check(q, k, v, "1")
-        if q.shape[2] != 1:
-            raise GainCellError(f"step takes one token (seq dim 1), got {q.shape[2]}; use prefill for prompts")
+        batch, heads, dim = self.shape
+        expected = (batch, heads, 1, dim)
+        fine = isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+        if not (fine and q.shape == expected and k.shape == expected and v.shape == expected and q.is_floating_point()):
+            self._check(q, k, v, "1")  # the full check, with its message (one-token steps skip it: it costs)
+            if q.shape[2] != 1:
+                raise GainCellError(f"step takes one token (seq dim 1), got {q.shape[2]}; use prefill for prompts")
         if self.config.attention == "softmax":
             self._write(k, v)
             return self._softmax_read(q)
         t, slot = self.length, self.length % self.config.window
-        pulses, keys, values = self._encode(q, k, v)
-        self.keys[:, :, slot] = keys[:, :, 0].to(self.keys.dtype)
-        self.values[:, :, slot] = values[:, :, 0].to(self.values.dtype)
+        a, b = self._affine(q.dtype)
+        pulses, stored = self._encode(q, k, v, a, b)
+        stored = stored.to(self.keys.dtype)
+        self.keys[:, :, slot] = stored[0, :, :, 0]
+        self.values[:, :, slot] = stored[1, :, :, 0]
         self.positions[slot] = t
         self.length += 1
         anchor = t // self.plan.block * self.plan.block  # the parallel op's block start: same decay split
         if self._anchor != anchor:
             self._build_stored(anchor)
         else:
-            self._update_stored(slot, anchor - t)
-        batch, heads, dim = self.shape
+            self._update_stored(stored, slot, anchor - t)
         generator = None
         if self.plan.read_noise:
             seed = int(torch.randint(0, 2**62, (1,)).item())
             generator = torch.Generator(device=pulses.device).manual_seed(seed)
         readout = self._read(pulses.to(self.keys.dtype).reshape(batch * heads, 1, dim), self._band(t, anchor), generator)
-        return self.scalers.apply("o", readout.view(batch, heads, 1, dim).to(pulses.dtype)).to(q.dtype)
+        return torch.addcmul(b[3], a[3], readout.view(batch, heads, 1, dim).to(pulses.dtype)).to(q.dtype)
 
-    def _encode(self, q, k, v):
-        """:func:`~gaincell.attention.encode` without its straight-through autograd function, which
-        costs more than the rest of a one-token step; generation needs no gradient."""
+    def _encode(self, q, k, v, a, b) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`~gaincell.attention.encode` for one token: pulses, and the stored k~ and v~ stacked
+        (2, B, H, 1, D). Keys and values share one quantiser call, and the straight-through autograd
+        function is skipped (generation needs no gradient; it costs more than the rest of a step)."""
         periphery = self.config.periphery
-        pulses = quantize(self.scalers.apply("q", q), periphery.q)
-        keys = quantize(self.scalers.apply("k", k), periphery.kv).sub_(periphery.offset)
-        values = quantize(self.scalers.apply("v", v), periphery.kv).sub_(periphery.offset)
-        return pulses, keys, values
+        pulses = quantize(torch.addcmul(b[0], a[0], q), periphery.q)
+        stored = torch.stack([torch.addcmul(b[1], a[1], k), torch.addcmul(b[2], a[2], v)])
+        return pulses, quantize(stored, periphery.kv).sub_(periphery.offset)
+
+    def _affine(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """All scalers' a and b as (4, H, 1, 1) in q, k, v, o order: one stack per step instead of
+        two look-ups, casts and reshapes per scaler (Scalers.apply computes the same a·x + b)."""
+        scalers = self.scalers
+        a = torch.stack([getattr(scalers, f"a_{name}") for name in scalers.names]).to(dtype)
+        b = torch.stack([getattr(scalers, f"b_{name}") for name in scalers.names]).to(dtype)
+        return a[:, :, None, None], b[:, :, None, None]
 
     def _flat(self, stored: torch.Tensor) -> torch.Tensor:
         batch, heads, dim = self.shape
@@ -180,41 +196,53 @@ class GainCellMemory:
     def _build_stored(self, anchor: int) -> None:
         """The stored side of both products for every slot, decayed to ``anchor`` (kept until it moves)."""
         features, plan = self.plan.features, self.plan
-        key_age = anchor - self.positions
-        self._key_columns = _columns(features, plan, self._flat(self.keys), self._gain_k, key_age, ones=bool(plan.constant))
-        self._value_columns = _value_columns(features, plan, self._flat(self.values), self._gain_v, key_age)
+        key_age, bh = anchor - self.positions, self.shape[0] * self.shape[1]
+        gain_k, gain_v = (None, None) if self._gains is None else (self._gains[:bh], self._gains[bh:])
+        self._key_columns = _columns(features, plan, self._flat(self.keys), gain_k, key_age, ones=bool(plan.constant))
+        self._value_columns = _value_columns(features, plan, self._flat(self.values), gain_v, key_age)
         self._anchor, self._full_band = anchor, None
 
-    def _update_stored(self, slot: int, key_age: int) -> None:
-        """Recompute the stored side of the one slot just written (keys and values in one call)."""
+    def _update_stored(self, stored: torch.Tensor, slot: int, key_age: int) -> None:
+        """Recompute the stored side of the slot just written, keys and values in one call (``stored``
+        is the new k~ and v~, (2, B, H, 1, D))."""
         plan, features = self.plan, self.plan.features
-        flat_keys, flat_values = self._flat(self.keys), self._flat(self.values)
-        bh, dim = flat_keys.shape[0], flat_keys.shape[2]
-        stored = torch.cat([flat_keys[:, slot : slot + 1], flat_values[:, slot : slot + 1]])
-        gain = None
-        if self._gain_k is not None:
-            gain = torch.cat([self._gain_k[:, slot : slot + 1], self._gain_v[:, slot : slot + 1]])
-        age = torch.full((1,), key_age, dtype=torch.long, device=stored.device)
-        columns = _columns(features, plan, stored, gain, age, ones=bool(plan.constant))
-        self._key_columns[:, slot] = columns[:bh, 0]
+        batch, heads, dim = self.shape
+        bh = batch * heads
+        gain = None if self._gains is None else self._gains[:, slot : slot + 1]
+        row = key_age + plan.block - 1
+        decays = self._age_decays[row : row + 1]  # what attention._columns computes for this age
         width = len(features) * dim
+        columns = stored.new_empty(2 * bh, 1, width + bool(plan.constant))
+        for index, feature in enumerate(features):
+            feature.scaled(
+                stored.view(2 * bh, 1, dim), decays[:, index, None], gain, columns[:, :, index * dim : (index + 1) * dim]
+            )
+        if plan.constant:
+            columns[:, :, -1] = 1.0
+        self._key_columns[:, slot] = columns[:bh, 0]
         by_chunk = self._value_columns.view(-1, bh, len(features), plan.chunk, dim)
         by_chunk[slot // plan.chunk, :, :, slot % plan.chunk] = columns[bh:, 0, :width].view(bh, len(features), dim)
 
     def _band(self, t: int, anchor: int) -> Band:
         """Which slots query t sees; with a full window only its age from the anchor changes."""
-        query = torch.tensor([t], device=self.positions.device)
         if self.length < self.config.window:
+            query = torch.tensor([t], device=self.positions.device)
             return make_band(self.plan, query, self.positions, anchor, self.chunk_subtile)
         if self._full_band is None:
+            query = torch.tensor([t], device=self.positions.device)
             self._full_band = make_band(self.plan, query, self.positions, anchor, self.chunk_subtile)
-        self._full_band.query_age = query - anchor
+        row = t - anchor + self.plan.block - 1
+        self._full_band.query_age = self._ages[row : row + 1]
         return self._full_band
 
     def _read(self, pulses: torch.Tensor, band: Band, generator) -> torch.Tensor:
         """:func:`~gaincell.attention.analog_read` on the kept stored side: the same steps in the same order."""
         plan = self.plan
-        rows, decays = _rows(plan.features, plan, pulses, band.query_age, plan.constant)
+        row = int(band.query_age[0]) + plan.block - 1
+        decays = self._age_decays[row : row + 1].to(pulses.dtype)  # attention._rows, with decays from the table
+        rows = (pulses[:, :, None, :] * decays[None, :, :, None]).flatten(2)
+        if plan.constant:
+            rows = torch.cat([rows, plan.constant * pulses.sum(-1, keepdim=True)], dim=2)
         scores = _scores(plan, rows, self._key_columns, band, generator, self._scratch)
         widths = scores.clamp_(0.0, plan.s_sat)
         readout, occupied = _subtile_readout(plan, widths, decays, self._value_columns, band, generator, self._scratch)
