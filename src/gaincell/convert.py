@@ -22,9 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gaincell.attention import CellGains, Scalers, gain_cell_attention
+from gaincell.attention import gain_cell_attention
+from gaincell.cells import CellGains
 from gaincell.config import GainCellConfig, preset
 from gaincell.errors import GainCellError
+from gaincell.scalers import Scalers
 
 ATTENTION_NAME = "gaincell"
 

@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from gaincell.attention import (
-    CellGains,
-    Scalers,
-    analog_read,
-    check_qkv,
-    encode,
-    gain_cell_attention,
-    make_band,
-    make_plan,
-)
+from gaincell.attention import check_qkv, gain_cell_attention
+from gaincell.cells import CellGains
 from gaincell.config import GainCellConfig
+from gaincell.equations import front_end
 from gaincell.errors import GainCellError
+from gaincell.kernels.banded import analog_read, make_band, make_plan
+from gaincell.scalers import Scalers
 
 
 class GainCellMemory:
@@ -100,7 +95,7 @@ class GainCellMemory:
         if self.config.attention == "softmax":
             self._write(k[:, :, -keep:], v[:, :, -keep:])
         else:
-            _, keys, values = encode(q[:, :, -keep:], k[:, :, -keep:], v[:, :, -keep:], self.scalers, self.config)
+            _, keys, values = front_end(q[:, :, -keep:], k[:, :, -keep:], v[:, :, -keep:], self.scalers, self.config)
             self._write(keys, values)
         return out
 
@@ -114,7 +109,7 @@ class GainCellMemory:
         if self.config.attention == "softmax":
             self._write(k, v)
             return self._softmax_read(q)
-        pulses, keys, values = encode(q, k, v, self.scalers, self.config)
+        pulses, keys, values = front_end(q, k, v, self.scalers, self.config)
         self._write(keys, values)
         anchor = t // self.plan.block * self.plan.block  # the parallel op's block start: same decay split
         query = torch.tensor([t], device=self.positions.device)
