@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from gaincell.config import CellConfig, GainCellConfig, preset
 from gaincell.convert import convert, gain_cell_layers, model_config
 from gaincell.errors import GainCellError, first_line
 from gaincell.train import TrainConfig, TrainResult, train
+from gaincell.validation import check_int, check_positive
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -89,13 +89,10 @@ class CalibrationConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_iterations", "damping_iterations", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise GainCellError(f"calibration.{name} must be an integer >= 1, got {value!r}")
+            check_int(f"calibration.{name}", getattr(self, name), 1)
+        check_int("calibration.seed", self.seed, 0)
         for name in ("tolerance", "damping_start", "damping_end"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-                raise GainCellError(f"calibration.{name} must be a number > 0, got {value!r}")
+            check_positive(f"calibration.{name}", getattr(self, name))
         if self.damping_start > 1 or self.damping_end > 1:
             raise GainCellError("calibration.damping_start and damping_end must be <= 1 (1 = the full correction)")
 

@@ -34,6 +34,7 @@ import torch
 
 from gaincell.atomic import atomic_file
 from gaincell.errors import GainCellError
+from gaincell.validation import check_int
 
 MARKER = ".gaincell-demo"
 
@@ -63,9 +64,7 @@ class DemoConfig:
     def __post_init__(self) -> None:
         for name in ("context", "window", "subtile_rows", "layers", "embedding", "heads", "vocab_size", "batch_size",
                      "pretrain_steps", "linear_steps", "nonlinear_steps", "calibration_batch", "eval_blocks"):  # fmt: skip
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise GainCellError(f"{name} must be an integer >= 1, got {value!r}")
+            check_int(name, getattr(self, name), 1)
         if self.embedding % self.heads:
             raise GainCellError(f"embedding ({self.embedding}) must be a multiple of heads ({self.heads})")
 

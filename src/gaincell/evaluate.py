@@ -28,6 +28,7 @@ import torch
 
 from gaincell.data import check_context, load_text_corpus, model_max_positions
 from gaincell.errors import GainCellError
+from gaincell.validation import check_int
 
 
 def load_model_dir(path: str | os.PathLike):
@@ -84,8 +85,7 @@ def strided_perplexity(
     Returns ``{"ppl", "nll", "tokens"}``: ``nll`` is the mean negative log-likelihood in nats.
     """
     for name, value in (("context", context), ("stride", stride), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise GainCellError(f"{name} must be an integer >= 1, got {value!r}")
+        check_int(name, value, 1)
     if context < 2:
         raise GainCellError(f"context must be at least 2 tokens, got {context}")
     if stride > context:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gaincell.errors import GainCellError
+from gaincell.validation import check_int
 
 
 class Scalers(nn.Module):
@@ -18,8 +18,7 @@ class Scalers(nn.Module):
 
     def __init__(self, n_heads: int, offset: float = 0.45):
         super().__init__()
-        if not isinstance(n_heads, int) or n_heads < 1:
-            raise GainCellError(f"n_heads must be an integer >= 1, got {n_heads!r}")
+        check_int("n_heads", n_heads, 1)
         self.n_heads = n_heads
         for name in self.names:
             bias = offset if name in ("k", "v") else 0.0

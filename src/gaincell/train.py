@@ -40,6 +40,7 @@ import torch
 from gaincell.atomic import atomic_directory, atomic_file
 from gaincell.data import check_context, epoch_permutation
 from gaincell.errors import GainCellError, first_line
+from gaincell.validation import fail, is_int, is_number
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "wandb")
@@ -51,15 +52,7 @@ _RESUME_INVARIANTS = ("batch_size", "grad_accum", "seed")
 
 
 def _fail(name: str, expected: str, value: Any) -> None:
-    raise GainCellError(f"TrainConfig.{name} must be {expected}, got {value!r}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    fail(f"TrainConfig.{name}", expected, value)
 
 
 @dataclass(frozen=True)
@@ -96,9 +89,9 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        if not _is_number(self.lr) or self.lr <= 0:
+        if not is_number(self.lr) or self.lr <= 0:
             _fail("lr", "a finite number > 0", self.lr)
-        if not _is_number(self.min_lr) or not 0 <= self.min_lr <= self.lr:
+        if not is_number(self.min_lr) or not 0 <= self.min_lr <= self.lr:
             _fail("min_lr", f"a number in [0, lr={self.lr}]", self.min_lr)
         for name, minimum in (
             ("warmup_steps", 0),
@@ -111,21 +104,21 @@ class TrainConfig:
             ("log_every", 1),
             ("seed", 0),
         ):
-            if not _is_int(getattr(self, name), minimum):
+            if not is_int(getattr(self, name), minimum):
                 _fail(name, f"an integer >= {minimum}", getattr(self, name))
         if self.warmup_steps > self.max_steps:
             _fail("warmup_steps", f"<= max_steps={self.max_steps}", self.warmup_steps)
-        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+        if not is_number(self.weight_decay) or self.weight_decay < 0:
             _fail("weight_decay", "a finite number >= 0", self.weight_decay)
         betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
-        if len(betas) != 2 or not all(_is_number(beta) and 0 <= beta < 1 for beta in betas):
+        if len(betas) != 2 or not all(is_number(beta) and 0 <= beta < 1 for beta in betas):
             _fail("betas", "two numbers in [0, 1)", self.betas)
         object.__setattr__(self, "betas", betas)
-        if self.grad_clip is not None and (not _is_number(self.grad_clip) or self.grad_clip <= 0):
+        if self.grad_clip is not None and (not is_number(self.grad_clip) or self.grad_clip <= 0):
             _fail("grad_clip", "a finite number > 0 or None", self.grad_clip)
         if self.mixed_precision not in MIXED_PRECISION:
             _fail("mixed_precision", f"one of {MIXED_PRECISION}", self.mixed_precision)
-        if self.eval_batches is not None and not _is_int(self.eval_batches, 1):
+        if self.eval_batches is not None and not is_int(self.eval_batches, 1):
             _fail("eval_batches", "an integer >= 1 or None", self.eval_batches)
         if self.log_jsonl is not None and (not isinstance(self.log_jsonl, str) or not self.log_jsonl):
             _fail("log_jsonl", "a file name or None", self.log_jsonl)
