@@ -23,8 +23,9 @@ from gaincell.adapt import (
     recipe_from_dict,
 )
 from gaincell.cli import main
-from gaincell.convert import gain_cell_layers, model_config
+from gaincell.convert import model_config
 from gaincell.data import train_bpe_tokenizer
+from gaincell.layer import gain_cell_layers
 from gaincell.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -234,7 +234,7 @@ def test_cli_runs_lm_eval_tasks(model_dir, capsys, monkeypatch):
 def converted_gpt2(vocab_size: int):
     """A tiny gain-cell GPT-2 whose scalers are away from their initial values, so losing them shows."""
     import gaincell
-    from gaincell.convert import gain_cell_layers
+    from gaincell.layer import gain_cell_layers
 
     model = gaincell.convert(tiny_gpt2(vocab_size), "paper", window=16, subtile_rows=16, block_size=16)
     generator = torch.Generator().manual_seed(1)

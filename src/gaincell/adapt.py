@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 
 from gaincell.atomic import atomic_file
 from gaincell.config import CellConfig, GainCellConfig, preset
-from gaincell.convert import convert, gain_cell_layers, model_config
+from gaincell.convert import convert, model_config
 from gaincell.errors import GainCellError, first_line
+from gaincell.layer import gain_cell_layers
 from gaincell.train import TrainConfig, TrainResult, train
 from gaincell.validation import check_int, check_positive
 

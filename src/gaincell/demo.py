@@ -37,11 +37,12 @@ from gaincell.adapt import CalibrationConfig, calibrate, linear_config, linear_s
 from gaincell.atomic import atomic_file
 from gaincell.checkpoint import save
 from gaincell.config import preset
-from gaincell.convert import convert, gain_cell_layers
+from gaincell.convert import convert
 from gaincell.data import default_corpus_text, load_text_corpus, pack_blocks, split_blocks, train_bpe_tokenizer
 from gaincell.errors import GainCellError
 from gaincell.evaluate import strided_perplexity
 from gaincell.hardware.report import HardwareQuery, build_report, summary_lines
+from gaincell.layer import gain_cell_layers
 from gaincell.train import TrainConfig, train
 from gaincell.validation import check_int
 

@@ -3,7 +3,7 @@
 A converted model's ``generate`` gets a :class:`GainCellCache` (see
 :class:`gaincell.convert.GainCellGeneration`). Its layer ``update`` does not keep past keys as a
 ``DynamicCache`` would; it only counts tokens and hands the new key/value to the same layer's
-:class:`~gaincell.convert.GainCellAttention`, which reads them through a
+:class:`~gaincell.layer.GainCellAttention`, which reads them through a
 :class:`~gaincell.memory.GainCellMemory` of M slots (SPEC §3.6): the prompt is prefilled with the
 parallel op, each new token is written into slot t mod M and read step by step. Memory is O(M),
 whatever the length generated.
@@ -18,6 +18,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from gaincell.errors import GainCellError
+from gaincell.layer import gain_cell_layers
 from gaincell.memory import GainCellMemory
 
 
@@ -91,8 +92,6 @@ class GainCellCache(Cache):
     """A cache of one gain-cell memory per attention layer of a converted model."""
 
     def __init__(self, model):
-        from gaincell.convert import gain_cell_layers
-
         layers = gain_cell_layers(model)
         if [cell.layer for cell in layers] != list(range(len(layers))):
             raise GainCellError("attention layers must be numbered 0..L-1 to map them onto cache layers")
