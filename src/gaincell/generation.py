@@ -106,7 +106,10 @@ class GainCellCache(Cache):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gaincell generate``."""
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a saved model directory (weights and tokenizer)")
+    parser.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="a saved model directory (weights and tokenizer), a .gguf file or a hub id"
+    )
+    parser.add_argument("--gguf-file", metavar="NAME", help="the GGUF file inside MODEL_DIR or the hub repo")
     parser.add_argument("--prompt", required=True, help="the text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=50, metavar="N", help="tokens to generate (default: 50)")
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token (default: sample)")
@@ -134,13 +137,24 @@ def _check_arguments(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """``gaincell generate``: continue a prompt with a saved model; a gain-cell model generates
     through its analog memories (SPEC §3.6), a plain one as transformers does."""
-    from gaincell.checkpoint import load, load_tokenizer, torch_device
+    from gaincell.checkpoint import (
+        is_saved_directory,
+        load,
+        load_pretrained,
+        load_pretrained_tokenizer,
+        load_tokenizer,
+        torch_device,
+    )
     from gaincell.data import model_max_positions
 
     _check_arguments(args)
     device = torch_device(args.device)
-    tokenizer = load_tokenizer(args.model_dir)
-    model = load(args.model_dir, device=device)
+    if is_saved_directory(args.model_dir, args.gguf_file):
+        tokenizer = load_tokenizer(args.model_dir)
+        model = load(args.model_dir, device=device)
+    else:
+        tokenizer = load_pretrained_tokenizer(args.model_dir, args.gguf_file)
+        model = load_pretrained(args.model_dir, args.gguf_file).to(device)
     input_ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
     prompt_tokens = input_ids.shape[1]
     if prompt_tokens == 0:
