@@ -13,13 +13,23 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
+#: Small fixtures committed with the tests (sources and licences in tests/data/README.md).
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The small real corpora in ``../shared/data`` beside the project (see its README)."""
-    path = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not path.is_dir():
-        pytest.skip(f"shared corpora not found at {path}")
-    return path
+def test_data() -> Path:
+    """The committed fixtures: corpora excerpts, the authors' golden arrays, the stories260K model."""
+    return TEST_DATA
+
+
+@pytest.fixture(scope="session")
+def full_corpora() -> Path:
+    """The full corpora, for slow tests only: the folder named by ``GAINCELL_DATA``."""
+    folder = os.environ.get("GAINCELL_DATA")
+    if not folder or not Path(folder).is_dir():
+        pytest.skip("set GAINCELL_DATA to a folder holding wikitext2-test.txt etc. (e.g. ../shared/data)")
+    return Path(folder)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,8 +23,9 @@ from gaincell.adapt import (
     recipe_from_dict,
 )
 from gaincell.cli import main
-from gaincell.convert import gain_cell_layers, model_config
+from gaincell.convert import model_config
 from gaincell.data import train_bpe_tokenizer
+from gaincell.layer import gain_cell_layers
 from gaincell.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,19 +62,23 @@ def test_damping_decays_linearly_from_one_to_a_tenth_over_fifty_iterations():
     assert (config.max_iterations, config.tolerance) == (100, 1e-4)
 
 
-def test_linear_stage_records_targets_then_calibration_meets_them(tmp_path):
+def test_linear_stage_records_targets_then_calibration_meets_them(tmp_path, capsys):
     model = _model()
     blocks = _blocks()
-    linear_stage(model, blocks, blocks[:4], _quick(), HARDWARE, tmp_path / "linear")
+    linear_stage(model, blocks, blocks[:4], _quick(grad_accum=2), HARDWARE, tmp_path / "linear")
+    block = blocks.shape[1]
+    assert f"linear: {4 * 2 * block:,} tokens per optimiser step (batch_size 4 per process" in capsys.readouterr().out
     cells = gain_cell_layers(model)
     assert model_config(model).cell.kind == "linear"
-    assert all(int(cell.target_count) == 6 for cell in cells)  # one EMA update per training forward
+    assert all(int(cell.target_count) == 6 * 2 for cell in cells)  # one EMA update per training forward
     assert not any(cell.recording for cell in cells)
     result = calibrate(model, blocks[:8], CalibrationConfig(max_iterations=100), HARDWARE)
     assert model_config(model) == HARDWARE
     assert result.errors[-1] < result.errors[0] / 10
     assert result.converged == (result.errors[-1] < 1e-4)
     assert result.iterations <= 100 and torch.isfinite(torch.tensor(result.loss))
+    assert len(result.dampings) == len(result.errors) - result.converged  # one update after each unmet measurement
+    assert result.dampings[0] == 1.0 and all(0.1 <= d <= 1.0 for d in result.dampings)
 
 
 def test_calibration_moves_the_output_scaler_toward_the_targets():
@@ -85,26 +91,64 @@ def test_calibration_moves_the_output_scaler_toward_the_targets():
     assert result.errors[-1] < 0.05 * result.errors[0]
 
 
-def test_calibration_with_two_processes_keeps_the_scalers_of_the_lowest_loss(tmp_path):
-    """torchrun with two gloo processes, one batch each: both end with the best rank's own scalers."""
+def test_calibration_measures_in_the_mode_targets_were_recorded_in():
+    """Targets come from training forwards (dropout on), so calibration's statistics do too (SPEC §4.2),
+    each iteration with the same dropout draw; only the final loss, which picks a process, is in eval mode."""
+    model = gaincell.convert(_model(), HARDWARE)
+    for cell in gain_cell_layers(model):
+        cell.target_count.fill_(1)
+        cell.target_std.fill_(0.5)
+    modes, masks = [], []
+    dropout = model.transformer.drop  # GPT-2's embedding dropout, p = 0.1
+
+    def record(module, inputs, output):
+        modes.append(module.training)
+        masks.append(output == 0)
+
+    dropout.register_forward_hook(record)
+    model.eval()
+    result = calibrate(model, _blocks(4), CalibrationConfig(max_iterations=5))
+    assert modes == [True] * result.iterations + [False]
+    assert all(torch.equal(mask, masks[0]) for mask in masks[1:-1]) and masks[0].any()
+    assert not model.training  # the caller's mode is restored
+
+
+def _calibrate_with_torchrun(tmp_path, *extra):
     worker = Path(__file__).resolve().parent / "data" / "calibrate_worker.py"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    finished = subprocess.run([*torchrun, str(worker), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    command = [*torchrun, str(worker), str(tmp_path), *extra]
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"result-rank{rank}.pt") for rank in range(2)]
     assert [result["world"] for result in ranks] == [2, 2]
-    losses = [result["loss"] for result in ranks]
-    assert losses == [result["alone_loss"] for result in ranks]  # each rank's loss is its own batch's
+    return ranks
+
+
+def test_calibration_with_two_processes_keeps_the_scalers_of_the_lowest_loss(tmp_path):
+    """torchrun with two gloo processes, one batch each: both end with the best rank's own scalers,
+    and both report the best rank's loss and errors."""
+    ranks = _calibrate_with_torchrun(tmp_path)
+    losses = [result["alone_loss"] for result in ranks]  # each rank's loss on its own batch
     best = min(range(2), key=losses.__getitem__)
     assert best == 1 and losses[1] < losses[0] - 1  # by construction (see the worker): not rank 0 by default
-    assert [result["chosen_rank"] for result in ranks] == [best, best]
+    for result in ranks:
+        assert result["losses"] == losses and result["chosen_rank"] == best
+        assert result["loss"] == losses[best] and result["errors"] == ranks[best]["alone_errors"]
     alone = [result["alone_scalers"] for result in ranks]
     names = sorted(alone[best])
     assert len(names) == 2 * 8 and any(not torch.equal(alone[0][name], alone[1][name]) for name in names)
     for result in ranks:
         assert sorted(result["scalers"]) == names
         assert all(torch.equal(result["scalers"][name], alone[best][name]) for name in names)
+
+
+def test_a_nan_loss_never_wins_the_multi_process_choice(tmp_path):
+    ranks = _calibrate_with_torchrun(tmp_path, "nan-on-last")
+    assert math.isnan(ranks[1]["alone_loss"]) and math.isfinite(ranks[0]["alone_loss"])
+    for result in ranks:
+        assert result["chosen_rank"] == 0 and result["loss"] == ranks[0]["alone_loss"]
+        assert all(torch.isfinite(value).all() for value in result["scalers"].values())
 
 
 def test_calibration_refuses_models_without_targets():
@@ -138,8 +182,8 @@ def test_recipe_overrides_parse_as_toml(tmp_path):
     assert config.window == 64 and config.noise.read_noise == 0.01 and config.cell == preset("paper").cell
 
 
-def _pretrained_dir(tmp_path, shared_data):
-    text = (shared_data / "tinyshakespeare.txt").read_text()[:60_000]
+def _pretrained_dir(tmp_path, test_data):
+    text = (test_data / "corpora" / "tinyshakespeare-head.txt").read_text()[:60_000]
     tokenizer = train_bpe_tokenizer(text, vocab_size=300)
     model = _model()
     model.resize_token_embeddings(len(tokenizer))
@@ -153,8 +197,8 @@ def _pretrained_dir(tmp_path, shared_data):
 STAGE = 'warmup_steps = 1\nbatch_size = 4\ngrad_accum = 1\nprogress_bar = false\nmixed_precision = "no"\n'
 
 
-def test_adapt_cli_runs_the_three_stages_and_resumes(tmp_path, shared_data, capsys):
-    model_dir, corpus = _pretrained_dir(tmp_path, shared_data)
+def test_adapt_cli_runs_the_three_stages_and_resumes(tmp_path, test_data, capsys):
+    model_dir, corpus = _pretrained_dir(tmp_path, test_data)
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(
         f'model = "{model_dir}"\noutput_dir = "{tmp_path / "run"}"\n'

@@ -21,10 +21,10 @@ STAGE = {"max_steps": 2, "warmup_steps": 1, "batch_size": 4, "grad_accum": 1, "p
 
 
 @pytest.fixture(scope="module")
-def files(shared_data, tmp_path_factory) -> dict[str, Path]:
+def files(test_data, tmp_path_factory) -> dict[str, Path]:
     """A saved tiny gain-cell model (with and without its tokenizer, and with truncated weights) and corpora."""
     root = tmp_path_factory.mktemp("cli-errors")
-    text = (shared_data / "tinyshakespeare.txt").read_text()[:20_000]
+    text = (test_data / "corpora" / "tinyshakespeare-head.txt").read_text()[:20_000]
     tokenizer = train_bpe_tokenizer(text, vocab_size=300)
     torch.manual_seed(0)
     model = gaincell.convert(AutoModelForCausalLM.from_config(copy.deepcopy(CONFIG)), "paper", window=16, subtile_rows=8)

@@ -15,8 +15,9 @@ from transformers import (
 
 import gaincell
 from gaincell import GainCellError, preset
-from gaincell.convert import gain_cell_layers, model_config
+from gaincell.convert import model_config
 from gaincell.generation import GainCellCache
+from gaincell.layer import gain_cell_layers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -180,7 +181,10 @@ def test_targets_are_an_ema_of_the_scaler_output_statistics():
         mean = 0.9 * mean + 0.1 * means
     torch.testing.assert_close(cell.target_mean, mean)
     assert int(cell.target_count) == 3
-    assert cell.target_std.shape == (4, 4) and (cell.target_std > 0).all()
+    assert cell.target_std.shape == (4, 4) and (cell.target_std[:3] > 0).all()
+    # The output's std may be 0 here: this random model's sub-tile read-outs stay below half an ADC
+    # step (1/31), and SPEC's zero-centred ADC grid reads them all as 0.
+    assert (cell.target_std[3] >= 0).all()
 
 
 def test_unsupported_models_and_configs_fail_with_a_clear_error():

@@ -21,8 +21,8 @@ from gaincell.errors import GainCellError
 
 
 @pytest.fixture(scope="module")
-def shakespeare(shared_data) -> str:
-    return (shared_data / "tinyshakespeare.txt").read_text()[:60_000]
+def shakespeare(test_data) -> str:
+    return (test_data / "corpora" / "tinyshakespeare-head.txt").read_text()[:60_000]
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +136,8 @@ def test_pack_blocks_cuts_equal_blocks_and_drops_the_tail():
         pack_blocks([1, 2, 3], 1)
 
 
-def test_corpus_blocks_on_a_real_corpus(shared_data, tokenizer):
-    corpus = load_text_corpus(text=shared_data / "tinyshakespeare.txt", sample_by="paragraph")
+def test_corpus_blocks_on_a_real_corpus(test_data, tokenizer):
+    corpus = load_text_corpus(text=test_data / "corpora" / "tinyshakespeare-head.txt", sample_by="paragraph")
     blocks = corpus_blocks(corpus.select(range(200)), tokenizer, 32)
     assert blocks.ndim == 2 and blocks.shape[1] == 32 and len(blocks) > 10
     assert int(blocks.max()) < len(tokenizer)

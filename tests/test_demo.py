@@ -16,18 +16,22 @@ TOY = [
 ]  # fmt: skip
 
 
-def test_demo_writes_the_report_the_results_and_a_loadable_model(tmp_path, shared_data, monkeypatch, capsys):
+def test_demo_writes_the_report_the_results_and_a_loadable_model(tmp_path, test_data, monkeypatch, capsys):
     toy = DemoConfig(
         context=32, window=16, subtile_rows=16, layers=1, embedding=32, heads=2, vocab_size=300, batch_size=4,
         pretrain_steps=6, linear_steps=3, nonlinear_steps=3, calibration_batch=4, eval_blocks=4, sample_tokens=8,
     )  # fmt: skip
     monkeypatch.setattr("gaincell.demo.DemoConfig", lambda: toy)
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text((shared_data / "tinyshakespeare.txt").read_text()[:40_000])
+    corpus.write_text((test_data / "corpora" / "tinyshakespeare-head.txt").read_text()[:40_000])
     output = tmp_path / "demo"
     assert main(["demo", "--text", str(corpus), "--output", str(output), *TOY]) == 0
     results = json.loads((output / "results.json").read_text())
-    assert [row["key"] for row in results["perplexity"]] == list("abcdef")
+    assert [row["key"] for row in results["perplexity"]] == [*"abcdef", "a'", "b'"]
+    assert set(results["checks"]) == {"e_better_than_c_d_f", "e_within_25_percent_of_b_prime"}
+    assert {"baseline-a-linear", "baseline-a-nonlinear", "baseline-b-linear", "baseline-b-nonlinear"} <= set(
+        path.name for path in (output / "runs").iterdir()
+    )
     assert all(row["ppl"] > 1 for row in results["perplexity"] + results["diagnostics"])
     assert results["config"]["linear_steps"] + results["config"]["nonlinear_steps"] == 6  # (f)'s budget
     assert results["sample"]["continuation"] and results["hardware_summary"]

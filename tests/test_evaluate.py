@@ -19,8 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def text(shared_data) -> str:
-    return (shared_data / "wikitext2-valid.txt").read_text()[:40_000]
+def text(test_data) -> str:
+    return (test_data / "corpora" / "wikitext2-valid-head.txt").read_text()[:40_000]
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,7 @@ def test_cli_runs_lm_eval_tasks(model_dir, capsys, monkeypatch):
 def converted_gpt2(vocab_size: int):
     """A tiny gain-cell GPT-2 whose scalers are away from their initial values, so losing them shows."""
     import gaincell
-    from gaincell.convert import gain_cell_layers
+    from gaincell.layer import gain_cell_layers
 
     model = gaincell.convert(tiny_gpt2(vocab_size), "paper", window=16, subtile_rows=16, block_size=16)
     generator = torch.Generator().manual_seed(1)

@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 import gaincell
 from gaincell.cli import main
-from gaincell.convert import gain_cell_layers
 from gaincell.data import train_bpe_tokenizer
+from gaincell.layer import gain_cell_layers
 from gaincell.memory import GainCellMemory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,8 +20,8 @@ PROMPT = "ROMEO: Wherefore art thou"
 
 
 @pytest.fixture(scope="module")
-def tokenizer(shared_data):
-    return train_bpe_tokenizer((shared_data / "tinyshakespeare.txt").read_text()[:30_000], vocab_size=300)
+def tokenizer(test_data):
+    return train_bpe_tokenizer((test_data / "corpora" / "tinyshakespeare-head.txt").read_text()[:30_000], vocab_size=300)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""The authors' own single-array simulation (shared/data/golden) against our `ideal` preset.
+"""The authors' own single-array simulation (tests/data/golden) against our `ideal` preset.
 
 Their run: window 64, causal, no quantisation, no leakage, scalers a = 1, b = 0. Their reduced
-precision allows ~0.5 absolute on S and ~1e-2 on phi(S) and the output (shared/data/README.md).
+precision allows ~0.5 absolute on S and ~1e-2 on phi(S) and the output (tests/data/README.md).
 """
 
 from pathlib import Path
@@ -11,15 +11,13 @@ import pytest
 import torch
 
 from gaincell import Scalers, gain_cell_attention, preset
-from gaincell.attention import analog_read, make_band, make_plan
+from gaincell.kernels.banded import analog_read, make_band, make_plan
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "golden" / "single_array_64x64.npz"
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "single_array_64x64.npz"
 
 
 @pytest.fixture(scope="module")
 def golden():
-    if not GOLDEN.exists():
-        pytest.fail(f"golden data missing at {GOLDEN} (the shared/ folder must sit beside the repo)")
     data = np.load(GOLDEN)
     return {name: torch.from_numpy(data[name]).double() for name in ("Q", "K", "V", "S", "phi_S", "output")}
 

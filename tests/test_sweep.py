@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import subprocess
@@ -51,7 +52,7 @@ def spec_dict(files, **changes) -> dict:
         "context": 64,
         "stride": 32,
         "seeds": [0, 1],
-        "grid": {"adc_levels": [8, 32], "window": [16, 32], "read_noise": [0.0, 0.02]},
+        "grid": {"adc_levels": [8, 32], "window": [16, 32], "read_noise": [0.0, 0.2]},
     }
     return {**data, **changes}
 
@@ -126,7 +127,7 @@ def test_cost_scales_with_window_and_adc_levels(files):
     cost = {tuple(p.values()): point_cost(shape, point_config(spec, p, 0), tech) for p in spec.points}
     assert cost[(8, 16, 0.0)]["energy_per_token_j"] < cost[(32, 16, 0.0)]["energy_per_token_j"]
     assert cost[(8, 16, 0.0)]["area_m2"] < cost[(8, 32, 0.0)]["area_m2"]
-    assert cost[(8, 16, 0.0)] == cost[(8, 16, 0.02)]  # read noise costs nothing in the model
+    assert cost[(8, 16, 0.0)] == cost[(8, 16, 0.2)]  # read noise costs nothing in the model
     fixed = point_cost(shape, point_config(spec, spec.points[0], 0), tech, "fixed")
     assert fixed["energy_per_token_j"] > cost[(8, 16, 0.0)]["energy_per_token_j"]  # the preset's 32-level ADC
 
@@ -192,10 +193,11 @@ def test_reference_and_points_match_gaincell_eval(files, tmp_path):
 
 def test_per_point_calibration_on_a_model_with_targets(files, tmp_path):
     """A linear-stage model (targets recorded) is calibrated per point, from the same scalers each time."""
-    from gaincell.convert import gain_cell_layers
+    from gaincell.layer import gain_cell_layers
 
     model = gaincell.load(files / "model")
-    gaincell.convert(model, "linear", window=32, subtile_rows=16)
+    linear = gaincell.preset("linear", window=32, subtile_rows=16)  # a read-out gain that makes tiny outputs visible
+    gaincell.convert(model, linear.replace(periphery=dataclasses.replace(linear.periphery, readout_gain=2.0)))
     ids = torch.randint(1, model.config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
     model.train()
     for cell in gain_cell_layers(model):
@@ -210,7 +212,8 @@ def test_per_point_calibration_on_a_model_with_targets(files, tmp_path):
     rows = run_sweep(spec_from_dict(data), progress=False)["rows"]
     assert rows[0]["leakage"] == pytest.approx(1.6e-4) and rows[1]["point"] == {"cell": "polynomial"}
     (calibration,) = rows[1]["calibration"]
-    assert calibration["iterations"] == 4 and calibration["final_error"] > 0
+    assert 1 <= calibration["iterations"] <= 4 and calibration["final_error"] >= 0
+    assert calibration["converged"] == (calibration["final_error"] < 1e-4)
     uncalibrated = run_sweep(spec_from_dict({**data, "calibrate": False, "output_dir": str(tmp_path / "u")}), progress=False)
     assert uncalibrated["rows"][1]["ppl_mean"] != pytest.approx(rows[1]["ppl_mean"])
     assert uncalibrated["rows"][0]["ppl_mean"] == pytest.approx(rows[0]["ppl_mean"])  # the reference is never calibrated

@@ -31,9 +31,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def blocks(shared_data):
+def blocks(test_data):
     """(train, eval, vocab_size): 32-token blocks of Tiny Shakespeare under a 384-token BPE."""
-    text = (shared_data / "tinyshakespeare.txt").read_text()[:100_000]
+    text = (test_data / "corpora" / "tinyshakespeare-head.txt").read_text()[:100_000]
     tokenizer = train_bpe_tokenizer(text, 384)
     train_blocks, eval_blocks = split_blocks(corpus_blocks(corpus_from_texts([text]), tokenizer, 32), 0.1)
     return train_blocks, eval_blocks, len(tokenizer)

@@ -4,8 +4,8 @@ Leroux et al., *Analog in-memory computing attention mechanism for fast and ener
 language models*, Nature Computational Science 5, 813–824 (2025).
 """
 
-from gaincell.attention import CellGains, Scalers, gain_cell_attention, sliding_window_softmax
-from gaincell.cells import CellModel, build_cell, register_cell
+from gaincell.attention import gain_cell_attention
+from gaincell.cells import CellGains, CellModel, build_cell, register_cell
 from gaincell.checkpoint import load, save
 from gaincell.config import (
     PRESETS,
@@ -17,8 +17,11 @@ from gaincell.config import (
     preset,
 )
 from gaincell.convert import convert
+from gaincell.equations import gain_cell_attention_equations
 from gaincell.errors import GainCellError
+from gaincell.kernels.softmax import sliding_window_softmax
 from gaincell.memory import GainCellMemory
+from gaincell.scalers import Scalers
 
 __version__ = "0.1.0"
 
@@ -37,6 +40,7 @@ __all__ = [
     "build_cell",
     "convert",
     "gain_cell_attention",
+    "gain_cell_attention_equations",
     "load",
     "preset",
     "register_cell",

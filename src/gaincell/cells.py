@@ -7,10 +7,11 @@ matmuls, Σ_i β_i λ^(i·age) (Q · (k~^i)ᵀ), and never needs a (T, M, D) ten
 
 - ``linear``: β = (0, α), α = 19.3 (SPEC §3.3);
 - ``polynomial``: the paper's fit, β_i = Σ_j c_ij V_in^j with V_in = 0.9 V (SPEC §3.4);
-- ``cubic``, ``quintic``: y³, y⁵ scaled so g(±0.45) = ±0.45·α, as the paper's alternatives;
-- ``sigmoid``, ``exp``: sigmoid(10y), exp(3y) affinely rescaled the same way; not polynomials, so
-  represented by their least-squares polynomial of degree ``fit_degree`` on [−0.45, 0.45]
-  (``fit_error`` records the worst deviation; ``exact`` keeps the true curve for reference).
+- ``cubic``, ``quintic``, ``sigmoid``, ``exp``: the paper's alternatives f = y³, y⁵, sigmoid(10y),
+  exp(3y), used as g = c·(f(y~) − f(0)) with c = α / (f(0.45) − f(−0.45)) (SPEC §3.4): g(0) = 0 and
+  g spans α over [−0.45, 0.45]. Sigmoid and exp are not polynomials, so they are represented by
+  their least-squares polynomial of degree ``fit_degree`` on [−0.45, 0.45] (``fit_error`` records
+  the worst deviation; ``exact`` keeps the true curve for reference).
 
 New models plug in with :func:`register_cell`.
 """
@@ -20,12 +21,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from gaincell.errors import GainCellError
+
+if TYPE_CHECKING:
+    from gaincell.config import GainCellConfig
 
 #: Offset-voltage range of a stored value: y~ = y − 0.45 with y in [0, 0.9] V (SPEC §3.2).
 OFFSET_RANGE = 0.45
@@ -102,26 +106,23 @@ def _paper_polynomial(cfg: Any) -> CellModel:
     return CellModel("polynomial", tuple(betas), float(cfg.alpha))
 
 
-def _power(power: int) -> Callable[[Any], CellModel]:
-    def factory(cfg: Any) -> CellModel:
-        scale = float(cfg.alpha) / OFFSET_RANGE ** (power - 1)
-        betas = [0.0] * power + [scale]
-        return CellModel({3: "cubic", 5: "quintic"}[power], tuple(betas), float(cfg.alpha))
+def _alternative(name: str, curve: Callable[[np.ndarray], np.ndarray], torch_curve) -> Callable[[Any], CellModel]:
+    """SPEC §3.4's alternative cells: g(y~) = c·(f(y~) − f(0)), c = α / (f(0.45) − f(−0.45)).
 
-    return factory
-
-
-def _fitted(name: str, curve: Callable[[np.ndarray], np.ndarray], torch_curve) -> Callable[[Any], CellModel]:
-    """A non-polynomial cell, affinely rescaled to ±0.45·α at y~ = ±0.45, then fitted by a polynomial."""
+    So g(0) = 0 (no charge from a cell at the offset voltage) and g spans exactly α over
+    y~ ∈ [−0.45, 0.45], like the linear cell. Sigmoid and exp are not polynomials, so they are
+    represented by their least-squares polynomial of degree ``fit_degree`` on that range
+    (``fit_error`` is the worst deviation there; ``exact`` keeps the true curve). y³ and y⁵ are
+    polynomials already (:func:`_power`).
+    """
 
     def factory(cfg: Any) -> CellModel:
         h, alpha = OFFSET_RANGE, float(cfg.alpha)
-        lo, hi = float(curve(np.array(-h))), float(curve(np.array(h)))
-        gain = 2 * alpha * h / (hi - lo)
-        shift = -gain * (hi + lo) / 2
+        scale = alpha / float(curve(np.array(h)) - curve(np.array(-h)))
+        at_zero = float(curve(np.array(0.0)))
 
         def rescaled(y):
-            return gain * curve(y) + shift
+            return scale * (curve(y) - at_zero)
 
         nodes = h * np.cos(np.linspace(0.0, math.pi, 4001))
         fit = np.polynomial.Polynomial.fit(nodes, rescaled(nodes), int(cfg.fit_degree)).convert()
@@ -130,9 +131,19 @@ def _fitted(name: str, curve: Callable[[np.ndarray], np.ndarray], torch_curve) -
             name,
             tuple(float(c) for c in fit.coef),
             alpha,
-            exact=lambda y: gain * torch_curve(y) + shift,
+            exact=lambda y: scale * (torch_curve(y) - at_zero),
             fit_error=fit_error,
         )
+
+    return factory
+
+
+def _power(power: int) -> Callable[[Any], CellModel]:
+    """y~^p as an alternative cell: exactly the polynomial c·y~^p, c = α / (2·0.45^p) (odd p)."""
+
+    def factory(cfg: Any) -> CellModel:
+        scale = float(cfg.alpha) / (2 * OFFSET_RANGE**power)
+        return CellModel({3: "cubic", 5: "quintic"}[power], (0.0,) * power + (scale,), float(cfg.alpha))
 
     return factory
 
@@ -141,5 +152,34 @@ register_cell("linear", _linear)
 register_cell("polynomial", _paper_polynomial)
 register_cell("cubic", _power(3))
 register_cell("quintic", _power(5))
-register_cell("sigmoid", _fitted("sigmoid", lambda y: 1 / (1 + np.exp(-10 * y)), lambda y: torch.sigmoid(10 * y)))
-register_cell("exp", _fitted("exp", lambda y: np.exp(3 * y), lambda y: torch.exp(3 * y)))
+register_cell("sigmoid", _alternative("sigmoid", lambda y: 1 / (1 + np.exp(-10 * y)), lambda y: torch.sigmoid(10 * y)))
+register_cell("exp", _alternative("exp", lambda y: np.exp(3 * y), lambda y: torch.exp(3 * y)))
+
+
+@dataclass(frozen=True)
+class CellGains:
+    """Per-cell gain factors of one simulated chip (SPEC §3.5 variability), (H, M, D) per array.
+
+    Multiplies each cell's charge; indexed by physical slot n mod M, so a token written into a slot
+    inherits that slot's cells. Fixed per chip: sample once per layer from a seed.
+    """
+
+    key: torch.Tensor
+    value: torch.Tensor
+
+    @classmethod
+    def sample(cls, config: GainCellConfig, n_heads: int, head_dim: int, layer: int = 0, device=None) -> CellGains | None:
+        """Gains 1 + σ·N(0, 1) from ``config.noise``; None when variability is off."""
+        sigma = config.noise.variability
+        if sigma == 0:
+            return None
+        generator = torch.Generator().manual_seed(config.noise.seed * 100_003 + layer)
+        shape = (2, n_heads, config.window, head_dim)
+        gains = 1 + sigma * torch.randn(shape, generator=generator, dtype=torch.float64)
+        gains = gains.to(device=device, dtype=torch.float32)
+        return cls(gains[0], gains[1])
+
+    def at_positions(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gains of the cells that hold tokens at ``positions`` (slot = position mod M): (H, T, D)."""
+        slots = positions % self.key.shape[1]
+        return self.key[:, slots], self.value[:, slots]

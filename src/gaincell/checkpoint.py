@@ -146,3 +146,108 @@ def _load_gain_cell_tensors(model, directory: Path) -> None:
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     model.load_state_dict(tensors, strict=False)
+
+
+# -- pre-trained models from anywhere the ecosystem keeps them ------------------------------------
+
+
+def _pretrained_source(name_or_path: str | os.PathLike, gguf_file: str | None) -> tuple[str, str | None, bool]:
+    """(what to give ``from_pretrained``, its ``gguf_file``, whether it is a local directory).
+
+    A hub id is ``name`` or ``owner/name``; a path to a ``.gguf`` file is split into its folder and
+    file name, as transformers expects (``from_pretrained(folder, gguf_file=name)``).
+    """
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if gguf_file is not None and (not isinstance(gguf_file, str) or not gguf_file):
+        raise GainCellError(f"gguf_file must be a file name, got {gguf_file!r}")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise GainCellError(f"model: {name} is not a directory or a .gguf file (a save_pretrained folder or a hub id)")
+        if gguf_file is not None:
+            raise GainCellError(f"gguf_file: model {name} is already a .gguf file; give one or the other")
+        return str(path.parent), path.name, True
+    if path.is_dir():
+        if gguf_file is not None and not (path / gguf_file).is_file():
+            raise GainCellError(f"gguf_file: no file {gguf_file} in {path}")
+        if gguf_file is None and not (path / "config.json").is_file():
+            found = sorted(p.name for p in path.glob("*.gguf"))
+            hint = f"; pass gguf_file= one of {found}" if found else ""
+            raise GainCellError(f"model: {path} has no config.json (not a save_pretrained directory){hint}")
+        return str(path), gguf_file, True
+    if is_local_path(name):
+        raise GainCellError(f"model: no such directory or .gguf file {name}")
+    return name, gguf_file, False
+
+
+def is_local_path(name: str | os.PathLike) -> bool:
+    """Whether ``name`` can only mean a local path (hub ids are ``name`` or ``owner/name``)."""
+    name = str(name)
+    return Path(name).expanduser().exists() or Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+
+
+def is_saved_directory(name: str | os.PathLike, gguf_file: str | None = None) -> bool:
+    """Whether ``name`` is meant as a local ``save_pretrained`` folder (not a GGUF file, not a hub id)."""
+    return gguf_file is None and not str(name).lower().endswith(".gguf") and is_local_path(name)
+
+
+def _library_error(what: str, name: str, error: Exception) -> GainCellError:
+    if isinstance(error, ImportError) and "gguf" in str(error).lower():
+        return GainCellError(f"model: reading {name} needs the gguf package: pip install 'gaincell[gguf]'")
+    return GainCellError(
+        f"model: cannot load {what} for {name!r} (a local directory, a .gguf file or a hub id): {first_line(error)}"
+    )
+
+
+def load_pretrained(name_or_path: str | os.PathLike, gguf_file: str | None = None, *, dtype: torch.dtype | None = None):
+    """Any causal LM the ecosystem can load: a hub id, a ``save_pretrained`` folder or a GGUF file.
+
+    The one place adapt, eval and generate load models. A folder saved by :func:`save` comes back
+    converted (:func:`load`); a GGUF file (``gguf_file=`` inside a folder or hub repo, or a path
+    ending in ``.gguf``) is dequantised by transformers to float32 (needs ``gaincell[gguf]``).
+    """
+    source, gguf_file, local = _pretrained_source(name_or_path, gguf_file)
+    if local and gguf_file is None:
+        return load(source, dtype=dtype)
+    from transformers import AutoModelForCausalLM
+
+    extra = {}
+    if gguf_file is not None:
+        from transformers import GgufConfig
+
+        extra["quantization_config"] = GgufConfig(gguf_file=gguf_file, dequantize=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=dtype or torch.float32, **extra)
+    except Exception as error:
+        raise _library_error("a model", str(name_or_path), error) from error
+    if gguf_file is not None:
+        _forget_gguf_origin(model)
+    return model.eval()
+
+
+def _forget_gguf_origin(model) -> None:
+    """A GGUF model dequantised to float tensors is an ordinary model: trainable, saveable with
+    ``save_pretrained``. transformers keeps it marked as quantised (and refuses to save it); unmark it."""
+    packed = sorted({type(m).__name__ for m in model.modules() if "gguf" in type(m).__name__.lower()})
+    if packed:
+        raise GainCellError(f"model: the GGUF weights stayed packed ({', '.join(packed)}); gaincell needs them dequantised")
+    model.hf_quantizer = None
+    model.is_quantized = False
+    for owner in (model, model.config):
+        if hasattr(owner, "quantization_method"):
+            owner.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def load_pretrained_tokenizer(name_or_path: str | os.PathLike, gguf_file: str | None = None):
+    """The tokenizer of :func:`load_pretrained`'s model (a GGUF file carries its own)."""
+    source, gguf_file, local = _pretrained_source(name_or_path, gguf_file)
+    if local and gguf_file is None:
+        return load_tokenizer(source)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    except Exception as error:
+        raise _library_error("a tokenizer", str(name_or_path), error) from error

@@ -28,19 +28,25 @@ import torch
 
 from gaincell.data import check_context, load_text_corpus, model_max_positions
 from gaincell.errors import GainCellError
+from gaincell.validation import check_int
 
 
-def load_model_dir(path: str | os.PathLike):
-    """Load the causal LM saved in directory ``path`` with :func:`gaincell.load` (converted if it was saved so)."""
-    from gaincell.checkpoint import load
+def load_model_dir(path: str | os.PathLike, gguf_file: str | None = None):
+    """Load the causal LM saved in directory ``path`` with :func:`gaincell.load` (converted if it was
+    saved so), or a hub id or GGUF file with :func:`gaincell.checkpoint.load_pretrained`."""
+    from gaincell.checkpoint import is_saved_directory, load, load_pretrained
 
+    if not is_saved_directory(path, gguf_file):
+        return load_pretrained(path, gguf_file)
     return load(_model_directory(path))
 
 
-def load_tokenizer_dir(path: str | os.PathLike):
-    """Load the tokenizer saved beside a model in directory ``path``."""
-    from gaincell.checkpoint import load_tokenizer
+def load_tokenizer_dir(path: str | os.PathLike, gguf_file: str | None = None):
+    """Load the tokenizer saved beside a model in directory ``path`` (or a hub id's or GGUF file's)."""
+    from gaincell.checkpoint import is_saved_directory, load_pretrained_tokenizer, load_tokenizer
 
+    if not is_saved_directory(path, gguf_file):
+        return load_pretrained_tokenizer(path, gguf_file)
     return load_tokenizer(_model_directory(path))
 
 
@@ -84,8 +90,7 @@ def strided_perplexity(
     Returns ``{"ppl", "nll", "tokens"}``: ``nll`` is the mean negative log-likelihood in nats.
     """
     for name, value in (("context", context), ("stride", stride), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise GainCellError(f"{name} must be an integer >= 1, got {value!r}")
+        check_int(name, value, 1)
     if context < 2:
         raise GainCellError(f"context must be at least 2 tokens, got {context}")
     if stride > context:
@@ -245,7 +250,10 @@ def run_lm_eval(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gaincell eval``."""
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a saved model directory (weights and tokenizer)")
+    parser.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="a saved model directory (weights and tokenizer), a .gguf file or a hub id"
+    )
+    parser.add_argument("--gguf-file", metavar="NAME", help="the GGUF file inside MODEL_DIR or the hub repo")
     source = parser.add_argument_group("perplexity")
     source.add_argument("--text", metavar="FILE", help="a .txt file or a folder of them")
     source.add_argument("--dataset", metavar="NAME", help="a hub dataset instead of --text (needs the network)")
@@ -271,8 +279,8 @@ def run(args: argparse.Namespace) -> int:
     if args.text is None and args.dataset is None and args.tasks is None:
         raise GainCellError("give --text FILE, --dataset NAME and/or --tasks LIST")
     device = torch_device(args.device)
-    tokenizer = load_tokenizer_dir(args.model_dir)
-    model = load_model_dir(args.model_dir).to(device)
+    tokenizer = load_tokenizer_dir(args.model_dir, args.gguf_file)
+    model = load_model_dir(args.model_dir, args.gguf_file).to(device)
     results: dict = {"model": str(args.model_dir)}
     if args.text is not None or args.dataset is not None:
         results["perplexity"] = {

@@ -3,7 +3,7 @@
 A converted model's ``generate`` gets a :class:`GainCellCache` (see
 :class:`gaincell.convert.GainCellGeneration`). Its layer ``update`` does not keep past keys as a
 ``DynamicCache`` would; it only counts tokens and hands the new key/value to the same layer's
-:class:`~gaincell.convert.GainCellAttention`, which reads them through a
+:class:`~gaincell.layer.GainCellAttention`, which reads them through a
 :class:`~gaincell.memory.GainCellMemory` of M slots (SPEC §3.6): the prompt is prefilled with the
 parallel op, each new token is written into slot t mod M and read step by step. Memory is O(M),
 whatever the length generated.
@@ -18,6 +18,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from gaincell.errors import GainCellError
+from gaincell.layer import gain_cell_layers
 from gaincell.memory import GainCellMemory
 
 
@@ -91,8 +92,6 @@ class GainCellCache(Cache):
     """A cache of one gain-cell memory per attention layer of a converted model."""
 
     def __init__(self, model):
-        from gaincell.convert import gain_cell_layers
-
         layers = gain_cell_layers(model)
         if [cell.layer for cell in layers] != list(range(len(layers))):
             raise GainCellError("attention layers must be numbered 0..L-1 to map them onto cache layers")
@@ -107,7 +106,10 @@ class GainCellCache(Cache):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gaincell generate``."""
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a saved model directory (weights and tokenizer)")
+    parser.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="a saved model directory (weights and tokenizer), a .gguf file or a hub id"
+    )
+    parser.add_argument("--gguf-file", metavar="NAME", help="the GGUF file inside MODEL_DIR or the hub repo")
     parser.add_argument("--prompt", required=True, help="the text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=50, metavar="N", help="tokens to generate (default: 50)")
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token (default: sample)")
@@ -135,13 +137,24 @@ def _check_arguments(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """``gaincell generate``: continue a prompt with a saved model; a gain-cell model generates
     through its analog memories (SPEC §3.6), a plain one as transformers does."""
-    from gaincell.checkpoint import load, load_tokenizer, torch_device
+    from gaincell.checkpoint import (
+        is_saved_directory,
+        load,
+        load_pretrained,
+        load_pretrained_tokenizer,
+        load_tokenizer,
+        torch_device,
+    )
     from gaincell.data import model_max_positions
 
     _check_arguments(args)
     device = torch_device(args.device)
-    tokenizer = load_tokenizer(args.model_dir)
-    model = load(args.model_dir, device=device)
+    if is_saved_directory(args.model_dir, args.gguf_file):
+        tokenizer = load_tokenizer(args.model_dir)
+        model = load(args.model_dir, device=device)
+    else:
+        tokenizer = load_pretrained_tokenizer(args.model_dir, args.gguf_file)
+        model = load_pretrained(args.model_dir, args.gguf_file).to(device)
     input_ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
     prompt_tokens = input_ids.shape[1]
     if prompt_tokens == 0:

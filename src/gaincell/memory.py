@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import torch
 
-from gaincell.attention import (
+from gaincell.attention import check_qkv, gain_cell_attention
+from gaincell.cells import CellGains
+from gaincell.config import GainCellConfig
+from gaincell.equations import front_end
+from gaincell.errors import GainCellError
+from gaincell.kernels.banded import (
     Band,
-    CellGains,
-    Scalers,
     _adc,
     _columns,
     _decays,
@@ -29,15 +32,11 @@ from gaincell.attention import (
     _Scratch,
     _subtile_readout,
     _value_columns,
-    check_qkv,
-    encode,
-    gain_cell_attention,
     make_band,
     make_plan,
 )
-from gaincell.config import GainCellConfig
-from gaincell.errors import GainCellError
 from gaincell.periphery import quantize
+from gaincell.scalers import Scalers
 
 
 class GainCellMemory:
@@ -135,7 +134,7 @@ class GainCellMemory:
         if self.config.attention == "softmax":
             self._write(k[:, :, -keep:], v[:, :, -keep:])
         else:
-            _, keys, values = encode(q[:, :, -keep:], k[:, :, -keep:], v[:, :, -keep:], self.scalers, self.config)
+            _, keys, values = front_end(q[:, :, -keep:], k[:, :, -keep:], v[:, :, -keep:], self.scalers, self.config)
             self._write(keys, values)
         return out
 
@@ -173,7 +172,7 @@ class GainCellMemory:
         return torch.addcmul(b[3], a[3], readout.view(batch, heads, 1, dim).to(pulses.dtype)).to(q.dtype)
 
     def _encode(self, q, k, v, a, b) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`~gaincell.attention.encode` for one token: pulses, and the stored k~ and v~ stacked
+        """:func:`~gaincell.equations.front_end` for one token: pulses, and the stored k~ and v~ stacked
         (2, B, H, 1, D). Keys and values share one quantiser call, and the straight-through autograd
         function is skipped (generation needs no gradient; it costs more than the rest of a step)."""
         periphery = self.config.periphery
@@ -210,7 +209,7 @@ class GainCellMemory:
         bh = batch * heads
         gain = None if self._gains is None else self._gains[:, slot : slot + 1]
         row = key_age + plan.block - 1
-        decays = self._age_decays[row : row + 1]  # what attention._columns computes for this age
+        decays = self._age_decays[row : row + 1]  # what banded._columns computes for this age
         width = len(features) * dim
         columns = stored.new_empty(2 * bh, 1, width + bool(plan.constant))
         for index, feature in enumerate(features):
@@ -236,10 +235,10 @@ class GainCellMemory:
         return self._full_band
 
     def _read(self, pulses: torch.Tensor, band: Band, generator) -> torch.Tensor:
-        """:func:`~gaincell.attention.analog_read` on the kept stored side: the same steps in the same order."""
+        """:func:`~gaincell.kernels.banded.analog_read` on the kept stored side: the same steps in the same order."""
         plan = self.plan
         row = int(band.query_age[0]) + plan.block - 1
-        decays = self._age_decays[row : row + 1].to(pulses.dtype)  # attention._rows, with decays from the table
+        decays = self._age_decays[row : row + 1].to(pulses.dtype)  # banded._rows, with decays from the table
         rows = (pulses[:, :, None, :] * decays[None, :, :, None]).flatten(2)
         if plan.constant:
             rows = torch.cat([rows, plan.constant * pulses.sum(-1, keepdim=True)], dim=2)

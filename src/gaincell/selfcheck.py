@@ -10,9 +10,10 @@ import time
 
 import torch
 
-from gaincell.attention import Scalers, gain_cell_attention
+from gaincell.attention import gain_cell_attention
 from gaincell.config import PRESETS, preset
 from gaincell.memory import GainCellMemory
+from gaincell.scalers import Scalers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from gaincell.errors import GainCellError
-from gaincell.sweep import SweepSpec, Unit, point_config, point_cost
+from gaincell.sweep_spec import SweepSpec, Unit, point_config, point_cost
 
 
 def _read_text(path: str) -> str:
@@ -64,7 +64,7 @@ class Evaluator:
         """Blocks of ``context`` tokens that are not scored: ``calibration_text``, else the text after the
         scored prefix. Calibration needs the linear stage's targets (SPEC §4.1), checked here."""
         from gaincell.adapt import CalibrationConfig
-        from gaincell.convert import gain_cell_layers
+        from gaincell.layer import gain_cell_layers
 
         if not self.converted or any(int(cell.target_count) == 0 for cell in gain_cell_layers(self.model)):
             raise GainCellError(
@@ -98,7 +98,8 @@ class Evaluator:
             convert(self.model, config)
             self._restore_scalers()
             if self.spec.calibrate and config.attention != "softmax":
-                result = calibrate(self.model, self.calibration_batch, CalibrationConfig(**self.spec.calibration), config)
+                config_ = CalibrationConfig(**self.spec.calibration)
+                result = calibrate(self.model, self.calibration_batch, config_, config, progress=False)
                 calibration = {"iterations": result.iterations, "converged": result.converged,
                                "final_error": result.errors[-1] if result.errors else None, "loss": result.loss}  # fmt: skip
             torch.manual_seed(_seed(unit.key))
@@ -120,7 +121,7 @@ class Evaluator:
 
     def _restore_scalers(self) -> None:
         """Every point starts from the scalers the model was loaded (or first converted) with."""
-        from gaincell.convert import gain_cell_layers
+        from gaincell.layer import gain_cell_layers
 
         parameters = {
             f"{cell.layer}.{name}": parameter

@@ -1,12 +1,13 @@
 """Calibrate one tiny gain-cell GPT-2 per process, for the multi-process calibration test (SPEC §4.2).
 
-usage: torchrun --nproc_per_node 2 calibrate_worker.py OUTPUT_DIR
+usage: torchrun --nproc_per_node 2 calibrate_worker.py OUTPUT_DIR [nan-on-last]
 
 Every rank builds the same model (seed 0) with the same hand-set targets and calibrates it on its
 own batch: first alone (no process group: the scalers this rank would keep by itself), then again
 from scratch with the gloo group, where the scalers of the rank with the lowest loss are broadcast.
 The model is biased towards token 5 and the last rank's batch is mostly 5s, so the last rank has
-the lowest loss: a broadcast from rank 0 by mistake cannot pass the test.
+the lowest loss: a broadcast from rank 0 by mistake cannot pass the test. With ``nan-on-last``
+the last rank's model holds a NaN weight, so its loss is NaN and it must not be chosen.
 Writes ``OUTPUT_DIR/result-rank{RANK}.pt``.
 """
 
@@ -19,12 +20,12 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import gaincell
 from gaincell.adapt import CalibrationConfig, calibrate
-from gaincell.convert import gain_cell_layers
+from gaincell.layer import gain_cell_layers
 
 FAVOURED_TOKEN = 5
 
 
-def build_model():
+def build_model(poisoned: bool = False):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(
         GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=300, n_positions=32, bos_token_id=0, eos_token_id=0)
@@ -37,6 +38,8 @@ def build_model():
             cell.target_count.fill_(1)
             cell.target_mean.zero_()
             cell.target_std.fill_(0.5)
+        if poisoned:
+            model.transformer.ln_f.weight[0] = float("nan")
     return model
 
 
@@ -55,12 +58,13 @@ def main() -> None:
     torch.set_num_threads(1)
     output_dir = Path(sys.argv[1])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])  # set by torchrun
+    poisoned = sys.argv[2:] == ["nan-on-last"] and rank == world - 1
     config = CalibrationConfig(max_iterations=20)
     tokens = batch(rank, world)
-    alone_model = build_model()
+    alone_model = build_model(poisoned)
     alone = calibrate(alone_model, tokens, config)  # before the process group exists: nothing is shared
     torch.distributed.init_process_group("gloo")
-    model = build_model()
+    model = build_model(poisoned)
     result = calibrate(model, tokens, config)
     torch.save(
         {
@@ -69,6 +73,9 @@ def main() -> None:
             "alone_loss": alone.loss,
             "scalers": scalers(model),
             "loss": result.loss,
+            "losses": result.losses,
+            "errors": result.errors,
+            "alone_errors": alone.errors,
             "chosen_rank": result.rank,
         },
         output_dir / f"result-rank{rank}.pt",

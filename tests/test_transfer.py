@@ -1,0 +1,181 @@
+"""SPEC §4.4 (ours): data-driven scaler initialisation, attention transfer and distillation, and the
+recipe stages that run them (resumable after a kill, like the paper's stages)."""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import gaincell
+from gaincell import GainCellError, preset
+from gaincell.adapt import recipe_from_dict
+from gaincell.cli import main
+from gaincell.convert import attention_modules
+from gaincell.data import default_corpus_text, train_bpe_tokenizer
+from gaincell.initialise import InitialiseConfig, initialise_scalers, pretrained_statistics, sample_batches
+from gaincell.layer import gain_cell_layers
+from gaincell.taps import capture_attention_io, replay
+from gaincell.transfer import AttentionTransfer, TransferConfig, make_teacher, transfer_stage
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HARDWARE = preset("paper", window=16, subtile_rows=8, block_size=16)
+QUICK = dict(warmup_steps=1, batch_size=4, eval_every=0, eval_batches=1, checkpoint_every=0, log_every=1,
+             progress_bar=False, mixed_precision="no", weight_decay=0.0)  # fmt: skip
+
+
+def tiny_llama(seed: int = 0, vocab: int = 300) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=vocab, max_position_embeddings=64, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+def blocks(n: int = 16, length: int = 24, seed: int = 0) -> torch.Tensor:
+    return torch.randint(1, 300, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_initialisation_puts_each_heads_q_k_v_statistics_where_it_promises():
+    teacher, student = tiny_llama(), tiny_llama()
+    config = InitialiseConfig(batch_size=4, batches=2, sigmas=2.0)
+    initialise_scalers(student, teacher, blocks(), config, HARDWARE)
+    stats = pretrained_statistics(teacher, sample_batches(blocks(), config))
+    for cell, layer in zip(gain_cell_layers(student), stats, strict=True):
+        for name, low, high in (("q", 0.0, 1.0), ("k", 0.0, 0.9), ("v", 0.0, 0.9)):
+            mean, std = layer[name].mean_std()
+            a, b = getattr(cell.scalers, f"a_{name}").double(), getattr(cell.scalers, f"b_{name}").double()
+            torch.testing.assert_close(a * mean + b, torch.full_like(mean, (low + high) / 2))  # mid-range
+            torch.testing.assert_close(a.abs() * std, torch.full_like(std, (high - low) / 4))  # ±2σ fill the range
+
+
+def test_initialised_output_scalers_match_the_softmax_outputs_moments():
+    teacher, student = tiny_llama(), tiny_llama()
+    config = InitialiseConfig(batch_size=8, batches=1)
+    initialise_scalers(student, teacher, blocks(), config, HARDWARE)
+    batch = sample_batches(blocks(), config)[0]
+    softmax = pretrained_statistics(teacher, [batch])
+    for cell in gain_cell_layers(student):
+        cell.observing = True
+    with torch.no_grad(), capture_attention_io(teacher) as calls:
+        teacher(input_ids=batch)
+        for module, cell, call, layer in zip(
+            attention_modules(student), gain_cell_layers(student), calls, softmax, strict=True
+        ):
+            replay(module, call)
+            mean, std = layer["o"].mean_std()
+            torch.testing.assert_close(cell.observed[0][3].double(), mean, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(cell.observed[1][3].double(), std, atol=1e-4, rtol=1e-3)
+
+
+def test_attention_transfer_lowers_every_layers_mse(tmp_path):
+    pretrained = tiny_llama()
+    teacher = make_teacher(tiny_llama(), "window", HARDWARE)
+    student = gaincell.convert(pretrained, HARDWARE)
+    initialise_scalers(student, tiny_llama(), blocks(32), InitialiseConfig(batch_size=8, batches=1))
+    probe = AttentionTransfer(student, teacher).eval()
+    probe(blocks(8, seed=1))
+    before = probe.layer_losses
+    config = TransferConfig(max_steps=30, lr=3e-3, **QUICK)
+    transfer_stage(student, teacher, blocks(32), None, config, HARDWARE, tmp_path)
+    probe(blocks(8, seed=1))
+    assert all(after < 0.8 * old for after, old in zip(probe.layer_losses, before, strict=True)), (
+        before,
+        probe.layer_losses,
+    )
+    assert all(p.requires_grad for p in student.parameters())  # the freeze is undone
+
+
+def test_transfer_parameters_scalers_changes_nothing_else(tmp_path):
+    teacher = make_teacher(tiny_llama(), "full", HARDWARE)
+    student = gaincell.convert(tiny_llama(), HARDWARE)
+    weights = {k: v.clone() for k, v in student.state_dict().items() if ".gaincell." not in k}
+    transfer_stage(
+        student, teacher, blocks(), None, TransferConfig(max_steps=3, parameters="scalers", **QUICK), HARDWARE, tmp_path
+    )
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in weights.items())
+    assert not torch.equal(gain_cell_layers(student)[0].scalers.a_q, torch.ones(4))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"stages": ["distill", "transfer"]}, "stages must name each stage once, in the order"),
+        ({"stages": ["calibrated"]}, "'calibrated' needs the 'linear' stage"),
+        ({"stages": ["warp"]}, r"stages: unknown stage\(s\) \['warp'\]"),
+        ({"transfer": {"parameters": "everything"}}, r"\[transfer\] transfer.parameters must be one of"),
+        ({"distill": {"temperature": 0}}, r"\[distill\] distill.temperature must be > 0"),
+        ({"initialise": {"sigmas": -1}}, r"\[initialise\] initialise.sigmas must be a number > 0"),
+        ({"initialise": {"colour": 1}}, r"\[initialise\] has unknown key\(s\) \['colour'\]"),
+        ({"gguf_file": ""}, "gguf_file must be a file name"),
+    ],
+)
+def test_recipe_errors_name_the_field(changes, message):
+    with pytest.raises(GainCellError, match=message):
+        recipe_from_dict({"data": {"text": "x.txt"}, **changes})
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("transfer-recipe")
+    text = default_corpus_text()[:30_000]
+    tokenizer = train_bpe_tokenizer(text, vocab_size=300)
+    gaincell.save(tiny_llama(), root / "model", tokenizer)
+    (root / "corpus.txt").write_text(text)
+    return root
+
+
+def _recipe(root, output, kill_at: str | None = None) -> list[str]:
+    stage = {"max_steps": 4, "checkpoint_every": 2, **{k: v for k, v in QUICK.items() if k != "checkpoint_every"}}
+    recipe = {
+        "model": str(root / "model"), "output_dir": str(output), "stages": ["initialised", "transfer", "distill"],
+        "data": {"text": str(root / "corpus.txt"), "block_size": 24, "eval_blocks": 4},
+        "hardware": {"preset": "paper", "window": 16, "subtile_rows": 8},
+        "initialise": {"batch_size": 4, "batches": 1}, "transfer": stage, "distill": stage,
+    }  # fmt: skip
+    lines = [f"{k} = {json.dumps(v)}" for k, v in recipe.items() if not isinstance(v, dict)]
+    for section, table in recipe.items():
+        if isinstance(table, dict):
+            lines += [f"[{section}]", *(f"{k} = {json.dumps(v)}" for k, v in table.items())]
+    (root / "recipe.toml").write_text("\n".join(lines) + "\n")
+    return ["adapt", str(root / "recipe.toml")]
+
+
+class _Kill:
+    """Stands in for a kill: interrupts training once, at ``step``, after the checkpoint before it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, step, model, metrics) -> None:
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stage", ["transfer", "distill"])
+def test_the_new_stages_resume_after_a_kill_to_the_same_model(pretrained_dir, tmp_path, monkeypatch, stage):
+    import gaincell.transfer as transfer
+
+    assert main(_recipe(pretrained_dir, tmp_path / "whole")) == 0
+    original = transfer.train
+    monkeypatch.setattr(
+        transfer,
+        "train",
+        lambda *a, **k: original(*a, **{**k, "callbacks": [_Kill(3)]}) if _is(a, stage) else original(*a, **k),
+    )
+    assert main(_recipe(pretrained_dir, tmp_path / "killed")) == 130
+    assert not (tmp_path / "killed" / stage / "model").exists()
+    monkeypatch.setattr(transfer, "train", original)
+    assert main([*_recipe(pretrained_dir, tmp_path / "killed"), "--resume"]) == 0
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert summary[stage]["steps"] == 4 and summary["transfer"]["tokens"] == 4 * 4 * 24
+    whole, resumed = (gaincell.load(tmp_path / run / "distill" / "model").state_dict() for run in ("whole", "killed"))
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole)
+
+
+def _is(args, stage: str) -> bool:
+    from gaincell.transfer import AttentionTransfer, Distillation
+
+    return isinstance(args[0], AttentionTransfer if stage == "transfer" else Distillation)
