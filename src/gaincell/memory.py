@@ -28,6 +28,7 @@ from gaincell.kernels.banded import (
     _adc,
     _columns,
     _decays,
+    _fold,
     _scores,
     _Scratch,
     _subtile_readout,
@@ -78,6 +79,8 @@ class GainCellMemory:
             self.plan = make_plan(config, gains is not None)
             starts = torch.arange(0, window, self.plan.chunk, device=device)
             self.chunk_subtile = starts // config.subtile_rows
+            self._subtile_starts = torch.arange(0, window, config.subtile_rows, device=device)
+            self._chunk_fold: tuple[int | None] | None = None  # banded._fold of the chunks, once
             self._scratch = _Scratch()
             # Decays by age, computed once: a query's t - a is in [0, block), a new key's a - t in (-block, 0].
             ages = torch.arange(-self.plan.block + 1, self.plan.block, device=device)
@@ -225,8 +228,7 @@ class GainCellMemory:
     def _band(self, t: int, anchor: int) -> Band:
         """Which slots query t sees; with a full window only its age from the anchor changes."""
         if self.length < self.config.window:
-            query = torch.tensor([t], device=self.positions.device)
-            return make_band(self.plan, query, self.positions, anchor, self.chunk_subtile)
+            return self._filling_band(t, anchor)
         if self._full_band is None:
             query = torch.tensor([t], device=self.positions.device)
             band = self._full_band = make_band(self.plan, query, self.positions, anchor, self.chunk_subtile)
@@ -234,6 +236,21 @@ class GainCellMemory:
         row = t - anchor + self.plan.block - 1
         self._full_band.query_age = self._ages[row : row + 1]
         return self._full_band
+
+    def _filling_band(self, t: int, anchor: int) -> Band:
+        """make_band's result for query t while the window fills: slots 0..t hold positions 0..t in
+        order (a memory fills from empty), so the rest are the one edge nobody sees, and a sub-tile is
+        occupied when its first slot is written."""
+        window, plan = self.config.window, self.plan
+        valid = (self.positions >= 0)[None]
+        row = t - anchor + plan.block - 1
+        edges = ((slice(t + 1, window), valid[:, t + 1 :].T.contiguous()),) if t + 1 < window else ()
+        occupied = (self._subtile_starts <= t)[:, None]
+        if self._chunk_fold is None:
+            self._chunk_fold = (_fold(self.chunk_subtile.tolist()),)
+        band = Band(self._ages[row : row + 1], anchor - self.positions, valid, self.chunk_subtile, occupied, edges)
+        band.fold = self._chunk_fold[0]
+        return band
 
     def _read(self, pulses: torch.Tensor, band: Band, generator) -> torch.Tensor:
         """:func:`~gaincell.kernels.banded.analog_read` on the kept stored side: the same steps in the same order."""
