@@ -86,6 +86,12 @@ class GainCellMemory:
             ages = torch.arange(-self.plan.block + 1, self.plan.block, device=device)
             self._ages = ages
             self._age_decays = _decays(self.plan.features, self.plan, ages, dtype)
+            # With leakage each feature is one power c·y^p: a new slot's columns are then one stacked multiply.
+            terms = [feature.terms() for feature in self.plan.features]
+            self._powers = None
+            if terms and all(len(t) == 1 and t[0][0] for t in terms):
+                self._powers = tuple(p for ((p, _),) in terms)
+                self._age_scales = torch.stack([c * self._age_decays[:, i] for i, ((_, c),) in enumerate(terms)], 1)
             self._gains = None  # (2 B H, M, D): the key arrays' cell gains, then the value arrays'
             if gains is not None:
                 stacked = torch.stack([gains.key, gains.value]).to(dtype)
