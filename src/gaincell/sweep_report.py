@@ -64,7 +64,7 @@ def markdown(spec, summary: dict, plots: list[str], run_note: str = "") -> str:
     if reference is not None:
         lines.append(f"- reference (the model as loaded): perplexity **{reference['ppl_mean']:.3f}**")
     if run_note:
-        lines.append(f"- last run: {run_note}")
+        lines.append(f"- time: {run_note}")
     header = ["#", *knobs, "perplexity", "vs ref.", "energy / token", "latency / token", "area", "Pareto"]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -113,6 +113,12 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
+def _log_if_wide(axes, perplexities: list[float]) -> None:
+    """Log perplexity axis when the values span more than 10x (e.g. a reference far below the points)."""
+    if min(perplexities) > 0 and max(perplexities) / min(perplexities) > 10:
+        axes.set_yscale("log")
+
+
 def _reference_line(axes, reference: float | None) -> None:
     if reference is not None:
         axes.axhline(reference, color="k", linestyle="--", linewidth=0.8, label=f"reference {reference:.3g}")
@@ -148,6 +154,7 @@ def _knob_plot(rows: list[dict], knobs: list[str], knob: str, out: Path, referen
         axes.set_xscale("log", base=2)
     if not numeric:
         axes.set_xticks(range(len(values)), [_value(v) for v in values])
+    _log_if_wide(axes, [row["ppl_mean"] for row in rows] + ([reference] if reference else []))
     axes.set_xlabel(knob)
     axes.set_ylabel("perplexity")
     axes.set_title(f"perplexity vs {knob}")
@@ -170,7 +177,9 @@ def _pareto_plot(rows: list[dict], knobs: list[str], out: Path, reference: float
     for row, x in zip(front, fx, strict=True):
         label = ", ".join(f"{k}={_value(row['point'].get(k))}" for k in knobs)
         axes.annotate(label, (x, row["ppl_mean"]), fontsize=6, xytext=(4, 4), textcoords="offset points")
-    axes.set_xscale("log")
+    if max(energy) / min(energy) >= 3:
+        axes.set_xscale("log")
+    _log_if_wide(axes, [row["ppl_mean"] for row in costed] + ([reference] if reference else []))
     axes.set_xlabel("attention energy per generated token, all layers (nJ)")
     axes.set_ylabel("perplexity")
     axes.set_title("perplexity vs energy per token")

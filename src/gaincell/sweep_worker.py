@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -90,6 +91,7 @@ class Evaluator:
         from gaincell.convert import convert, model_config
         from gaincell.evaluate import strided_perplexity
 
+        start = time.perf_counter()
         torch.manual_seed(_seed(unit.key))
         config = model_config(self.model) if unit.index < 0 and self.converted else None
         calibration = None
@@ -117,6 +119,7 @@ class Evaluator:
             "stride": self.stride,
             "calibration": calibration,
             "cost": None if config is None else point_cost(self.shape, config, self.tech, self.spec.adc_cost),
+            "seconds": time.perf_counter() - start,  # the one field that differs between runs (not in results.json)
         }
 
     def _restore_scalers(self) -> None:
