@@ -185,6 +185,7 @@ def ratios(results: list[dict]) -> list[dict]:
         row["softmax_tokens_per_s"] = round(soft["tokens_per_s"], 1)
         row["slowdown"] = round(soft["tokens_per_s"] / gain["tokens_per_s"], 2)
         row["slowdown_cpu_time"] = round(soft["tokens_per_cpu_s"] / gain["tokens_per_cpu_s"], 2)
+        row["slowdown_decode_only"] = round(soft["decode_tokens_per_s"] / gain["decode_tokens_per_s"], 2)
         if "last_64_tokens_per_s" in gain:
             row["gaincell_first_last_64"] = [round(gain["first_64_tokens_per_s"], 1), round(gain["last_64_tokens_per_s"], 1)]
             row["softmax_first_last_64"] = [round(soft["first_64_tokens_per_s"], 1), round(soft["last_64_tokens_per_s"], 1)]
