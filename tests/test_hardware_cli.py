@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from gaincell.commands import hw as hw_cli
 from gaincell.errors import GainCellError
-from gaincell.hardware import cli as hw_cli
 from gaincell.hardware.gpu import DecodeWorkload, measure
 from gaincell.hardware.report import HardwareQuery, build_report, summary_lines
 
@@ -256,9 +256,9 @@ def test_summary_lines_for_other_reports(gpt2_report):
 
 
 def test_cli_module_is_cheap_to_import():
-    """gaincell.cli imports gaincell.hardware.cli on every call: no matplotlib or rich there."""
+    """`gaincell hw --help` imports gaincell.commands.hw: no matplotlib or rich there."""
     code = (
-        "import sys, gaincell; before = set(sys.modules); import gaincell.hardware.cli; "
+        "import sys, gaincell; before = set(sys.modules); import gaincell.commands.hw; "
         "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
         "print(sorted(new & {'matplotlib', 'rich', 'torch'}))"
     )
