@@ -17,7 +17,6 @@ the stage functions are public so notebooks and the demo can run them one by one
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -588,29 +587,4 @@ def _barrier() -> None:
 def _rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
-    return 0
-
-
-# -- command line ---------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="recipe TOML file (see examples/adapt.toml)")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override a recipe field, e.g. --set linear.max_steps=100 --set hardware.window=256",
-    )  # fmt: skip
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in output_dir")
-    parser.add_argument("--output-dir", help="override the recipe's output_dir")
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = list(args.set)
-    if args.output_dir:
-        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
-    recipe = read_recipe(args.config, overrides)
-    summary = adapt(recipe, resume=args.resume)
-    for name in recipe.stages:
-        print(f"{name:>11}: {json.dumps(summary[name])[:200]}")
-    print(f"models and summary in {recipe.output_dir}")
     return 0

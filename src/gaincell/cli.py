@@ -1,7 +1,7 @@
 """The ``gaincell`` command line.
 
-Each sub-command is a module with two functions, ``add_arguments(parser)`` and ``run(args) -> int``
-(new ones live in :mod:`gaincell.commands`); this module only lists them in :data:`COMMANDS`, imports
+Each sub-command is a module of :mod:`gaincell.commands` with two functions, ``add_arguments(parser)``
+and ``run(args) -> int``; this module only lists them in :data:`COMMANDS`, imports
 the one that was asked for (so ``gaincell hw`` and ``gaincell hw --help`` never import transformers
 or datasets, which other commands' modules do at import) and turns a
 :class:`~gaincell.errors.GainCellError` into one line on stderr and exit code 2.
@@ -16,12 +16,12 @@ import sys
 from gaincell.errors import GainCellError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("gaincell.demo", "train, adapt and evaluate a small gain-cell GPT-2 end to end, offline"),
-    "selfcheck": ("gaincell.selfcheck", "check the attention op against SPEC's equations and time it"),
-    "adapt": ("gaincell.adapt", "adapt a pre-trained model to gain-cell attention (SPEC §4 recipe)"),
-    "eval": ("gaincell.evaluate", "perplexity and lm-eval tasks of a saved model"),
-    "generate": ("gaincell.generation", "continue a prompt with a saved model, through its gain-cell memories"),
-    "hw": ("gaincell.hardware.cli", "area, latency and energy of gain-cell attention vs GPUs"),
+    "demo": ("gaincell.commands.demo", "train, adapt and evaluate a small gain-cell GPT-2 end to end, offline"),
+    "selfcheck": ("gaincell.commands.selfcheck", "check the attention op against SPEC's equations and time it"),
+    "adapt": ("gaincell.commands.adapt", "adapt a pre-trained model to gain-cell attention (SPEC §4 recipe)"),
+    "eval": ("gaincell.commands.eval", "perplexity and lm-eval tasks of a saved model"),
+    "generate": ("gaincell.commands.generate", "continue a prompt with a saved model, through its gain-cell memories"),
+    "hw": ("gaincell.commands.hw", "area, latency and energy of gain-cell attention vs GPUs"),
     "sweep": (
         "gaincell.commands.sweep",
         "perplexity and chip cost over a grid of hardware points (design-space exploration)",

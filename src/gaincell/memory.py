@@ -38,6 +38,7 @@ from gaincell.kernels.banded import (
 )
 from gaincell.periphery import quantize
 from gaincell.scalers import Scalers
+from gaincell.validation import check_int
 
 
 class GainCellMemory:
@@ -62,8 +63,7 @@ class GainCellMemory:
         dtype: torch.dtype = torch.float32,
     ):
         for name, value in (("batch", batch), ("n_heads", n_heads), ("head_dim", head_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise GainCellError(f"{name} must be an integer >= 1, got {value!r}")
+            check_int(name, value, 1)
         if config.attention != "softmax" and scalers is None:
             raise GainCellError("scalers are required for a gain-cell memory (use Scalers(n_heads))")
         self.config, self.scalers, self.gains = config, scalers, gains

@@ -56,14 +56,9 @@ class DecodeWorkload:
 
     def __post_init__(self) -> None:
         for name in ("batch", "heads", "head_dim", "window"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                flag = "--" + name.replace("_", "-")
-                raise GainCellError(f"{name} ({flag}) must be an integer >= 1, got {value!r}")
-        if self.dtype not in DTYPE_BYTES:
-            raise GainCellError(f"--dtype must be one of {sorted(DTYPE_BYTES)}, got {self.dtype!r}")
-        if self.kernel not in KV_PASSES:
-            raise GainCellError(f"kernel must be one of {sorted(KV_PASSES)}, got {self.kernel!r}")
+            check_int(f"{name} (--{name.replace('_', '-')})", getattr(self, name), 1)
+        check_choice("--dtype", self.dtype, sorted(DTYPE_BYTES))
+        check_choice("kernel", self.kernel, sorted(KV_PASSES))
 
     @property
     def kv_bytes(self) -> int:

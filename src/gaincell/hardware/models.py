@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gaincell.errors import GainCellError
+from gaincell.validation import check_int
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,7 @@ def _config_value(config: dict[str, Any], quantity: str, source: str) -> int:
     for key in _CONFIG_KEYS[quantity]:
         value = config.get(key)
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise GainCellError(f"{source}: {key} must be an integer >= 1, got {value!r}")
+            check_int(f"{source}: {key}", value, 1)
             return value
     raise GainCellError(f"{source}: config has none of {', '.join(_CONFIG_KEYS[quantity])} ({quantity})")
 

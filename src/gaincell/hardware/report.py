@@ -26,6 +26,7 @@ from gaincell.hardware.constants import (
 from gaincell.hardware.gaincell_model import AttentionShape, GainCellEstimate, estimate
 from gaincell.hardware.gpu import BASELINES, DecodeWorkload, measure, resolve_gpus, roofline
 from gaincell.hardware.models import DECODERS, DecoderShape, load_shape
+from gaincell.validation import check_choice, check_int
 
 FORMULAS = {  # where each section of the report is computed; § are SPEC-hardware sections
     "gain_cell": "gaincell_model.estimate: sum of operation count x per-operation constant (§6.3.1)",
@@ -93,8 +94,7 @@ class Resolved:
 def resolve(query: HardwareQuery) -> Resolved:
     """Validate a query: unknown names and out-of-range numbers raise :class:`GainCellError`."""
     named = load_shape(query.model)
-    if query.baseline not in BASELINES:
-        raise GainCellError(f"--baseline must be one of {sorted(BASELINES)}, got {query.baseline!r}")
+    check_choice("--baseline", query.baseline, sorted(BASELINES))
     kernel, default_dtype = BASELINES[query.baseline]
     model = _with_overrides(named, query)
     customised = model != named
@@ -132,9 +132,8 @@ def _with_overrides(named: DecoderShape, query: HardwareQuery) -> DecoderShape:
         if value is not None
     }
     for field, value in changes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            flag = {"d_model": "--hidden-size", "kv_heads": "--kv-heads"}.get(field, "--" + field.replace("_", "-"))
-            raise GainCellError(f"{field} ({flag}) must be an integer >= 1, got {value!r}")
+        flag = {"d_model": "--hidden-size", "kv_heads": "--kv-heads"}.get(field, "--" + field.replace("_", "-"))
+        check_int(f"{field} ({flag})", value, 1)
     if "heads" in changes and "kv_heads" not in changes and named.kv_heads is not None:
         changes["kv_heads"] = min(named.kv_heads, changes["heads"])
     model = dataclasses.replace(named, **changes)

@@ -1,6 +1,6 @@
 """``gaincell hw``: area, latency and energy of gain-cell attention against GPUs (SPEC-hardware §6.3.5).
 
-Imported by ``gaincell.cli`` on every invocation, so this module stays cheap: the cost model, torch,
+``gaincell hw --help`` imports only this module, so it stays cheap: the cost model, torch,
 matplotlib and rich are imported inside :func:`run` only.
 """
 
