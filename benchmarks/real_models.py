@@ -69,8 +69,9 @@ def smollm2_setup(args) -> dict:
     tokenizer = load_pretrained_tokenizer(gguf)
     text = (args.data / "wikitext2-test.txt").read_text()
     eval_ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"][: args.eval_tokens])
-    return {"model": str(gguf), "gguf_file": None, "train_text": str(args.data / "wikitext2-valid.txt"), "eval_ids": eval_ids,
-            "window": 512, "context": 512, "stride": 256, "block_size": 512, "prompt": "The history of the",
+    train_text = str(args.data / "wikitext2-valid.txt")
+    return {"model": str(gguf), "gguf_file": None, "train_text": train_text, "eval_ids": eval_ids, "window": 512,
+            "context": 512, "stride": 256, "block_size": 512, "prompt": "The history of the",
             "eval_text": f"first {len(eval_ids)} tokens of wikitext2-test"}  # fmt: skip
 
 
@@ -85,7 +86,7 @@ def sample(model, tokenizer, prompt: str, tokens: int = 40) -> str:
     return tokenizer.decode(out[0], skip_special_tokens=True)
 
 
-def stage_table(steps: int, batch: int, block: int, **extra) -> dict:
+def stage_table(steps: int, batch: int, **extra) -> dict:
     return {"max_steps": steps, "batch_size": batch, "grad_accum": 1, "warmup_steps": max(1, steps // 20), "eval_every": 0,
             "checkpoint_every": max(1, steps // 4), "log_every": 10, "mixed_precision": "no", **extra}  # fmt: skip
 
@@ -96,17 +97,17 @@ def recipes(setup, args) -> dict[str, dict]:
     per_step = args.batch * setup["block_size"]
     steps = max(2, args.budget // per_step)
     hardware = {"preset": "paper", "window": setup["window"]}
-    base = {"model": setup["model"], "hardware": hardware, "data": {"text": setup["train_text"], "block_size": setup["block_size"],
-            "eval_fraction": 0.02, "eval_blocks": 4}}  # fmt: skip
+    data = {"text": setup["train_text"], "block_size": setup["block_size"], "eval_fraction": 0.02, "eval_blocks": 4}
+    base = {"model": setup["model"], "hardware": hardware, "data": data}
     linear_steps = max(1, steps // 5)
     transfer_steps = max(1, round(steps * args.transfer_share))
     return {
         "e-paper": {**base, "stages": ["linear", "calibrated", "nonlinear"],
-                    "linear": stage_table(linear_steps, args.batch, setup["block_size"], lr=args.lr),
-                    "nonlinear": stage_table(steps - linear_steps, args.batch, setup["block_size"], lr=args.lr)},
+                    "linear": stage_table(linear_steps, args.batch, lr=args.lr),
+                    "nonlinear": stage_table(steps - linear_steps, args.batch, lr=args.lr)},
         "e-transfer": {**base, "stages": ["initialised", "transfer", "distill"],
-                       "transfer": stage_table(transfer_steps, args.batch, setup["block_size"], lr=args.transfer_lr, weight_decay=0.0),
-                       "distill": stage_table(steps - transfer_steps, args.batch, setup["block_size"], lr=args.lr)},
+                       "transfer": stage_table(transfer_steps, args.batch, lr=args.transfer_lr, weight_decay=0.0),
+                       "distill": stage_table(steps - transfer_steps, args.batch, lr=args.lr)},
     }  # fmt: skip
 
 
@@ -139,17 +140,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
     parser.add_argument("--budget", type=int, help="training tokens per (e) recipe")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=6e-3, help="peak lr of every fine-tuning stage of both recipes")
     parser.add_argument("--transfer-lr", type=float, default=3e-3)
-    parser.add_argument("--transfer-share", type=float, default=1 / 3)
-    parser.add_argument("--stories", type=int, default=1024, help="stories to sample (stories260K)")
+    parser.add_argument("--transfer-share", type=float, default=0.25)
+    parser.add_argument("--stories", type=int, default=2048, help="stories to sample (stories260K)")
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--smoke", action="store_true", help="tiny budget: shows the pipeline runs end to end")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.budget is None:
-        args.budget = {"stories": 600_000, "smollm2": 2_000_000}[args.model]
+        args.budget = {"stories": 900_000, "smollm2": 2_000_000}[args.model]
     if args.smoke:
         args.budget, args.stories, args.eval_tokens = (
             args.batch * 2 * (512 if args.model == "smollm2" else 256) * 3,
@@ -207,11 +208,17 @@ def run(args) -> None:
 def write(args, setup, rows, total: float) -> None:
     name = f"real-models-{args.model}{'-smoke' if args.smoke else ''}"
     meta = {"model": args.model, "source": setup["model"], "window": setup["window"], "context": setup["context"],
-            "stride": setup["stride"], "eval": setup["eval_text"], "train": setup["train_text"], "budget_tokens": args.budget,
-            "threads": args.threads, "total_wall_s": round(total, 1), "torch": torch.__version__}  # fmt: skip
+            "stride": setup["stride"], "eval": setup["eval_text"], "train": setup["train_text"],
+            "budget_tokens": args.budget, "settings": {k: str(v) for k, v in vars(args).items()},
+            "total_wall_s": round(total, 1), "torch": torch.__version__}  # fmt: skip
     (args.out / f"{name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
-    lines = [f"# {args.model}: {setup['eval_text']}, context {setup['context']}, stride {setup['stride']}, M = {setup['window']}",
-             "", "| row | what | tokens | wall (s) | perplexity |", "|---|---|---:|---:|---:|"]  # fmt: skip
+    title = f"# {args.model}: {setup['eval_text']}, context {setup['context']}, stride {setup['stride']}"
+    lines = [
+        f"{title}, M = {setup['window']}",
+        "",
+        "| row | what | tokens | wall (s) | perplexity |",
+        "|---|---|---:|---:|---:|",
+    ]
     lines += [f"| {r['row']} | {r['what']} | {r['tokens']:,} | {r['wall_s']} | {r['ppl']:,.2f} |" for r in rows]
     lines += ["", "Samples generated through the gain-cell memory (greedy):", ""]
     lines += [f"- **{r['row']}**: {r['sample']!r}" for r in rows if r["sample"]]
