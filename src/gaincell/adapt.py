@@ -29,13 +29,15 @@ import torch
 from tqdm.auto import tqdm
 
 from gaincell.atomic import atomic_file
+from gaincell.checkpoint import load, load_pretrained, load_pretrained_tokenizer, save
 from gaincell.config import CellConfig, GainCellConfig, preset
 from gaincell.convert import convert, model_config
+from gaincell.data import corpus_blocks, load_text_corpus, split_blocks
 from gaincell.errors import GainCellError
-from gaincell.initialise import InitialiseConfig
+from gaincell.initialise import InitialiseConfig, initialise_scalers
 from gaincell.layer import gain_cell_layers
-from gaincell.train import TrainConfig, TrainResult, train
-from gaincell.transfer import DistillConfig, TransferConfig
+from gaincell.train import TrainConfig, TrainResult, latest_checkpoint, train
+from gaincell.transfer import DistillConfig, TransferConfig, distill_stage, make_teacher, transfer_stage
 from gaincell.validation import check_int, check_positive
 
 if sys.version_info >= (3, 11):
@@ -415,20 +417,17 @@ def read_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 
 def _load_model(name: str, gguf_file: str | None = None):
-    from gaincell.checkpoint import load_pretrained
 
     return load_pretrained(name, gguf_file)
 
 
 def _load_tokenizer(name: str, gguf_file: str | None = None):
-    from gaincell.checkpoint import load_pretrained_tokenizer
 
     return load_pretrained_tokenizer(name, gguf_file)
 
 
 def recipe_blocks(recipe: Recipe, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """Train and evaluation blocks of the recipe's corpus, tokenised with the model's tokenizer."""
-    from gaincell.data import corpus_blocks, load_text_corpus, split_blocks
 
     data = recipe.data
     corpus = load_text_corpus(
@@ -454,7 +453,6 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
     With ``resume`` a stage whose model is already saved is skipped and an interrupted training
     stage continues from its last checkpoint.
     """
-    from gaincell.checkpoint import load, save
 
     hardware = recipe.hardware_config()
     output = Path(recipe.output_dir)
@@ -500,7 +498,6 @@ class _StageRunner:
         return _load_model(self.recipe.model, self.recipe.gguf_file)
 
     def teacher(self, kind: str):
-        from gaincell.transfer import make_teacher
 
         if kind not in self._teachers:
             self._teachers[kind] = make_teacher(self.pretrained(), kind, self.hardware)
@@ -517,14 +514,12 @@ class _StageRunner:
         return {"steps": result.step, "tokens": tokens, "loss": result.loss, "eval_loss": result.eval_loss}
 
     def run_initialised(self, model) -> dict:
-        from gaincell.initialise import initialise_scalers
 
         result = initialise_scalers(model, self.pretrained(), self.train_blocks, self.recipe.initialise, self.hardware)
         _broadcast_scalers(model)  # each process drew the same rows; float sums may differ by device: rank 0 wins
         return result
 
     def run_transfer(self, model) -> dict:
-        from gaincell.transfer import transfer_stage
 
         return self._train("transfer", transfer_stage, model, self.teacher(self.recipe.transfer.teacher))
 
@@ -540,7 +535,6 @@ class _StageRunner:
         return self._train("nonlinear", nonlinear_stage, model)
 
     def run_distill(self, model) -> dict:
-        from gaincell.transfer import distill_stage
 
         return self._train("distill", distill_stage, model, self.teacher(self.recipe.distill.teacher))
 
@@ -574,7 +568,6 @@ def _check_batches(recipe: Recipe, train_blocks: torch.Tensor) -> None:
 
 
 def _has_checkpoint(stage_dir: Path) -> bool:
-    from gaincell.train import latest_checkpoint
 
     return latest_checkpoint(stage_dir) is not None
 

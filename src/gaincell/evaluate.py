@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from gaincell.checkpoint import is_saved_directory, load, load_pretrained, load_pretrained_tokenizer, load_tokenizer
 from gaincell.data import check_context, load_text_corpus, model_max_positions
 from gaincell.errors import GainCellError
 from gaincell.validation import check_int
@@ -32,7 +33,6 @@ from gaincell.validation import check_int
 def load_model_dir(path: str | os.PathLike, gguf_file: str | None = None):
     """Load the causal LM saved in directory ``path`` with :func:`gaincell.load` (converted if it was
     saved so), or a hub id or GGUF file with :func:`gaincell.checkpoint.load_pretrained`."""
-    from gaincell.checkpoint import is_saved_directory, load, load_pretrained
 
     if not is_saved_directory(path, gguf_file):
         return load_pretrained(path, gguf_file)
@@ -41,7 +41,6 @@ def load_model_dir(path: str | os.PathLike, gguf_file: str | None = None):
 
 def load_tokenizer_dir(path: str | os.PathLike, gguf_file: str | None = None):
     """Load the tokenizer saved beside a model in directory ``path`` (or a hub id's or GGUF file's)."""
-    from gaincell.checkpoint import is_saved_directory, load_pretrained_tokenizer, load_tokenizer
 
     if not is_saved_directory(path, gguf_file):
         return load_pretrained_tokenizer(path, gguf_file)

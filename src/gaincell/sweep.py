@@ -29,6 +29,7 @@ from typing import Any
 
 from gaincell.atomic import atomic_file
 from gaincell.errors import GainCellError
+from gaincell.sweep_report import write_outputs
 from gaincell.sweep_spec import (
     SweepSpec,
     Unit,
@@ -38,6 +39,7 @@ from gaincell.sweep_spec import (
     spec_from_dict,
     work_units,
 )
+from gaincell.sweep_worker import Evaluator, run_parallel
 
 __all__ = ["SweepSpec", "Unit", "mark_pareto", "point_config", "point_cost", "read_spec", "run_sweep", "spec_from_dict"]
 
@@ -98,8 +100,6 @@ def prepare_output(spec: SweepSpec) -> Path:
 
 def run_sweep(spec: SweepSpec, *, jobs: int | None = None, progress: bool = True) -> dict:
     """Run every point not yet in ``results.jsonl``, then write the summary, report and plots."""
-    from gaincell.sweep_report import write_outputs
-    from gaincell.sweep_worker import Evaluator, run_parallel
 
     jobs = spec.jobs if jobs is None else jobs
     evaluator = Evaluator(spec)  # loads the model and texts: a bad model fails before anything is written

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gaincell.atomic import atomic_file
+from gaincell.hardware.report import _si as si
 
 MAX_LINES = 12  # lines per knob plot before the other knobs are averaged instead
 
@@ -36,7 +37,6 @@ def _value(value: Any) -> str:
 
 
 def _si(value: float | None, unit: str) -> str:
-    from gaincell.hardware.report import _si as si
 
     return "n/a" if value is None else si(value, unit)
 

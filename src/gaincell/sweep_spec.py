@@ -25,8 +25,11 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+from gaincell.adapt import CalibrationConfig
 from gaincell.config import GainCellConfig, preset
 from gaincell.errors import GainCellError, first_line
+from gaincell.hardware.constants import load_technology
+from gaincell.hardware.gaincell_model import AttentionShape, estimate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -157,7 +160,6 @@ def spec_from_dict(data: dict) -> SweepSpec:
         raise GainCellError(f"adc_cost: one of {', '.join(ADC_COSTS)}, got {spec.adc_cost!r}")
     if spec.context is not None and spec.stride is not None and spec.stride > spec.context:
         raise GainCellError(f"stride: must be <= context ({spec.context}), got {spec.stride}")
-    from gaincell.hardware.constants import load_technology
 
     technology = load_technology(spec.tech)
     base_config = _model_base_config(spec)
@@ -206,7 +208,6 @@ def _seeds(value: Any) -> tuple[int, ...]:
 
 
 def _calibration(value: Any) -> dict:
-    from gaincell.adapt import CalibrationConfig
 
     table = _table(value, "calibration")
     known = {f.name for f in dataclasses.fields(CalibrationConfig)}
@@ -349,7 +350,6 @@ def _build(config: dict, where: str) -> GainCellConfig:
 
 def point_config(spec: SweepSpec, point: dict, seed: int) -> GainCellConfig:
     """The simulator config of one point and chip seed (the seed sets ``noise.seed``)."""
-    from gaincell.hardware.constants import load_technology
 
     technology = load_technology(spec.tech)
     config = _apply_knobs(_model_base_config(spec).to_dict(), spec.base, "base", technology)
@@ -373,7 +373,6 @@ REFERENCE_ADC_LEVELS = 32
 
 def point_cost(shape, config: GainCellConfig, tech, adc_cost: str = "scaled") -> dict[str, float] | None:
     """Energy (J), latency (s) per generated token and area (m²) of the chip for the model's shape."""
-    from gaincell.hardware.gaincell_model import AttentionShape, estimate
 
     if config.attention == "softmax":
         return None

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import torch
 
+from gaincell.adapt import CalibrationConfig, calibrate
+from gaincell.checkpoint import load, load_tokenizer
+from gaincell.convert import convert, model_config
+from gaincell.data import check_context, model_max_positions
 from gaincell.errors import GainCellError
+from gaincell.evaluate import strided_perplexity
+from gaincell.hardware.constants import load_technology
+from gaincell.hardware.models import load_shape
+from gaincell.layer import gain_cell_layers
 from gaincell.sweep_spec import SweepSpec, Unit, point_config, point_cost
 
 
@@ -34,11 +42,6 @@ class Evaluator:
 
     def __init__(self, spec: SweepSpec):
         from transformers.utils import logging as transformers_logging
-
-        from gaincell.checkpoint import load, load_tokenizer
-        from gaincell.data import check_context, model_max_positions
-        from gaincell.hardware.constants import load_technology
-        from gaincell.hardware.models import load_shape
 
         transformers_logging.disable_progress_bar()  # its weight-loading bar would interleave with the sweep's
         self.spec = spec
@@ -64,8 +67,6 @@ class Evaluator:
     def _calibration_batch(self, tokens: torch.Tensor) -> torch.Tensor:
         """Blocks of ``context`` tokens that are not scored: ``calibration_text``, else the text after the
         scored prefix. Calibration needs the linear stage's targets (SPEC §4.1), checked here."""
-        from gaincell.adapt import CalibrationConfig
-        from gaincell.layer import gain_cell_layers
 
         if not self.converted or any(int(cell.target_count) == 0 for cell in gain_cell_layers(self.model)):
             raise GainCellError(
@@ -87,9 +88,6 @@ class Evaluator:
 
     def evaluate(self, unit: Unit) -> dict:
         """Measure one unit; the reference (index -1) is the model as loaded, before any conversion."""
-        from gaincell.adapt import CalibrationConfig, calibrate
-        from gaincell.convert import convert, model_config
-        from gaincell.evaluate import strided_perplexity
 
         start = time.perf_counter()
         torch.manual_seed(_seed(unit.key))
@@ -124,7 +122,6 @@ class Evaluator:
 
     def _restore_scalers(self) -> None:
         """Every point starts from the scalers the model was loaded (or first converted) with."""
-        from gaincell.layer import gain_cell_layers
 
         parameters = {
             f"{cell.layer}.{name}": parameter

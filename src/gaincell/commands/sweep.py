@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from gaincell.errors import GainCellError
+from gaincell.sweep import read_spec, run_sweep
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``gaincell sweep``; everything else is in the TOML file (see examples/sweep.toml)."""
@@ -23,9 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Validate the whole sweep first (nothing is written if it is wrong), then run and report."""
     import dataclasses
-
-    from gaincell.errors import GainCellError
-    from gaincell.sweep import read_spec, run_sweep
 
     spec = read_spec(args.config, args.set)
     if args.jobs is not None and args.jobs < 1:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gaincell.errors import GainCellError
+from gaincell.errors import GainCellError, first_line
 from gaincell.validation import check_int
 
 
@@ -132,8 +132,6 @@ def load_shape(model: str) -> DecoderShape:
 
 def _hub_config(model_id: str) -> dict[str, Any]:
     from transformers import AutoConfig
-
-    from gaincell.errors import first_line
 
     try:
         return AutoConfig.from_pretrained(model_id).to_dict()
