@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from gaincell import Scalers, gain_cell_attention, preset
-from gaincell.attention import encode
 from gaincell.cells import build_cell
+from gaincell.equations import front_end
 from gaincell.periphery import quantize_ste
 
 
 def dense_gain_cell_attention(q, k, v, scalers, config):
     """The naive dense formulation: O(T²) time and memory (for comparison only)."""
-    pulses, keys, values = encode(q, k, v, scalers, config)
+    pulses, keys, values = front_end(q, k, v, scalers, config)
     length = q.shape[2]
     betas = build_cell(config.cell).coefficients
     positions = torch.arange(length, device=q.device)

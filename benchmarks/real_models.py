@@ -32,8 +32,9 @@ import torch
 import gaincell
 from gaincell.adapt import CalibrationConfig, adapt, calibrate, linear_config, recipe_from_dict
 from gaincell.checkpoint import load_pretrained, load_pretrained_tokenizer
-from gaincell.convert import convert, gain_cell_layers
+from gaincell.convert import convert
 from gaincell.evaluate import strided_perplexity
+from gaincell.layer import gain_cell_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,9 @@ from gaincell.adapt import (
     recipe_from_dict,
 )
 from gaincell.cli import main
-from gaincell.convert import gain_cell_layers, model_config
+from gaincell.convert import model_config
 from gaincell.data import train_bpe_tokenizer
+from gaincell.layer import gain_cell_layers
 from gaincell.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,6 +89,28 @@ def test_calibration_moves_the_output_scaler_toward_the_targets():
         cell.target_std.fill_(0.5)
     result = calibrate(model, _blocks(8), CalibrationConfig(max_iterations=60))
     assert result.errors[-1] < 0.05 * result.errors[0]
+
+
+def test_calibration_measures_in_the_mode_targets_were_recorded_in():
+    """Targets come from training forwards (dropout on), so calibration's statistics do too (SPEC §4.2),
+    each iteration with the same dropout draw; only the final loss, which picks a process, is in eval mode."""
+    model = gaincell.convert(_model(), HARDWARE)
+    for cell in gain_cell_layers(model):
+        cell.target_count.fill_(1)
+        cell.target_std.fill_(0.5)
+    modes, masks = [], []
+    dropout = model.transformer.drop  # GPT-2's embedding dropout, p = 0.1
+
+    def record(module, inputs, output):
+        modes.append(module.training)
+        masks.append(output == 0)
+
+    dropout.register_forward_hook(record)
+    model.eval()
+    result = calibrate(model, _blocks(4), CalibrationConfig(max_iterations=5))
+    assert modes == [True] * result.iterations + [False]
+    assert all(torch.equal(mask, masks[0]) for mask in masks[1:-1]) and masks[0].any()
+    assert not model.training  # the caller's mode is restored
 
 
 def _calibrate_with_torchrun(tmp_path, *extra):

@@ -1,4 +1,5 @@
-"""The fast banded op against the dense SPEC reference (tests/reference.py), gradients, noise, errors."""
+"""The op against the dense SPEC reference (tests/reference.py, written from SPEC's text): both the
+package's equations module and the fast banded kernel; gradients, noise, errors."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from gaincell import CellGains, GainCellError, Scalers, gain_cell_attention, preset
+from gaincell import CellGains, GainCellError, Scalers, gain_cell_attention, gain_cell_attention_equations, preset
 from gaincell.config import PRESETS
 from reference import reference_attention
 
@@ -38,7 +39,7 @@ def _relative_error(fast, ref):
 @pytest.mark.parametrize("name", PRESETS)
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("leakage", [None, 0.0, 3e-3])
-def test_fast_op_equals_dense_reference_float32(name, geometry, leakage):
+def test_fast_op_and_equations_equal_dense_reference_float32(name, geometry, leakage):
     length, window, rows, block = geometry
     config = preset(name, window=window, subtile_rows=rows, block_size=block)
     if leakage is not None and name != "softmax":
@@ -46,9 +47,11 @@ def test_fast_op_equals_dense_reference_float32(name, geometry, leakage):
     (q, k, v), scalers = _inputs(2, 3, length, 8, torch.float32)
     with torch.no_grad():
         fast = gain_cell_attention(q, k, v, scalers, config)
+        equations = gain_cell_attention_equations(q, k, v, scalers, config)
         ref = reference_attention(q, k, v, scalers, config)
-    assert fast.shape == q.shape
+    assert fast.shape == equations.shape == q.shape
     assert _relative_error(fast, ref) <= 1e-5
+    assert _relative_error(equations, ref) <= 1e-5
 
 
 @pytest.mark.parametrize("name", ["linear", "paper", "ideal"])
@@ -60,6 +63,7 @@ def test_variability_matches_reference(name):
     fast = gain_cell_attention(q, k, v, scalers, config, gains=gains)
     ref = reference_attention(q, k, v, scalers, config, gains=gains)
     assert _relative_error(fast, ref) <= 1e-12
+    assert _relative_error(gain_cell_attention_equations(q, k, v, scalers, config, gains=gains), ref) <= 1e-12
     assert not torch.equal(fast, gain_cell_attention(q, k, v, scalers, config))
 
 
@@ -71,14 +75,15 @@ def test_gradients_equal_reference_autograd(name, gradient):
     (q, k, v), scalers = _inputs(2, 2, 70, 8, torch.float64, requires_grad=True)
     weight = torch.randn(q.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     grads = []
-    for op in (gain_cell_attention, reference_attention):
+    for op in (gain_cell_attention, gain_cell_attention_equations, reference_attention):
         leaves = [q, k, v, *scalers.parameters()]
         for x in leaves:
             x.grad = None
         (op(q, k, v, scalers, config) * weight).sum().backward()
         grads.append([x.grad.clone() for x in leaves])
-    for fast, ref in zip(*grads, strict=True):
+    for fast, equations, ref in zip(*grads, strict=True):
         assert _relative_error(fast, ref) <= 1e-10
+        assert _relative_error(equations, ref) <= 1e-10
 
 
 def test_exact_gradient_passes_gradcheck():

@@ -15,8 +15,9 @@ from transformers import (
 
 import gaincell
 from gaincell import GainCellError, preset
-from gaincell.convert import gain_cell_layers, model_config
+from gaincell.convert import model_config
 from gaincell.generation import GainCellCache
+from gaincell.layer import gain_cell_layers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

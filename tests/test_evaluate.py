@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gaincell import evaluate
+from gaincell.commands import eval as eval_command
 from gaincell.data import train_bpe_tokenizer
 from gaincell.errors import GainCellError
 
@@ -206,18 +207,18 @@ def test_adapter_needs_a_tokenizer_with_a_model_instance(model):
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gaincell eval")
-    evaluate.add_arguments(parser)
+    eval_command.add_arguments(parser)
     return parser.parse_args(argv)
 
 
 def test_cli_prints_perplexity_as_a_table_and_as_json(model_dir, text, tmp_path, capsys):
     path = tmp_path / "sample.txt"
     path.write_text(text[:4000])
-    assert evaluate.run(parse([str(model_dir), "--text", str(path), "--context", "64", "--stride", "32"])) == 0
+    assert eval_command.run(parse([str(model_dir), "--text", str(path), "--context", "64", "--stride", "32"])) == 0
     table = capsys.readouterr().out
     assert "sample.txt" in table and "ppl" in table
 
-    assert evaluate.run(parse([str(model_dir), "--text", str(path), "--max-tokens", "300", "--json"])) == 0
+    assert eval_command.run(parse([str(model_dir), "--text", str(path), "--max-tokens", "300", "--json"])) == 0
     result = json.loads(capsys.readouterr().out)["perplexity"]
     assert result["context"] == 64 and result["stride"] == 32 and result["tokens"] == 299
     assert result["ppl"] == pytest.approx(math.exp(result["nll"]))
@@ -226,7 +227,7 @@ def test_cli_prints_perplexity_as_a_table_and_as_json(model_dir, text, tmp_path,
 def test_cli_runs_lm_eval_tasks(model_dir, capsys, monkeypatch):
     monkeypatch.chdir(TASKS)
     argv = [str(model_dir), "--tasks", "gaincell_tiny_mc", "--include-path", str(TASKS), "--limit", "2", "--json"]
-    assert evaluate.run(parse(argv)) == 0
+    assert eval_command.run(parse(argv)) == 0
     tasks = json.loads(capsys.readouterr().out)["tasks"]
     assert 0.0 <= tasks["gaincell_tiny_mc"]["acc,none"] <= 1.0
 
@@ -234,7 +235,7 @@ def test_cli_runs_lm_eval_tasks(model_dir, capsys, monkeypatch):
 def converted_gpt2(vocab_size: int):
     """A tiny gain-cell GPT-2 whose scalers are away from their initial values, so losing them shows."""
     import gaincell
-    from gaincell.convert import gain_cell_layers
+    from gaincell.layer import gain_cell_layers
 
     model = gaincell.convert(tiny_gpt2(vocab_size), "paper", window=16, subtile_rows=16, block_size=16)
     generator = torch.Generator().manual_seed(1)
@@ -289,5 +290,5 @@ def test_cli_errors_are_one_line(model_dir, tmp_path, argv, message):
     (tmp_path / "sample.txt").write_text("a few words of text to score\n")
     names = {"missing": tmp_path / "missing", "model": model_dir, "sample": tmp_path / "sample.txt"}
     with pytest.raises(GainCellError, match=message) as raised:
-        evaluate.run(parse([arg.format(**names) for arg in argv]))
+        eval_command.run(parse([arg.format(**names) for arg in argv]))
     assert "\n" not in str(raised.value)

@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 import gaincell
 from gaincell.cli import main
-from gaincell.convert import gain_cell_layers
 from gaincell.data import train_bpe_tokenizer
+from gaincell.layer import gain_cell_layers
 from gaincell.memory import GainCellMemory
 
 pytestmark = pytest.mark.usefixtures("one_thread")

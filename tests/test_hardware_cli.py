@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from gaincell.commands import hw as hw_cli
 from gaincell.errors import GainCellError
-from gaincell.hardware import cli as hw_cli
 from gaincell.hardware.gpu import DecodeWorkload, measure
 from gaincell.hardware.report import HardwareQuery, build_report, summary_lines
 
@@ -42,10 +42,15 @@ def test_json_reproduces_section_6_1(capsys):
     assert report["gain_cell"]["per_head"]["energy_j"] == pytest.approx(6.153e-9, rel=1e-3)
     for name, check in report["paper_6_1"].items():
         assert abs(check["relative_error"]) < 0.10, name
-    assert report["workload"] | {"gpu_baseline": None} == {
+    assert report["workload"] | {"gpu_baseline": None, "shape_source": None} == {
         "model": "gpt2",
         "heads": 12,
+        "kv_heads": 12,
         "head_dim": 64,
+        "hidden_size": 768,
+        "vocab": 50257,
+        "shape_source": None,
+        "grouped_query_note": None,
         "window": 1024,
         "subtile_rows": 64,
         "subtiles": 16,
@@ -251,9 +256,9 @@ def test_summary_lines_for_other_reports(gpt2_report):
 
 
 def test_cli_module_is_cheap_to_import():
-    """gaincell.cli imports gaincell.hardware.cli on every call: no matplotlib or rich there."""
+    """`gaincell hw --help` imports gaincell.commands.hw: no matplotlib or rich there."""
     code = (
-        "import sys, gaincell; before = set(sys.modules); import gaincell.hardware.cli; "
+        "import sys, gaincell; before = set(sys.modules); import gaincell.commands.hw; "
         "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
         "print(sorted(new & {'matplotlib', 'rich', 'torch'}))"
     )
@@ -281,3 +286,72 @@ def test_cli_model_choices_match_the_decoder_table():
     from gaincell.hardware.models import DECODERS
 
     assert hw_cli.MODELS == tuple(DECODERS)
+
+
+LLAMA_GQA = {
+    "model_type": "llama",
+    "num_hidden_layers": 5,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 8,
+    "hidden_size": 64,
+    "intermediate_size": 172,
+    "vocab_size": 512,
+}
+
+
+def test_shape_from_a_saved_model_directory_gqa_costed_per_query_head(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_GQA))
+    code, out = run_hw(capsys, "--model", str(tmp_path), "--window", "256", "--json")
+    assert code == 0
+    report = json.loads(out)
+    w = report["workload"]
+    assert (w["layers"], w["heads"], w["kv_heads"], w["head_dim"], w["hidden_size"], w["vocab"]) == (5, 8, 4, 8, 64, 512)
+    assert "one K and one V array per query head (16 arrays per layer)" in w["grouped_query_note"]
+    plain = build_report(HardwareQuery(model="gpt2", heads=8, head_dim=8, layers=5, window=256))
+    assert report["gain_cell"]["per_token_all_layers"] == plain["gain_cell"]["per_token_all_layers"]  # arrays per query head
+    from gaincell.hardware.models import load_shape
+
+    shape = load_shape(str(tmp_path))
+    assert shape.mlp_matrices == 3 and shape.weights_per_layer == (2 * 8 + 2 * 4) * 64 * 8 + 3 * 64 * 172
+    assert "stories" not in out and shape.name == tmp_path.name
+
+
+def test_explicit_flags_override_a_loaded_shape(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_GQA))
+    code, out = run_hw(capsys, "--model", str(tmp_path), "--kv-heads", "8", "--layers", "2", "--json")
+    w = json.loads(out)["workload"]
+    assert code == 0 and (w["kv_heads"], w["layers"], w["grouped_query_note"]) == (8, 2, None)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (HardwareQuery(model="./no-such-dir"), "--model: './no-such-dir' is neither a known name"),
+        (HardwareQuery(model="gpt2", kv_heads=5), "kv_heads (--kv-heads) must divide heads 12"),
+        (HardwareQuery(model="gpt2", vocab=0), "vocab (--vocab) must be an integer >= 1"),
+    ],
+)
+def test_bad_shapes_are_one_line_errors(query, message):
+    with pytest.raises(GainCellError) as error:
+        build_report(query)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_config_without_heads_names_the_missing_key(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
+    with pytest.raises(GainCellError, match="num_attention_heads"):
+        build_report(HardwareQuery(model=str(tmp_path)))
+
+
+@pytest.mark.parametrize("argv", [["hw", "--help"], ["hw", "--json"], ["--help"]])
+def test_hw_never_imports_transformers_or_datasets(argv):
+    """cli.py imports only the command asked for and the package loads its names on first use, so
+    hw's parser and run stay free of the model stack, torch included."""
+    code = (
+        "import sys\nfrom gaincell.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'transformers', 'datasets', 'accelerate', 'torch'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -66,3 +66,32 @@ def test_bad_inputs_are_named():
         memory.step(*(torch.rand(2, 4, 1, 8) for _ in range(3)))
     with pytest.raises(GainCellError, match="batch"):
         GainCellMemory(preset("paper"), Scalers(3), 0, 3, 8)
+
+
+def test_stored_side_is_rebuilt_only_when_the_decay_anchor_moves(monkeypatch):
+    """Generation cost per token is flat: a step recomputes one slot, the whole stored side once per block."""
+    config = preset("paper", window=32, subtile_rows=16, block_size=16)
+    q, k, v = _sequence(100, torch.float64)
+    memory = GainCellMemory(config, Scalers(3).double(), 2, 3, 8, dtype=torch.float64)
+    builds = []
+    build = GainCellMemory._build_stored
+    monkeypatch.setattr(GainCellMemory, "_build_stored", lambda self, anchor: builds.append(anchor) or build(self, anchor))
+    stepped = torch.cat([memory.step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1]) for t in range(100)], 2)
+    assert builds == list(range(0, 100, 16))
+    parallel = gain_cell_attention(q, k, v, Scalers(3).double(), config)
+    torch.testing.assert_close(stepped, parallel, rtol=1e-10, atol=1e-12)
+
+
+def test_select_reorders_the_batch_like_beam_search():
+    config = preset("paper", window=16, subtile_rows=8, block_size=8)
+    q, k, v = _sequence(40, torch.float64)
+    scalers = Scalers(3).double()
+    memory = GainCellMemory(config, scalers, 2, 3, 8, dtype=torch.float64)
+    memory.prefill(q[:, :, :20], k[:, :, :20], v[:, :, :20])
+    for t in range(20, 30):
+        memory.step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1])
+    memory.select(torch.tensor([1, 0]))
+    swapped = [x.flip(0) for x in (q, k, v)]
+    outputs = [memory.step(*(x[:, :, t : t + 1] for x in swapped)) for t in range(30, 40)]
+    parallel = gain_cell_attention(*swapped, scalers, config)[:, :, 30:]
+    torch.testing.assert_close(torch.cat(outputs, 2), parallel, rtol=1e-10, atol=1e-12)

@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import gaincell
 from gaincell import GainCellError
 from gaincell.checkpoint import is_saved_directory, load_pretrained
-from gaincell.convert import gain_cell_layers
+from gaincell.layer import gain_cell_layers
 
 gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.usefixtures("one_thread")

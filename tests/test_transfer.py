@@ -11,9 +11,10 @@ import gaincell
 from gaincell import GainCellError, preset
 from gaincell.adapt import recipe_from_dict
 from gaincell.cli import main
-from gaincell.convert import attention_modules, gain_cell_layers
+from gaincell.convert import attention_modules
 from gaincell.data import default_corpus_text, train_bpe_tokenizer
 from gaincell.initialise import InitialiseConfig, initialise_scalers, pretrained_statistics, sample_batches
+from gaincell.layer import gain_cell_layers
 from gaincell.taps import capture_attention_io, replay
 from gaincell.transfer import AttentionTransfer, TransferConfig, make_teacher, transfer_stage
 

@@ -17,10 +17,8 @@ the stage functions are public so notebooks and the demo can run them one by one
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -31,12 +29,16 @@ import torch
 from tqdm.auto import tqdm
 
 from gaincell.atomic import atomic_file
+from gaincell.checkpoint import load, load_pretrained, load_pretrained_tokenizer, save
 from gaincell.config import CellConfig, GainCellConfig, preset
-from gaincell.convert import convert, gain_cell_layers, model_config
+from gaincell.convert import convert, model_config
+from gaincell.data import corpus_blocks, load_text_corpus, split_blocks
 from gaincell.errors import GainCellError
-from gaincell.initialise import InitialiseConfig
-from gaincell.train import TrainConfig, TrainResult, train
-from gaincell.transfer import DistillConfig, TransferConfig
+from gaincell.initialise import InitialiseConfig, initialise_scalers
+from gaincell.layer import gain_cell_layers
+from gaincell.train import TrainConfig, TrainResult, latest_checkpoint, train
+from gaincell.transfer import DistillConfig, TransferConfig, distill_stage, make_teacher, transfer_stage
+from gaincell.validation import check_int, check_positive
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -91,13 +93,10 @@ class CalibrationConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_iterations", "damping_iterations", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise GainCellError(f"calibration.{name} must be an integer >= 1, got {value!r}")
+            check_int(f"calibration.{name}", getattr(self, name), 1)
+        check_int("calibration.seed", self.seed, 0)
         for name in ("tolerance", "damping_start", "damping_end"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-                raise GainCellError(f"calibration.{name} must be a number > 0, got {value!r}")
+            check_positive(f"calibration.{name}", getattr(self, name))
         if self.damping_start > 1 or self.damping_end > 1:
             raise GainCellError("calibration.damping_start and damping_end must be <= 1 (1 = the full correction)")
 
@@ -418,20 +417,17 @@ def read_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 
 def _load_model(name: str, gguf_file: str | None = None):
-    from gaincell.checkpoint import load_pretrained
 
     return load_pretrained(name, gguf_file)
 
 
 def _load_tokenizer(name: str, gguf_file: str | None = None):
-    from gaincell.checkpoint import load_pretrained_tokenizer
 
     return load_pretrained_tokenizer(name, gguf_file)
 
 
 def recipe_blocks(recipe: Recipe, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """Train and evaluation blocks of the recipe's corpus, tokenised with the model's tokenizer."""
-    from gaincell.data import corpus_blocks, load_text_corpus, split_blocks
 
     data = recipe.data
     corpus = load_text_corpus(
@@ -457,7 +453,6 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
     With ``resume`` a stage whose model is already saved is skipped and an interrupted training
     stage continues from its last checkpoint.
     """
-    from gaincell.checkpoint import load, save
 
     hardware = recipe.hardware_config()
     output = Path(recipe.output_dir)
@@ -503,7 +498,6 @@ class _StageRunner:
         return _load_model(self.recipe.model, self.recipe.gguf_file)
 
     def teacher(self, kind: str):
-        from gaincell.transfer import make_teacher
 
         if kind not in self._teachers:
             self._teachers[kind] = make_teacher(self.pretrained(), kind, self.hardware)
@@ -520,14 +514,12 @@ class _StageRunner:
         return {"steps": result.step, "tokens": tokens, "loss": result.loss, "eval_loss": result.eval_loss}
 
     def run_initialised(self, model) -> dict:
-        from gaincell.initialise import initialise_scalers
 
         result = initialise_scalers(model, self.pretrained(), self.train_blocks, self.recipe.initialise, self.hardware)
         _broadcast_scalers(model)  # each process drew the same rows; float sums may differ by device: rank 0 wins
         return result
 
     def run_transfer(self, model) -> dict:
-        from gaincell.transfer import transfer_stage
 
         return self._train("transfer", transfer_stage, model, self.teacher(self.recipe.transfer.teacher))
 
@@ -543,7 +535,6 @@ class _StageRunner:
         return self._train("nonlinear", nonlinear_stage, model)
 
     def run_distill(self, model) -> dict:
-        from gaincell.transfer import distill_stage
 
         return self._train("distill", distill_stage, model, self.teacher(self.recipe.distill.teacher))
 
@@ -577,7 +568,6 @@ def _check_batches(recipe: Recipe, train_blocks: torch.Tensor) -> None:
 
 
 def _has_checkpoint(stage_dir: Path) -> bool:
-    from gaincell.train import latest_checkpoint
 
     return latest_checkpoint(stage_dir) is not None
 
@@ -590,29 +580,4 @@ def _barrier() -> None:
 def _rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
-    return 0
-
-
-# -- command line ---------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="recipe TOML file (see examples/adapt.toml)")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override a recipe field, e.g. --set linear.max_steps=100 --set hardware.window=256",
-    )  # fmt: skip
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in output_dir")
-    parser.add_argument("--output-dir", help="override the recipe's output_dir")
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = list(args.set)
-    if args.output_dir:
-        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
-    recipe = read_recipe(args.config, overrides)
-    summary = adapt(recipe, resume=args.resume)
-    for name in recipe.stages:
-        print(f"{name:>11}: {json.dumps(summary[name])[:200]}")
-    print(f"models and summary in {recipe.output_dir}")
     return 0

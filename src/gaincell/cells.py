@@ -21,12 +21,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from gaincell.errors import GainCellError
+
+if TYPE_CHECKING:
+    from gaincell.config import GainCellConfig
 
 #: Offset-voltage range of a stored value: y~ = y − 0.45 with y in [0, 0.9] V (SPEC §3.2).
 OFFSET_RANGE = 0.45
@@ -151,3 +154,32 @@ register_cell("cubic", _power(3))
 register_cell("quintic", _power(5))
 register_cell("sigmoid", _alternative("sigmoid", lambda y: 1 / (1 + np.exp(-10 * y)), lambda y: torch.sigmoid(10 * y)))
 register_cell("exp", _alternative("exp", lambda y: np.exp(3 * y), lambda y: torch.exp(3 * y)))
+
+
+@dataclass(frozen=True)
+class CellGains:
+    """Per-cell gain factors of one simulated chip (SPEC §3.5 variability), (H, M, D) per array.
+
+    Multiplies each cell's charge; indexed by physical slot n mod M, so a token written into a slot
+    inherits that slot's cells. Fixed per chip: sample once per layer from a seed.
+    """
+
+    key: torch.Tensor
+    value: torch.Tensor
+
+    @classmethod
+    def sample(cls, config: GainCellConfig, n_heads: int, head_dim: int, layer: int = 0, device=None) -> CellGains | None:
+        """Gains 1 + σ·N(0, 1) from ``config.noise``; None when variability is off."""
+        sigma = config.noise.variability
+        if sigma == 0:
+            return None
+        generator = torch.Generator().manual_seed(config.noise.seed * 100_003 + layer)
+        shape = (2, n_heads, config.window, head_dim)
+        gains = 1 + sigma * torch.randn(shape, generator=generator, dtype=torch.float64)
+        gains = gains.to(device=device, dtype=torch.float32)
+        return cls(gains[0], gains[1])
+
+    def at_positions(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gains of the cells that hold tokens at ``positions`` (slot = position mod M): (H, T, D)."""
+        slots = positions % self.key.shape[1]
+        return self.key[:, slots], self.value[:, slots]

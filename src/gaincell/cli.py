@@ -1,8 +1,9 @@
 """The ``gaincell`` command line.
 
-Each sub-command lives with the code it drives and exposes two functions,
-``add_arguments(parser)`` and ``run(args) -> int``; this module only lists them, imports them
-lazily (so ``gaincell hw`` does not pay for importing transformers) and turns a
+Each sub-command is a module of :mod:`gaincell.commands` with two functions, ``add_arguments(parser)``
+and ``run(args) -> int``; this module only lists them in :data:`COMMANDS`, imports
+the one that was asked for (so ``gaincell hw`` and ``gaincell hw --help`` never import transformers
+or datasets, which other commands' modules do at import) and turns a
 :class:`~gaincell.errors.GainCellError` into one line on stderr and exit code 2.
 """
 
@@ -15,12 +16,16 @@ import sys
 from gaincell.errors import GainCellError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("gaincell.demo", "train, adapt and evaluate a small gain-cell GPT-2 end to end, offline"),
-    "selfcheck": ("gaincell.selfcheck", "check the attention op against SPEC's equations and time it"),
-    "adapt": ("gaincell.adapt", "adapt a pre-trained model to gain-cell attention (SPEC §4 recipe)"),
-    "eval": ("gaincell.evaluate", "perplexity and lm-eval tasks of a saved model"),
-    "generate": ("gaincell.generation", "continue a prompt with a saved model, through its gain-cell memories"),
-    "hw": ("gaincell.hardware.cli", "area, latency and energy of gain-cell attention vs GPUs"),
+    "demo": ("gaincell.commands.demo", "train, adapt and evaluate a small gain-cell GPT-2 end to end, offline"),
+    "selfcheck": ("gaincell.commands.selfcheck", "check the attention op against SPEC's equations and time it"),
+    "adapt": ("gaincell.commands.adapt", "adapt a pre-trained model to gain-cell attention (SPEC §4 recipe)"),
+    "eval": ("gaincell.commands.eval", "perplexity and lm-eval tasks of a saved model"),
+    "generate": ("gaincell.commands.generate", "continue a prompt with a saved model, through its gain-cell memories"),
+    "hw": ("gaincell.commands.hw", "area, latency and energy of gain-cell attention vs GPUs"),
+    "sweep": (
+        "gaincell.commands.sweep",
+        "perplexity and chip cost over a grid of hardware points (design-space exploration)",
+    ),
 }
 
 
@@ -28,18 +33,27 @@ class _Parser(argparse.ArgumentParser):
     """argparse exits with code 2 on bad arguments already; keep its one-line message."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_command(argv: list[str]) -> str | None:
+    """The sub-command named on the command line (the first argument that is not an option)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported to add its arguments (None: every command's)."""
     parser = _Parser(prog="gaincell", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         command_parser.set_defaults(_module=module_name)
-        importlib.import_module(module_name).add_arguments(command_parser)
+        if command is None or name == command:
+            importlib.import_module(module_name).add_arguments(command_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = chosen_command(argv)
+    parser = build_parser(command if command in COMMANDS else "")
     args = parser.parse_args(argv)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)

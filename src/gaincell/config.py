@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from gaincell.cells import registered_cells
 from gaincell.errors import GainCellError
+from gaincell.validation import check_choice, check_int, check_non_negative, check_number, check_positive, fail
 
 ATTENTION_KINDS = ("softmax", "gaincell")
 GRADIENT_MODES = ("surrogate", "exact")
@@ -41,30 +42,6 @@ PAPER_COEFFICIENTS: tuple[tuple[int, int, float], ...] = (
 )
 
 
-def _fail(name: str, expected: str, value: Any) -> None:
-    raise GainCellError(f"{name} must be {expected}, got {value!r}")
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-        _fail(name, "a finite number > 0", value)
-
-
-def _check_non_negative(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        _fail(name, "a finite number >= 0", value)
-
-
-def _check_int(name: str, value: int, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        _fail(name, f"an integer >= {minimum}", value)
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        _fail(name, f"one of {', '.join(choices)}", value)
-
-
 @dataclass(frozen=True)
 class QuantizerConfig:
     """A clamp to [low, high] followed by an optional uniform quantiser, step = (high − low)/(levels − 1).
@@ -83,14 +60,12 @@ class QuantizerConfig:
 
     def validate(self, name: str) -> None:
         for bound in ("low", "high"):
-            value = getattr(self, bound)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                _fail(f"{name}.{bound}", "a finite number", value)
+            check_number(f"{name}.{bound}", getattr(self, bound))
         if self.low >= self.high:
-            _fail(f"{name}.low/high", "an increasing range (low < high)", f"[{self.low}, {self.high}]")
+            fail(f"{name}.low/high", "an increasing range (low < high)", f"[{self.low}, {self.high}]")
         if self.levels is not None:
-            _check_int(f"{name}.levels", self.levels, 2)
-        _check_choice(f"{name}.grid", self.grid, QUANTIZER_GRIDS)
+            check_int(f"{name}.levels", self.levels, 2)
+        check_choice(f"{name}.grid", self.grid, QUANTIZER_GRIDS)
 
     @property
     def step(self) -> float | None:
@@ -118,18 +93,16 @@ class CellConfig:
     fit_degree: int = 15
 
     def validate(self) -> None:
-        from gaincell.cells import registered_cells  # validation only; cells never imports config
-
-        _check_choice("cell.kind", self.kind, registered_cells())
-        _check_positive("cell.alpha", self.alpha)
-        _check_positive("cell.read_voltage", self.read_voltage)
-        _check_int("cell.fit_degree", self.fit_degree, 1)
+        check_choice("cell.kind", self.kind, registered_cells())
+        check_positive("cell.alpha", self.alpha)
+        check_positive("cell.read_voltage", self.read_voltage)
+        check_int("cell.fit_degree", self.fit_degree, 1)
         for entry in self.coefficients:
             if len(entry) != 3 or not all(isinstance(x, (int, float)) for x in entry):
-                _fail("cell.coefficients", "a list of (i, j, c_ij) triples", entry)
+                fail("cell.coefficients", "a list of (i, j, c_ij) triples", entry)
             i, j, _ = entry
             if int(i) != i or int(j) != j or i < 0 or j < 0:
-                _fail("cell.coefficients", "non-negative integer powers (i, j)", entry)
+                fail("cell.coefficients", "non-negative integer powers (i, j)", entry)
 
 
 @dataclass(frozen=True)
@@ -147,10 +120,9 @@ class PeripheryConfig:
         self.q.validate("periphery.q")
         self.kv.validate("periphery.kv")
         self.adc.validate("periphery.adc")
-        if not isinstance(self.offset, (int, float)) or not math.isfinite(self.offset):
-            _fail("periphery.offset", "a finite number", self.offset)
-        _check_positive("periphery.s_sat", self.s_sat)
-        _check_positive("periphery.readout_gain", self.readout_gain)
+        check_number("periphery.offset", self.offset)
+        check_positive("periphery.s_sat", self.s_sat)
+        check_positive("periphery.readout_gain", self.readout_gain)
 
 
 @dataclass(frozen=True)
@@ -168,9 +140,9 @@ class NoiseConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        _check_non_negative("noise.read_noise", self.read_noise)
-        _check_non_negative("noise.variability", self.variability)
-        _check_int("noise.seed", self.seed, 0)
+        check_non_negative("noise.read_noise", self.read_noise)
+        check_non_negative("noise.variability", self.variability)
+        check_int("noise.seed", self.seed, 0)
 
 
 @dataclass(frozen=True)
@@ -192,15 +164,15 @@ class GainCellConfig:
     block_size: int = 128
 
     def __post_init__(self) -> None:
-        _check_choice("attention", self.attention, ATTENTION_KINDS)
-        _check_int("window", self.window, 1)
-        _check_int("subtile_rows", self.subtile_rows, 1)
-        _check_non_negative("leakage", self.leakage)
-        _check_choice("gradient", self.gradient, GRADIENT_MODES)
-        _check_int("block_size", self.block_size, 1)
+        check_choice("attention", self.attention, ATTENTION_KINDS)
+        check_int("window", self.window, 1)
+        check_int("subtile_rows", self.subtile_rows, 1)
+        check_non_negative("leakage", self.leakage)
+        check_choice("gradient", self.gradient, GRADIENT_MODES)
+        check_int("block_size", self.block_size, 1)
         for name, expected in (("cell", CellConfig), ("periphery", PeripheryConfig), ("noise", NoiseConfig)):
             if not isinstance(getattr(self, name), expected):
-                _fail(name, f"a {expected.__name__}", getattr(self, name))
+                fail(name, f"a {expected.__name__}", getattr(self, name))
         self.cell.validate()
         self.periphery.validate()
         self.noise.validate()
@@ -224,7 +196,7 @@ class GainCellConfig:
     def from_dict(cls, data: dict[str, Any]) -> GainCellConfig:
         """Rebuild a config from :meth:`to_dict` output; unknown keys are errors, not ignored."""
         if not isinstance(data, dict):
-            _fail("config", "a JSON object", type(data).__name__)
+            fail("config", "a JSON object", type(data).__name__)
         data = dict(data)
         _reject_unknown("config", data, cls)
         if "cell" in data:
@@ -259,7 +231,7 @@ def _reject_unknown(name: str, data: dict, cls: type) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        _fail(name, f"an object with keys among {sorted(known)}", f"unknown key(s) {unknown}")
+        fail(name, f"an object with keys among {sorted(known)}", f"unknown key(s) {unknown}")
 
 
 def _no_quantisation(periphery: PeripheryConfig) -> PeripheryConfig:

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gaincell.errors import GainCellError, first_line
+from gaincell.validation import check_int
 
 EOS_TOKEN = "<|endoftext|>"
 #: Byte-level BPE starts from the 256 byte symbols; the vocabulary must also hold the EOS token.
@@ -151,8 +152,7 @@ def train_bpe_tokenizer(
 
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < MIN_BPE_VOCAB:
         raise GainCellError(f"vocab_size must be an integer >= {MIN_BPE_VOCAB} (256 bytes + EOS), got {vocab_size!r}")
-    if not isinstance(min_frequency, int) or min_frequency < 1:
-        raise GainCellError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
+    check_int("min_frequency", min_frequency, 1)
     seen = {"characters": 0}
 
     def counted() -> Iterator[str]:
@@ -218,8 +218,7 @@ def pack_blocks(token_ids: torch.Tensor | np.ndarray | list[int], block_size: in
 
     Each row is input and label at once (the model shifts labels), see the module docstring.
     """
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
-        raise GainCellError(f"block_size must be an integer >= 2, got {block_size!r}")
+    check_int("block_size", block_size, 2)
     stream = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
     n_blocks = stream.numel() // block_size
     if n_blocks == 0:

@@ -22,20 +22,28 @@ gain-cell memory, and the cost-model summary for the demo's attention shape.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
+from gaincell.adapt import CalibrationConfig, calibrate, linear_config, linear_stage, nonlinear_stage
 from gaincell.atomic import atomic_file
+from gaincell.checkpoint import save
+from gaincell.config import preset
+from gaincell.convert import convert
+from gaincell.data import pack_blocks, split_blocks, train_bpe_tokenizer
 from gaincell.errors import GainCellError
-
-MARKER = ".gaincell-demo"
+from gaincell.evaluate import strided_perplexity
+from gaincell.hardware.report import HardwareQuery, build_report, summary_lines
+from gaincell.layer import gain_cell_layers
+from gaincell.train import TrainConfig, train
+from gaincell.validation import check_int
 
 
 @dataclass(frozen=True)
@@ -63,9 +71,7 @@ class DemoConfig:
     def __post_init__(self) -> None:
         for name in ("context", "window", "subtile_rows", "layers", "embedding", "heads", "vocab_size", "batch_size",
                      "pretrain_steps", "linear_steps", "nonlinear_steps", "calibration_batch", "eval_blocks"):  # fmt: skip
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise GainCellError(f"{name} must be an integer >= 1, got {value!r}")
+            check_int(name, getattr(self, name), 1)
         if self.embedding % self.heads:
             raise GainCellError(f"embedding ({self.embedding}) must be a multiple of heads ({self.heads})")
 
@@ -84,8 +90,6 @@ QUICK = DemoConfig(
 
 
 def _train_config(steps: int, lr: float, config: DemoConfig, warmup: int):
-    from gaincell.train import TrainConfig
-
     return TrainConfig(
         lr=lr, min_lr=lr / 10, warmup_steps=min(warmup, steps), max_steps=steps, batch_size=config.batch_size,
         eval_every=0, eval_batches=4, checkpoint_every=0, keep_checkpoints=1, log_every=5, seed=config.seed,
@@ -93,46 +97,8 @@ def _train_config(steps: int, lr: float, config: DemoConfig, warmup: int):
 
 
 def _perplexity(model, eval_ids: torch.Tensor, context: int) -> float:
-    from gaincell.evaluate import strided_perplexity
-
     with torch.no_grad():
         return strided_perplexity(model, eval_ids, context=context, stride=context, batch_size=8)["ppl"]
-
-
-def _prepare_output(path: Path) -> Path:
-    """A fresh output folder; a previous demo's folder is replaced, anything else is left alone."""
-    if path.exists():
-        if not path.is_dir():
-            raise GainCellError(f"--output: {path} exists and is not a directory")
-        if any(path.iterdir()) and not (path / MARKER).exists():
-            raise GainCellError(f"--output: {path} is not empty and not a previous demo folder; choose another")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    (path / MARKER).write_text("written by gaincell demo; replaced by the next run\n")
-    return path
-
-
-def _texts(args) -> tuple[str, str, str | None]:
-    """(training text, description, evaluation text or None)."""
-    from gaincell.data import default_corpus_text, load_text_corpus
-
-    if args.text and args.dataset:
-        raise GainCellError("give at most one of --text FILE and --dataset NAME")
-    if args.text:
-        corpus = load_text_corpus(text=args.text)
-        name = str(args.text)
-    elif args.dataset:
-        corpus = load_text_corpus(dataset=args.dataset, config=args.dataset_config, split="train")
-        name = f"{args.dataset} ({args.dataset_config or 'default'})"
-    else:
-        corpus, name = None, "Python's bundled documentation (pydoc_data, offline default)"
-    text = default_corpus_text() if corpus is None else "\n\n".join(corpus["text"])
-    eval_text = None
-    if args.eval_text:
-        eval_text = "\n\n".join(load_text_corpus(text=args.eval_text)["text"])
-    if not text.strip():
-        raise GainCellError(f"corpus {name} is empty")
-    return text, name, eval_text
 
 
 def _history(result) -> list[tuple[int, float]]:
@@ -170,8 +136,6 @@ def _plots(folder: Path, curves: dict[str, list[tuple[int, float]]], rows: list[
 
 
 def _hardware_lines(config: DemoConfig) -> list[str]:
-    from gaincell.hardware.report import HardwareQuery, build_report, summary_lines
-
     head_dim = config.embedding // config.heads
     query = HardwareQuery(model="gpt2", heads=config.heads, head_dim=head_dim, layers=config.layers, window=config.window)
     return summary_lines(build_report(query))
@@ -182,152 +146,180 @@ def _hardware_lines(config: DemoConfig) -> list[str]:
 
 def run_demo(config: DemoConfig, output: Path, text: str, corpus_name: str, eval_text: str | None, *, echo=print) -> dict:
     """Run the whole demo into ``output`` and return the results (also in ``results.json``)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from gaincell.adapt import CalibrationConfig, calibrate, linear_config, linear_stage, nonlinear_stage
-    from gaincell.checkpoint import save
-    from gaincell.config import preset
-    from gaincell.convert import convert, gain_cell_layers
-    from gaincell.data import pack_blocks, split_blocks, train_bpe_tokenizer
-    from gaincell.train import train
-
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    echo(f"corpus: {corpus_name}")
-    tokenizer = train_bpe_tokenizer(text, vocab_size=config.vocab_size, model_max_length=config.context)
-    blocks = pack_blocks(tokenizer(text, verbose=False)["input_ids"], config.context)
-    if eval_text is None:
-        train_blocks, held_out = split_blocks(blocks, 0.1)
-        eval_ids = held_out.reshape(-1)
-    else:
-        train_blocks = blocks
-        eval_ids = torch.tensor(tokenizer(eval_text, verbose=False)["input_ids"])
-    eval_ids = eval_ids[: config.eval_blocks * config.context + 1]
-    train_blocks, monitor = split_blocks(train_blocks, 0.02)
-    echo(f"tokens: {train_blocks.numel():,} training, {eval_ids.numel():,} held out; vocabulary {len(tokenizer):,}")
-
-    hardware = preset("paper", window=config.window, subtile_rows=config.subtile_rows)
-    sliding = preset("softmax", window=config.window, subtile_rows=config.subtile_rows)
-    model_config = GPT2Config(
-        n_embd=config.embedding, n_layer=config.layers, n_head=config.heads, n_positions=config.context,
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    curves: dict[str, list[tuple[int, float]]] = {}
-    rows: list[dict] = []
-
-    def measure(key: str, label: str, model) -> float:
-        ppl = _perplexity(model, eval_ids, config.context)
-        rows.append({"key": key, "label": label, "ppl": ppl})
-        echo(f"  ({key}) {label}: perplexity {ppl:.2f}")
-        return ppl
-
-    def fit(name: str, model, steps: int, lr: float, warmup: int, stage=None):
-        directory = output / "runs" / name
-        train_config = _train_config(steps, lr, config, warmup)
-        if stage is None:
-            result = train(model, train_blocks, monitor, train_config, directory)
-        else:
-            result = stage(model, train_blocks, monitor, train_config, hardware, directory)
-        shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # the demo does not resume; keep the disk
-        curves[name] = _history(result)
-        return result.model
-
-    echo(f"1/6 pre-training a GPT-2-architecture softmax model ({config.pretrain_steps} steps)")
-    torch.manual_seed(config.seed)
-    pretrained = fit("pretrain", GPT2LMHeadModel(copy.deepcopy(model_config)), config.pretrain_steps, config.pretrain_lr, 50)
-    measure("a", "softmax model (full causal attention)", pretrained)
-    measure("b", f"sliding-window softmax (M = {config.window})", convert(copy.deepcopy(pretrained), sliding))
-    measure("c", "nonlinear gain-cell model, pre-trained weights swapped in", convert(copy.deepcopy(pretrained), hardware))
-
-    echo("2/6 calibration only (targets from the untrained linear model)")
-    calibrated_only = convert(copy.deepcopy(pretrained), linear_config(hardware))
-    for cell in gain_cell_layers(calibrated_only):
-        cell.recording = True
-    calibrated_only.train()
-    with torch.no_grad():
-        for start in range(0, min(len(train_blocks), 8 * config.batch_size), config.batch_size):
-            calibrated_only(input_ids=train_blocks[start : start + config.batch_size])
-    for cell in gain_cell_layers(calibrated_only):
-        cell.recording = False
-    calibration = CalibrationConfig(batch_size=config.calibration_batch, seed=config.seed)
-    batch = train_blocks[torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(config.seed))]
-    batch = batch[: config.calibration_batch]
-    only = calibrate(calibrated_only, batch, calibration, hardware)
-    measure("d", f"calibration only ({only.iterations} iterations)", calibrated_only)
-    del calibrated_only
-
-    echo(
-        f"3/6 adaptation recipe: linear stage ({config.linear_steps} steps), calibration, "
-        f"nonlinear stage ({config.nonlinear_steps} steps)"
-    )
-    extra: list[dict] = []
-
-    def diagnose(key: str, label: str, model) -> None:
-        extra.append({"key": key, "label": label, "ppl": _perplexity(model, eval_ids, config.context)})
-        echo(f"      {label}: perplexity {extra[-1]['ppl']:.2f}")
-
-    adapted = fit("linear", copy.deepcopy(pretrained), config.linear_steps, config.adapt_lr, 20, stage=linear_stage)
-    diagnose("linear", "linear hardware model after the linear stage", adapted)
-    recipe_calibration = calibrate(adapted, batch, calibration, hardware)
-    iterations = recipe_calibration.iterations
-    diagnose("linear+cal", f"nonlinear model after linear stage + calibration ({iterations} iterations)", adapted)
-    adapted = fit("nonlinear", adapted, config.nonlinear_steps, config.adapt_lr, 20, stage=nonlinear_stage)
-    measure("e", "adapted nonlinear gain-cell model (full recipe)", adapted)
-
-    echo(f"4/6 the same nonlinear model trained from scratch ({config.scratch_steps} steps)")
-    torch.manual_seed(config.seed)
-    scratch = convert(GPT2LMHeadModel(copy.deepcopy(model_config)), hardware)
-    scratch = fit("scratch", scratch, config.scratch_steps, config.pretrain_lr, 50)
-    measure("f", f"nonlinear model trained from scratch ({config.scratch_steps} steps)", scratch)
-    del scratch
-
-    echo(f"5/6 equal-budget softmax baselines ({config.linear_steps} + {config.nonlinear_steps} steps, as the recipe)")
-    baselines = (("a'", "softmax model (full causal attention)", None), ("b'", "sliding-window softmax", sliding))
-    for key, label, attention in baselines:
-        baseline = copy.deepcopy(pretrained) if attention is None else convert(copy.deepcopy(pretrained), attention)
-        for stage, steps in (("linear", config.linear_steps), ("nonlinear", config.nonlinear_steps)):
-            baseline = fit(f"baseline-{key[0]}-{stage}", baseline, steps, config.adapt_lr, 20)
-        window = "" if attention is None else f" (M = {config.window})"
-        measure(key, f"{label}{window}, fine-tuned with the recipe's budget", baseline)
-        del baseline
-
+    demo = _Demo(config, output, echo)
+    demo.prepare_data(text, corpus_name, eval_text)
+    pretrained = demo.pretrain_and_swap()
+    only = demo.calibration_only(pretrained)
+    adapted, recipe_calibration = demo.recipe(pretrained)
+    demo.from_scratch()
+    demo.equal_budget_baselines(pretrained)
     echo("6/6 generating through the gain-cell memory, costing the chip, writing the report")
-    save(adapted, output / "model", tokenizer)
-    prompt_ids = eval_ids[:16].unsqueeze(0)
-    torch.manual_seed(config.seed)
-    with torch.no_grad():
-        generated = adapted.generate(
-            prompt_ids, max_new_tokens=config.sample_tokens, do_sample=True, top_k=40, temperature=0.8,
-            pad_token_id=tokenizer.eos_token_id,
-        )  # fmt: skip
-    continuation = generated[0, prompt_ids.shape[1] :]
-    sample = {"prompt": tokenizer.decode(prompt_ids[0]), "continuation": tokenizer.decode(continuation)}
-    hardware_lines = _hardware_lines(config)
-    ppl = {row["key"]: row["ppl"] for row in rows}
-    checks = {
-        "e_better_than_c_d_f": ppl["e"] < min(ppl["c"], ppl["d"], ppl["f"]),
-        "e_within_25_percent_of_b_prime": ppl["e"] <= 1.25 * ppl["b'"],
-    }
+    save(adapted, output / "model", demo.tokenizer)
+    ppl = {row["key"]: row["ppl"] for row in demo.rows}
     results = {
         "config": asdict(config),
         "corpus": corpus_name,
-        "train_tokens": int(train_blocks.numel()),
-        "eval_tokens": int(eval_ids.numel()),
-        "hardware": hardware.to_dict(),
-        "perplexity": rows,
-        "diagnostics": extra,
+        "train_tokens": int(demo.train_blocks.numel()),
+        "eval_tokens": int(demo.eval_ids.numel()),
+        "hardware": demo.hardware.to_dict(),
+        "perplexity": demo.rows,
+        "diagnostics": demo.diagnostics,
         "calibration": {"only": asdict(only), "recipe": asdict(recipe_calibration)},
-        "checks": checks,
-        "sample": sample,
-        "hardware_summary": hardware_lines,
+        "checks": {
+            "e_better_than_c_d_f": ppl["e"] < min(ppl["c"], ppl["d"], ppl["f"]),
+            "e_within_25_percent_of_b_prime": ppl["e"] <= 1.25 * ppl["b'"],
+        },
+        "sample": demo.sample(adapted),
+        "hardware_summary": _hardware_lines(config),
         "seconds": time.perf_counter() - started,
     }
-    plots = _plots(output, curves, rows)
+    plots = _plots(output, demo.curves, demo.rows)
     with atomic_file(output / "results.json") as handle:
         json.dump(results, handle, indent=1)
     with atomic_file(output / "report.md") as handle:
         handle.write(_markdown(results, plots))
     return results
+
+
+class _Demo:
+    """The demo's shared state (corpus, models' configs, result rows, loss curves) and its steps."""
+
+    def __init__(self, config: DemoConfig, output: Path, echo) -> None:
+        self.config, self.output, self.echo = config, output, echo
+        self.hardware = preset("paper", window=config.window, subtile_rows=config.subtile_rows)
+        self.sliding = preset("softmax", window=config.window, subtile_rows=config.subtile_rows)
+        self.curves: dict[str, list[tuple[int, float]]] = {}
+        self.rows: list[dict] = []
+        self.diagnostics: list[dict] = []
+
+    def prepare_data(self, text: str, corpus_name: str, eval_text: str | None) -> None:
+        """A byte-level BPE tokenizer trained on the corpus; training, monitoring and held-out tokens."""
+        config, echo = self.config, self.echo
+        torch.manual_seed(config.seed)
+        echo(f"corpus: {corpus_name}")
+        tokenizer = train_bpe_tokenizer(text, vocab_size=config.vocab_size, model_max_length=config.context)
+        blocks = pack_blocks(tokenizer(text, verbose=False)["input_ids"], config.context)
+        if eval_text is None:
+            train_blocks, held_out = split_blocks(blocks, 0.1)
+            eval_ids = held_out.reshape(-1)
+        else:
+            train_blocks = blocks
+            eval_ids = torch.tensor(tokenizer(eval_text, verbose=False)["input_ids"])
+        self.eval_ids = eval_ids[: config.eval_blocks * config.context + 1]
+        self.train_blocks, self.monitor = split_blocks(train_blocks, 0.02)
+        self.tokenizer = tokenizer
+        self.model_config = GPT2Config(
+            n_embd=config.embedding, n_layer=config.layers, n_head=config.heads, n_positions=config.context,
+            vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        )  # fmt: skip
+        train_tokens, held_out_tokens = self.train_blocks.numel(), self.eval_ids.numel()
+        echo(f"tokens: {train_tokens:,} training, {held_out_tokens:,} held out; vocabulary {len(tokenizer):,}")
+
+    def measure(self, key: str, label: str, model, diagnostic: bool = False) -> float:
+        ppl = _perplexity(model, self.eval_ids, self.config.context)
+        (self.diagnostics if diagnostic else self.rows).append({"key": key, "label": label, "ppl": ppl})
+        self.echo(f"      {label}: perplexity {ppl:.2f}" if diagnostic else f"  ({key}) {label}: perplexity {ppl:.2f}")
+        return ppl
+
+    def fit(self, name: str, model, steps: int, lr: float, warmup: int, stage=None):
+        """Train ``model`` (through an adaptation ``stage`` if given) and keep its loss curve."""
+        directory = self.output / "runs" / name
+        train_config = _train_config(steps, lr, self.config, warmup)
+        if stage is None:
+            result = train(model, self.train_blocks, self.monitor, train_config, directory)
+        else:
+            result = stage(model, self.train_blocks, self.monitor, train_config, self.hardware, directory)
+        shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # the demo does not resume; keep the disk
+        self.curves[name] = _history(result)
+        return result.model
+
+    def pretrain_and_swap(self):
+        """(a) the pre-trained softmax model, (b) with a sliding window, (c) with gain cells swapped in."""
+        config = self.config
+        self.echo(f"1/6 pre-training a GPT-2-architecture softmax model ({config.pretrain_steps} steps)")
+        torch.manual_seed(config.seed)
+        model = GPT2LMHeadModel(copy.deepcopy(self.model_config))
+        pretrained = self.fit("pretrain", model, config.pretrain_steps, config.pretrain_lr, 50)
+        self.measure("a", "softmax model (full causal attention)", pretrained)
+        self.measure("b", f"sliding-window softmax (M = {config.window})", convert(copy.deepcopy(pretrained), self.sliding))
+        swapped = convert(copy.deepcopy(pretrained), self.hardware)
+        self.measure("c", "nonlinear gain-cell model, pre-trained weights swapped in", swapped)
+        return pretrained
+
+    def calibration_batch(self) -> torch.Tensor:
+        order = torch.randperm(len(self.train_blocks), generator=torch.Generator().manual_seed(self.config.seed))
+        return self.train_blocks[order][: self.config.calibration_batch]
+
+    def calibration_only(self, pretrained):
+        """(d): targets recorded by training-mode forwards of the untrained linear model, then calibration."""
+        config = self.config
+        self.echo("2/6 calibration only (targets from the untrained linear model)")
+        model = convert(copy.deepcopy(pretrained), linear_config(self.hardware))
+        for cell in gain_cell_layers(model):
+            cell.recording = True
+        model.train()
+        with torch.no_grad():
+            for start in range(0, min(len(self.train_blocks), 8 * config.batch_size), config.batch_size):
+                model(input_ids=self.train_blocks[start : start + config.batch_size])
+        for cell in gain_cell_layers(model):
+            cell.recording = False
+        calibration = CalibrationConfig(batch_size=config.calibration_batch, seed=config.seed)
+        only = calibrate(model, self.calibration_batch(), calibration, self.hardware)
+        self.measure("d", f"calibration only ({only.iterations} iterations)", model)
+        return only
+
+    def recipe(self, pretrained):
+        """(e): linear stage, calibration, nonlinear stage, with the models between them measured."""
+        config = self.config
+        self.echo(
+            f"3/6 adaptation recipe: linear stage ({config.linear_steps} steps), calibration, "
+            f"nonlinear stage ({config.nonlinear_steps} steps)"
+        )
+        adapted = self.fit("linear", copy.deepcopy(pretrained), config.linear_steps, config.adapt_lr, 20, linear_stage)
+        self.measure("linear", "linear hardware model after the linear stage", adapted, diagnostic=True)
+        calibration = CalibrationConfig(batch_size=config.calibration_batch, seed=config.seed)
+        result = calibrate(adapted, self.calibration_batch(), calibration, self.hardware)
+        label = f"nonlinear model after linear stage + calibration ({result.iterations} iterations)"
+        self.measure("linear+cal", label, adapted, diagnostic=True)
+        adapted = self.fit("nonlinear", adapted, config.nonlinear_steps, config.adapt_lr, 20, nonlinear_stage)
+        self.measure("e", "adapted nonlinear gain-cell model (full recipe)", adapted)
+        return adapted, result
+
+    def from_scratch(self) -> None:
+        """(f): the nonlinear model from random weights, as many steps as the recipe trained."""
+        config = self.config
+        self.echo(f"4/6 the same nonlinear model trained from scratch ({config.scratch_steps} steps)")
+        torch.manual_seed(config.seed)
+        scratch = convert(GPT2LMHeadModel(copy.deepcopy(self.model_config)), self.hardware)
+        scratch = self.fit("scratch", scratch, config.scratch_steps, config.pretrain_lr, 50)
+        self.measure("f", f"nonlinear model trained from scratch ({config.scratch_steps} steps)", scratch)
+
+    def equal_budget_baselines(self, pretrained) -> None:
+        """(a′), (b′): the softmax model fine-tuned by exactly the recipe's two training runs."""
+        config = self.config
+        self.echo(
+            f"5/6 equal-budget softmax baselines ({config.linear_steps} + {config.nonlinear_steps} steps, as the recipe)"
+        )
+        baselines = (("a'", "softmax model (full causal attention)", None), ("b'", "sliding-window softmax", self.sliding))
+        for key, label, attention in baselines:
+            model = copy.deepcopy(pretrained) if attention is None else convert(copy.deepcopy(pretrained), attention)
+            for stage, steps in (("linear", config.linear_steps), ("nonlinear", config.nonlinear_steps)):
+                model = self.fit(f"baseline-{key[0]}-{stage}", model, steps, config.adapt_lr, 20)
+            window = "" if attention is None else f" (M = {config.window})"
+            self.measure(key, f"{label}{window}, fine-tuned with the recipe's budget", model)
+
+    def sample(self, model) -> dict:
+        """A continuation of the held-out text's first 16 tokens, generated through the gain-cell memory."""
+        prompt_ids = self.eval_ids[:16].unsqueeze(0)
+        torch.manual_seed(self.config.seed)
+        with torch.no_grad():
+            generated = model.generate(
+                prompt_ids, max_new_tokens=self.config.sample_tokens, do_sample=True, top_k=40, temperature=0.8,
+                pad_token_id=self.tokenizer.eos_token_id,
+            )  # fmt: skip
+        continuation = generated[0, prompt_ids.shape[1] :]
+        return {"prompt": self.tokenizer.decode(prompt_ids[0]), "continuation": self.tokenizer.decode(continuation)}
 
 
 def _markdown(results: dict, plots: list[str]) -> str:
@@ -359,52 +351,3 @@ def _markdown(results: dict, plots: list[str]) -> str:
     lines += ["", "## Generated through the gain-cell memory", "", f"> **{sample['prompt']}**{sample['continuation']}", ""]
     lines += ["## Cost model (SPEC §6) for this attention shape", ""] + [f"- {line}" for line in results["hardware_summary"]]
     return "\n".join(lines) + "\n"
-
-
-# -- command line ---------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--text", help="training corpus: a .txt file or folder (default: Python's bundled docs)")
-    parser.add_argument("--dataset", help="training corpus: a hub dataset name (needs the network)")
-    parser.add_argument("--dataset-config", help="the hub dataset's config name")
-    parser.add_argument("--eval-text", help="held-out text for perplexity (default: the corpus's last 10%%)")
-    parser.add_argument("--output", default="gaincell-demo", help="output folder (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="a smaller run of about 2 minutes")
-    parser.add_argument("--seed", type=int, default=0)
-    for name in ("pretrain_steps", "linear_steps", "nonlinear_steps", "window", "context"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"override {name}")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = QUICK if args.quick else DemoConfig()
-    names = ("pretrain_steps", "linear_steps", "nonlinear_steps", "window", "context")
-    changes = {name: getattr(args, name) for name in names}
-    config = replace(config, seed=args.seed, **{k: v for k, v in changes.items() if v is not None})
-    text, corpus_name, eval_text = _texts(args)
-    output = _prepare_output(Path(args.output))
-    results = run_demo(config, output, text, corpus_name, eval_text)
-    _print_table(results)
-    print(f"report: {output / 'report.md'}   model: {output / 'model'}")
-    return 0
-
-
-def _print_table(results: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title="gaincell demo: held-out perplexity")
-    table.add_column("")
-    table.add_column("model")
-    table.add_column("perplexity", justify="right")
-    for row in results["perplexity"]:
-        table.add_row(f"({row['key']})", row["label"], f"{row['ppl']:.2f}")
-    console = Console()
-    console.print(table)
-    for name, ok in results["checks"].items():
-        console.print(f"{name}: {'yes' if ok else 'no'}")
-    sample = results["sample"]
-    console.print(Text.assemble("sample: ", (sample["prompt"], "bold"), sample["continuation"]))
-    for line in results["hardware_summary"]:
-        console.print(Text(line))

@@ -17,8 +17,6 @@ CLI together.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 from functools import cache
@@ -26,14 +24,15 @@ from pathlib import Path
 
 import torch
 
+from gaincell.checkpoint import is_saved_directory, load, load_pretrained, load_pretrained_tokenizer, load_tokenizer
 from gaincell.data import check_context, load_text_corpus, model_max_positions
 from gaincell.errors import GainCellError
+from gaincell.validation import check_int
 
 
 def load_model_dir(path: str | os.PathLike, gguf_file: str | None = None):
     """Load the causal LM saved in directory ``path`` with :func:`gaincell.load` (converted if it was
     saved so), or a hub id or GGUF file with :func:`gaincell.checkpoint.load_pretrained`."""
-    from gaincell.checkpoint import is_saved_directory, load, load_pretrained
 
     if not is_saved_directory(path, gguf_file):
         return load_pretrained(path, gguf_file)
@@ -42,7 +41,6 @@ def load_model_dir(path: str | os.PathLike, gguf_file: str | None = None):
 
 def load_tokenizer_dir(path: str | os.PathLike, gguf_file: str | None = None):
     """Load the tokenizer saved beside a model in directory ``path`` (or a hub id's or GGUF file's)."""
-    from gaincell.checkpoint import is_saved_directory, load_pretrained_tokenizer, load_tokenizer
 
     if not is_saved_directory(path, gguf_file):
         return load_pretrained_tokenizer(path, gguf_file)
@@ -89,8 +87,7 @@ def strided_perplexity(
     Returns ``{"ppl", "nll", "tokens"}``: ``nll`` is the mean negative log-likelihood in nats.
     """
     for name, value in (("context", context), ("stride", stride), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise GainCellError(f"{name} must be an integer >= 1, got {value!r}")
+        check_int(name, value, 1)
     if context < 2:
         raise GainCellError(f"context must be at least 2 tokens, got {context}")
     if stride > context:
@@ -243,89 +240,3 @@ def run_lm_eval(
         }
         for task, metrics in output["results"].items()
     }
-
-
-# -- command line ---------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``gaincell eval``."""
-    parser.add_argument(
-        "model_dir", metavar="MODEL_DIR", help="a saved model directory (weights and tokenizer), a .gguf file or a hub id"
-    )
-    parser.add_argument("--gguf-file", metavar="NAME", help="the GGUF file inside MODEL_DIR or the hub repo")
-    source = parser.add_argument_group("perplexity")
-    source.add_argument("--text", metavar="FILE", help="a .txt file or a folder of them")
-    source.add_argument("--dataset", metavar="NAME", help="a hub dataset instead of --text (needs the network)")
-    source.add_argument("--dataset-config", metavar="NAME", help="the hub dataset's configuration")
-    source.add_argument("--split", default="test", help="the hub dataset's split (default: test)")
-    source.add_argument("--context", type=int, metavar="N", help="window length in tokens (default: the model's positions)")
-    source.add_argument("--stride", type=int, metavar="N", help="window step in tokens (default: context / 2)")
-    source.add_argument("--max-tokens", type=int, metavar="N", help="score only the first N tokens")
-    tasks = parser.add_argument_group("lm-evaluation-harness")
-    tasks.add_argument("--tasks", metavar="LIST", help="comma-separated lm-eval tasks, e.g. arc_easy,piqa")
-    tasks.add_argument("--include-path", metavar="DIR", help="a folder of extra lm-eval task YAML files")
-    tasks.add_argument("--limit", type=float, metavar="N", help="items per task (a fraction if < 1)")
-    tasks.add_argument("--num-fewshot", type=int, metavar="N", help="few-shot examples per item")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="windows or requests per forward")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``gaincell eval``: perplexity on a text and/or lm-eval tasks for a saved model."""
-    from gaincell.checkpoint import torch_device
-
-    if args.text is None and args.dataset is None and args.tasks is None:
-        raise GainCellError("give --text FILE, --dataset NAME and/or --tasks LIST")
-    device = torch_device(args.device)
-    tokenizer = load_tokenizer_dir(args.model_dir, args.gguf_file)
-    model = load_model_dir(args.model_dir, args.gguf_file).to(device)
-    results: dict = {"model": str(args.model_dir)}
-    if args.text is not None or args.dataset is not None:
-        results["perplexity"] = {
-            "corpus": args.text or args.dataset,
-            **text_perplexity(
-                model,
-                tokenizer,
-                args.text,
-                dataset=args.dataset,
-                split=args.split,
-                config=args.dataset_config,
-                context=args.context,
-                stride=args.stride,
-                batch_size=args.batch_size,
-                max_tokens=args.max_tokens,
-            ),
-        }
-    if args.tasks is not None:
-        limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
-        results["tasks"] = run_lm_eval(
-            model,
-            tokenizer,
-            [task for task in args.tasks.split(",") if task],
-            include_path=args.include_path,
-            limit=limit,
-            num_fewshot=args.num_fewshot,
-            batch_size=args.batch_size,
-        )
-    print(json.dumps(results, indent=1) if args.json else _table(results))
-    return 0
-
-
-def _table(results: dict) -> str:
-    lines = [f"model: {results['model']}"]
-    if "perplexity" in results:
-        ppl = results["perplexity"]
-        lines += [
-            "",
-            f"{'corpus':<32} {'context':>7} {'stride':>7} {'tokens':>9} {'nll':>8} {'ppl':>10}",
-            f"{Path(ppl['corpus']).name:<32} {ppl['context']:>7} {ppl['stride']:>7} {ppl['tokens']:>9} "
-            f"{ppl['nll']:>8.4f} {ppl['ppl']:>10.3f}",
-        ]
-    if "tasks" in results:
-        lines += ["", f"{'task':<32} {'metric':<20} {'value':>8}"]
-        for task, metrics in results["tasks"].items():
-            for metric, value in metrics.items():
-                lines.append(f"{task:<32} {metric:<20} {value:>8.4f}")
-    return "\n".join(lines)

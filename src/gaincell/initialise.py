@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from gaincell.config import GainCellConfig
-from gaincell.convert import convert, gain_cell_layers, model_config
+from gaincell.convert import attention_modules, convert, model_config
 from gaincell.errors import GainCellError
+from gaincell.layer import gain_cell_layers
 from gaincell.taps import capture_attention_io, replay, tap_attention
 
 
@@ -147,7 +148,6 @@ def initialise_scalers(
 def _match_outputs(student, teacher, batches, cells, stats) -> None:
     """Output scalers: the gain-cell read-out of each head, replayed on the teacher's layer inputs,
     mapped affinely onto the mean and std of that head's softmax output."""
-    from gaincell.convert import attention_modules
 
     read_outs = [Moments(cell.n_heads) for cell in cells]
     modules = attention_modules(student)

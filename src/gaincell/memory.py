@@ -5,24 +5,40 @@ are written into slot t mod M, overwriting the oldest; the query reads every wri
 the same analog products as the parallel op. Leakage is exact: a stored value written at step n
 is read at step t as λ^(t−n) of its offset voltage (every stored value ages one step per token),
 computed from its age rather than by repeated multiplication, so no rounding drift accumulates.
+
+Speed (one token is a handful of tiny matmuls, so per-step overhead is the cost): the stored side of
+both products, [λ^(p·(a−n)) φ_p(y~_n)]_p for every slot, depends only on the slot's content and the
+decay anchor a, which moves once per ``block`` tokens. It is kept between steps; a step recomputes
+only the slot it writes, and the whole side is rebuilt when the anchor moves. Once the window is
+full the band (which slots the query sees, which sub-tile each lies on) no longer changes either,
+so a step costs the same whatever the number of tokens generated.
 """
 
 from __future__ import annotations
 
 import torch
 
-from gaincell.attention import (
-    CellGains,
-    Scalers,
-    analog_read,
-    check_qkv,
-    encode,
-    gain_cell_attention,
+from gaincell.attention import check_qkv, gain_cell_attention
+from gaincell.cells import CellGains
+from gaincell.config import GainCellConfig
+from gaincell.equations import front_end
+from gaincell.errors import GainCellError
+from gaincell.kernels.banded import (
+    Band,
+    _adc,
+    _columns,
+    _decays,
+    _fold,
+    _scores,
+    _Scratch,
+    _subtile_readout,
+    _value_columns,
     make_band,
     make_plan,
 )
-from gaincell.config import GainCellConfig
-from gaincell.errors import GainCellError
+from gaincell.periphery import quantize
+from gaincell.scalers import Scalers
+from gaincell.validation import check_int
 
 
 class GainCellMemory:
@@ -47,8 +63,7 @@ class GainCellMemory:
         dtype: torch.dtype = torch.float32,
     ):
         for name, value in (("batch", batch), ("n_heads", n_heads), ("head_dim", head_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise GainCellError(f"{name} must be an integer >= 1, got {value!r}")
+            check_int(name, value, 1)
         if config.attention != "softmax" and scalers is None:
             raise GainCellError("scalers are required for a gain-cell memory (use Scalers(n_heads))")
         self.config, self.scalers, self.gains = config, scalers, gains
@@ -58,10 +73,29 @@ class GainCellMemory:
         self.values = torch.zeros_like(self.keys)
         self.positions = torch.full((window,), -1, dtype=torch.long, device=device)
         self.length = 0
+        self._anchor: int | None = None  # the anchor the kept stored side was built for (None: stale)
+        self._full_band: Band | None = None  # the band of a full window, for ``_anchor``
         if config.attention != "softmax":
             self.plan = make_plan(config, gains is not None)
             starts = torch.arange(0, window, self.plan.chunk, device=device)
             self.chunk_subtile = starts // config.subtile_rows
+            self._subtile_starts = torch.arange(0, window, config.subtile_rows, device=device)
+            self._chunk_fold: tuple[int | None] | None = None  # banded._fold of the chunks, once
+            self._scratch = _Scratch()
+            # Decays by age, computed once: a query's t - a is in [0, block), a new key's a - t in (-block, 0].
+            ages = torch.arange(-self.plan.block + 1, self.plan.block, device=device)
+            self._ages = ages
+            self._age_decays = _decays(self.plan.features, self.plan, ages, dtype)
+            # With leakage each feature is one power c·y^p: a new slot's columns are then one stacked multiply.
+            terms = [feature.terms() for feature in self.plan.features]
+            self._powers = None
+            if terms and all(len(t) == 1 and t[0][0] for t in terms):
+                self._powers = tuple(p for ((p, _),) in terms)
+                self._age_scales = torch.stack([c * self._age_decays[:, i] for i, ((_, c),) in enumerate(terms)], 1)
+            self._gains = None  # (2 B H, M, D): the key arrays' cell gains, then the value arrays'
+            if gains is not None:
+                stacked = torch.stack([gains.key, gains.value]).to(dtype)
+                self._gains = stacked[:, None].expand(-1, batch, -1, -1, -1).reshape(2 * batch * n_heads, window, head_dim)
 
     def reset(self) -> None:
         """Forget everything (a new sequence): slots are marked empty, nothing is read from them."""
@@ -69,6 +103,14 @@ class GainCellMemory:
         self.values.zero_()
         self.positions.fill_(-1)
         self.length = 0
+        self._anchor = None
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep the sequences ``index`` of the batch, in that order (beam search reorders beams)."""
+        index = index.to(self.keys.device)
+        self.keys = self.keys.index_select(0, index)
+        self.values = self.values.index_select(0, index)
+        self._anchor = None
 
     def _check(self, q, k, v, steps: str) -> None:
         check_qkv(q, k, v)
@@ -87,6 +129,7 @@ class GainCellMemory:
         self.values[:, :, slots] = values.to(self.values.dtype)
         self.positions[slots] = positions
         self.length += count
+        self._anchor = None
 
     @torch.no_grad()
     def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -100,46 +143,159 @@ class GainCellMemory:
         if self.config.attention == "softmax":
             self._write(k[:, :, -keep:], v[:, :, -keep:])
         else:
-            _, keys, values = encode(q[:, :, -keep:], k[:, :, -keep:], v[:, :, -keep:], self.scalers, self.config)
+            _, keys, values = front_end(q[:, :, -keep:], k[:, :, -keep:], v[:, :, -keep:], self.scalers, self.config)
             self._write(keys, values)
         return out
 
     @torch.no_grad()
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Write one token (B, H, 1, D) into slot t mod M and read the memory with its query."""
-        self._check(q, k, v, "1")
-        if q.shape[2] != 1:
-            raise GainCellError(f"step takes one token (seq dim 1), got {q.shape[2]}; use prefill for prompts")
-        t = self.length
+        batch, heads, dim = self.shape
+        expected = (batch, heads, 1, dim)
+        fine = isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+        if not (fine and q.shape == expected and k.shape == expected and v.shape == expected and q.is_floating_point()):
+            self._check(q, k, v, "1")  # the full check, with its message (one-token steps skip it: it costs)
+            if q.shape[2] != 1:
+                raise GainCellError(f"step takes one token (seq dim 1), got {q.shape[2]}; use prefill for prompts")
         if self.config.attention == "softmax":
             self._write(k, v)
             return self._softmax_read(q)
-        pulses, keys, values = encode(q, k, v, self.scalers, self.config)
-        self._write(keys, values)
+        t, slot = self.length, self.length % self.config.window
+        a, b = self._affine(q.dtype)
+        pulses, stored = self._encode(q, k, v, a, b)
+        stored = stored.to(self.keys.dtype)
+        self.keys[:, :, slot] = stored[0, :, :, 0]
+        self.values[:, :, slot] = stored[1, :, :, 0]
+        self.positions[slot] = t
+        self.length += 1
         anchor = t // self.plan.block * self.plan.block  # the parallel op's block start: same decay split
-        query = torch.tensor([t], device=self.positions.device)
-        band = make_band(self.plan, query, self.positions, anchor, self.chunk_subtile)
-        batch, heads, dim = self.shape
-        flat = batch * heads
-        gain_k = gain_v = None
-        if self.gains is not None:
-            gain_k = self.gains.key.to(pulses.dtype).expand(batch, -1, -1, -1).reshape(flat, -1, dim)
-            gain_v = self.gains.value.to(pulses.dtype).expand(batch, -1, -1, -1).reshape(flat, -1, dim)
+        if self._anchor != anchor:
+            self._build_stored(anchor)
+        else:
+            self._update_stored(stored, slot, anchor - t)
         generator = None
         if self.plan.read_noise:
             seed = int(torch.randint(0, 2**62, (1,)).item())
             generator = torch.Generator(device=pulses.device).manual_seed(seed)
-        readout = analog_read(
-            self.plan,
-            pulses.reshape(flat, 1, dim),
-            self.keys.to(pulses.dtype).reshape(flat, -1, dim),
-            self.values.to(pulses.dtype).reshape(flat, -1, dim),
-            gain_k,
-            gain_v,
-            band,
-            generator,
-        )
-        return self.scalers.apply("o", readout.view(batch, heads, 1, dim)).to(q.dtype)
+        readout = self._read(pulses.to(self.keys.dtype).reshape(batch * heads, 1, dim), self._band(t, anchor), generator)
+        return torch.addcmul(b[3], a[3], readout.view(batch, heads, 1, dim).to(pulses.dtype)).to(q.dtype)
+
+    def _encode(self, q, k, v, a, b) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`~gaincell.equations.front_end` for one token: pulses, and the stored k~ and v~ stacked
+        (2, B, H, 1, D). Keys and values share one quantiser call, and the straight-through autograd
+        function is skipped (generation needs no gradient; it costs more than the rest of a step)."""
+        periphery = self.config.periphery
+        pulses = quantize(torch.addcmul(b[0], a[0], q), periphery.q)
+        stored = torch.stack([torch.addcmul(b[1], a[1], k), torch.addcmul(b[2], a[2], v)])
+        return pulses, quantize(stored, periphery.kv).sub_(periphery.offset)
+
+    def _affine(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """All scalers' a and b as (4, H, 1, 1) in q, k, v, o order: one stack per step instead of
+        two look-ups, casts and reshapes per scaler (Scalers.apply computes the same a·x + b)."""
+        scalers = self.scalers
+        a = torch.stack([getattr(scalers, f"a_{name}") for name in scalers.names]).to(dtype)
+        b = torch.stack([getattr(scalers, f"b_{name}") for name in scalers.names]).to(dtype)
+        return a[:, :, None, None], b[:, :, None, None]
+
+    def _flat(self, stored: torch.Tensor) -> torch.Tensor:
+        batch, heads, dim = self.shape
+        return stored.view(batch * heads, self.config.window, dim)
+
+    def _build_stored(self, anchor: int) -> None:
+        """The stored side of both products for every slot, decayed to ``anchor`` (kept until it moves)."""
+        features, plan = self.plan.features, self.plan
+        key_age, bh = anchor - self.positions, self.shape[0] * self.shape[1]
+        gain_k, gain_v = (None, None) if self._gains is None else (self._gains[:bh], self._gains[bh:])
+        self._key_columns = _columns(features, plan, self._flat(self.keys), gain_k, key_age, ones=bool(plan.constant))
+        self._value_columns = _value_columns(features, plan, self._flat(self.values), gain_v, key_age)
+        self._anchor, self._full_band = anchor, None
+
+    def _update_stored(self, stored: torch.Tensor, slot: int, key_age: int) -> None:
+        """Recompute the stored side of the slot just written, keys and values in one call (``stored``
+        is the new k~ and v~, (2, B, H, 1, D))."""
+        plan, features = self.plan, self.plan.features
+        batch, heads, dim = self.shape
+        bh = batch * heads
+        gain = None if self._gains is None else self._gains[:, slot : slot + 1]
+        row = key_age + plan.block - 1
+        decays = self._age_decays[row : row + 1]  # what banded._columns computes for this age
+        width = len(features) * dim
+        columns = stored.new_empty(2 * bh, 1, width + bool(plan.constant))
+        for index, feature in enumerate(features):
+            feature.scaled(
+                stored.view(2 * bh, 1, dim), decays[:, index, None], gain, columns[:, :, index * dim : (index + 1) * dim]
+            )
+        if plan.constant:
+            columns[:, :, -1] = 1.0
+        self._key_columns[:, slot] = columns[:bh, 0]
+        by_chunk = self._value_columns.view(-1, bh, len(features), plan.chunk, dim)
+        by_chunk[slot // plan.chunk, :, :, slot % plan.chunk] = columns[bh:, 0, :width].view(bh, len(features), dim)
+
+    def _band(self, t: int, anchor: int) -> Band:
+        """Which slots query t sees; with a full window only its age from the anchor changes."""
+        if self.length < self.config.window:
+            return self._filling_band(t, anchor)
+        if self._full_band is None:
+            query = torch.tensor([t], device=self.positions.device)
+            band = self._full_band = make_band(self.plan, query, self.positions, anchor, self.chunk_subtile)
+            self._full_occupied = band.occupied if band.fold is None else band.occupied[band.chunk_subtile[: band.fold]]
+        row = t - anchor + self.plan.block - 1
+        self._full_band.query_age = self._ages[row : row + 1]
+        return self._full_band
+
+    def _filling_band(self, t: int, anchor: int) -> Band:
+        """make_band's result for query t while the window fills: slots 0..t hold positions 0..t in
+        order (a memory fills from empty), so the rest are the one edge nobody sees, and a sub-tile is
+        occupied when its first slot is written."""
+        window, plan = self.config.window, self.plan
+        valid = (self.positions >= 0)[None]
+        row = t - anchor + plan.block - 1
+        edges = ((slice(t + 1, window), valid[:, t + 1 :].T.contiguous()),) if t + 1 < window else ()
+        occupied = (self._subtile_starts <= t)[:, None]
+        if self._chunk_fold is None:
+            self._chunk_fold = (_fold(self.chunk_subtile.tolist()),)
+        band = Band(self._ages[row : row + 1], anchor - self.positions, valid, self.chunk_subtile, occupied, edges)
+        band.fold = self._chunk_fold[0]
+        return band
+
+    def _read(self, pulses: torch.Tensor, band: Band, generator) -> torch.Tensor:
+        """:func:`~gaincell.kernels.banded.analog_read` on the kept stored side: the same steps in the same order."""
+        plan = self.plan
+        row = int(band.query_age[0]) + plan.block - 1
+        decays = self._age_decays[row : row + 1].to(pulses.dtype)  # banded._rows, with decays from the table
+        rows = (pulses[:, :, None, :] * decays[None, :, :, None]).flatten(2)
+        if plan.constant:
+            rows = torch.cat([rows, plan.constant * pulses.sum(-1, keepdim=True)], dim=2)
+        scores = _scores(plan, rows, self._key_columns, band, generator, self._scratch)
+        widths = scores.clamp_(0.0, plan.s_sat)
+        if band is self._full_band and band.fold == self.config.window // plan.chunk and not plan.read_noise:
+            readout, occupied = self._one_query_readout(widths, decays), self._full_occupied
+        else:
+            readout, occupied = _subtile_readout(plan, widths, decays, self._value_columns, band, generator, self._scratch)
+        digital = pulses.new_empty(pulses.shape)
+        _adc(plan, readout, occupied, digital, self._scratch)
+        return digital
+
+    def _one_query_readout(self, widths: torch.Tensor, decays: torch.Tensor) -> torch.Tensor:
+        """banded._subtile_readout for one query over a full window whose chunks are its sub-tiles
+        (no folding) and no read noise: the same products and sums in a third of the tensor ops.
+
+        Per chunk c (= sub-tile), A_c = Σ_f Σ_n P_n λ^(p_f(t−a)) · λ^(p_f(a−n)) φ_f(v~_n) as one
+        matmul, plus the constant term's charge; returns (sub-tiles, BH, 1, D)."""
+        plan = self.plan
+        bh, keys, _ = widths.shape
+        chunks, g = keys // plan.chunk, plan.chunk
+        by_chunk = widths.view(bh, chunks, g).transpose(0, 1)  # (C, BH, g)
+        scales = decays * (plan.readout_gain / plan.s_sat)  # (1, F)
+        weights = self._scratch("one_query_weights", widths, chunks, bh, scales.shape[1], g)
+        torch.mul(by_chunk[:, :, None, :], scales.view(1, 1, -1, 1), out=weights)
+        weights = weights.view(chunks * bh, 1, -1)
+        if plan.constant:
+            charge = by_chunk.sum(-1) * (plan.constant * plan.readout_gain / plan.s_sat)
+            partial = torch.baddbmm(charge.view(chunks * bh, 1, 1), weights, self._value_columns)
+        else:
+            partial = torch.bmm(weights, self._value_columns)
+        return partial.view(chunks, bh, 1, -1)
 
     def _softmax_read(self, q: torch.Tensor) -> torch.Tensor:
         valid = (self.positions >= 0)[None, None, None, :]

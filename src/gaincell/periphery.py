@@ -1,7 +1,7 @@
 """The circuits around the arrays: DACs, clamps, quantisers and ADCs (SPEC §3.2–3.3).
 
-The charge-to-pulse converter φ(S) = clamp(S/S_sat, 0, 1) is folded into the banded kernel of
-:mod:`gaincell.attention`, where it is fused with the scaling of the second product's pulses.
+:mod:`gaincell.equations` uses these as they are; the banded kernel (:mod:`gaincell.kernels.banded`)
+fuses the charge-to-pulse converter and the ADC with the products around them, same formulas.
 
 Forward passes round like the hardware; backward passes the gradient straight through the rounding
 (STE) and stops it where the clamp saturates, as the paper's quantisation-aware training does.
@@ -52,3 +52,14 @@ class _StraightThrough(torch.autograd.Function):
 def in_range(x: torch.Tensor, quantizer: QuantizerConfig) -> torch.Tensor:
     """Where the clamp passes its input through: the STE derivative of :func:`quantize` (0 or 1)."""
     return (x >= quantizer.low) & (x <= quantizer.high)
+
+
+def charge_to_pulse(scores: torch.Tensor, s_sat: float) -> torch.Tensor:
+    """φ(S) = clamp(S / S_sat, 0, 1): a column's charge becomes the pulse width driving the second
+    array, a HardSigmoid in place of softmax (SPEC §1, §3.3)."""
+    return (scores / s_sat).clamp(0.0, 1.0)
+
+
+def adc(readout: torch.Tensor, quantizer: QuantizerConfig) -> torch.Tensor:
+    """One sub-tile's ADC (SPEC §3.3): clamp to its range and quantise, straight-through gradient."""
+    return quantize_ste(readout, quantizer)

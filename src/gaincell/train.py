@@ -40,6 +40,7 @@ import torch
 from gaincell.atomic import atomic_directory, atomic_file
 from gaincell.data import check_context, epoch_permutation
 from gaincell.errors import GainCellError, first_line
+from gaincell.validation import fail, is_int, is_number
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "wandb")
@@ -51,15 +52,7 @@ _RESUME_INVARIANTS = ("batch_size", "grad_accum", "seed")
 
 
 def _fail(name: str, expected: str, value: Any) -> None:
-    raise GainCellError(f"TrainConfig.{name} must be {expected}, got {value!r}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    fail(f"TrainConfig.{name}", expected, value)
 
 
 @dataclass(frozen=True)
@@ -96,9 +89,9 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        if not _is_number(self.lr) or self.lr <= 0:
+        if not is_number(self.lr) or self.lr <= 0:
             _fail("lr", "a finite number > 0", self.lr)
-        if not _is_number(self.min_lr) or not 0 <= self.min_lr <= self.lr:
+        if not is_number(self.min_lr) or not 0 <= self.min_lr <= self.lr:
             _fail("min_lr", f"a number in [0, lr={self.lr}]", self.min_lr)
         for name, minimum in (
             ("warmup_steps", 0),
@@ -111,21 +104,21 @@ class TrainConfig:
             ("log_every", 1),
             ("seed", 0),
         ):
-            if not _is_int(getattr(self, name), minimum):
+            if not is_int(getattr(self, name), minimum):
                 _fail(name, f"an integer >= {minimum}", getattr(self, name))
         if self.warmup_steps > self.max_steps:
             _fail("warmup_steps", f"<= max_steps={self.max_steps}", self.warmup_steps)
-        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+        if not is_number(self.weight_decay) or self.weight_decay < 0:
             _fail("weight_decay", "a finite number >= 0", self.weight_decay)
         betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
-        if len(betas) != 2 or not all(_is_number(beta) and 0 <= beta < 1 for beta in betas):
+        if len(betas) != 2 or not all(is_number(beta) and 0 <= beta < 1 for beta in betas):
             _fail("betas", "two numbers in [0, 1)", self.betas)
         object.__setattr__(self, "betas", betas)
-        if self.grad_clip is not None and (not _is_number(self.grad_clip) or self.grad_clip <= 0):
+        if self.grad_clip is not None and (not is_number(self.grad_clip) or self.grad_clip <= 0):
             _fail("grad_clip", "a finite number > 0 or None", self.grad_clip)
         if self.mixed_precision not in MIXED_PRECISION:
             _fail("mixed_precision", f"one of {MIXED_PRECISION}", self.mixed_precision)
-        if self.eval_batches is not None and not _is_int(self.eval_batches, 1):
+        if self.eval_batches is not None and not is_int(self.eval_batches, 1):
             _fail("eval_batches", "an integer >= 1 or None", self.eval_batches)
         if self.log_jsonl is not None and (not isinstance(self.log_jsonl, str) or not self.log_jsonl):
             _fail("log_jsonl", "a file name or None", self.log_jsonl)
@@ -408,39 +401,86 @@ def train(
     ``on_eval(step, model, metrics)`` methods, called on every process with the unwrapped model;
     a callback that also has ``state_dict``/``load_state_dict`` is saved in the checkpoints.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
     from tqdm.auto import tqdm
+
+    output_dir = Path(output_dir)
+    accelerator = _accelerator(config, output_dir)
+    resumed, latest = _starting_point(accelerator, model, train_data, eval_data, config, output_dir, resume)
+    model, optimizer, scheduler = _prepare(accelerator, model, config, callbacks, latest if resume else None)
+    step = int(resumed.get("step", 0))
+    if resume:
+        accelerator.print(f"resumed from {latest} at step {step}")
+    run = _Run(accelerator, config, output_dir, train_data, eval_data, callbacks, resumed)
+    run.unwrapped = accelerator.unwrap_model(model)
+    run.open_log(resume, step)
+    progress = tqdm(
+        total=config.max_steps,
+        initial=step,
+        desc="train",
+        dynamic_ncols=True,
+        disable=not (config.progress_bar and accelerator.is_local_main_process),
+    )
+    model.train()
+    while step < config.max_steps:
+        lr = scheduler.get_last_lr()[0]
+        loss, grad_norm = _optimiser_step(model, optimizer, scheduler, run, step)
+        step += 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        run.after_step(model, step, loss, lr, grad_norm)
+    progress.close()
+    if config.report_to:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    return TrainResult(
+        model=run.unwrapped, step=step, loss=run.loss, eval_loss=run.eval_loss, checkpoint=run.checkpoint or latest,
+        history=run.history,
+    )  # fmt: skip
+
+
+def _accelerator(config: TrainConfig, output_dir: Path):
+    """The accelerate state for one run (DDP/FSDP/CPU as launched), after checking the config's trackers."""
+    from accelerate import Accelerator
 
     if not isinstance(config, TrainConfig):
         raise GainCellError(f"config must be a TrainConfig, got {type(config).__name__}")
     for tracker in config.report_to:
         if importlib.util.find_spec(tracker) is None:
             raise GainCellError(f"report_to: {tracker} is not installed (pip install {tracker})")
-    output_dir = Path(output_dir)
-    accelerator = Accelerator(
+    return Accelerator(
         cpu=_no_accelerator(),
         gradient_accumulation_steps=config.grad_accum,
         mixed_precision=_resolve_mixed_precision(config.mixed_precision),
         log_with=list(config.report_to) or None,
         project_dir=str(output_dir),
     )
-    world, rank = accelerator.num_processes, accelerator.process_index
+
+
+def _starting_point(accelerator, model, train_data, eval_data, config: TrainConfig, output_dir: Path, resume: bool):
+    """Check the data and the checkpoint folder; returns (the resumed state or {}, the latest checkpoint)."""
+    world = accelerator.num_processes
     _check_blocks(train_data, "train_data", model, config.batch_size * world)
     if eval_data is not None:
         _check_blocks(eval_data, "eval_data", model, world)
     if accelerator.is_main_process:
         _remove_partial_checkpoints(output_dir)
-
     latest = latest_checkpoint(output_dir)
-    resumed_state: dict = {}
-    if resume:
-        if latest is None:
-            raise GainCellError(f"resume: no checkpoint in {output_dir / CHECKPOINT_DIR}")
-        resumed_state = read_checkpoint_state(latest)
-        _check_resumable(resumed_state, latest, config, world, len(train_data))
-    elif latest is not None:
-        raise GainCellError(f"output_dir: {output_dir} already holds checkpoints; pass resume=True or use a new directory")
+    if not resume:
+        if latest is not None:
+            raise GainCellError(
+                f"output_dir: {output_dir} already holds checkpoints; pass resume=True or use a new directory"
+            )
+        return {}, None
+    if latest is None:
+        raise GainCellError(f"resume: no checkpoint in {output_dir / CHECKPOINT_DIR}")
+    state = read_checkpoint_state(latest)
+    _check_resumable(state, latest, config, world, len(train_data))
+    return state, latest
+
+
+def _prepare(accelerator, model, config: TrainConfig, callbacks: Sequence, checkpoint: Path | None):
+    """Seed, optimiser and schedule, handed to accelerate; the checkpoint's state loaded when resuming."""
+    from accelerate.utils import set_seed
 
     set_seed(config.seed)
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
@@ -454,99 +494,94 @@ def train(
     ]
     if stateful:
         accelerator.register_for_checkpointing(*stateful)
-    if resume:
-        _load_checkpoint(accelerator, latest)
-        accelerator.print(f"resumed from {latest} at step {resumed_state['step']}")
+    if checkpoint is not None:
+        _load_checkpoint(accelerator, checkpoint)
+    return model, optimizer, scheduler
 
-    step = int(resumed_state.get("step", 0))
-    loss = resumed_state.get("loss")
-    eval_loss = resumed_state.get("eval_loss")
-    elapsed_before = float(resumed_state.get("elapsed", 0.0))
-    block_size = int(train_data.shape[1])
-    tokens_per_step = config.batch_size * config.grad_accum * world * block_size
-    accelerator.print(
-        f"{output_dir.name}: {tokens_per_step:,} tokens per optimiser step (batch_size {config.batch_size} per "
-        f"process x grad_accum {config.grad_accum} x {world} process(es) x block {block_size})"
-    )
-    order = _Order(len(train_data), config.batch_size, config.seed, rank, world)
-    log_path = output_dir / config.log_jsonl if config.log_jsonl else None
-    if accelerator.is_main_process and log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        if resume:
-            _rewrite_log(log_path, step)
-        elif log_path.exists():
-            log_path.unlink()
-    if config.report_to:
-        accelerator.init_trackers("gaincell", config=dataclasses.asdict(config))
-    unwrapped = accelerator.unwrap_model(model)
-    history: list[dict] = []
-    checkpoint = latest if resume else None
-    progress = tqdm(
-        total=config.max_steps,
-        initial=step,
-        desc="train",
-        dynamic_ncols=True,
-        disable=not (config.progress_bar and accelerator.is_local_main_process),
-    )
-    started = time.perf_counter() - elapsed_before
-    model.train()
-    while step < config.max_steps:
-        lr = scheduler.get_last_lr()[0]
-        micro_losses = []
-        for micro in range(config.grad_accum):
-            index = step * config.grad_accum + micro
-            input_ids = _rows(train_data, order.indices(index)).to(accelerator.device)
-            with accelerator.accumulate(model):
-                micro_loss = model(input_ids=input_ids, labels=input_ids).loss
-                accelerator.backward(micro_loss)
-            micro_losses.append(micro_loss.detach().float())
-        grad_norm = None
-        if config.grad_clip is not None:
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), config.grad_clip))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        loss = float(accelerator.reduce(torch.stack(micro_losses).mean(), reduction="mean"))
+
+def _optimiser_step(model, optimizer, scheduler, run: _Run, step: int) -> tuple[float, float | None]:
+    """One update: grad_accum micro-batches, clipping, AdamW, schedule. Returns (mean loss, grad norm)."""
+    accelerator, config = run.accelerator, run.config
+    micro_losses = []
+    for micro in range(config.grad_accum):
+        index = step * config.grad_accum + micro
+        input_ids = _rows(run.train_data, run.order.indices(index)).to(accelerator.device)
+        with accelerator.accumulate(model):
+            micro_loss = model(input_ids=input_ids, labels=input_ids).loss
+            accelerator.backward(micro_loss)
+        micro_losses.append(micro_loss.detach().float())
+    grad_norm = None
+    if config.grad_clip is not None:
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), config.grad_clip))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(accelerator.reduce(torch.stack(micro_losses).mean(), reduction="mean")), grad_norm
+
+
+class _Run:
+    """What one training run keeps between steps: data order, metrics log, evaluations, checkpoints."""
+
+    def __init__(self, accelerator, config: TrainConfig, output_dir: Path, train_data, eval_data, callbacks, resumed):
+        self.accelerator, self.config, self.output_dir = accelerator, config, output_dir
+        self.train_data, self.eval_data, self.callbacks = train_data, eval_data, callbacks
+        self.world = accelerator.num_processes
+        self.order = _Order(len(train_data), config.batch_size, config.seed, accelerator.process_index, self.world)
+        self.block_size = int(train_data.shape[1])
+        self.tokens_per_step = config.batch_size * config.grad_accum * self.world * self.block_size
+        self.loss, self.eval_loss = resumed.get("loss"), resumed.get("eval_loss")
+        self.started = time.perf_counter() - float(resumed.get("elapsed", 0.0))
+        self.history: list[dict] = []
+        self.checkpoint: Path | None = None
+        self.log_path = output_dir / config.log_jsonl if config.log_jsonl else None
+        self.unwrapped = None
+        accelerator.print(
+            f"{output_dir.name}: {self.tokens_per_step:,} tokens per optimiser step (batch_size {config.batch_size} "
+            f"per process x grad_accum {config.grad_accum} x {self.world} process(es) x block {self.block_size})"
+        )
+
+    def open_log(self, resume: bool, step: int) -> None:
+        if self.accelerator.is_main_process and self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            if resume:
+                _rewrite_log(self.log_path, step)
+            elif self.log_path.exists():
+                self.log_path.unlink()
+        if self.config.report_to:
+            self.accelerator.init_trackers("gaincell", config=dataclasses.asdict(self.config))
+
+    def after_step(self, model, step: int, loss: float, lr: float, grad_norm: float | None) -> None:
+        """Callbacks, evaluation, the metrics log and checkpoints, each on its own schedule."""
+        config, self.loss = self.config, loss
         metrics = {
             "step": step,
             "loss": loss,
             "lr": lr,
             "grad_norm": grad_norm,
-            "tokens": step * tokens_per_step,
-            "epoch": order.epoch(step * config.grad_accum),
-            "elapsed": time.perf_counter() - started,
+            "tokens": step * self.tokens_per_step,
+            "epoch": self.order.epoch(step * config.grad_accum),
+            "elapsed": time.perf_counter() - self.started,
         }
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        _call(callbacks, "on_step_end", step, unwrapped, metrics)
+        _call(self.callbacks, "on_step_end", step, self.unwrapped, metrics)
         final = step == config.max_steps
-        if eval_data is not None and (final or (config.eval_every and step % config.eval_every == 0)):
-            eval_loss = _evaluate(model, eval_data, config, accelerator)
-            metrics["eval_loss"] = eval_loss
-            _call(callbacks, "on_eval", step, unwrapped, metrics)
+        if self.eval_data is not None and (final or (config.eval_every and step % config.eval_every == 0)):
+            self.eval_loss = metrics["eval_loss"] = _evaluate(model, self.eval_data, config, self.accelerator)
+            _call(self.callbacks, "on_eval", step, self.unwrapped, metrics)
         if final or step % config.log_every == 0 or "eval_loss" in metrics:
-            history.append(metrics)
-            if accelerator.is_main_process and log_path is not None:
-                with log_path.open("a") as handle:
-                    handle.write(json.dumps(metrics) + "\n")
-            if config.report_to:
-                accelerator.log({k: v for k, v in metrics.items() if k != "step" and v is not None}, step=step)
+            self._log(metrics)
         if final or (config.checkpoint_every and step % config.checkpoint_every == 0):
             state = {
-                "step": step,
-                "loss": loss,
-                "eval_loss": eval_loss,
-                "elapsed": metrics["elapsed"],
-                "tokens": metrics["tokens"],
-                "num_processes": world,
-                "train_blocks": len(train_data),
-                "block_size": block_size,
-                "config": dataclasses.asdict(config),
-            }
-            checkpoint = _save_checkpoint(accelerator, output_dir, step, state)
-    progress.close()
-    if config.report_to:
-        accelerator.end_training()
-    accelerator.wait_for_everyone()
-    return TrainResult(model=unwrapped, step=step, loss=loss, eval_loss=eval_loss, checkpoint=checkpoint, history=history)
+                "step": step, "loss": loss, "eval_loss": self.eval_loss, "elapsed": metrics["elapsed"],
+                "tokens": metrics["tokens"], "num_processes": self.world, "train_blocks": len(self.train_data),
+                "block_size": self.block_size, "config": dataclasses.asdict(config),
+            }  # fmt: skip
+            self.checkpoint = _save_checkpoint(self.accelerator, self.output_dir, step, state)
+
+    def _log(self, metrics: dict) -> None:
+        self.history.append(metrics)
+        if self.accelerator.is_main_process and self.log_path is not None:
+            with self.log_path.open("a") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+        if self.config.report_to:
+            step = metrics["step"]
+            self.accelerator.log({k: v for k, v in metrics.items() if k != "step" and v is not None}, step=step)

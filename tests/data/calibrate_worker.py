@@ -20,7 +20,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import gaincell
 from gaincell.adapt import CalibrationConfig, calibrate
-from gaincell.convert import gain_cell_layers
+from gaincell.layer import gain_cell_layers
 
 FAVOURED_TOKEN = 5
 

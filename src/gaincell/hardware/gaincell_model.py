@@ -25,8 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gaincell.errors import GainCellError
 from gaincell.hardware.constants import Technology
+from gaincell.validation import check_int
 
 DEFAULT_SUBTILE_ROWS = 64  # SPEC §2: array sub-tile height R = 64 stored tokens
 
@@ -58,9 +58,7 @@ class AttentionShape:
             ("subtile_rows", "--subtile-rows"),
             ("layers", "--layers"),
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise GainCellError(f"{name} ({flag}) must be an integer >= 1, got {value!r}")
+            check_int(f"{name} ({flag})", getattr(self, name), 1)
 
     @property
     def subtiles(self) -> int:

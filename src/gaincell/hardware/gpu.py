@@ -35,6 +35,7 @@ from typing import Protocol
 
 from gaincell.errors import GainCellError
 from gaincell.hardware.constants import GpuDevice, load_gpus
+from gaincell.validation import check_choice, check_int
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
 KV_PASSES: dict[str, int] = {"eager": 3, "fused": 1}  # DRAM passes over K and V per step (see above)
@@ -55,14 +56,9 @@ class DecodeWorkload:
 
     def __post_init__(self) -> None:
         for name in ("batch", "heads", "head_dim", "window"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                flag = "--" + name.replace("_", "-")
-                raise GainCellError(f"{name} ({flag}) must be an integer >= 1, got {value!r}")
-        if self.dtype not in DTYPE_BYTES:
-            raise GainCellError(f"--dtype must be one of {sorted(DTYPE_BYTES)}, got {self.dtype!r}")
-        if self.kernel not in KV_PASSES:
-            raise GainCellError(f"kernel must be one of {sorted(KV_PASSES)}, got {self.kernel!r}")
+            check_int(f"{name} (--{name.replace('_', '-')})", getattr(self, name), 1)
+        check_choice("--dtype", self.dtype, sorted(DTYPE_BYTES))
+        check_choice("kernel", self.kernel, sorted(KV_PASSES))
 
     @property
     def kv_bytes(self) -> int:
@@ -310,26 +306,16 @@ def measure(
     """
     import torch
 
-    checks = (("--measure-steps", steps, 1), ("--measure-repeats", repetitions, 1))
-    for name, value, low in (*checks, ("--measure-warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise GainCellError(f"{name} must be an integer >= {low}, got {value!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise GainCellError(f"--measure-threads must be an integer >= 1, got {threads!r}")
-    if device not in ("cpu", "cuda"):
-        raise GainCellError(f"--measure-device must be 'cpu' or 'cuda', got {device!r}")
-    reason = ""
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise GainCellError("--measure-device cuda: no CUDA device is available here; use cpu")
-        label = torch.cuda.get_device_name(0)
-        if meter is None:
-            meter, reason = NvmlMeter.open(torch.cuda.current_device())
-    else:
-        used = threads or torch.get_num_threads()
-        label = f"cpu ({platform.machine()}, {used} threads, {os.cpu_count()} cores)"
-        if meter is None:
-            meter, reason = RaplMeter.open()
+    for name, value, low in (
+        ("--measure-steps", steps, 1),
+        ("--measure-repeats", repetitions, 1),
+        ("--measure-warmup", warmup, 0),
+    ):
+        check_int(name, value, low)
+    if threads is not None:
+        check_int("--measure-threads", threads, 1)
+    check_choice("--measure-device", device, ("cpu", "cuda"))
+    label, meter, reason = _device_and_meter(device, threads, meter)
 
     def sync() -> None:
         if device == "cuda":
@@ -358,6 +344,20 @@ def measure(
         idle_power,
         method,
     )
+
+
+def _device_and_meter(device: str, threads: int | None, meter: EnergyMeter | None):
+    """The device's label, the energy meter to read (the given one, or NVML / RAPL), and why there is none."""
+    import torch
+
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise GainCellError("--measure-device cuda: no CUDA device is available here; use cpu")
+        if meter is not None:
+            return torch.cuda.get_device_name(0), meter, ""
+        return torch.cuda.get_device_name(0), *NvmlMeter.open(torch.cuda.current_device())
+    label = f"cpu ({platform.machine()}, {threads or torch.get_num_threads()} threads, {os.cpu_count()} cores)"
+    return (label, meter, "") if meter is not None else (label, *RaplMeter.open())
 
 
 def _timed_run(

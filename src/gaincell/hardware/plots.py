@@ -45,39 +45,45 @@ def write_plots(resolved: Resolved, directory: str | os.PathLike) -> list[Path]:
     shape, tech = resolved.shape, resolved.tech
     windows = sweep_windows(shape.window, shape.subtile_rows)
     chips: list[GainCellEstimate] = [estimate(replace(shape, window=m), tech) for m in windows]
-    gpus = {d.key: [roofline(d, resolved.workload(m)) for m in windows] for d in resolved.devices}
     title = f"H={shape.heads}, D={shape.head_dim}, R={shape.subtile_rows}, GPU batch {resolved.batch}"
-    written = []
+    written = [
+        _scaling_plot(plt, resolved, windows, chips, quantity, title, directory) for quantity in ("energy", "latency")
+    ]
+    written.append(_breakdown_plot(plt, resolved, windows, chips, title, directory))
+    written.append(_area_plot(plt, resolved, windows, chips, title, directory))
+    return written
 
-    for quantity, unit, chip_value, gpu_value in (
-        ("energy", "J", lambda c: c.energy_per_layer, lambda g: g.energy_step),
-        ("latency", "s", lambda c: c.latency_per_layer, lambda g: g.latency_step),
-    ):
-        figure, axes = plt.subplots(figsize=(7, 4.5))
-        axes.plot(windows, [chip_value(c) for c in chips], "k-o", label=f"gain cells ({tech.name})")
-        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for i, (key, estimates) in enumerate(gpus.items()):
-            colour = colours[i % len(colours)]
-            steps = [gpu_value(g) for g in estimates]
-            axes.plot(windows, [v / resolved.batch for v in steps], "-", color=colour, label=f"{key} per seq-token")
-            axes.plot(windows, steps, "--", color=colour, label=f"{key} per batch step")
-        axes.axvline(shape.window, color="grey", lw=0.8, ls=":")
-        axes.set(
-            xscale="log",
-            yscale="log",
-            xlabel="window M (tokens)",
-            ylabel=f"{quantity} per token and layer ({unit})",
-        )
-        axes.set_title(
-            f"{quantity.capitalize()} of one attention layer per token; GPUs: roofline, "
-            f"{resolved.kernel} {resolved.dtype}\n{title}",
-            fontsize=9,
-        )
-        axes.grid(True, which="both", alpha=0.3)
-        axes.legend(fontsize=7, ncol=2)
-        written.append(_save(figure, directory, f"{quantity}_vs_window.png"))
-        plt.close(figure)
 
+def _scaling_plot(plt, resolved: Resolved, windows, chips, quantity: str, title: str, directory: Path) -> Path:
+    """Energy or latency per token and layer against M: gain cells against each GPU's roofline."""
+    shape, tech = resolved.shape, resolved.tech
+    unit = {"energy": "J", "latency": "s"}[quantity]
+    gpus = {d.key: [roofline(d, resolved.workload(m)) for m in windows] for d in resolved.devices}
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.plot(windows, [getattr(c, f"{quantity}_per_layer") for c in chips], "k-o", label=f"gain cells ({tech.name})")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (key, estimates) in enumerate(gpus.items()):
+        colour = colours[i % len(colours)]
+        steps = [getattr(g, f"{quantity}_step") for g in estimates]
+        axes.plot(windows, [v / resolved.batch for v in steps], "-", color=colour, label=f"{key} per seq-token")
+        axes.plot(windows, steps, "--", color=colour, label=f"{key} per batch step")
+    axes.axvline(shape.window, color="grey", lw=0.8, ls=":")
+    axes.set(xscale="log", yscale="log", xlabel="window M (tokens)", ylabel=f"{quantity} per token and layer ({unit})")
+    axes.set_title(
+        f"{quantity.capitalize()} of one attention layer per token; GPUs: roofline, "
+        f"{resolved.kernel} {resolved.dtype}\n{title}",
+        fontsize=9,
+    )
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+    path = _save(figure, directory, f"{quantity}_vs_window.png")
+    plt.close(figure)
+    return path
+
+
+def _breakdown_plot(plt, resolved: Resolved, windows, chips, title: str, directory: Path) -> Path:
+    """The per-head energy components of SPEC-hardware §6.1, model against paper, and against M."""
+    shape, tech = resolved.shape, resolved.tech
     chip = estimate(shape, tech)
     reference = load_reference().gain_cell
     paper = [reference.first_product, reference.second_product, reference.digital, reference.dac]
@@ -92,27 +98,25 @@ def write_plots(resolved: Resolved, directory: str | os.PathLike) -> list[Path]:
     left.legend(fontsize=8)
     bottom = [0.0] * len(windows)
     for group, label in zip(groups, labels, strict=True):
-        values = [c.energy_breakdown[group] * 1e12 for c in chips]
-        right.fill_between(
-            windows,
-            bottom,
-            [b + v for b, v in zip(bottom, values, strict=True)],
-            label=label.replace("\n", " "),
-        )
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        top = [b + c.energy_breakdown[group] * 1e12 for b, c in zip(bottom, chips, strict=True)]
+        right.fill_between(windows, bottom, top, label=label.replace("\n", " "))
+        bottom = top
     right.set(
-        xscale="log",
-        xlabel="window M (tokens)",
-        ylabel="energy per head and token (pJ)",
+        xscale="log", xlabel="window M (tokens)", ylabel="energy per head and token (pJ)",
         title="Components against the window",
-    )
+    )  # fmt: skip
     right.legend(fontsize=7, loc="upper left")
     figure.suptitle(f"Gain-cell energy breakdown ({tech.name}); {title}", fontsize=9)
-    written.append(_save(figure, directory, "energy_breakdown.png"))
+    path = _save(figure, directory, "energy_breakdown.png")
     plt.close(figure)
+    return path
 
+
+def _area_plot(plt, resolved: Resolved, windows, chips, title: str, directory: Path) -> Path:
+    """Area of one layer's arrays and periphery against M, by component."""
+    shape, tech = resolved.shape, resolved.tech
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for component in chip.area_components:
+    for component in chips[0].area_components:
         values = [c.area_components[component] * c.shape.heads * 1e6 for c in chips]
         axes.plot(windows, values, "-", label=component.replace("_", " "))
     axes.plot(windows, [c.area_per_layer * 1e6 for c in chips], "k-o", label="total")
@@ -121,6 +125,6 @@ def write_plots(resolved: Resolved, directory: str | os.PathLike) -> list[Path]:
     axes.set_title(f"Gain-cell area of one attention layer ({tech.name}); {title}", fontsize=9)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=7)
-    written.append(_save(figure, directory, "area_vs_window.png"))
+    path = _save(figure, directory, "area_vs_window.png")
     plt.close(figure)
-    return written
+    return path

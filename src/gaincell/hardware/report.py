@@ -25,7 +25,8 @@ from gaincell.hardware.constants import (
 )
 from gaincell.hardware.gaincell_model import AttentionShape, GainCellEstimate, estimate
 from gaincell.hardware.gpu import BASELINES, DecodeWorkload, measure, resolve_gpus, roofline
-from gaincell.hardware.models import DECODERS, DecoderShape, decoder
+from gaincell.hardware.models import DECODERS, DecoderShape, load_shape
+from gaincell.validation import check_choice, check_int
 
 FORMULAS = {  # where each section of the report is computed; § are SPEC-hardware sections
     "gain_cell": "gaincell_model.estimate: sum of operation count x per-operation constant (§6.3.1)",
@@ -48,10 +49,13 @@ NORMALISATION_NOTES = {
 class HardwareQuery:
     """What ``gaincell hw`` was asked: the workload, the technology, the GPUs and the extras."""
 
-    model: str = "gpt2"
+    model: str = "gpt2"  # a known name, a saved model directory or a hub id (see models.load_shape)
     heads: int | None = None  # None: the model's
     head_dim: int | None = None
     layers: int | None = None
+    kv_heads: int | None = None
+    hidden_size: int | None = None
+    vocab: int | None = None
     window: int = 1024
     subtile_rows: int = 64
     tech: str = "paper"
@@ -72,7 +76,7 @@ class HardwareQuery:
 class Resolved:
     """A query checked and turned into model objects (shared by the report and the plots)."""
 
-    model: DecoderShape  # the named decoder, with --heads/--head-dim/--layers applied
+    model: DecoderShape  # the decoder asked for, with --heads/--kv-heads/--head-dim/--layers/... applied
     customised: bool
     shape: AttentionShape
     tech: Technology
@@ -89,16 +93,10 @@ class Resolved:
 
 def resolve(query: HardwareQuery) -> Resolved:
     """Validate a query: unknown names and out-of-range numbers raise :class:`GainCellError`."""
-    named = decoder(query.model)
-    if query.baseline not in BASELINES:
-        raise GainCellError(f"--baseline must be one of {sorted(BASELINES)}, got {query.baseline!r}")
+    named = load_shape(query.model)
+    check_choice("--baseline", query.baseline, sorted(BASELINES))
     kernel, default_dtype = BASELINES[query.baseline]
-    model = dataclasses.replace(
-        named,
-        heads=named.heads if query.heads is None else query.heads,
-        head_dim=named.head_dim if query.head_dim is None else query.head_dim,
-        layers=named.layers if query.layers is None else query.layers,
-    )
+    model = _with_overrides(named, query)
     customised = model != named
     if customised:
         model = dataclasses.replace(model, name=f"{named.name} (custom)")
@@ -117,6 +115,43 @@ def resolve(query: HardwareQuery) -> Resolved:
     )
     resolved.workload()  # checks batch and dtype
     return resolved
+
+
+def _with_overrides(named: DecoderShape, query: HardwareQuery) -> DecoderShape:
+    """The shape with the explicit flags applied; a smaller kv-head count must divide the heads."""
+    changes = {
+        field: value
+        for field, value in (
+            ("heads", query.heads),
+            ("head_dim", query.head_dim),
+            ("layers", query.layers),
+            ("kv_heads", query.kv_heads),
+            ("d_model", query.hidden_size),
+            ("vocab", query.vocab),
+        )
+        if value is not None
+    }
+    for field, value in changes.items():
+        flag = {"d_model": "--hidden-size", "kv_heads": "--kv-heads"}.get(field, "--" + field.replace("_", "-"))
+        check_int(f"{field} ({flag})", value, 1)
+    if "heads" in changes and "kv_heads" not in changes and named.kv_heads is not None:
+        changes["kv_heads"] = min(named.kv_heads, changes["heads"])
+    model = dataclasses.replace(named, **changes)
+    if model.heads % model.key_value_heads:
+        raise GainCellError(f"kv_heads (--kv-heads) must divide heads {model.heads}, got {model.key_value_heads}")
+    return model
+
+
+def grouped_query_note(model: DecoderShape) -> str | None:
+    """How a grouped-query model is costed (as gaincell.convert maps it), or None for plain attention."""
+    if not model.grouped_query:
+        return None
+    return (
+        f"grouped-query attention ({model.heads} query heads, {model.key_value_heads} kv heads): costed as converted, "
+        f"one K and one V array per query head ({2 * model.heads} arrays per layer), each holding its group's keys "
+        "and values; the GPU roofline also reads K and V per query head, an upper bound for kernels that read each kv "
+        "head once"
+    )
 
 
 def _records(records: tuple[ConstantRecord, ...]) -> dict[str, dict[str, Any]]:
@@ -255,7 +290,8 @@ def _measured_section(query: HardwareQuery, resolved: Resolved, chip: GainCellEs
 
 def _whole_model_rows(resolved: Resolved) -> list[dict[str, Any]]:
     """SPEC-hardware §6.3.3 for GPT-2 small..XL, Llama-7B and, if customised, the selected shape."""
-    decoders = list(DECODERS.values()) + ([resolved.model] if resolved.customised else [])
+    known = list(DECODERS.values())
+    decoders = known + ([] if resolved.model in known else [resolved.model])
     shape, primary = resolved.shape, resolved.devices[0]
     rows = []
     for model in decoders:
@@ -272,7 +308,7 @@ def _whole_model_rows(resolved: Resolved) -> list[dict[str, Any]]:
         rows.append(
             {
                 "model": view.model,
-                "selected": model.name == resolved.model.name,
+                "selected": model == resolved.model,
                 "gpu_rest_latency_step_s": view.gpu_rest_latency,
                 "gpu_attention_latency_step_s": view.gpu_attention_latency,
                 "chip_attention_latency_step_s": view.chip_attention_latency,
@@ -320,7 +356,12 @@ def build_report(query: HardwareQuery) -> dict[str, Any]:
         "workload": {
             "model": resolved.model.name,
             "heads": shape.heads,
+            "kv_heads": resolved.model.key_value_heads,
             "head_dim": shape.head_dim,
+            "hidden_size": resolved.model.d_model,
+            "vocab": resolved.model.vocab,
+            "shape_source": resolved.model.source,
+            "grouped_query_note": grouped_query_note(resolved.model),
             "window": shape.window,
             "subtile_rows": shape.subtile_rows,
             "subtiles": shape.subtiles,
@@ -561,6 +602,8 @@ def render(report: dict[str, Any], console: Any) -> None:
         f"{w['batch']}; technology [bold]{w['technology']}[/bold]; GPU baseline {base['name']} "
         f"({base['kernel']}, {base['dtype']})"
     )
+    if w.get("grouped_query_note"):
+        console.print(f"[dim]{w['grouped_query_note']}[/dim]")
     _render_gain_cell(report, console)
     _render_gpus(report, console)
     if report["measured"]:

@@ -10,9 +10,11 @@ import time
 
 import torch
 
-from gaincell.attention import Scalers, gain_cell_attention
+from gaincell.attention import gain_cell_attention
 from gaincell.config import PRESETS, preset
+from gaincell.errors import GainCellError
 from gaincell.memory import GainCellMemory
+from gaincell.scalers import Scalers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
-
-    from gaincell.errors import GainCellError
 
     for name in ("length", "window", "heads", "head_dim"):
         if getattr(args, name) < 1:

@@ -1,6 +1,6 @@
 """``gaincell hw``: area, latency and energy of gain-cell attention against GPUs (SPEC-hardware §6.3.5).
 
-Imported by ``gaincell.cli`` on every invocation, so this module stays cheap: the cost model, torch,
+``gaincell hw --help`` imports only this module, so it stays cheap: the cost model, torch,
 matplotlib and rich are imported inside :func:`run` only.
 """
 
@@ -14,10 +14,19 @@ MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-7b")  # models.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``gaincell hw``; ``None`` defaults mean "take it from --model / --baseline"."""
     workload = parser.add_argument_group("workload")
-    workload.add_argument("--model", choices=MODELS, default="gpt2", help="decoder shape (default: gpt2)")
-    workload.add_argument("--heads", type=int, help="attention heads H (default: the model's)")
+    workload.add_argument(
+        "--model",
+        default="gpt2",
+        metavar="MODEL",
+        help=f"decoder shape: {', '.join(MODELS)}, a saved model directory, or a hub id whose config is fetched "
+        "(default: gpt2)",
+    )
+    workload.add_argument("--heads", type=int, help="query heads H (default: the model's)")
+    workload.add_argument("--kv-heads", type=int, help="key/value heads of grouped-query attention (default: the model's)")
     workload.add_argument("--head-dim", type=int, help="head size D (default: the model's)")
     workload.add_argument("--layers", type=int, help="decoder layers (default: the model's)")
+    workload.add_argument("--hidden-size", type=int, help="model width d_model (default: the model's)")
+    workload.add_argument("--vocab", type=int, help="vocabulary size (default: the model's)")
     workload.add_argument("--window", type=int, default=1024, help="stored tokens per head M (default: 1024)")
     workload.add_argument("--subtile-rows", type=int, default=64, help="sub-tile height R (default: 64)")
     workload.add_argument("--batch", type=int, default=64, help="GPU batch of sequences (default: 64, as §6.2)")
@@ -67,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         heads=args.heads,
         head_dim=args.head_dim,
         layers=args.layers,
+        kv_heads=args.kv_heads,
+        hidden_size=args.hidden_size,
+        vocab=args.vocab,
         window=args.window,
         subtile_rows=args.subtile_rows,
         tech=args.tech,

@@ -1,0 +1,30 @@
+"""``gaincell adapt CONFIG``: run the adaptation recipe of a TOML file (:mod:`gaincell.adapt`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from gaincell.adapt import adapt, read_recipe
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="recipe TOML file (see examples/adapt.toml)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a recipe field, e.g. --set linear.max_steps=100 --set hardware.window=256",
+    )  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in output_dir")
+    parser.add_argument("--output-dir", help="override the recipe's output_dir")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.set)
+    if args.output_dir:
+        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
+    recipe = read_recipe(args.config, overrides)
+    summary = adapt(recipe, resume=args.resume)
+    for name in recipe.stages:
+        print(f"{name:>11}: {json.dumps(summary[name])[:200]}")
+    print(f"models and summary in {recipe.output_dir}")
+    return 0

@@ -1,0 +1,42 @@
+"""``gaincell sweep CONFIG``: perplexity and chip cost over a grid of hardware points (:mod:`gaincell.sweep`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from gaincell.errors import GainCellError
+from gaincell.sweep import read_spec, run_sweep
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``gaincell sweep``; everything else is in the TOML file (see examples/sweep.toml)."""
+    parser.add_argument("config", metavar="CONFIG", help="the sweep's TOML file")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set max_tokens=2048 --set grid.window=[64,128] (TOML values)",
+    )
+    parser.add_argument("--jobs", type=int, metavar="N", help="run points in N processes (default: the file's, else 1)")
+    parser.add_argument("--output", metavar="DIR", help="output folder (default: the file's output_dir)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the whole sweep first (nothing is written if it is wrong), then run and report."""
+    import dataclasses
+
+    spec = read_spec(args.config, args.set)
+    if args.jobs is not None and args.jobs < 1:
+        raise GainCellError(f"--jobs: an integer >= 1, got {args.jobs}")
+    if args.output:
+        spec = dataclasses.replace(spec, output_dir=args.output)
+    summary = run_sweep(spec, jobs=args.jobs, progress=not args.no_progress)
+    points = sum(1 for row in summary["rows"] if row["index"] >= 0)
+    front = sum(1 for row in summary["rows"] if row.get("pareto"))
+    print(
+        f"{points} points ({front} on the Pareto front) in {summary['wall_seconds_this_run']:.1f} s this run; "
+        f"report: {spec.output_dir}/report.md"
+    )
+    return 0

@@ -1,0 +1,177 @@
+"""Design-space exploration: perplexity and chip cost over a grid of hardware points (``gaincell sweep``).
+
+A hardware designer asks "how many ADC bits", "which window", "how much read noise can the model take".
+gaincell has both halves, the simulated op with every knob (SPEC §3) and the cost model (SPEC §6); a
+sweep joins them. One TOML file (:mod:`gaincell.sweep_spec`) names a saved model (gain-cell or
+plain), an evaluation text and a grid (or list) of points over any
+:class:`~gaincell.config.GainCellConfig` field; per point :mod:`gaincell.sweep_worker` measures the
+strided perplexity (as ``gaincell eval``), optionally after re-running the calibration loop of SPEC
+§4.2 for that point, and the cost model's energy, latency and area per token for the model's shape.
+
+Results are appended to ``results.jsonl``, one complete line per (point, chip seed), written with a
+single ``write`` and fsync'd, so a killed sweep resumes and skips the points it finished; the
+summary (``results.json``), ``report.md`` and the plots (:mod:`gaincell.sweep_report`) are
+rewritten atomically at the end. Every line is a pure function of the spec (read noise is seeded
+per point and seed), so a resumed sweep gives the same results as an uninterrupted one, in any
+order and with any number of ``jobs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+from gaincell.atomic import atomic_file
+from gaincell.errors import GainCellError
+from gaincell.sweep_report import write_outputs
+from gaincell.sweep_spec import (
+    SweepSpec,
+    Unit,
+    point_config,
+    point_cost,
+    read_spec,
+    spec_from_dict,
+    work_units,
+)
+from gaincell.sweep_worker import Evaluator, run_parallel
+
+__all__ = ["SweepSpec", "Unit", "mark_pareto", "point_config", "point_cost", "read_spec", "run_sweep", "spec_from_dict"]
+
+
+def read_results(path: Path) -> list[dict]:
+    """The complete lines of a results file; a torn last line (a kill mid-write) is dropped and the
+    file rewritten without it."""
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    lines, complete = [], []
+    for line in text.splitlines(keepends=True):
+        try:
+            record = json.loads(line) if line.endswith("\n") else None
+        except json.JSONDecodeError:
+            record = None
+        if record is None:
+            break
+        lines.append(record)
+        complete.append(line)
+    if "".join(complete) != text:
+        with atomic_file(path) as handle:
+            handle.write("".join(complete))
+    return lines
+
+
+def append_result(path: Path, record: dict) -> None:
+    """One line, one write, fsync'd: a kill leaves whole lines (at worst a torn last one, see above)."""
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prepare_output(spec: SweepSpec) -> Path:
+    """Create the output folder, or check that an existing one holds this same sweep (to resume)."""
+    out = Path(spec.output_dir)
+    marker = out / "sweep.json"
+    if out.exists() and not out.is_dir():
+        raise GainCellError(f"output_dir: {out} exists and is not a directory")
+    if marker.is_file():
+        saved = json.loads(marker.read_text()).get("fingerprint")
+        if saved != spec.fingerprint():
+            raise GainCellError(
+                f"output_dir: {out} holds a different sweep (its model, text, scoring or points changed); "
+                "use another output_dir or delete it"
+            )
+        return out
+    if out.is_dir() and any(out.iterdir()):
+        raise GainCellError(f"output_dir: {out} is not empty and holds no sweep; choose another")
+    with atomic_file(marker) as handle:
+        json.dump({"fingerprint": spec.fingerprint(), "spec": dataclasses.asdict(spec)}, handle, indent=2, default=str)
+    return out
+
+
+def run_sweep(spec: SweepSpec, *, jobs: int | None = None, progress: bool = True) -> dict:
+    """Run every point not yet in ``results.jsonl``, then write the summary, report and plots."""
+
+    jobs = spec.jobs if jobs is None else jobs
+    evaluator = Evaluator(spec)  # loads the model and texts: a bad model fails before anything is written
+    out = prepare_output(spec)
+    results_path = out / "results.jsonl"
+    done = {record["key"] for record in read_results(results_path)}
+    todo = [unit for unit in work_units(spec) if unit.key not in done]
+    start, measured = time.perf_counter(), 0
+    bar = _progress(len(todo), progress)
+    records: Any = []
+    if todo and todo[0].index == -1:  # the reference runs first, before any conversion, in this process
+        records = [evaluator.evaluate(todo.pop(0))]
+    if jobs > 1 and len(todo) > 1:
+        records = chain(records, run_parallel(spec, todo, jobs))
+    else:
+        records = chain(records, (evaluator.evaluate(unit) for unit in todo))
+    for record in records:
+        append_result(results_path, record)
+        measured += 1
+        bar.update()
+    bar.close()
+    records = read_results(results_path)
+    summary = summarise(spec, records)
+    wall = time.perf_counter() - start
+    total = sum(record.get("seconds", 0.0) for record in records)
+    note = (
+        f"{len(records)} units took {total:.1f} s in all (summed over processes); "
+        f"this run measured {measured} in {wall:.1f} s wall with {jobs} job(s)"
+    )
+    write_outputs(spec, summary, out, note)
+    return {**summary, "wall_seconds_this_run": wall, "jobs": jobs}
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sweep", unit="point", disable=not enabled or total == 0)
+
+
+def summarise(spec: SweepSpec, records: list[dict]) -> dict:
+    """One row per point: perplexity mean ± std over chip seeds, cost, and whether it is Pareto-optimal."""
+    by_index: dict[int, list[dict]] = {}
+    for record in records:
+        by_index.setdefault(record["index"], []).append(record)
+    rows = []
+    for index in sorted(by_index):
+        group = sorted(by_index[index], key=lambda r: r["seed"])
+        ppl = [r["ppl"] for r in group]
+        mean = sum(ppl) / len(ppl)
+        std = math.sqrt(sum((p - mean) ** 2 for p in ppl) / (len(ppl) - 1)) if len(ppl) > 1 else 0.0
+        first = group[0]
+        rows.append(
+            {
+                "index": index,
+                "point": first["point"],
+                "leakage": first["leakage"],
+                "ppl_mean": mean,
+                "ppl_std": std,
+                "seeds": [r["seed"] for r in group],
+                "ppl": ppl,
+                "cost": first["cost"],
+                "calibration": [r["calibration"] for r in group] if spec.calibrate and index >= 0 else None,
+            }
+        )
+    mark_pareto([row for row in rows if row["index"] >= 0 and row["cost"] is not None])
+    return {"fingerprint": spec.fingerprint(), "knobs": list(spec.knobs), "rows": rows}
+
+
+def mark_pareto(rows: list[dict]) -> None:
+    """Mark rows no other row beats in both energy per token and perplexity (lower is better)."""
+    ordered = sorted(rows, key=lambda r: (r["cost"]["energy_per_token_j"], r["ppl_mean"]))
+    best = math.inf
+    for row in ordered:
+        row["pareto"] = row["ppl_mean"] < best
+        best = min(best, row["ppl_mean"])

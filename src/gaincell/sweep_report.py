@@ -1,0 +1,188 @@
+"""What a sweep leaves behind: ``results.json``, ``report.md`` (a table) and PNG plots.
+
+- ``ppl_vs_<knob>.png`` for each swept knob: perplexity against the knob, one line per setting of
+  the other knobs (mean over chip seeds, error bars = std when several);
+- ``pareto.png``: perplexity against energy per generated token, every point, the Pareto front
+  (no other point is both cheaper and better) joined and labelled.
+
+Everything is written atomically (:mod:`gaincell.atomic`), so a reader never sees half a report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gaincell.atomic import atomic_file
+from gaincell.hardware.report import _si as si
+
+MAX_LINES = 12  # lines per knob plot before the other knobs are averaged instead
+
+
+def write_outputs(spec, summary: dict, out: Path, run_note: str = "") -> list[Path]:
+    """results.json (no timings: a resumed sweep writes the same file), report.md and the plots."""
+    with atomic_file(out / "results.json") as handle:
+        json.dump(summary, handle, indent=2, sort_keys=True)
+    plots = write_plots(summary, out)
+    with atomic_file(out / "report.md") as handle:
+        handle.write(markdown(spec, summary, [p.name for p in plots], run_note))
+    return [out / "results.json", out / "report.md", *plots]
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _si(value: float | None, unit: str) -> str:
+
+    return "n/a" if value is None else si(value, unit)
+
+
+def _ppl(row: dict) -> str:
+    if len(row["ppl"]) > 1:
+        return f"{row['ppl_mean']:.2f} ± {row['ppl_std']:.2f}"
+    return f"{row['ppl_mean']:.2f}"
+
+
+def markdown(spec, summary: dict, plots: list[str], run_note: str = "") -> str:
+    """The table of every point: knobs, perplexity (mean ± std over seeds), change vs the reference, cost."""
+    rows, knobs = summary["rows"], summary["knobs"]
+    reference = next((row for row in rows if row["index"] < 0), None)
+    lines = [
+        "# gaincell sweep",
+        "",
+        f"- model: `{spec.model}`; text: `{spec.text}` (first {spec.max_tokens or 'all'} tokens)",
+        f"- base hardware: {'the model’s saved config' if _is_gain_cell(spec) else f'preset `{spec.preset}`'}"
+        + (f", with {json.dumps(spec.base)}" if spec.base else ""),
+        f"- chip seeds: {list(spec.seeds)} (several only where variability or read noise make the chip random)",
+        f"- calibration per point (SPEC §4.2): {'yes' if spec.calibrate else 'no'}; cost: technology `{spec.tech}`, "
+        f"ADC cost {spec.adc_cost}",
+    ]
+    if reference is not None:
+        lines.append(f"- reference (the model as loaded): perplexity **{reference['ppl_mean']:.3f}**")
+    if run_note:
+        lines.append(f"- time: {run_note}")
+    header = ["#", *knobs, "perplexity", "vs ref.", "energy / token", "latency / token", "area", "Pareto"]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        if row["index"] < 0:
+            continue
+        cost = row["cost"] or {}
+        ratio = f"{row['ppl_mean'] / reference['ppl_mean']:.2f}×" if reference else ""
+        cells = [str(row["index"]), *(_value(row["point"].get(k, "")) for k in knobs), _ppl(row), ratio]
+        cells += [_si(cost.get("energy_per_token_j"), "J"), _si(cost.get("latency_per_token_s"), "s")]
+        cells += [f"{cost['area_m2'] * 1e6:.4g} mm²" if cost else "n/a", "✓" if row.get("pareto") else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *(f"![{name}]({name})" for name in plots)]
+    return "\n".join(lines) + "\n"
+
+
+def _is_gain_cell(spec) -> bool:
+    config = json.loads((Path(spec.model).expanduser() / "config.json").read_text())
+    return "gaincell" in config
+
+
+def _numeric(values: list) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def write_plots(summary: dict, out: Path) -> list[Path]:
+    """One plot per swept knob and the Pareto plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = [row for row in summary["rows"] if row["index"] >= 0]
+    if not rows:
+        return []
+    reference = next((row["ppl_mean"] for row in summary["rows"] if row["index"] < 0), None)
+    written = [_knob_plot(rows, summary["knobs"], knob, out, reference) for knob in summary["knobs"]]
+    if any(row["cost"] for row in rows):
+        written.append(_pareto_plot(rows, summary["knobs"], out, reference))
+    return written
+
+
+def _save(figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def _log_if_wide(axes, perplexities: list[float]) -> None:
+    """Log perplexity axis when the values span more than 10x (e.g. a reference far below the points)."""
+    if min(perplexities) > 0 and max(perplexities) / min(perplexities) > 10:
+        axes.set_yscale("log")
+
+
+def _reference_line(axes, reference: float | None) -> None:
+    if reference is not None:
+        axes.axhline(reference, color="k", linestyle="--", linewidth=0.8, label=f"reference {reference:.3g}")
+
+
+def _knob_plot(rows: list[dict], knobs: list[str], knob: str, out: Path, reference: float | None) -> Path:
+    """Perplexity against ``knob``: a line per setting of the other knobs, or their mean if too many."""
+    import matplotlib.pyplot as plt
+
+    values = list(dict.fromkeys(row["point"].get(knob) for row in rows))
+    numeric = _numeric(values)
+    position = {v: (v if numeric else i) for i, v in enumerate(values)}
+    others = [k for k in knobs if k != knob]
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        label = ", ".join(f"{k}={_value(row['point'].get(k))}" for k in others) or "all"
+        groups.setdefault(label, []).append(row)
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    _reference_line(axes, reference)
+    if len(groups) <= MAX_LINES:
+        for label, group in groups.items():
+            group = sorted(group, key=lambda r: position[r["point"].get(knob)])
+            x = [position[r["point"].get(knob)] for r in group]
+            axes.errorbar(x, [r["ppl_mean"] for r in group], yerr=[r["ppl_std"] for r in group], marker="o", label=label)
+        axes.legend(fontsize=7, loc="best")
+    else:
+        x = [position[v] for v in values]
+        means = [[r["ppl_mean"] for r in rows if r["point"].get(knob) == v] for v in values]
+        axes.plot(x, [sum(m) / len(m) for m in means], "k-o", label=f"mean over {len(groups)} settings")
+        axes.fill_between(x, [min(m) for m in means], [max(m) for m in means], alpha=0.2, label="min–max")
+        axes.legend(fontsize=8)
+    if numeric and min(values) > 0 and max(values) / min(values) >= 8:
+        axes.set_xscale("log", base=2)
+    if not numeric:
+        axes.set_xticks(range(len(values)), [_value(v) for v in values])
+    _log_if_wide(axes, [row["ppl_mean"] for row in rows] + ([reference] if reference else []))
+    axes.set_xlabel(knob)
+    axes.set_ylabel("perplexity")
+    axes.set_title(f"perplexity vs {knob}")
+    axes.grid(alpha=0.3)
+    return _save(figure, out / f"ppl_vs_{knob.replace('.', '_')}.png")
+
+
+def _pareto_plot(rows: list[dict], knobs: list[str], out: Path, reference: float | None) -> Path:
+    """Perplexity against energy per token, the Pareto front joined and each front point labelled."""
+    import matplotlib.pyplot as plt
+
+    costed = [row for row in rows if row["cost"]]
+    figure, axes = plt.subplots(figsize=(7.5, 5))
+    _reference_line(axes, reference)
+    energy = [row["cost"]["energy_per_token_j"] * 1e9 for row in costed]
+    axes.scatter(energy, [row["ppl_mean"] for row in costed], c="0.6", s=18, label="points")
+    front = sorted((row for row in costed if row.get("pareto")), key=lambda r: r["cost"]["energy_per_token_j"])
+    fx = [row["cost"]["energy_per_token_j"] * 1e9 for row in front]
+    axes.plot(fx, [row["ppl_mean"] for row in front], "r-o", label="Pareto front")
+    for row, x in zip(front, fx, strict=True):
+        label = ", ".join(f"{k}={_value(row['point'].get(k))}" for k in knobs)
+        axes.annotate(label, (x, row["ppl_mean"]), fontsize=6, xytext=(4, 4), textcoords="offset points")
+    if max(energy) / min(energy) >= 3:
+        axes.set_xscale("log")
+    _log_if_wide(axes, [row["ppl_mean"] for row in costed] + ([reference] if reference else []))
+    axes.set_xlabel("attention energy per generated token, all layers (nJ)")
+    axes.set_ylabel("perplexity")
+    axes.set_title("perplexity vs energy per token")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    return _save(figure, out / "pareto.png")

@@ -1,0 +1,417 @@
+"""A sweep's spec: reading and validating its TOML, the knobs, each point's config and cost (``gaincell sweep``).
+
+A hardware designer asks "how many ADC bits", "which window", "how much read noise can the model take".
+gaincell has both halves, the simulated op with every knob (SPEC §3) and the cost model (SPEC §6); a
+sweep joins them. One TOML file names a saved model (gain-cell or plain), an evaluation text and a
+grid (or list) of points over any :class:`~gaincell.config.GainCellConfig` field; per point it
+measures the strided perplexity (as ``gaincell eval``), optionally after re-running the calibration
+loop of SPEC §4.2 for that point, and the cost model's energy, latency and area per token for the
+model's shape (:func:`gaincell.hardware.models.load_shape`).
+
+Pure configuration and arithmetic (no torch, no files written): :mod:`gaincell.sweep` runs a spec,
+:mod:`gaincell.sweep_worker` measures one point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from gaincell.adapt import CalibrationConfig
+from gaincell.config import GainCellConfig, preset
+from gaincell.errors import GainCellError, first_line
+from gaincell.hardware.constants import load_technology
+from gaincell.hardware.gaincell_model import AttentionShape, estimate
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: Short knob names; any dotted path into GainCellConfig.to_dict() (``periphery.adc.levels``) also works.
+KNOB_ALIASES: dict[str, str] = {
+    "q_levels": "periphery.q.levels",
+    "kv_levels": "periphery.kv.levels",
+    "adc_levels": "periphery.adc.levels",
+    "adc_low": "periphery.adc.low",
+    "adc_high": "periphery.adc.high",
+    "s_sat": "periphery.s_sat",
+    "readout_gain": "periphery.readout_gain",
+    "read_noise": "noise.read_noise",
+    "variability": "noise.variability",
+    "cell": "cell.kind",
+}
+#: Knobs that are not config fields: ``adc_range`` r sets the ADC to [-r, r]; ``retention_time`` (s) and
+#: ``token_rate`` (Hz) set leakage ε = Δt / τ as the cost model does (SPEC-hardware §6.3.4).
+DERIVED_KNOBS = ("adc_range", "retention_time", "token_rate")
+ADC_COSTS = ("scaled", "fixed")
+
+_TOP_LEVEL = {
+    "model", "text", "output_dir", "preset", "context", "stride", "max_tokens", "batch_size", "seeds",
+    "calibrate", "calibration_text", "calibration", "tech", "adc_cost", "jobs", "base", "grid", "points",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep: what to load, how to score, and the points (knob -> value) in order."""
+
+    model: str
+    text: str
+    output_dir: str = "sweep"
+    preset: str = "paper"  # the base hardware of a plain model (a gain-cell model starts from its own)
+    context: int | None = None  # None: the model's positions
+    stride: int | None = None  # None: half the context
+    max_tokens: int | None = 8192
+    batch_size: int = 1
+    seeds: tuple[int, ...] = (0,)
+    calibrate: bool = False
+    calibration_text: str | None = None  # None: tokens of ``text`` after the scored ones
+    calibration: dict = field(default_factory=dict)  # CalibrationConfig fields
+    tech: str = "paper"
+    adc_cost: str = "scaled"
+    jobs: int = 1
+    base: dict = field(default_factory=dict)
+    points: tuple[dict, ...] = ()
+    knobs: tuple[str, ...] = ()  # the swept ones, in the order the file gives them
+
+    def fingerprint(self) -> str:
+        """What the results depend on (not where they go, nor how many processes make them)."""
+        data = dataclasses.asdict(self)
+        for name in ("output_dir", "jobs"):
+            data.pop(name)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -- reading and validating ----------------------------------------------------------------------
+
+
+def read_spec(path: str | os.PathLike, overrides: list[str] = ()) -> SweepSpec:
+    """Read and validate a sweep TOML; ``overrides`` are ``key=value`` strings (``grid.window=[64]``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GainCellError(f"CONFIG: no such file {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise GainCellError(f"CONFIG: {path} is not valid TOML: {first_line(error)}") from None
+    for override in overrides:
+        _apply_override(data, override)
+    return spec_from_dict(data)
+
+
+def _apply_override(data: dict, override: str) -> None:
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise GainCellError(f"--set expects key=value, got {override!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string
+    key = key.strip()
+    section, dot, rest = key.partition(".")
+    if dot and section in ("grid", "base", "calibration"):  # grid.adc_levels=[8,16]: the knob keeps its dots
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise GainCellError(f"--set {key}: {section} is not a table")
+        table[rest] = value
+    else:
+        data[key] = value
+
+
+def spec_from_dict(data: dict) -> SweepSpec:
+    """Every field checked, each failure one line naming it; the model and texts must exist."""
+    unknown = sorted(set(data) - _TOP_LEVEL)
+    if unknown:
+        raise GainCellError(f"{unknown[0]}: unknown key; known: {', '.join(sorted(_TOP_LEVEL))}")
+    for name in ("model", "text"):
+        if not isinstance(data.get(name), str) or not data[name]:
+            raise GainCellError(f"{name}: required, a path (got {data.get(name)!r})")
+    _check_model_dir(data["model"])
+    _check_text(data["text"], "text")
+    if data.get("calibration_text") is not None:
+        _check_text(data["calibration_text"], "calibration_text")
+    spec = SweepSpec(
+        model=data["model"],
+        text=data["text"],
+        output_dir=_string(data, "output_dir", "sweep"),
+        preset=_string(data, "preset", "paper"),
+        context=_integer(data, "context", None, 2),
+        stride=_integer(data, "stride", None, 1),
+        max_tokens=_integer(data, "max_tokens", 8192, 2),
+        batch_size=_integer(data, "batch_size", 1, 1),
+        seeds=_seeds(data.get("seeds", [0])),
+        calibrate=_boolean(data, "calibrate"),
+        calibration_text=data.get("calibration_text"),
+        calibration=_calibration(data.get("calibration", {})),
+        tech=_string(data, "tech", "paper"),
+        adc_cost=_string(data, "adc_cost", "scaled"),
+        jobs=_integer(data, "jobs", 1, 1),
+    )
+    if spec.adc_cost not in ADC_COSTS:
+        raise GainCellError(f"adc_cost: one of {', '.join(ADC_COSTS)}, got {spec.adc_cost!r}")
+    if spec.context is not None and spec.stride is not None and spec.stride > spec.context:
+        raise GainCellError(f"stride: must be <= context ({spec.context}), got {spec.stride}")
+
+    technology = load_technology(spec.tech)
+    base_config = _model_base_config(spec)
+    base = _table(data.get("base", {}), "base")
+    points, knobs = _points(data)
+    base_dict = _apply_knobs(base_config.to_dict(), base, "base", technology)
+    for point in points:
+        for knob, value in point.items():  # each knob alone first, so an error names the knob at fault
+            _build(_apply_knobs(base_dict, {knob: value}, "grid", technology), f"grid.{knob} = {value!r}")
+        _build(_apply_knobs(base_dict, point, "grid", technology), f"grid point {point}")
+    return dataclasses.replace(spec, base=base, points=tuple(points), knobs=tuple(knobs))
+
+
+def _string(data: dict, name: str, default: str) -> str:
+    value = data.get(name, default)
+    if not isinstance(value, str) or not value:
+        raise GainCellError(f"{name}: a non-empty string, got {value!r}")
+    return value
+
+
+def _integer(data: dict, name: str, default: int | None, minimum: int) -> int | None:
+    value = data.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise GainCellError(f"{name}: an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _boolean(data: dict, name: str) -> bool:
+    value = data.get(name, False)
+    if not isinstance(value, bool):
+        raise GainCellError(f"{name}: true or false, got {value!r}")
+    return value
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise GainCellError(f"seeds: a non-empty list of chip seeds, got {value!r}")
+    for seed in value:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise GainCellError(f"seeds: integers >= 0, got {seed!r}")
+    if len(set(value)) != len(value):
+        raise GainCellError(f"seeds: repeated seed in {value}")
+    return tuple(value)
+
+
+def _calibration(value: Any) -> dict:
+
+    table = _table(value, "calibration")
+    known = {f.name for f in dataclasses.fields(CalibrationConfig)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise GainCellError(f"calibration.{unknown[0]}: unknown key; known: {', '.join(sorted(known))}")
+    try:
+        CalibrationConfig(**table)
+    except TypeError as error:
+        raise GainCellError(f"calibration: {error}") from None
+    return table
+
+
+def _table(value: Any, name: str) -> dict:
+    """A TOML table with nested tables flattened to dotted keys (``periphery.adc.levels = [8]`` in TOML
+    is a nested table; the knob is the dotted path)."""
+    if not isinstance(value, dict):
+        raise GainCellError(f"{name}: a table, got {type(value).__name__}")
+    flat = {}
+    for key, item in value.items():
+        if isinstance(item, dict):
+            flat.update({f"{key}.{inner}": v for inner, v in _table(item, f"{name}.{key}").items()})
+        else:
+            flat[key] = item
+    return flat
+
+
+def _check_model_dir(model: str) -> None:
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise GainCellError(f"model: no such directory {model} (a saved model directory)")
+    if not (path / "config.json").is_file():
+        raise GainCellError(f"model: {model} has no config.json (not a save_pretrained directory)")
+
+
+def _check_text(text: str, name: str) -> None:
+    path = Path(text).expanduser()
+    if not path.is_file() and not (path.is_dir() and any(path.rglob("*.txt"))):
+        raise GainCellError(f"{name}: no such text file (or folder of .txt files): {text}")
+
+
+def _model_base_config(spec: SweepSpec) -> GainCellConfig:
+    """A gain-cell model's own saved config, or the ``preset`` for a plain model."""
+    saved = json.loads((Path(spec.model).expanduser() / "config.json").read_text()).get("gaincell")
+    if saved is not None:
+        try:
+            return GainCellConfig.from_dict(saved)
+        except GainCellError as error:
+            raise GainCellError(f"model: its saved gain-cell config is invalid: {error}") from None
+    try:
+        return preset(spec.preset)
+    except GainCellError as error:
+        raise GainCellError(f"preset: {error}") from None
+
+
+def _points(data: dict) -> tuple[list[dict], list[str]]:
+    """[grid] (cartesian product, knobs in file order) or [[points]] (a list), not both."""
+    grid, listed = data.get("grid"), data.get("points")
+    if (grid is None) == (listed is None):
+        raise GainCellError("grid: give exactly one of a [grid] table or a [[points]] list")
+    if grid is not None:
+        grid = _table(grid, "grid")
+        if not grid:
+            raise GainCellError("grid: empty table; give at least one knob with a list of values")
+        for knob, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise GainCellError(f"grid.{knob}: a non-empty list of values, got {values!r}")
+            if len(set(map(repr, values))) != len(values):
+                raise GainCellError(f"grid.{knob}: repeated value in {values}")
+        knobs = list(grid)
+        return [dict(zip(knobs, combo, strict=True)) for combo in product(*grid.values())], knobs
+    if not isinstance(listed, list) or not listed or not all(isinstance(p, dict) and p for p in listed):
+        raise GainCellError("points: a non-empty list of non-empty tables ([[points]])")
+    listed = [_table(point, "points") for point in listed]
+    knobs = list(dict.fromkeys(knob for point in listed for knob in point))
+    return listed, knobs
+
+
+def knob_path(knob: str, section: str) -> str:
+    """The dotted config path of a knob (aliases resolved); unknown names fail naming the knob."""
+    path = KNOB_ALIASES.get(knob, knob)
+    node: Any = GainCellConfig().to_dict()
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            known = sorted(set(KNOB_ALIASES) | set(DERIVED_KNOBS) | set(_leaf_paths(GainCellConfig().to_dict())))
+            raise GainCellError(f"{section}.{knob}: unknown knob; known: {', '.join(known)}")
+        node = node[part]
+    if isinstance(node, dict):
+        raise GainCellError(f"{section}.{knob}: is a table; name one of its fields ({', '.join(node)})")
+    return path
+
+
+def _leaf_paths(node: dict, prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in node.items():
+        if key == "coefficients":
+            continue
+        paths += _leaf_paths(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return paths
+
+
+def _apply_knobs(config: dict, knobs: dict, section: str, technology) -> dict:
+    """A copy of a config dict with knobs set; derived knobs are turned into the fields they mean."""
+    config = json.loads(json.dumps(config))
+    knobs = dict(knobs)
+    if "adc_range" in knobs:
+        r = knobs.pop("adc_range")
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
+            raise GainCellError(f"{section}.adc_range: a number > 0 (the ADC spans [-r, r]), got {r!r}")
+        config["periphery"]["adc"].update(low=-float(r), high=float(r))
+    retention, rate = knobs.pop("retention_time", None), knobs.pop("token_rate", None)
+    if retention is not None or rate is not None:
+        config["leakage"] = leakage_from_retention(retention, rate, technology, section)
+    for knob, value in knobs.items():
+        *parents, leaf = knob_path(knob, section).split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def leakage_from_retention(retention: Any, rate: Any, technology, section: str) -> float:
+    """ε = Δt / τ with Δt = 1 / token_rate (SPEC-hardware §6.3.4); τ defaults to the technology's."""
+    if rate is None:
+        raise GainCellError(f"{section}.retention_time: needs token_rate (Hz) too, to give ε = (1/rate) / retention")
+    for name, value in (("token_rate", rate), ("retention_time", retention)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise GainCellError(f"{section}.{name}: a number > 0, got {value!r}")
+    tau = technology.array.retention_time if retention is None else float(retention)
+    return (1.0 / float(rate)) / tau
+
+
+def _build(config: dict, where: str) -> GainCellConfig:
+    try:
+        return GainCellConfig.from_dict(config)
+    except (GainCellError, TypeError) as error:
+        raise GainCellError(f"{where}: {first_line(error)}") from None
+
+
+def point_config(spec: SweepSpec, point: dict, seed: int) -> GainCellConfig:
+    """The simulator config of one point and chip seed (the seed sets ``noise.seed``)."""
+
+    technology = load_technology(spec.tech)
+    config = _apply_knobs(_model_base_config(spec).to_dict(), spec.base, "base", technology)
+    config = _apply_knobs(config, point, "grid", technology)
+    config["noise"]["seed"] = seed
+    return _build(config, f"grid point {point}")
+
+
+def seeds_for(spec: SweepSpec, config: GainCellConfig) -> tuple[int, ...]:
+    """All chip seeds where the chip is random (variability or read noise), else the first only."""
+    random = config.attention != "softmax" and (config.noise.variability > 0 or config.noise.read_noise > 0)
+    return spec.seeds if random else spec.seeds[:1]
+
+
+# -- cost ----------------------------------------------------------------------------------------
+
+#: The technology preset's ADC constants are for a 5-bit SAR ADC (paper.toml: 10 fJ per step x 2^5
+#: steps, 5 cycles): with ``adc_cost = "scaled"`` energy scales with the levels, time with the bits.
+REFERENCE_ADC_LEVELS = 32
+
+
+def point_cost(shape, config: GainCellConfig, tech, adc_cost: str = "scaled") -> dict[str, float] | None:
+    """Energy (J), latency (s) per generated token and area (m²) of the chip for the model's shape."""
+
+    if config.attention == "softmax":
+        return None
+    levels = config.periphery.adc.levels
+    if adc_cost == "scaled" and levels is not None:
+        periphery = dataclasses.replace(
+            tech.periphery,
+            adc_energy_per_conversion=tech.periphery.adc_energy_per_conversion * levels / REFERENCE_ADC_LEVELS,
+            adc_time=tech.periphery.adc_time * math.ceil(math.log2(levels)) / math.log2(REFERENCE_ADC_LEVELS),
+        )
+        tech = dataclasses.replace(tech, periphery=periphery)
+    chip = estimate(AttentionShape(shape.heads, shape.head_dim, config.window, config.subtile_rows, shape.layers), tech)
+    return {
+        "energy_per_token_j": chip.energy_per_token,
+        "latency_per_token_s": chip.latency_per_token,
+        "area_m2": chip.area_total,
+    }
+
+
+# -- units of work -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One measurement: a point (or the reference model, index -1) on one chip seed."""
+
+    index: int
+    point: dict
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return json.dumps({"index": self.index, "point": self.point, "seed": self.seed}, sort_keys=True)
+
+
+def work_units(spec: SweepSpec) -> list[Unit]:
+    """Every (point, seed) the sweep measures, in order; the reference model first."""
+    units = [Unit(-1, {}, spec.seeds[0])]
+    for index, point in enumerate(spec.points):
+        config = point_config(spec, point, spec.seeds[0])
+        units += [Unit(index, point, seed) for seed in seeds_for(spec, config)]
+    return units

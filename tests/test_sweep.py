@@ -1,0 +1,253 @@
+"""``gaincell sweep``: validation (one line, exit 2, nothing written), resume, knobs, cost, Pareto."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+import gaincell
+from gaincell.cli import main
+from gaincell.data import train_bpe_tokenizer
+from gaincell.errors import GainCellError
+from gaincell.hardware.constants import load_technology
+from gaincell.hardware.models import load_shape
+from gaincell.sweep import mark_pareto, point_config, point_cost, read_spec, run_sweep, spec_from_dict
+from gaincell.sweep_worker import Evaluator
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+WORDS = "the a cell gain stores charge leaks slowly while pulses read each column of tiny arrays".split()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny grouped-query Llama (saved plain), its tokenizer and a text of ~1.5k tokens."""
+    root = tmp_path_factory.mktemp("sweep")
+    rng = random.Random(0)
+    text = "\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(250))
+    (root / "text.txt").write_text(text)
+    tokenizer = train_bpe_tokenizer(text, vocab_size=300)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    gaincell.save(AutoModelForCausalLM.from_config(config), root / "model", tokenizer)
+    return root
+
+
+def spec_dict(files, **changes) -> dict:
+    data = {
+        "model": str(files / "model"),
+        "text": str(files / "text.txt"),
+        "output_dir": str(files / "out"),
+        "max_tokens": 300,
+        "context": 64,
+        "stride": 32,
+        "seeds": [0, 1],
+        "grid": {"adc_levels": [8, 32], "window": [16, 32], "read_noise": [0.0, 0.2]},
+    }
+    return {**data, **changes}
+
+
+def write_toml(path, data: dict) -> str:
+    lines, tables = [], []
+    for key, value in data.items():
+        (tables if isinstance(value, dict) else lines).append((key, value))
+    text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in lines)
+    for name, table in tables:
+        text += f"[{name}]\n" + "".join(f'"{k}" = {json.dumps(v)}\n' for k, v in table.items())
+    path.write_text(text)
+    return str(path)
+
+
+# -- validation -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"windw": 3}, "windw: unknown key"),
+        ({"grid": {}}, "grid: empty table"),
+        ({"grid": {"window": []}}, "grid.window: a non-empty list of values"),
+        ({"grid": {"adc_levels": [8, 1]}}, "grid.adc_levels = 1: periphery.adc.levels must be an integer >= 2"),
+        ({"grid": {"adc_bits": [4]}}, "grid.adc_bits: unknown knob"),
+        ({"model": "no/such/model"}, "model: no such directory no/such/model"),
+        ({"text": "missing.txt"}, "text: no such text file"),
+        ({"seeds": []}, "seeds: a non-empty list"),
+        ({"grid": {"retention_time": [0.005]}}, "grid.retention_time: needs token_rate"),
+        ({"calibration": {"max_iter": 3}}, "calibration.max_iter: unknown key"),
+        ({"adc_cost": "free"}, "adc_cost: one of scaled, fixed"),
+    ],
+)
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(files, tmp_path, capsys, change, message):
+    data = spec_dict(files, output_dir=str(tmp_path / "out"), **change)
+    config = write_toml(tmp_path / "sweep.toml", data)
+    assert main(["sweep", config]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gaincell sweep: error: {message}"), err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibration_without_targets_is_one_line_and_writes_nothing(files, tmp_path, capsys):
+    config = write_toml(tmp_path / "sweep.toml", spec_dict(files, output_dir=str(tmp_path / "out"), calibrate=True))
+    assert main(["sweep", config]) == 2
+    err = capsys.readouterr().err
+    assert "calibrate: model" in err and "has no calibration targets" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_knobs_aliases_paths_and_derived(files):
+    tech = load_technology("paper")
+    spec = spec_from_dict(
+        spec_dict(
+            files,
+            base={"periphery": {"s_sat": 60.0}},
+            grid={"adc_range": [0.5], "token_rate": [1000.0], "cell": ["linear"], "periphery.q.levels": [4]},
+        )
+    )
+    config = point_config(spec, spec.points[0], 3)
+    assert (config.periphery.adc.low, config.periphery.adc.high) == (-0.5, 0.5)
+    assert config.leakage == pytest.approx(1e-3 / tech.array.retention_time)
+    assert (config.cell.kind, config.periphery.q.levels, config.periphery.s_sat, config.noise.seed) == ("linear", 4, 60.0, 3)
+    assert spec.knobs == ("adc_range", "token_rate", "cell", "periphery.q.levels")
+
+
+def test_cost_scales_with_window_and_adc_levels(files):
+    shape, tech = load_shape(str(files / "model")), load_technology("paper")
+    spec = spec_from_dict(spec_dict(files))
+    cost = {tuple(p.values()): point_cost(shape, point_config(spec, p, 0), tech) for p in spec.points}
+    assert cost[(8, 16, 0.0)]["energy_per_token_j"] < cost[(32, 16, 0.0)]["energy_per_token_j"]
+    assert cost[(8, 16, 0.0)]["area_m2"] < cost[(8, 32, 0.0)]["area_m2"]
+    assert cost[(8, 16, 0.0)] == cost[(8, 16, 0.2)]  # read noise costs nothing in the model
+    fixed = point_cost(shape, point_config(spec, spec.points[0], 0), tech, "fixed")
+    assert fixed["energy_per_token_j"] > cost[(8, 16, 0.0)]["energy_per_token_j"]  # the preset's 32-level ADC
+
+
+def test_pareto_front():
+    rows = [{"cost": {"energy_per_token_j": e}, "ppl_mean": p} for e, p in [(1, 9), (2, 5), (3, 6), (4, 4), (2, 7)]]
+    mark_pareto(rows)
+    assert [row["pareto"] for row in rows] == [True, True, False, True, False]
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+
+def test_killed_sweep_resumes_to_the_same_json(files, tmp_path, monkeypatch):
+    whole = spec_from_dict(spec_dict(files, output_dir=str(tmp_path / "whole")))
+    summary = run_sweep(whole, progress=False)
+    noisy = [row for row in summary["rows"] if row["point"].get("read_noise")]
+    assert all(len(row["ppl"]) == 2 and row["ppl_std"] > 0 for row in noisy)  # two chip seeds where noise
+    assert all(len(row["ppl"]) == 1 for row in summary["rows"] if not row["point"].get("read_noise"))
+
+    killed = spec_from_dict(spec_dict(files, output_dir=str(tmp_path / "killed")))
+    evaluate, calls = Evaluator.evaluate, []
+
+    def dies_after_five(self, unit):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(unit)
+        return evaluate(self, unit)
+
+    monkeypatch.setattr(Evaluator, "evaluate", dies_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(killed, progress=False)
+    monkeypatch.setattr(Evaluator, "evaluate", evaluate)
+    lines = (tmp_path / "killed" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and not (tmp_path / "killed" / "results.json").exists()
+    with open(tmp_path / "killed" / "results.jsonl", "a") as handle:
+        handle.write('{"key": "torn')  # a kill in the middle of a write
+    resumed = run_sweep(killed, progress=False)
+    assert resumed["wall_seconds_this_run"] > 0
+    for name in ("results.json",):
+        assert (tmp_path / "killed" / name).read_text() == (tmp_path / "whole" / name).read_text()
+
+    def lines(name):  # every field but the measuring time
+        records = [json.loads(line) for line in (tmp_path / name / "results.jsonl").read_text().splitlines()]
+        return sorted(json.dumps({k: v for k, v in r.items() if k != "seconds"}, sort_keys=True) for r in records)
+
+    assert lines("killed") == lines("whole")
+    report = (tmp_path / "killed" / "report.md").read_text()
+    assert "| 0 | 8 | 16 | 0 |" in report and "![pareto.png](pareto.png)" in report
+    for plot in ("ppl_vs_adc_levels.png", "ppl_vs_window.png", "ppl_vs_read_noise.png", "pareto.png"):
+        assert (tmp_path / "killed" / plot).stat().st_size > 1000
+
+
+def test_reference_and_points_match_gaincell_eval(files, tmp_path):
+    """The reference row is the plain model's strided perplexity; a point is the converted model's."""
+    from gaincell.evaluate import strided_perplexity
+
+    spec = spec_from_dict(spec_dict(files, output_dir=str(tmp_path / "o"), grid={"window": [16]}, seeds=[0]))
+    rows = run_sweep(spec, progress=False)["rows"]
+    evaluator = Evaluator(spec)
+    plain = strided_perplexity(evaluator.model, evaluator.tokens, 64, 32)["ppl"]
+    converted = gaincell.convert(evaluator.model, point_config(spec, {"window": 16}, 0))
+    assert rows[0]["ppl_mean"] == pytest.approx(plain)
+    assert rows[1]["ppl_mean"] == pytest.approx(strided_perplexity(converted, evaluator.tokens, 64, 32)["ppl"])
+    assert rows[0]["cost"] is None and rows[1]["cost"]["energy_per_token_j"] > 0
+
+
+def test_per_point_calibration_on_a_model_with_targets(files, tmp_path):
+    """A linear-stage model (targets recorded) is calibrated per point, from the same scalers each time."""
+    from gaincell.layer import gain_cell_layers
+
+    model = gaincell.load(files / "model")
+    linear = gaincell.preset("linear", window=32, subtile_rows=16)  # a read-out gain that makes tiny outputs visible
+    gaincell.convert(model, linear.replace(periphery=dataclasses.replace(linear.periphery, readout_gain=2.0)))
+    ids = torch.randint(1, model.config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
+    model.train()
+    for cell in gain_cell_layers(model):
+        cell.recording = True
+    with torch.no_grad():
+        model(input_ids=ids)
+    for cell in gain_cell_layers(model):
+        cell.recording = False
+    gaincell.save(model, tmp_path / "adapted", gaincell.checkpoint.load_tokenizer(files / "model"))
+    data = spec_dict(files, model=str(tmp_path / "adapted"), output_dir=str(tmp_path / "o"), seeds=[0])
+    data |= {"calibrate": True, "calibration": {"max_iterations": 4, "batch_size": 2}, "grid": {"cell": ["polynomial"]}}
+    rows = run_sweep(spec_from_dict(data), progress=False)["rows"]
+    assert rows[0]["leakage"] == pytest.approx(1.6e-4) and rows[1]["point"] == {"cell": "polynomial"}
+    (calibration,) = rows[1]["calibration"]
+    assert 1 <= calibration["iterations"] <= 4 and calibration["final_error"] >= 0
+    assert calibration["converged"] == (calibration["final_error"] < 1e-4)
+    uncalibrated = run_sweep(spec_from_dict({**data, "calibrate": False, "output_dir": str(tmp_path / "u")}), progress=False)
+    assert uncalibrated["rows"][1]["ppl_mean"] != pytest.approx(rows[1]["ppl_mean"])
+    assert uncalibrated["rows"][0]["ppl_mean"] == pytest.approx(rows[0]["ppl_mean"])  # the reference is never calibrated
+
+
+def test_another_sweep_in_the_same_folder_is_refused(files, tmp_path):
+    run_sweep(spec_from_dict(spec_dict(files, output_dir=str(tmp_path / "o"), grid={"window": [16]})), progress=False)
+    other = spec_from_dict(spec_dict(files, output_dir=str(tmp_path / "o"), grid={"window": [32]}))
+    with pytest.raises(GainCellError, match="output_dir: .* holds a different sweep"):
+        run_sweep(other, progress=False)
+
+
+def test_overrides_from_the_command_line(files, tmp_path):
+    config = write_toml(tmp_path / "s.toml", spec_dict(files))
+    spec = read_spec(config, ["grid.window=[16]", "max_tokens=200", "calibration.max_iterations=3"])
+    assert spec.points[0]["window"] == 16 and len(spec.points) == 4 and spec.max_tokens == 200
+    assert spec.calibration == {"max_iterations": 3}
+
+
+@pytest.mark.slow
+def test_parallel_jobs_give_the_same_results(files, tmp_path):
+    one = run_sweep(spec_from_dict(spec_dict(files, output_dir=str(tmp_path / "one"))), progress=False)
+    two = run_sweep(spec_from_dict(spec_dict(files, output_dir=str(tmp_path / "two"))), jobs=2, progress=False)
+    assert one["rows"] == two["rows"]
+
+
+def test_sweep_help_does_not_import_transformers():
+    code = (
+        "import sys\nfrom gaincell.cli import main\ntry:\n    main(['sweep', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'transformers', 'datasets'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
