@@ -6,7 +6,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``gaincell sweep``; everything else is in the TOML file (see examples/sweep.toml)."""
+    """Flags of ``gaincell sweep``; everything else is in the TOML file (see examples/sweep-stories260K.toml)."""
     parser.add_argument("config", metavar="CONFIG", help="the sweep's TOML file")
     parser.add_argument(
         "--set",
