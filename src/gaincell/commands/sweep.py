@@ -9,7 +9,7 @@ from gaincell.sweep import read_spec, run_sweep
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``gaincell sweep``; everything else is in the TOML file (see examples/sweep.toml)."""
+    """Flags of ``gaincell sweep``; everything else is in the TOML file (see examples/sweep-stories260K.toml)."""
     parser.add_argument("config", metavar="CONFIG", help="the sweep's TOML file")
     parser.add_argument(
         "--set",
