@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_STORIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "models" / "stories260K"
+DEFAULT_STORIES = Path(__file__).resolve().parents[1] / "tests" / "data" / "models" / "stories260K"  # the committed copy
 GPT2_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=4096)
 
 
