@@ -78,3 +78,13 @@ def test_the_library_never_imports_a_command():
     library = [name for name in graph if not name.startswith("gaincell.commands") and name != "gaincell.cli"]
     for name in library:
         assert not any(target.startswith("gaincell.commands") for target in graph[name]), name
+
+
+def test_no_function_is_longer_than_a_screen():
+    """STYLE.md: short functions with names that say what they do (about 60 lines at most)."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long
