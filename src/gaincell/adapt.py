@@ -36,14 +36,15 @@ from gaincell.data import corpus_blocks, load_text_corpus, split_blocks
 from gaincell.errors import GainCellError
 from gaincell.initialise import InitialiseConfig, initialise_scalers
 from gaincell.layer import gain_cell_layers
+from gaincell.tomlfile import parse_override, read_toml
 from gaincell.train import TrainConfig, TrainResult, latest_checkpoint, train
 from gaincell.transfer import DistillConfig, TransferConfig, distill_stage, make_teacher, transfer_stage
 from gaincell.validation import check_int, check_positive
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 
 # -- stages -----------------------------------------------------------------------------------------
@@ -388,23 +389,11 @@ def _stages(value: Any) -> tuple[str, ...]:
 
 def read_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read a TOML recipe; ``overrides`` are ``section.key=value`` strings (values parsed as TOML)."""
-    path = Path(path)
-    if not path.is_file():
-        raise GainCellError(f"CONFIG: no such file {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise GainCellError(f"CONFIG: {path} is not valid TOML: {error}") from error
+    data = read_toml(path)
     for override in overrides:
-        key, sep, raw = override.partition("=")
-        if not sep or not key.strip():
-            raise GainCellError(f"--set expects section.key=value, got {override!r}")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw  # a bare string
+        key, value = parse_override(override, "section.key=value")
         table = data
-        *parents, leaf = key.strip().split(".")
+        *parents, leaf = key.split(".")
         for parent in parents:
             table = table.setdefault(parent, {})
             if not isinstance(table, dict):

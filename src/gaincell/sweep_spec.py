@@ -30,11 +30,12 @@ from gaincell.config import GainCellConfig, preset
 from gaincell.errors import GainCellError, first_line
 from gaincell.hardware.constants import load_technology
 from gaincell.hardware.gaincell_model import AttentionShape, estimate
+from gaincell.tomlfile import parse_override, read_toml
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 #: Short knob names; any dotted path into GainCellConfig.to_dict() (``periphery.adc.levels``) also works.
 KNOB_ALIASES: dict[str, str] = {
@@ -96,27 +97,14 @@ class SweepSpec:
 
 def read_spec(path: str | os.PathLike, overrides: list[str] = ()) -> SweepSpec:
     """Read and validate a sweep TOML; ``overrides`` are ``key=value`` strings (``grid.window=[64]``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise GainCellError(f"CONFIG: no such file {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise GainCellError(f"CONFIG: {path} is not valid TOML: {first_line(error)}") from None
+    data = read_toml(path)
     for override in overrides:
         _apply_override(data, override)
     return spec_from_dict(data)
 
 
 def _apply_override(data: dict, override: str) -> None:
-    key, sep, raw = override.partition("=")
-    if not sep or not key.strip():
-        raise GainCellError(f"--set expects key=value, got {override!r}")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # a bare string
-    key = key.strip()
+    key, value = parse_override(override)
     section, dot, rest = key.partition(".")
     if dot and section in ("grid", "base", "calibration"):  # grid.adc_levels=[8,16]: the knob keeps its dots
         table = data.setdefault(section, {})
