@@ -15,7 +15,6 @@ softmax attention output of that head, measured on the same layer inputs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +24,7 @@ from gaincell.convert import attention_modules, convert, model_config
 from gaincell.errors import GainCellError
 from gaincell.layer import gain_cell_layers
 from gaincell.taps import capture_attention_io, replay, tap_attention
+from gaincell.validation import check_int, check_positive, fail
 
 
 @dataclass(frozen=True)
@@ -38,18 +38,12 @@ class InitialiseConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.sigmas, (int, float)) or isinstance(self.sigmas, bool) or not self.sigmas > 0:
-            raise GainCellError(f"initialise.sigmas must be a number > 0, got {self.sigmas!r}")
-        if not math.isfinite(self.sigmas):
-            raise GainCellError(f"initialise.sigmas must be finite, got {self.sigmas!r}")
+        check_positive("initialise.sigmas", self.sigmas)
         for name in ("batch_size", "batches"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise GainCellError(f"initialise.{name} must be an integer >= 1, got {value!r}")
+            check_int(f"initialise.{name}", getattr(self, name), 1)
         if not isinstance(self.output, bool):
-            raise GainCellError(f"initialise.output must be true or false, got {self.output!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise GainCellError(f"initialise.seed must be an integer >= 0, got {self.seed!r}")
+            fail("initialise.output", "true or false", self.output)
+        check_int("initialise.seed", self.seed, 0)
 
 
 class Moments:

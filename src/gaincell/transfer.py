@@ -22,7 +22,6 @@ matters for comparison: the transfer MSE, resp. the student's plain LM loss.
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -35,6 +34,7 @@ from gaincell.convert import attention_modules, convert, model_config
 from gaincell.errors import GainCellError
 from gaincell.taps import capture_attention_io, replay
 from gaincell.train import TrainConfig, TrainResult, train
+from gaincell.validation import check_choice, check_non_negative, check_positive
 
 TRANSFER_PARAMETERS = ("attention", "scalers")
 TEACHERS = ("window", "full")
@@ -57,8 +57,7 @@ class TransferConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name, choices in (("parameters", TRANSFER_PARAMETERS), ("teacher", TEACHERS), ("cells", TRANSFER_CELLS)):
-            if getattr(self, name) not in choices:
-                raise GainCellError(f"transfer.{name} must be one of {choices}, got {getattr(self, name)!r}")
+            check_choice(f"transfer.{name}", getattr(self, name), choices)
 
 
 @dataclass(frozen=True)
@@ -72,16 +71,12 @@ class DistillConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("kd_weight", "lm_weight", "temperature"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise GainCellError(f"distill.{name} must be a finite number >= 0, got {value!r}")
-        if self.temperature <= 0:
-            raise GainCellError(f"distill.temperature must be > 0, got {self.temperature!r}")
+        for name in ("kd_weight", "lm_weight"):
+            check_non_negative(f"distill.{name}", getattr(self, name))
+        check_positive("distill.temperature", self.temperature)
         if self.kd_weight == 0 and self.lm_weight == 0:
             raise GainCellError("distill.kd_weight and distill.lm_weight cannot both be 0")
-        if self.teacher not in TEACHERS:
-            raise GainCellError(f"distill.teacher must be one of {TEACHERS}, got {self.teacher!r}")
+        check_choice("distill.teacher", self.teacher, TEACHERS)
 
 
 def make_teacher(pretrained, kind: str, hardware: GainCellConfig):
