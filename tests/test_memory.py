@@ -95,3 +95,43 @@ def test_select_reorders_the_batch_like_beam_search():
     outputs = [memory.step(*(x[:, :, t : t + 1] for x in swapped)) for t in range(30, 40)]
     parallel = gain_cell_attention(*swapped, scalers, config)[:, :, 30:]
     torch.testing.assert_close(torch.cat(outputs, 2), parallel, rtol=1e-10, atol=1e-12)
+
+
+def test_step_output_is_an_ordinary_tensor():
+    """The step runs in inference mode inside; what it returns can still enter an autograd graph."""
+    config = preset("paper", window=8, subtile_rows=4, block_size=4)
+    q, k, v = _sequence(12, torch.float32)
+    memory = GainCellMemory(config, Scalers(3), 2, 3, 8)
+    weight = torch.ones(8, requires_grad=True)
+    total = sum((memory.step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1]) * weight).sum() for t in range(12))
+    total.backward()
+    assert weight.grad is not None and torch.isfinite(weight.grad).all()
+
+
+def test_memory_made_in_inference_mode_resets_outside_it():
+    config = preset("paper", window=8, subtile_rows=4, block_size=4)
+    q, k, v = _sequence(3, torch.float32)
+    with torch.inference_mode():
+        memory = GainCellMemory(config, Scalers(3), 2, 3, 8)
+        first = memory.step(q[:, :, :1], k[:, :, :1], v[:, :, :1])
+    memory.reset()
+    torch.testing.assert_close(memory.step(q[:, :, :1], k[:, :, :1], v[:, :, :1]), first, rtol=0, atol=0)
+
+
+def test_scaler_changed_in_place_between_steps_is_used():
+    """The stacked scalers are kept between steps; an in-place change (an optimiser step, a
+    ``no_grad`` update) must still reach the next step. Only the query scaler changes, so the last
+    output equals the parallel op's with the new scalers."""
+    config = preset("paper", window=16, subtile_rows=8, block_size=8)
+    q, k, v = _sequence(10, torch.float32)
+    scalers = Scalers(3)
+    memory = GainCellMemory(config, scalers, 2, 3, 8)
+    for t in range(9):
+        memory.step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1])
+    with torch.no_grad():
+        scalers.a_q.mul_(0.5)
+        scalers.b_q.add_(0.1)
+    last = memory.step(q[:, :, 9:], k[:, :, 9:], v[:, :, 9:])
+    with torch.no_grad():
+        parallel = gain_cell_attention(q, k, v, scalers, config)
+    torch.testing.assert_close(last, parallel[:, :, 9:], rtol=1e-5, atol=1e-6)

@@ -86,12 +86,16 @@ class GainCellMemory:
             ages = torch.arange(-self.plan.block + 1, self.plan.block, device=device)
             self._ages = ages
             self._age_decays = _decays(self.plan.features, self.plan, ages, dtype)
-            # With leakage each feature is one power c·y^p: a new slot's columns are then one stacked multiply.
+            self._readout_scales = self._age_decays * (self.plan.readout_gain / self.plan.s_sat)
+            # With leakage each feature is one power c·y^p: a new slot's columns are then one stacked multiply
+            # by c·λ^(p·age) (the same factors Feature.scaled multiplies, so the same numbers).
             terms = [feature.terms() for feature in self.plan.features]
             self._powers = None
             if terms and all(len(t) == 1 and t[0][0] for t in terms):
                 self._powers = tuple(p for ((p, _),) in terms)
                 self._age_scales = torch.stack([c * self._age_decays[:, i] for i, ((_, c),) in enumerate(terms)], 1)
+            self._affine_cache: tuple[tuple, torch.dtype, tuple[torch.Tensor, ...]] | None = None
+            self._grids: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
             self._gains = None  # (2 B H, M, D): the key arrays' cell gains, then the value arrays'
             if gains is not None:
                 stacked = torch.stack([gains.key, gains.value]).to(dtype)
@@ -99,11 +103,12 @@ class GainCellMemory:
 
     def reset(self) -> None:
         """Forget everything (a new sequence): slots are marked empty, nothing is read from them."""
-        self.keys.zero_()
-        self.values.zero_()
-        self.positions.fill_(-1)
+        self.keys = torch.zeros_like(self.keys)  # new tensors: these may have been made in inference mode
+        self.values = torch.zeros_like(self.values)
+        self.positions = torch.full_like(self.positions, -1)
         self.length = 0
         self._anchor = None
+        self._affine_cache = None
 
     def select(self, index: torch.Tensor) -> None:
         """Keep the sequences ``index`` of the batch, in that order (beam search reorders beams)."""
@@ -138,6 +143,7 @@ class GainCellMemory:
         if self.length:
             raise GainCellError("prefill needs an empty memory (call reset() first, or use step())")
         out = gain_cell_attention(q, k, v, self.scalers, self.config, gains=self.gains)
+        self._affine_cache = None
         keep = min(q.shape[2], self.config.window)
         self.length = q.shape[2] - keep
         if self.config.attention == "softmax":
@@ -160,9 +166,17 @@ class GainCellMemory:
         if self.config.attention == "softmax":
             self._write(k, v)
             return self._softmax_read(q)
+        with torch.inference_mode():  # a step is ~40 tiny ops: skip autograd's bookkeeping on each
+            readout, a, b = self._write_and_read(q, k, v)
+        return torch.addcmul(b[3], a[3], readout).to(q.dtype)  # outside: an ordinary tensor for the caller
+
+    def _write_and_read(self, q, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The chip's step: front end, write into slot t mod M, both products, ADCs. Returns the digital
+        sum (B, H, 1, D) and the scalers' a and b (the output scaler is the caller's)."""
+        batch, heads, dim = self.shape
         t, slot = self.length, self.length % self.config.window
-        a, b = self._affine(q.dtype)
-        pulses, stored = self._encode(q, k, v, a, b)
+        a, b, b_qkv, a_qkv = self._affine(q.dtype)
+        pulses, stored = self._encode(q, k, v, a_qkv, b_qkv)
         stored = stored.to(self.keys.dtype)
         self.keys[:, :, slot] = stored[0, :, :, 0]
         self.values[:, :, slot] = stored[1, :, :, 0]
@@ -177,25 +191,56 @@ class GainCellMemory:
         if self.plan.read_noise:
             seed = int(torch.randint(0, 2**62, (1,)).item())
             generator = torch.Generator(device=pulses.device).manual_seed(seed)
-        readout = self._read(pulses.to(self.keys.dtype).reshape(batch * heads, 1, dim), self._band(t, anchor), generator)
-        return torch.addcmul(b[3], a[3], readout.view(batch, heads, 1, dim).to(pulses.dtype)).to(q.dtype)
+        row = t - anchor + self.plan.block - 1  # the query's age t − a in the decay tables
+        pulses_flat = pulses.to(self.keys.dtype).reshape(batch * heads, 1, dim)
+        readout = self._read(pulses_flat, self._band(t, anchor, row), row, generator)
+        return readout.view(batch, heads, 1, dim).to(pulses.dtype), a, b
 
-    def _encode(self, q, k, v, a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, q, k, v, a_qkv, b_qkv) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`~gaincell.equations.front_end` for one token: pulses, and the stored k~ and v~ stacked
-        (2, B, H, 1, D). Keys and values share one quantiser call, and the straight-through autograd
-        function is skipped (generation needs no gradient; it costs more than the rest of a step)."""
+        (2, B, H, 1, D). q, k and v go through their scalers and quantisers as one stacked tensor
+        (per-row bounds and steps: the same clamp, division, rounding and product as
+        :func:`~gaincell.periphery.quantize`), and the straight-through autograd function is skipped
+        (generation needs no gradient)."""
         periphery = self.config.periphery
-        pulses = quantize(torch.addcmul(b[0], a[0], q), periphery.q)
-        stored = torch.stack([torch.addcmul(b[1], a[1], k), torch.addcmul(b[2], a[2], v)])
-        return pulses, quantize(stored, periphery.kv).sub_(periphery.offset)
+        grid = self._grid(q.dtype)
+        x = torch.addcmul(b_qkv, a_qkv, torch.stack([q, k, v]))  # (3, B, H, 1, D)
+        if grid is None:
+            return quantize(x[0], periphery.q), quantize(x[1:], periphery.kv).sub_(periphery.offset)
+        low, high, step = grid
+        torch.clamp(x, low, high, out=x).div_(step).round_().mul_(step)
+        return x[0], x[1:].sub_(periphery.offset)
 
-    def _affine(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """All scalers' a and b as (4, H, 1, 1) in q, k, v, o order: one stack per step instead of
-        two look-ups, casts and reshapes per scaler (Scalers.apply computes the same a·x + b)."""
-        scalers = self.scalers
-        a = torch.stack([getattr(scalers, f"a_{name}") for name in scalers.names]).to(dtype)
-        b = torch.stack([getattr(scalers, f"b_{name}") for name in scalers.names]).to(dtype)
-        return a[:, :, None, None], b[:, :, None, None]
+    def _grid(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...] | None:
+        """Bounds and steps of the q and k/v quantisers as (3, 1, 1, 1, 1) rows, when both round on
+        SPEC's zero-origin grid (else None: :func:`quantize` per quantiser)."""
+        q, kv = self.config.periphery.q, self.config.periphery.kv
+        if q.levels is None or kv.levels is None or q.origin or kv.origin:
+            return None
+        if dtype not in self._grids:
+            rows = [[q.low, kv.low, kv.low], [q.high, kv.high, kv.high], [q.step, kv.step, kv.step]]
+            self._grids[dtype] = tuple(
+                torch.tensor(r, dtype=dtype, device=self.keys.device).view(3, 1, 1, 1, 1) for r in rows
+            )
+        return self._grids[dtype]
+
+    def _affine(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """All scalers' a and b as (4, H, 1, 1) in q, k, v, o order (Scalers.apply computes the same
+        a·x + b), then b and a of q, k, v as (3, 1, H, 1, 1) for the stacked front end. Stacked once
+        per sequence (reset / prefill start one) and again when a scaler changes in place (its
+        tensor version moves; a write through ``.data`` does not move it and is seen at the next
+        sequence)."""
+        parameters = [getattr(self.scalers, f"{ab}_{name}") for ab in "ab" for name in self.scalers.names]
+        try:
+            versions = tuple((id(p), p._version) for p in parameters)
+        except RuntimeError:  # scalers made in inference mode keep no version: stack them every step
+            versions = None
+        cached = self._affine_cache
+        if cached is None or versions is None or cached[0] != versions or cached[1] != dtype:
+            half = len(parameters) // 2
+            a, b = (torch.stack(parameters[i : i + half]).to(dtype)[:, :, None, None] for i in (0, half))
+            cached = self._affine_cache = (versions, dtype, (a, b, b[:3, None], a[:3, None]))
+        return cached[2]
 
     def _flat(self, stored: torch.Tensor) -> torch.Tensor:
         batch, heads, dim = self.shape
@@ -221,64 +266,81 @@ class GainCellMemory:
         decays = self._age_decays[row : row + 1]  # what banded._columns computes for this age
         width = len(features) * dim
         columns = stored.new_empty(2 * bh, 1, width + bool(plan.constant))
-        for index, feature in enumerate(features):
-            feature.scaled(
-                stored.view(2 * bh, 1, dim), decays[:, index, None], gain, columns[:, :, index * dim : (index + 1) * dim]
-            )
+        if self._powers is not None:  # one multiply for all features, as Feature.scaled computes each
+            y = stored.view(2 * bh, 1, 1, dim)
+            powered = torch.cat([y if p == 1 else y**p for p in self._powers], dim=2)
+            scales = self._age_scales[row].view(1, 1, -1, 1)
+            torch.mul(powered, scales, out=columns[:, :, :width].view(2 * bh, 1, -1, dim))
+            if gain is not None:
+                columns[:, :, :width].view(2 * bh, 1, -1, dim).mul_(gain[:, :, None])
+        else:
+            for index, feature in enumerate(features):
+                feature.scaled(
+                    stored.view(2 * bh, 1, dim), decays[:, index, None], gain, columns[:, :, index * dim : (index + 1) * dim]
+                )
         if plan.constant:
             columns[:, :, -1] = 1.0
         self._key_columns[:, slot] = columns[:bh, 0]
         by_chunk = self._value_columns.view(-1, bh, len(features), plan.chunk, dim)
         by_chunk[slot // plan.chunk, :, :, slot % plan.chunk] = columns[bh:, 0, :width].view(bh, len(features), dim)
 
-    def _band(self, t: int, anchor: int) -> Band:
+    def _band(self, t: int, anchor: int, row: int) -> Band:
         """Which slots query t sees; with a full window only its age from the anchor changes."""
         if self.length < self.config.window:
-            return self._filling_band(t, anchor)
+            return self._filling_band(anchor, row)
         if self._full_band is None:
             query = torch.tensor([t], device=self.positions.device)
             band = self._full_band = make_band(self.plan, query, self.positions, anchor, self.chunk_subtile)
             self._full_occupied = band.occupied if band.fold is None else band.occupied[band.chunk_subtile[: band.fold]]
-        row = t - anchor + self.plan.block - 1
+            self._full_all_occupied = bool(band.occupied.all())
         self._full_band.query_age = self._ages[row : row + 1]
         return self._full_band
 
-    def _filling_band(self, t: int, anchor: int) -> Band:
-        """make_band's result for query t while the window fills: slots 0..t hold positions 0..t in
-        order (a memory fills from empty), so the rest are the one edge nobody sees, and a sub-tile is
-        occupied when its first slot is written."""
-        window, plan = self.config.window, self.plan
+    def _filling_band(self, anchor: int, row: int) -> Band:
+        """make_band's result for the query while the window fills: slots 0..t hold positions 0..t in
+        order (a memory fills from empty), so the rest are the one edge nobody sees (:meth:`_read`
+        hides it), and a sub-tile is occupied when its first slot is written."""
         valid = (self.positions >= 0)[None]
-        row = t - anchor + plan.block - 1
-        edges = ((slice(t + 1, window), valid[:, t + 1 :].T.contiguous()),) if t + 1 < window else ()
-        occupied = (self._subtile_starts <= t)[:, None]
+        occupied = (self._subtile_starts < self.length)[:, None]
         if self._chunk_fold is None:
             self._chunk_fold = (_fold(self.chunk_subtile.tolist()),)
-        band = Band(self._ages[row : row + 1], anchor - self.positions, valid, self.chunk_subtile, occupied, edges)
+        band = Band(self._ages[row : row + 1], anchor - self.positions, valid, self.chunk_subtile, occupied)
         band.fold = self._chunk_fold[0]
         return band
 
-    def _read(self, pulses: torch.Tensor, band: Band, generator) -> torch.Tensor:
-        """:func:`~gaincell.kernels.banded.analog_read` on the kept stored side: the same steps in the same order."""
+    def _read(self, pulses: torch.Tensor, band: Band, row: int, generator) -> torch.Tensor:
+        """:func:`~gaincell.kernels.banded.analog_read` on the kept stored side: the same steps in the
+        same order. ``row`` indexes the query's age t − a in the decay tables."""
         plan = self.plan
-        row = int(band.query_age[0]) + plan.block - 1
-        decays = self._age_decays[row : row + 1].to(pulses.dtype)  # banded._rows, with decays from the table
-        rows = (pulses[:, :, None, :] * decays[None, :, :, None]).flatten(2)
-        if plan.constant:
-            rows = torch.cat([rows, plan.constant * pulses.sum(-1, keepdim=True)], dim=2)
-        scores = _scores(plan, rows, self._key_columns, band, generator, self._scratch)
+        decays = self._age_decays[row : row + 1]  # banded._rows, with decays from the table
+        filling = self.length < self.config.window
+        scores = _scores(plan, self._query_rows(pulses, decays), self._key_columns, band, generator, self._scratch)
+        if filling:  # slots from ``length`` on are empty: S = −1, no pulse (banded._hide on that edge)
+            scores[:, self.length :].fill_(-1.0)
         widths = scores.clamp_(0.0, plan.s_sat)
-        if band is self._full_band and band.fold == self.config.window // plan.chunk and not plan.read_noise:
-            readout, occupied = self._one_query_readout(widths, decays), self._full_occupied
+        if band.fold == self.config.window // plan.chunk and not plan.read_noise:
+            occupied = band.occupied[band.chunk_subtile[: band.fold]] if filling else self._full_occupied
+            readout = self._one_query_readout(widths, self._readout_scales[row : row + 1])
         else:
             readout, occupied = _subtile_readout(plan, widths, decays, self._value_columns, band, generator, self._scratch)
         digital = pulses.new_empty(pulses.shape)
-        _adc(plan, readout, occupied, digital, self._scratch)
+        _adc(plan, readout, occupied, digital, self._scratch, all_occupied=None if filling else self._full_all_occupied)
         return digital
 
-    def _one_query_readout(self, widths: torch.Tensor, decays: torch.Tensor) -> torch.Tensor:
-        """banded._subtile_readout for one query over a full window whose chunks are its sub-tiles
-        (no folding) and no read noise: the same products and sums in a third of the tensor ops.
+    def _query_rows(self, pulses: torch.Tensor, decays: torch.Tensor) -> torch.Tensor:
+        """banded._rows for one query, written into a kept buffer: [λ^(p_f·(t−a)) Q]_f and the constant column."""
+        plan, (bh, _, dim) = self.plan, pulses.shape
+        width = decays.shape[1] * dim
+        rows = self._scratch("rows", pulses, bh, 1, width + bool(plan.constant))
+        torch.mul(pulses[:, :, None, :], decays[None, :, :, None], out=rows[:, :, :width].view(bh, 1, -1, dim))
+        if plan.constant:
+            torch.sum(pulses, -1, keepdim=True, out=rows[:, :, width:]).mul_(plan.constant)
+        return rows
+
+    def _one_query_readout(self, widths: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        """banded._subtile_readout for one query over a window whose chunks are its sub-tiles (no
+        folding) and no read noise: the same products and sums in a third of the tensor ops.
+        ``scales`` are the query-side decays times the read-out gain over S_sat, (1, F).
 
         Per chunk c (= sub-tile), A_c = Σ_f Σ_n P_n λ^(p_f(t−a)) · λ^(p_f(a−n)) φ_f(v~_n) as one
         matmul, plus the constant term's charge; returns (sub-tiles, BH, 1, D)."""
@@ -286,7 +348,6 @@ class GainCellMemory:
         bh, keys, _ = widths.shape
         chunks, g = keys // plan.chunk, plan.chunk
         by_chunk = widths.view(bh, chunks, g).transpose(0, 1)  # (C, BH, g)
-        scales = decays * (plan.readout_gain / plan.s_sat)  # (1, F)
         weights = self._scratch("one_query_weights", widths, chunks, bh, scales.shape[1], g)
         torch.mul(by_chunk[:, :, None, :], scales.view(1, 1, -1, 1), out=weights)
         weights = weights.view(chunks * bh, 1, -1)

@@ -361,13 +361,13 @@ def _subtile_readout(plan: Plan, widths, decays, value_columns, band: Band, gene
     return readout, occupied
 
 
-def _adc(plan: Plan, readout, occupied, out, scratch: _Scratch, keep_pass: bool = False):
+def _adc(plan: Plan, readout, occupied, out, scratch: _Scratch, keep_pass: bool = False, all_occupied=None):
     """One ADC per occupied sub-tile (clamp, then the quantiser of :mod:`gaincell.periphery` on
     ``adc``'s grid), added digitally into ``out`` (BH, Q, D).
 
     Σ_s (origin + step·k_s) is computed as step·Σ_s k_s + origin·(number of occupied sub-tiles);
     on SPEC's grid the origin is 0. With ``keep_pass`` returns where each ADC passes its input
-    (uint8, the STE derivative).
+    (uint8, the STE derivative). ``all_occupied``: ``occupied.all()`` when the caller knows it.
     """
     adc = plan.adc
     levels = torch.clamp(readout, adc.low, adc.high, out=scratch("levels", readout, *readout.shape))
@@ -376,7 +376,7 @@ def _adc(plan: Plan, readout, occupied, out, scratch: _Scratch, keep_pass: bool 
         if adc.origin:
             levels.sub_(adc.origin)
         levels.div_(adc.step).round_()
-    if not bool(occupied.all()):
+    if not (bool(occupied.all()) if all_occupied is None else all_occupied):
         mask = occupied.to(readout.dtype)[:, None, :, None]
         levels.mul_(mask)
         if passed is not None:
