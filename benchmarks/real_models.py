@@ -37,6 +37,7 @@ from gaincell.evaluate import strided_perplexity
 from gaincell.layer import gain_cell_layers
 
 ROOT = Path(__file__).resolve().parents[1]
+ROWS = ("a", "b", "c", "c-linear", "d", "e-paper", "e-transfer")
 
 
 def stories_setup(args) -> dict:
@@ -87,8 +88,10 @@ def sample(model, tokenizer, prompt: str, tokens: int = 40) -> str:
 
 
 def stage_table(steps: int, batch: int, **extra) -> dict:
-    return {"max_steps": steps, "batch_size": batch, "grad_accum": 1, "warmup_steps": max(1, steps // 20), "eval_every": 0,
-            "checkpoint_every": max(1, steps // 4), "log_every": 10, "mixed_precision": "no", **extra}  # fmt: skip
+    """One training stage; it evaluates 8 times (the held-out curve) and checkpoints 4 times."""
+    return {"max_steps": steps, "batch_size": batch, "grad_accum": 1, "warmup_steps": max(1, steps // 20),
+            "eval_every": max(1, steps // 8), "checkpoint_every": max(1, steps // 4), "log_every": 10,
+            "mixed_precision": "no", **extra}  # fmt: skip
 
 
 def recipes(setup, args) -> dict[str, dict]:
@@ -97,7 +100,7 @@ def recipes(setup, args) -> dict[str, dict]:
     per_step = args.batch * setup["block_size"]
     steps = max(2, args.budget // per_step)
     hardware = {"preset": "paper", "window": setup["window"]}
-    data = {"text": setup["train_text"], "block_size": setup["block_size"], "eval_fraction": 0.02, "eval_blocks": 4}
+    data = {"text": setup["train_text"], "block_size": setup["block_size"], "eval_fraction": 0.02, "eval_blocks": 8}
     base = {"model": setup["model"], "hardware": hardware, "data": data}
     linear_steps = max(1, steps // 5)
     transfer_steps = max(1, round(steps * args.transfer_share))
@@ -151,6 +154,9 @@ def main() -> None:
     parser.add_argument("--calibration-iterations", type=int, default=100, help="the paper's 100; fewer in --smoke")
     parser.add_argument("--smoke", action="store_true", help="tiny budget: shows the pipeline runs end to end")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
+                        help="rows to run (default all); rows already in the JSON are kept, so two processes "
+                        "can run e.g. 'a b c c-linear d e-paper' and 'e-transfer' side by side")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.budget is None:
@@ -171,32 +177,29 @@ def run(args) -> None:
     tokenizer = load_pretrained_tokenizer(setup["model"])
     pretrained = load_pretrained(setup["model"])
     hardware = gaincell.preset("paper", window=setup["window"])
-    rows: list[dict] = []
 
-    def measure(row: str, what: str, model, tokens: int = 0, wall: float = 0.0, text: str | None = None) -> None:
-        rows.append(
-            {
-                "row": row,
-                "what": what,
-                "tokens": tokens,
-                "wall_s": round(wall, 1),
-                "ppl": perplexity(model, setup),
-                "sample": text,
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+    def measure(row: str, what: str, model, tokens: int = 0, wall: float = 0.0, text=None, curve=None) -> None:
+        result = {"row": row, "what": what, "tokens": tokens, "wall_s": round(wall, 1), "ppl": perplexity(model, setup),
+                  "sample": text, "curve": curve or []}  # fmt: skip
+        print(json.dumps(result), flush=True)
+        write(args, setup, result, time.perf_counter() - started)
 
-    measure("a", "original", pretrained)
-    measure(
-        "b",
-        f"sliding-window softmax, M = {setup['window']}",
-        convert(copy.deepcopy(pretrained), "softmax", window=setup["window"]),
-    )
-    measure("c", "paper model, weights swapped in", convert(copy.deepcopy(pretrained), hardware))
-    measure("c-linear", "linear model, weights swapped in", convert(copy.deepcopy(pretrained), linear_config(hardware)))
-    measure("d", "calibration only", calibration_only(pretrained, setup, hardware, args))
-    for row, recipe in recipes(setup, args).items():
-        output = args.work / f"{args.model}-{row}"
+    baselines = {
+        "a": ("original", lambda: pretrained),
+        "b": (f"sliding-window softmax, M = {setup['window']}",
+              lambda: convert(copy.deepcopy(pretrained), "softmax", window=setup["window"])),
+        "c": ("paper model, weights swapped in", lambda: convert(copy.deepcopy(pretrained), hardware)),
+        "c-linear": ("linear model, weights swapped in",
+                     lambda: convert(copy.deepcopy(pretrained), linear_config(hardware))),
+        "d": ("calibration only", lambda: calibration_only(pretrained, setup, hardware, args)),
+    }  # fmt: skip
+    recipe_table = recipes(setup, args)
+    for row in args.rows:  # in the order asked
+        if row in baselines:
+            what, build = baselines[row]
+            measure(row, what, build())
+            continue
+        recipe, output = recipe_table[row], args.work / f"{args.model}-{row}"
         if output.exists():
             import shutil
 
@@ -206,29 +209,89 @@ def run(args) -> None:
         wall = time.perf_counter() - began
         tokens = sum(summary[name].get("tokens", 0) for name in recipe["stages"])
         model = gaincell.load(output / recipe["stages"][-1] / "model")
-        measure(row, " + ".join(recipe["stages"]), model, tokens, wall, sample(model, tokenizer, setup["prompt"]))
-    write(args, setup, rows, time.perf_counter() - started)
+        text = sample(model, tokenizer, setup["prompt"])
+        measure(row, " + ".join(recipe["stages"]), model, tokens, wall, text, held_out_curve(output, recipe["stages"]))
 
 
-def write(args, setup, rows, total: float) -> None:
+def held_out_curve(output: Path, stages: list[str]) -> list[dict]:
+    """Each training stage's evaluations on the held-out blocks, against the recipe's tokens so far:
+    the transfer stage's relative MSE, the other stages' perplexity (the linear stage's is the linear model's)."""
+    import math
+
+    points, before = [], 0
+    for stage in stages:
+        log = output / stage / "metrics.jsonl"
+        if not log.is_file():
+            continue
+        entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        for entry in entries:
+            if entry.get("eval_loss") is None or "tokens" not in entry:
+                continue
+            point = {"stage": stage, "tokens": before + entry["tokens"], "elapsed_s": round(entry["elapsed"], 1)}
+            if stage == "transfer":
+                point["relative_mse"] = entry["eval_loss"]
+            else:
+                point["ppl"] = math.exp(min(entry["eval_loss"], 50.0))
+            points.append(point)
+        before += max((e.get("tokens", 0) for e in entries), default=0)
+    return points
+
+
+def write(args, setup, result: dict, total: float) -> None:
+    """Merge ``result`` into the model's JSON (under a lock: two processes may run rows side by side),
+    then rewrite the markdown table and the curve plot from everything measured so far."""
+    import fcntl
+
     name = f"real-models-{args.model}{'-smoke' if args.smoke else ''}"
-    meta = {"model": args.model, "source": setup["model"], "window": setup["window"], "context": setup["context"],
-            "stride": setup["stride"], "eval": setup["eval_text"], "train": setup["train_text"],
-            "budget_tokens": args.budget, "settings": {k: str(v) for k, v in vars(args).items()},
-            "total_wall_s": round(total, 1), "torch": torch.__version__}  # fmt: skip
-    (args.out / f"{name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    path = args.out / f"{name}.json"
+    with open(args.out / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+        rows = [r for r in rows if r["row"] != result["row"]] + [result]
+        rows.sort(key=lambda r: ROWS.index(r["row"]))
+        meta = {"model": args.model, "source": setup["model"], "window": setup["window"], "context": setup["context"],
+                "stride": setup["stride"], "eval": setup["eval_text"], "train": setup["train_text"],
+                "budget_tokens": args.budget, "settings": {k: str(v) for k, v in vars(args).items()},
+                "wall_s_of_this_process": round(total, 1), "torch": torch.__version__}  # fmt: skip
+        path.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     title = f"# {args.model}: {setup['eval_text']}, context {setup['context']}, stride {setup['stride']}"
-    lines = [
-        f"{title}, M = {setup['window']}",
-        "",
-        "| row | what | tokens | wall (s) | perplexity |",
-        "|---|---|---:|---:|---:|",
-    ]
+    lines = [f"{title}, M = {setup['window']}", ""]
+    lines += ["| row | what | tokens | wall (s) | perplexity |", "|---|---|---:|---:|---:|"]
     lines += [f"| {r['row']} | {r['what']} | {r['tokens']:,} | {r['wall_s']} | {r['ppl']:,.2f} |" for r in rows]
     lines += ["", "Samples generated through the gain-cell memory (greedy):", ""]
     lines += [f"- **{r['row']}**: {r['sample']!r}" for r in rows if r["sample"]]
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    plot_curves(rows, args.out / f"{name}-curve.png", setup)
     print("\n".join(lines))
+
+
+def plot_curves(rows: list[dict], path: Path, setup) -> None:
+    """Held-out perplexity against training tokens for each (e) recipe, the original model as a line."""
+    curves = [r for r in rows if r.get("curve")]
+    if not curves:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    for row in curves:
+        for stage in dict.fromkeys(p["stage"] for p in row["curve"] if "ppl" in p):
+            points = [p for p in row["curve"] if p["stage"] == stage]
+            axis.plot([p["tokens"] for p in points], [p["ppl"] for p in points], "o-", label=f"{row['row']}: {stage}")
+    original = next((r["ppl"] for r in rows if r["row"] == "a"), None)
+    if original:
+        axis.axhline(original, color="gray", ls="--", label="(a) original (test)")
+        axis.axhline(3 * original, color="gray", ls=":", label="3 x (a)")
+    axis.set(xlabel="training tokens", ylabel="held-out perplexity", yscale="log",
+             title=f"{setup['eval_text'].split(' (')[0]}: held-out curve")  # fmt: skip
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    temporary = path.with_suffix(".tmp.png")
+    figure.savefig(temporary, dpi=120)
+    plt.close(figure)
+    temporary.replace(path)
 
 
 if __name__ == "__main__":

@@ -74,13 +74,13 @@ class GainCellMemory:
         self.positions = torch.full((window,), -1, dtype=torch.long, device=device)
         self.length = 0
         self._anchor: int | None = None  # the anchor the kept stored side was built for (None: stale)
-        self._full_band: Band | None = None  # the band of a full window, for ``_anchor``
+        self._full_band: tuple[Band, torch.Tensor, bool] | None = None  # see _band
         if config.attention != "softmax":
             self.plan = make_plan(config, gains is not None)
             starts = torch.arange(0, window, self.plan.chunk, device=device)
             self.chunk_subtile = starts // config.subtile_rows
             self._subtile_starts = torch.arange(0, window, config.subtile_rows, device=device)
-            self._chunk_fold: tuple[int | None] | None = None  # banded._fold of the chunks, once
+            self._filling_bands: dict[int, tuple[Band, torch.Tensor, bool]] = {}  # by occupied sub-tiles
             self._scratch = _Scratch()
             # Decays by age, computed once: a query's t - a is in [0, block), a new key's a - t in (-block, 0].
             ages = torch.arange(-self.plan.block + 1, self.plan.block, device=device)
@@ -265,6 +265,14 @@ class GainCellMemory:
         row = key_age + plan.block - 1
         decays = self._age_decays[row : row + 1]  # what banded._columns computes for this age
         width = len(features) * dim
+        by_chunk = self._value_columns.view(-1, bh, len(features), plan.chunk, dim)
+        if self._powers is not None and gain is None:  # as Feature.scaled computes, straight into place
+            y = stored.view(2, bh, 1, dim)
+            powered = torch.cat([y if p == 1 else y**p for p in self._powers], dim=2)  # (2, BH, F, D)
+            scales = self._age_scales[row].view(1, -1, 1)
+            torch.mul(powered[0], scales, out=self._key_columns[:, slot, :width].view(bh, -1, dim))
+            torch.mul(powered[1], scales, out=by_chunk[slot // plan.chunk, :, :, slot % plan.chunk])
+            return  # the constant column of ones stays as _build_stored wrote it
         columns = stored.new_empty(2 * bh, 1, width + bool(plan.constant))
         if self._powers is not None:  # one multiply for all features, as Feature.scaled computes each
             y = stored.view(2 * bh, 1, 1, dim)
@@ -281,37 +289,47 @@ class GainCellMemory:
         if plan.constant:
             columns[:, :, -1] = 1.0
         self._key_columns[:, slot] = columns[:bh, 0]
-        by_chunk = self._value_columns.view(-1, bh, len(features), plan.chunk, dim)
         by_chunk[slot // plan.chunk, :, :, slot % plan.chunk] = columns[bh:, 0, :width].view(bh, len(features), dim)
 
-    def _band(self, t: int, anchor: int, row: int) -> Band:
-        """Which slots query t sees; with a full window only its age from the anchor changes."""
+    def _band(self, t: int, anchor: int, row: int) -> tuple[Band, torch.Tensor, bool]:
+        """Which slots query t sees, with the occupancy of its sub-tiles in the band's chunk order
+        and whether all are occupied. Kept between steps: with a full window only the query's age
+        changes; while it fills, only the number of occupied sub-tiles. (The step reads a band's
+        ``fold``, ``chunk_subtile``, ``occupied`` and ``query_age``; ``key_age`` and ``valid`` are
+        those of the step it was made at.)"""
         if self.length < self.config.window:
             return self._filling_band(anchor, row)
         if self._full_band is None:
             query = torch.tensor([t], device=self.positions.device)
-            band = self._full_band = make_band(self.plan, query, self.positions, anchor, self.chunk_subtile)
-            self._full_occupied = band.occupied if band.fold is None else band.occupied[band.chunk_subtile[: band.fold]]
-            self._full_all_occupied = bool(band.occupied.all())
-        self._full_band.query_age = self._ages[row : row + 1]
+            band = make_band(self.plan, query, self.positions, anchor, self.chunk_subtile)
+            self._full_band = (band, self._in_chunk_order(band), bool(band.occupied.all()))
+        self._full_band[0].query_age = self._ages[row : row + 1]
         return self._full_band
 
-    def _filling_band(self, anchor: int, row: int) -> Band:
-        """make_band's result for the query while the window fills: slots 0..t hold positions 0..t in
-        order (a memory fills from empty), so the rest are the one edge nobody sees (:meth:`_read`
-        hides it), and a sub-tile is occupied when its first slot is written."""
-        valid = (self.positions >= 0)[None]
-        occupied = (self._subtile_starts < self.length)[:, None]
-        if self._chunk_fold is None:
-            self._chunk_fold = (_fold(self.chunk_subtile.tolist()),)
-        band = Band(self._ages[row : row + 1], anchor - self.positions, valid, self.chunk_subtile, occupied)
-        band.fold = self._chunk_fold[0]
-        return band
+    def _filling_band(self, anchor: int, row: int) -> tuple[Band, torch.Tensor, bool]:
+        """make_band's result while the window fills: slots 0..t hold positions 0..t in order (a
+        memory fills from empty), so the rest are the one edge nobody sees (:meth:`_read` hides it),
+        and sub-tile s is occupied once its first slot s·R is written: one band per count of them."""
+        count = -(-self.length // self.config.subtile_rows)
+        if count not in self._filling_bands:
+            valid = (self.positions >= 0)[None]
+            occupied = (self._subtile_starts < self.length)[:, None]
+            band = Band(self._ages[row : row + 1], anchor - self.positions, valid, self.chunk_subtile, occupied)
+            band.fold = _fold(self.chunk_subtile.tolist())
+            self._filling_bands[count] = (band, self._in_chunk_order(band), bool(occupied.all()))
+        entry = self._filling_bands[count]
+        entry[0].query_age = self._ages[row : row + 1]
+        return entry
 
-    def _read(self, pulses: torch.Tensor, band: Band, row: int, generator) -> torch.Tensor:
+    @staticmethod
+    def _in_chunk_order(band: Band) -> torch.Tensor:
+        """The band's sub-tile occupancy in the order the folded read-out lists sub-tiles."""
+        return band.occupied if band.fold is None else band.occupied[band.chunk_subtile[: band.fold]]
+
+    def _read(self, pulses: torch.Tensor, bands: tuple[Band, torch.Tensor, bool], row: int, generator) -> torch.Tensor:
         """:func:`~gaincell.kernels.banded.analog_read` on the kept stored side: the same steps in the
         same order. ``row`` indexes the query's age t − a in the decay tables."""
-        plan = self.plan
+        plan, (band, in_order, all_occupied) = self.plan, bands
         decays = self._age_decays[row : row + 1]  # banded._rows, with decays from the table
         filling = self.length < self.config.window
         scores = _scores(plan, self._query_rows(pulses, decays), self._key_columns, band, generator, self._scratch)
@@ -319,12 +337,11 @@ class GainCellMemory:
             scores[:, self.length :].fill_(-1.0)
         widths = scores.clamp_(0.0, plan.s_sat)
         if band.fold == self.config.window // plan.chunk and not plan.read_noise:
-            occupied = band.occupied[band.chunk_subtile[: band.fold]] if filling else self._full_occupied
-            readout = self._one_query_readout(widths, self._readout_scales[row : row + 1])
+            readout, occupied = self._one_query_readout(widths, self._readout_scales[row : row + 1]), in_order
         else:
             readout, occupied = _subtile_readout(plan, widths, decays, self._value_columns, band, generator, self._scratch)
         digital = pulses.new_empty(pulses.shape)
-        _adc(plan, readout, occupied, digital, self._scratch, all_occupied=None if filling else self._full_all_occupied)
+        _adc(plan, readout, occupied, digital, self._scratch, all_occupied=all_occupied)
         return digital
 
     def _query_rows(self, pulses: torch.Tensor, decays: torch.Tensor) -> torch.Tensor:
