@@ -3,8 +3,8 @@
 Prints one JSON object. Slow-downs are softmax tokens/s over gain-cell tokens/s, in wall time and in
 process CPU time (the fairer one on a machine shared with other jobs; with ``--threads 1`` it is the
 compute spent). Each case (model, attention, prompt length, batch) runs in a fresh subprocess
-so its peak memory is clean: peak RSS during ``generate`` (sampled every millisecond) minus RSS just
-before it. Greedy decoding, every sequence forced to ``--new-tokens`` tokens (``min_new_tokens``),
+so its peak memory is clean: peak RSS during one ``generate`` (sampled every millisecond) minus RSS
+just before it; the ``--repeats`` timed generations run after it, without the sampler. Greedy decoding, every sequence forced to ``--new-tokens`` tokens (``min_new_tokens``),
 random prompt tokens from a fixed seed.
 
 - ``gaincell``: the model converted with the ``paper`` preset, window ``--window`` (default 256): each
@@ -98,30 +98,28 @@ def build_model(name: str, attention: str, window: int, stories: str):
 def run_case(
     name: str, attention: str, prompt: int, batch: int, new: int, window: int, stories: str, repeats: int = 1
 ) -> dict:
-    """Time ``generate`` (after a short warm-up) ``repeats`` times and return the fastest run's numbers."""
-    runs = [_timed_generate(name, attention, prompt, batch, new, window, stories) for _ in range(repeats)]
-    best = max(runs, key=lambda r: r["tokens_per_s"])
-    return {**best, "repeats": repeats, "tokens_per_s_all": [round(r["tokens_per_s"], 2) for r in runs]}
-
-
-def _timed_generate(name: str, attention: str, prompt: int, batch: int, new: int, window: int, stories: str) -> dict:
+    """One model: a warm-up, one generation under the RSS sampler (peak memory), then ``repeats``
+    timed generations without it (a thread waking every millisecond would tax the timings); the
+    fastest is reported."""
     from transformers import LogitsProcessorList
 
     model = build_model(name, attention, window, stories)
-    vocab = model.config.vocab_size
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, vocab, (batch, prompt), generator=generator)
+    ids = torch.randint(3, model.config.vocab_size, (batch, prompt), generator=generator)
     options = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(ids))
+    runs = []
     with torch.no_grad():
         model.generate(ids[:, :16], max_new_tokens=4, min_new_tokens=4, **options)  # warm-up
-        clock = _StepClock()
         with _PeakRss() as rss:
+            model.generate(ids, max_new_tokens=new, min_new_tokens=new, **options)
+        for _ in range(repeats):
+            clock = _StepClock()
             start, cpu_start = time.perf_counter(), time.process_time()
             model.generate(
                 ids, max_new_tokens=new, min_new_tokens=new, logits_processor=LogitsProcessorList([clock]), **options
             )
-            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    steps = clock.times
+            runs.append((time.perf_counter() - start, time.process_time() - cpu_start, clock.times))
+    seconds, cpu_seconds, steps = min(runs, key=lambda run: run[0])
     result = {
         "model": name,
         "attention": attention,
@@ -135,6 +133,8 @@ def _timed_generate(name: str, attention: str, prompt: int, batch: int, new: int
         "tokens_per_cpu_s": batch * new / cpu_seconds,
         "decode_tokens_per_s": batch * (len(steps) - 1) / (steps[-1] - steps[0]),
         "peak_memory_growth_mb": rss.growth / 2**20,
+        "repeats": repeats,
+        "tokens_per_s_all": [round(batch * new / run[0], 2) for run in runs],
     }
     if new >= 256:
         span = 64
