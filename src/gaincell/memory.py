@@ -40,6 +40,9 @@ from gaincell.periphery import quantize
 from gaincell.scalers import Scalers
 from gaincell.validation import check_int
 
+#: The scalers' parameters in the order :meth:`GainCellMemory._affine` stacks them: all a, then all b.
+_SCALER_KEYS = tuple(f"{ab}_{name}" for ab in "ab" for name in Scalers.names)
+
 
 class GainCellMemory:
     """M slots of stored keys and values for one layer, all heads and a batch of sequences.
@@ -168,7 +171,8 @@ class GainCellMemory:
             return self._softmax_read(q)
         with torch.inference_mode():  # a step is ~40 tiny ops: skip autograd's bookkeeping on each
             readout, a, b = self._write_and_read(q, k, v)
-        return torch.addcmul(b[3], a[3], readout).to(q.dtype)  # outside: an ordinary tensor for the caller
+        out = torch.addcmul(b[3], a[3], readout)  # outside inference mode: an ordinary tensor for the caller
+        return out if out.dtype == q.dtype else out.to(q.dtype)
 
     def _write_and_read(self, q, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The chip's step: front end, write into slot t mod M, both products, ADCs. Returns the digital
@@ -177,7 +181,8 @@ class GainCellMemory:
         t, slot = self.length, self.length % self.config.window
         a, b, b_qkv, a_qkv = self._affine(q.dtype)
         pulses, stored = self._encode(q, k, v, a_qkv, b_qkv)
-        stored = stored.to(self.keys.dtype)
+        if stored.dtype != self.keys.dtype:
+            stored = stored.to(self.keys.dtype)
         self.keys[:, :, slot] = stored[0, :, :, 0]
         self.values[:, :, slot] = stored[1, :, :, 0]
         self.positions[slot] = t
@@ -192,9 +197,12 @@ class GainCellMemory:
             seed = int(torch.randint(0, 2**62, (1,)).item())
             generator = torch.Generator(device=pulses.device).manual_seed(seed)
         row = t - anchor + self.plan.block - 1  # the query's age t − a in the decay tables
-        pulses_flat = pulses.to(self.keys.dtype).reshape(batch * heads, 1, dim)
-        readout = self._read(pulses_flat, self._band(t, anchor, row), row, generator)
-        return readout.view(batch, heads, 1, dim).to(pulses.dtype), a, b
+        flat = pulses.reshape(batch * heads, 1, dim)
+        readout = self._read(
+            flat if flat.dtype == self.keys.dtype else flat.to(self.keys.dtype), self._band(t, anchor, row), row, generator
+        )
+        readout = readout.view(batch, heads, 1, dim)
+        return (readout if readout.dtype == pulses.dtype else readout.to(pulses.dtype)), a, b
 
     def _encode(self, q, k, v, a_qkv, b_qkv) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`~gaincell.equations.front_end` for one token: pulses, and the stored k~ and v~ stacked
@@ -230,7 +238,8 @@ class GainCellMemory:
         per sequence (reset / prefill start one) and again when a scaler changes in place (its
         tensor version moves; a write through ``.data`` does not move it and is seen at the next
         sequence)."""
-        parameters = [getattr(self.scalers, f"{ab}_{name}") for ab in "ab" for name in self.scalers.names]
+        registered = self.scalers._parameters  # a dict look-up each, not nn.Module.__getattr__
+        parameters = [registered[key] for key in _SCALER_KEYS]
         try:
             versions = tuple((id(p), p._version) for p in parameters)
         except RuntimeError:  # scalers made in inference mode keep no version: stack them every step
