@@ -115,7 +115,7 @@ class AttentionTransfer(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **_) -> SimpleNamespace:
         teacher = self.teacher.on(input_ids.device)
         with torch.no_grad(), capture_attention_io(teacher) as calls:
-            teacher(input_ids=input_ids, use_cache=False)
+            teacher.base_model(input_ids=input_ids, use_cache=False)  # the layers only: no logits needed
         losses = []
         for module, call in zip(attention_modules(self.student), calls, strict=True):
             output = replay(module, call)
