@@ -4,8 +4,9 @@ Prints one JSON object. Slow-downs are softmax tokens/s over gain-cell tokens/s,
 process CPU time (the fairer one on a machine shared with other jobs; with ``--threads 1`` it is the
 compute spent). Each case (model, attention, prompt length, batch) runs in a fresh subprocess
 so its peak memory is clean: peak RSS during one ``generate`` (sampled every millisecond) minus RSS
-just before it; the ``--repeats`` timed generations run after it, without the sampler. Greedy decoding, every sequence forced to ``--new-tokens`` tokens (``min_new_tokens``),
-random prompt tokens from a fixed seed.
+just before it; the ``--repeats`` timed generations run after it, without the sampler. Greedy
+decoding, every sequence forced to ``--new-tokens`` tokens (``min_new_tokens``), random prompt
+tokens from a fixed seed.
 
 - ``gaincell``: the model converted with the ``paper`` preset, window ``--window`` (default 256): each
   layer reads a gain-cell memory of M slots (SPEC §3.6);

@@ -154,6 +154,11 @@ def main() -> None:
     parser.add_argument("--calibration-iterations", type=int, default=100, help="the paper's 100; fewer in --smoke")
     parser.add_argument("--smoke", action="store_true", help="tiny budget: shows the pipeline runs end to end")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="an (e) row whose recipe already finished in --work (wall_s.json there) is measured, not rerun",
+    )
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
                         help="rows to run (default all); rows already in the JSON are kept, so two processes "
                         "can run e.g. 'a b c c-linear d e-paper' and 'e-transfer' side by side")  # fmt: skip
@@ -181,9 +186,12 @@ def run(args) -> None:
     def measure(row: str, what: str, model, tokens: int = 0, wall: float = 0.0, text=None, curve=None) -> None:
         result = {"row": row, "what": what, "tokens": tokens, "wall_s": round(wall, 1), "ppl": perplexity(model, setup),
                   "sample": text, "curve": curve or []}  # fmt: skip
+        if row == "a":  # the curves' reference: the original on the recipes' held-out blocks
+            result["held_out_ppl"] = held_out_perplexity(model, recipe_table["e-transfer"])
         print(json.dumps(result), flush=True)
         write(args, setup, result, time.perf_counter() - started)
 
+    recipe_table = recipes(setup, args)
     baselines = {
         "a": ("original", lambda: pretrained),
         "b": (f"sliding-window softmax, M = {setup['window']}",
@@ -193,24 +201,38 @@ def run(args) -> None:
                      lambda: convert(copy.deepcopy(pretrained), linear_config(hardware))),
         "d": ("calibration only", lambda: calibration_only(pretrained, setup, hardware, args)),
     }  # fmt: skip
-    recipe_table = recipes(setup, args)
     for row in args.rows:  # in the order asked
         if row in baselines:
             what, build = baselines[row]
             measure(row, what, build())
             continue
         recipe, output = recipe_table[row], args.work / f"{args.model}-{row}"
-        if output.exists():
-            import shutil
+        if args.reuse and (output / "wall_s.json").is_file():  # adapted before: measure it again
+            summary = json.loads((output / "summary.json").read_text())
+            wall = json.loads((output / "wall_s.json").read_text())["wall_s"]
+        else:
+            if output.exists():
+                import shutil
 
-            shutil.rmtree(output)
-        began = time.perf_counter()
-        summary = adapt(recipe_from_dict({**recipe, "output_dir": str(output)}))
-        wall = time.perf_counter() - began
+                shutil.rmtree(output)
+            began = time.perf_counter()
+            summary = adapt(recipe_from_dict({**recipe, "output_dir": str(output)}))
+            wall = time.perf_counter() - began
+            (output / "wall_s.json").write_text(json.dumps({"wall_s": wall}))
         tokens = sum(summary[name].get("tokens", 0) for name in recipe["stages"])
         model = gaincell.load(output / recipe["stages"][-1] / "model")
         text = sample(model, tokenizer, setup["prompt"])
         measure(row, " + ".join(recipe["stages"]), model, tokens, wall, text, held_out_curve(output, recipe["stages"]))
+
+
+@torch.no_grad()
+def held_out_perplexity(model, recipe: dict) -> float:
+    """Perplexity on the held-out blocks the training stages evaluate on (as train's evaluation does)."""
+    from gaincell.adapt import recipe_blocks
+
+    _, blocks = recipe_blocks(recipe_from_dict(recipe), load_pretrained_tokenizer(recipe["model"]))
+    losses = [float(model(input_ids=block[None], labels=block[None]).loss) for block in blocks]
+    return float(torch.tensor(losses).mean().exp())
 
 
 def held_out_curve(output: Path, stages: list[str]) -> list[dict]:
@@ -246,14 +268,15 @@ def write(args, setup, result: dict, total: float) -> None:
     path = args.out / f"{name}.json"
     with open(args.out / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+        before = json.loads(path.read_text()) if path.is_file() else {}
+        rows, notes = before.get("rows", []), before.get("notes", [])  # notes: written by hand, kept
         rows = [r for r in rows if r["row"] != result["row"]] + [result]
         rows.sort(key=lambda r: ROWS.index(r["row"]))
         meta = {"model": args.model, "source": setup["model"], "window": setup["window"], "context": setup["context"],
                 "stride": setup["stride"], "eval": setup["eval_text"], "train": setup["train_text"],
                 "budget_tokens": args.budget, "settings": {k: str(v) for k, v in vars(args).items()},
                 "wall_s_of_this_process": round(total, 1), "torch": torch.__version__}  # fmt: skip
-        path.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+        path.write_text(json.dumps({**meta, "notes": notes, "rows": rows}, indent=1) + "\n")
     title = f"# {args.model}: {setup['eval_text']}, context {setup['context']}, stride {setup['stride']}"
     lines = [f"{title}, M = {setup['window']}", ""]
     lines += ["| row | what | tokens | wall (s) | perplexity |", "|---|---|---:|---:|---:|"]
@@ -263,6 +286,10 @@ def write(args, setup, result: dict, total: float) -> None:
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     plot_curves(rows, args.out / f"{name}-curve.png", setup)
     print("\n".join(lines))
+
+
+def args_model(setup) -> str:
+    return Path(setup["model"]).name
 
 
 def plot_curves(rows: list[dict], path: Path, setup) -> None:
@@ -280,12 +307,13 @@ def plot_curves(rows: list[dict], path: Path, setup) -> None:
         for stage in dict.fromkeys(p["stage"] for p in row["curve"] if "ppl" in p):
             points = [p for p in row["curve"] if p["stage"] == stage]
             axis.plot([p["tokens"] for p in points], [p["ppl"] for p in points], "o-", label=f"{row['row']}: {stage}")
-    original = next((r["ppl"] for r in rows if r["row"] == "a"), None)
+    original = next((r.get("held_out_ppl") for r in rows if r["row"] == "a"), None)
     if original:
-        axis.axhline(original, color="gray", ls="--", label="(a) original (test)")
+        axis.axhline(original, color="gray", ls="--", label="(a) original")
         axis.axhline(3 * original, color="gray", ls=":", label="3 x (a)")
-    axis.set(xlabel="training tokens", ylabel="held-out perplexity", yscale="log",
-             title=f"{setup['eval_text'].split(' (')[0]}: held-out curve")  # fmt: skip
+    axis.set(xlabel="training tokens", ylabel="perplexity", yscale="log",
+             title=f"{args_model(setup)}: held-out blocks of the training text")  # fmt: skip
+    axis.title.set_fontsize(9)
     axis.legend(fontsize=7)
     figure.tight_layout()
     temporary = path.with_suffix(".tmp.png")
