@@ -135,3 +135,21 @@ def test_scaler_changed_in_place_between_steps_is_used():
     with torch.no_grad():
         parallel = gain_cell_attention(q, k, v, scalers, config)
     torch.testing.assert_close(last, parallel[:, :, 9:], rtol=1e-5, atol=1e-6)
+
+
+def test_steps_equal_parallel_on_the_ends_grid():
+    """The named ``ends`` grid with a DAC range not starting at 0 (levels low + k·step) takes the
+    step's per-quantiser path, not the stacked one."""
+    config = preset("paper", window=32, subtile_rows=16, block_size=16)
+    periphery = config.periphery
+    ends = {name: dataclasses.replace(getattr(periphery, name), grid="ends") for name in ("q", "kv", "adc")}
+    ends["q"] = dataclasses.replace(ends["q"], low=0.05)
+    config = config.replace(periphery=dataclasses.replace(periphery, **ends))
+    q, k, v = _sequence(70, torch.float64)
+    scalers = Scalers(3).double()
+    with torch.no_grad():
+        parallel = gain_cell_attention(q, k, v, scalers, config)
+    memory = GainCellMemory(config, scalers, 2, 3, 8, dtype=torch.float64)
+    assert memory._grid(torch.float64) is None
+    stepped = torch.cat([memory.step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1]) for t in range(70)], 2)
+    torch.testing.assert_close(stepped, parallel, rtol=1e-10, atol=1e-12)
