@@ -13,6 +13,7 @@ for (e) a short sample generated through the gain-cell memory. Writes JSON and a
   wikitext2-valid; perplexity on the first 4,096 tokens of wikitext2-test, context 512, stride 256.
 
     python benchmarks/real_models.py stories                # 13 min on a shared 2-core CPU
+    python benchmarks/real_models.py stories --stories 8192 --budget 3600000   # the recorded run, ~25 min
     python benchmarks/real_models.py smollm2 --budget 2000000
     python benchmarks/real_models.py smollm2 --smoke        # a few steps: shows it runs end to end
 
