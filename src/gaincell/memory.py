@@ -303,16 +303,15 @@ class GainCellMemory:
     def _band(self, t: int, anchor: int, row: int) -> tuple[Band, torch.Tensor, bool]:
         """Which slots query t sees, with the occupancy of its sub-tiles in the band's chunk order
         and whether all are occupied. Kept between steps: with a full window only the query's age
-        changes; while it fills, only the number of occupied sub-tiles. (The step reads a band's
-        ``fold``, ``chunk_subtile``, ``occupied`` and ``query_age``; ``key_age`` and ``valid`` are
-        those of the step it was made at.)"""
+        changes (the step passes it as ``row``); while it fills, only the number of occupied
+        sub-tiles. (The step reads a band's ``fold``, ``chunk_subtile`` and ``occupied``;
+        ``query_age``, ``key_age`` and ``valid`` are those of the step it was made at.)"""
         if self.length < self.config.window:
             return self._filling_band(anchor, row)
         if self._full_band is None:
             query = torch.tensor([t], device=self.positions.device)
             band = make_band(self.plan, query, self.positions, anchor, self.chunk_subtile)
             self._full_band = (band, self._in_chunk_order(band), bool(band.occupied.all()))
-        self._full_band[0].query_age = self._ages[row : row + 1]
         return self._full_band
 
     def _filling_band(self, anchor: int, row: int) -> tuple[Band, torch.Tensor, bool]:
@@ -326,9 +325,7 @@ class GainCellMemory:
             band = Band(self._ages[row : row + 1], anchor - self.positions, valid, self.chunk_subtile, occupied)
             band.fold = _fold(self.chunk_subtile.tolist())
             self._filling_bands[count] = (band, self._in_chunk_order(band), bool(occupied.all()))
-        entry = self._filling_bands[count]
-        entry[0].query_age = self._ages[row : row + 1]
-        return entry
+        return self._filling_bands[count]
 
     @staticmethod
     def _in_chunk_order(band: Band) -> torch.Tensor:
