@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from gaincell import Scalers, gain_cell_attention, preset
-from gaincell.cells import build_cell
-from gaincell.equations import front_end
-from gaincell.periphery import quantize_ste
+from gaincell.chip.cells import build_cell
+from gaincell.chip.periphery import quantize_ste
+from gaincell.op.equations import front_end
 
 
 def dense_gain_cell_attention(q, k, v, scalers, config):

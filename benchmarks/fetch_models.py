@@ -6,7 +6,7 @@ only the GGUF file into a cache folder outside the repository and prints the fil
 
     python benchmarks/fetch_models.py [--cache ~/.cache/gaincell/models]
 
-Load it with ``gaincell.checkpoint.load_pretrained(PATH)`` or ``gaincell eval PATH --text ...``.
+Load it with ``gaincell.hf.pretrained.load_pretrained(PATH)`` or ``gaincell eval PATH --text ...``.
 """
 
 from __future__ import annotations

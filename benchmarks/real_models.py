@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 
 import gaincell
-from gaincell.adapt import CalibrationConfig, adapt, calibrate, linear_config, recipe_from_dict
-from gaincell.checkpoint import load_pretrained, load_pretrained_tokenizer
-from gaincell.convert import convert
-from gaincell.evaluate import strided_perplexity
-from gaincell.layer import gain_cell_layers
+from gaincell.adaptation.stages import CalibrationConfig, adapt, calibrate, linear_config, recipe_from_dict
+from gaincell.evaluation.perplexity import strided_perplexity
+from gaincell.hf.convert import convert
+from gaincell.hf.layer import gain_cell_layers
+from gaincell.hf.pretrained import load_pretrained, load_pretrained_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("a", "b", "c", "c-linear", "d", "e-paper", "e-transfer")
@@ -119,7 +119,7 @@ def recipes(setup, args) -> dict[str, dict]:
 
 def calibration_only(pretrained, setup, hardware, args):
     """(d): targets from the untrained linear model over a few training forwards, then calibration."""
-    from gaincell.adapt import recipe_blocks
+    from gaincell.adaptation.stages import recipe_blocks
 
     recipe = recipe_from_dict(
         {"model": setup["model"], "data": {"text": setup["train_text"], "block_size": setup["block_size"]}}
@@ -229,7 +229,7 @@ def run(args) -> None:
 @torch.no_grad()
 def held_out_perplexity(model, recipe: dict) -> float:
     """Perplexity on the held-out blocks the training stages evaluate on (as train's evaluation does)."""
-    from gaincell.adapt import recipe_blocks
+    from gaincell.adaptation.stages import recipe_blocks
 
     _, blocks = recipe_blocks(recipe_from_dict(recipe), load_pretrained_tokenizer(recipe["model"]))
     losses = [float(model(input_ids=block[None], labels=block[None]).loss) for block in blocks]

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from gaincell.config import GainCellConfig
+from gaincell.chip.config import GainCellConfig
 
 #: SPEC §3.4: c_ij of f(x, y~) = Σ c_ij 0.9^j x y~^i, keyed (i, j).
 SPEC_COEFFICIENTS = {

@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 import gaincell
 from gaincell import GainCellError, preset
-from gaincell.adapt import (
+from gaincell.adaptation.data import train_bpe_tokenizer
+from gaincell.adaptation.stages import (
     CalibrationConfig,
     calibrate,
     linear_config,
@@ -22,11 +23,10 @@ from gaincell.adapt import (
     read_recipe,
     recipe_from_dict,
 )
+from gaincell.adaptation.train import TrainConfig
 from gaincell.cli import main
-from gaincell.convert import model_config
-from gaincell.data import train_bpe_tokenizer
-from gaincell.layer import gain_cell_layers
-from gaincell.train import TrainConfig
+from gaincell.hf.convert import model_config
+from gaincell.hf.layer import gain_cell_layers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gaincell import CellGains, GainCellError, Scalers, gain_cell_attention, gain_cell_attention_equations, preset
-from gaincell.config import PRESETS
+from gaincell.chip.config import PRESETS
 from reference import reference_attention
 
 GEOMETRIES = [  # (T, window M, sub-tile rows R, block): T < M, T = M, T > M (wraps), odd T, M not multiple of R

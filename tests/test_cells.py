@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gaincell import CellConfig, CellModel, build_cell, register_cell
-from gaincell.config import PAPER_COEFFICIENTS, GainCellConfig
+from gaincell.chip.config import PAPER_COEFFICIENTS, GainCellConfig
 
 
 def test_paper_polynomial_matches_the_double_sum():

@@ -11,8 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
 import gaincell
+from gaincell.adaptation.data import train_bpe_tokenizer
 from gaincell.cli import main
-from gaincell.data import train_bpe_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from gaincell import GainCellConfig, GainCellError, QuantizerConfig, preset
-from gaincell.config import PRESETS, CellConfig, NoiseConfig, PeripheryConfig
+from gaincell.chip.config import PRESETS, CellConfig, NoiseConfig, PeripheryConfig
 
 
 @pytest.mark.parametrize("name", PRESETS)

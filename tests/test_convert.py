@@ -15,9 +15,9 @@ from transformers import (
 
 import gaincell
 from gaincell import GainCellError, preset
-from gaincell.convert import model_config
-from gaincell.generation import GainCellCache
-from gaincell.layer import gain_cell_layers
+from gaincell.hf.cache import GainCellCache
+from gaincell.hf.convert import model_config
+from gaincell.hf.layer import gain_cell_layers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,9 +1,9 @@
-"""Corpora -> token blocks (gaincell.data)."""
+"""Corpora -> token blocks (gaincell.adaptation.data)."""
 
 import pytest
 import torch
 
-from gaincell.data import (
+from gaincell.adaptation.data import (
     EOS_TOKEN,
     block_loader,
     check_context,

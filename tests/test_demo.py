@@ -6,8 +6,8 @@ import pytest
 
 import gaincell
 from gaincell.cli import main
-from gaincell.convert import model_config
-from gaincell.demo import QUICK, DemoConfig
+from gaincell.demo.experiment import QUICK, DemoConfig
+from gaincell.hf.convert import model_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Evaluation (gaincell.evaluate): strided perplexity, the lm-eval adapter and `gaincell eval`."""
+"""Evaluation (gaincell.evaluation.perplexity): strided perplexity, the lm-eval adapter and `gaincell eval`."""
 
 import argparse
 import json
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gaincell import evaluate
+from gaincell.adaptation.data import train_bpe_tokenizer
 from gaincell.commands import eval as eval_command
-from gaincell.data import train_bpe_tokenizer
 from gaincell.errors import GainCellError
+from gaincell.evaluation import perplexity as evaluate
 
 TASKS = Path(__file__).resolve().parent / "data"
 
@@ -100,8 +100,8 @@ def test_each_token_is_scored_at_most_once_and_batching_does_not_matter(model, t
 
 
 def test_more_left_context_helps_a_trained_model(tokenizer, text, tmp_path):
-    from gaincell.data import corpus_blocks, corpus_from_texts
-    from gaincell.train import TrainConfig, train
+    from gaincell.adaptation.data import corpus_blocks, corpus_from_texts
+    from gaincell.adaptation.train import TrainConfig, train
 
     model = tiny_gpt2(len(tokenizer))
     blocks = corpus_blocks(corpus_from_texts([text[2000:]]), tokenizer, 32)
@@ -235,7 +235,7 @@ def test_cli_runs_lm_eval_tasks(model_dir, capsys, monkeypatch):
 def converted_gpt2(vocab_size: int):
     """A tiny gain-cell GPT-2 whose scalers are away from their initial values, so losing them shows."""
     import gaincell
-    from gaincell.layer import gain_cell_layers
+    from gaincell.hf.layer import gain_cell_layers
 
     model = gaincell.convert(tiny_gpt2(vocab_size), "paper", window=16, subtile_rows=16, block_size=16)
     generator = torch.Generator().manual_seed(1)
@@ -267,7 +267,7 @@ def test_cli_evaluates_a_saved_gain_cell_model_as_it_ran_in_process(tokenizer, t
 
 def test_lm_eval_adapter_loads_a_gain_cell_directory_converted(tokenizer, tmp_path):
     import gaincell
-    from gaincell.convert import model_config
+    from gaincell.hf.convert import model_config
 
     model = converted_gpt2(len(tokenizer))
     gaincell.save(model, tmp_path / "converted", tokenizer)

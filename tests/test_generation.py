@@ -7,10 +7,10 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
 import gaincell
+from gaincell.adaptation.data import train_bpe_tokenizer
 from gaincell.cli import main
-from gaincell.data import train_bpe_tokenizer
-from gaincell.layer import gain_cell_layers
-from gaincell.memory import GainCellMemory
+from gaincell.hf.layer import gain_cell_layers
+from gaincell.op.memory import GainCellMemory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -229,7 +229,7 @@ def test_slow_token_rates_warn_that_the_window_outlives_retention():
 
 
 def test_epsilon_feeds_the_simulator_config():
-    config_module = pytest.importorskip("gaincell.config")
+    config_module = pytest.importorskip("gaincell.chip.config")
     config = with_leakage(config_module.GainCellConfig(), 3.2e-4)
     assert config.leakage == 3.2e-4
     with pytest.raises(GainCellError, match="'leakage' field"):

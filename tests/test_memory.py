@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gaincell import CellGains, GainCellError, GainCellMemory, Scalers, gain_cell_attention, preset
-from gaincell.config import PRESETS
+from gaincell.chip.config import PRESETS
 
 
 def _sequence(length, dtype, seed=0):

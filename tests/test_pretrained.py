@@ -7,8 +7,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import gaincell
 from gaincell import GainCellError
-from gaincell.checkpoint import is_saved_directory, load_pretrained
-from gaincell.layer import gain_cell_layers
+from gaincell.hf.layer import gain_cell_layers
+from gaincell.hf.pretrained import is_saved_directory, load_pretrained
 
 gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -57,7 +57,7 @@ def test_generation_through_the_memory_equals_the_full_forward(stories, test_dat
 def test_perplexity_on_full_wikitext_beats_uniform(stories, full_corpora):
     """A children's-story model on WikiText-2 (measured: 229 on its first 32k tokens) is poor but far
     better than uniform over its 512 tokens. Run with GAINCELL_DATA=../shared/data python -m pytest -m slow."""
-    from gaincell.evaluate import strided_perplexity
+    from gaincell.evaluation.perplexity import strided_perplexity
 
     model, tokenizer = stories
     ids = torch.tensor(tokenizer((full_corpora / "wikitext2-test.txt").read_text()[:200_000])["input_ids"])

@@ -13,13 +13,13 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 import gaincell
+from gaincell.adaptation.data import train_bpe_tokenizer
 from gaincell.cli import main
-from gaincell.data import train_bpe_tokenizer
 from gaincell.errors import GainCellError
 from gaincell.hardware.constants import load_technology
 from gaincell.hardware.models import load_shape
-from gaincell.sweep import mark_pareto, point_config, point_cost, read_spec, run_sweep, spec_from_dict
-from gaincell.sweep_worker import Evaluator
+from gaincell.sweep.run import mark_pareto, point_config, point_cost, read_spec, run_sweep, spec_from_dict
+from gaincell.sweep.worker import Evaluator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -183,7 +183,7 @@ def test_killed_sweep_resumes_to_the_same_json(files, tmp_path, monkeypatch):
 
 def test_reference_and_points_match_gaincell_eval(files, tmp_path):
     """The reference row is the plain model's strided perplexity; a point is the converted model's."""
-    from gaincell.evaluate import strided_perplexity
+    from gaincell.evaluation.perplexity import strided_perplexity
 
     spec = spec_from_dict(spec_dict(files, output_dir=str(tmp_path / "o"), grid={"window": [16]}, seeds=[0]))
     rows = run_sweep(spec, progress=False)["rows"]
@@ -197,7 +197,7 @@ def test_reference_and_points_match_gaincell_eval(files, tmp_path):
 
 def test_per_point_calibration_on_a_model_with_targets(files, tmp_path):
     """A linear-stage model (targets recorded) is calibrated per point, from the same scalers each time."""
-    from gaincell.layer import gain_cell_layers
+    from gaincell.hf.layer import gain_cell_layers
 
     model = gaincell.load(files / "model")
     linear = gaincell.preset("linear", window=32, subtile_rows=16)  # a read-out gain that makes tiny outputs visible
@@ -210,7 +210,7 @@ def test_per_point_calibration_on_a_model_with_targets(files, tmp_path):
         model(input_ids=ids)
     for cell in gain_cell_layers(model):
         cell.recording = False
-    gaincell.save(model, tmp_path / "adapted", gaincell.checkpoint.load_tokenizer(files / "model"))
+    gaincell.save(model, tmp_path / "adapted", gaincell.hf.pretrained.load_tokenizer(files / "model"))
     data = spec_dict(files, model=str(tmp_path / "adapted"), output_dir=str(tmp_path / "o"), seeds=[0])
     data |= {"calibrate": True, "calibration": {"max_iterations": 4, "batch_size": 2}, "grid": {"cell": ["polynomial"]}}
     rows = run_sweep(spec_from_dict(data), progress=False)["rows"]

@@ -1,4 +1,4 @@
-"""The fine-tuning loop (gaincell.train): learning, exact resume, DDP, checkpoints, config checks."""
+"""The fine-tuning loop (gaincell.adaptation.train): learning, exact resume, DDP, checkpoints, config checks."""
 
 import json
 import math
@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gaincell.data import corpus_blocks, corpus_from_texts, split_blocks, train_bpe_tokenizer
-from gaincell.errors import GainCellError
-from gaincell.train import (
+from gaincell.adaptation.data import corpus_blocks, corpus_from_texts, split_blocks, train_bpe_tokenizer
+from gaincell.adaptation.train import (
     TrainConfig,
     latest_checkpoint,
     learning_rate,
@@ -22,6 +21,7 @@ from gaincell.train import (
     read_checkpoint_state,
     train,
 )
+from gaincell.errors import GainCellError
 
 WORKER = Path(__file__).resolve().parent / "data" / "train_worker.py"
 WORKER_MODEL = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32}

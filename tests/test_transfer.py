@@ -9,14 +9,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import gaincell
 from gaincell import GainCellError, preset
-from gaincell.adapt import recipe_from_dict
+from gaincell.adaptation.data import default_corpus_text, train_bpe_tokenizer
+from gaincell.adaptation.initialise import InitialiseConfig, initialise_scalers, pretrained_statistics, sample_batches
+from gaincell.adaptation.stages import recipe_from_dict
+from gaincell.adaptation.transfer import AttentionTransfer, TransferConfig, make_teacher, transfer_stage
 from gaincell.cli import main
-from gaincell.convert import attention_modules
-from gaincell.data import default_corpus_text, train_bpe_tokenizer
-from gaincell.initialise import InitialiseConfig, initialise_scalers, pretrained_statistics, sample_batches
-from gaincell.layer import gain_cell_layers
-from gaincell.taps import capture_attention_io, replay
-from gaincell.transfer import AttentionTransfer, TransferConfig, make_teacher, transfer_stage
+from gaincell.hf.convert import attention_modules
+from gaincell.hf.layer import gain_cell_layers
+from gaincell.hf.taps import capture_attention_io, replay
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,7 +156,7 @@ class _Kill:
 
 @pytest.mark.parametrize("stage", ["transfer", "distill"])
 def test_the_new_stages_resume_after_a_kill_to_the_same_model(pretrained_dir, tmp_path, monkeypatch, stage):
-    import gaincell.transfer as transfer
+    import gaincell.adaptation.transfer as transfer
 
     assert main(_recipe(pretrained_dir, tmp_path / "whole")) == 0
     original = transfer.train
@@ -176,6 +176,6 @@ def test_the_new_stages_resume_after_a_kill_to_the_same_model(pretrained_dir, tm
 
 
 def _is(args, stage: str) -> bool:
-    from gaincell.transfer import AttentionTransfer, Distillation
+    from gaincell.adaptation.transfer import AttentionTransfer, Distillation
 
     return isinstance(args[0], AttentionTransfer if stage == "transfer" else Distillation)

@@ -10,33 +10,31 @@ starts without importing torch; ``import gaincell; gaincell.convert(...)`` works
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
-    "gain_cell_attention": "gaincell.attention",
-    "CellGains": "gaincell.cells",
-    "CellModel": "gaincell.cells",
-    "build_cell": "gaincell.cells",
-    "register_cell": "gaincell.cells",
-    "load": "gaincell.checkpoint",
-    "save": "gaincell.checkpoint",
-    "PRESETS": "gaincell.config",
-    "CellConfig": "gaincell.config",
-    "GainCellConfig": "gaincell.config",
-    "NoiseConfig": "gaincell.config",
-    "PeripheryConfig": "gaincell.config",
-    "QuantizerConfig": "gaincell.config",
-    "preset": "gaincell.config",
-    "convert": "gaincell.convert",
-    "gain_cell_attention_equations": "gaincell.equations",
+    "gain_cell_attention": "gaincell.op.attention",
+    "CellGains": "gaincell.chip.cells",
+    "CellModel": "gaincell.chip.cells",
+    "build_cell": "gaincell.chip.cells",
+    "register_cell": "gaincell.chip.cells",
+    "load": "gaincell.hf.pretrained",
+    "save": "gaincell.hf.pretrained",
+    "PRESETS": "gaincell.chip.config",
+    "CellConfig": "gaincell.chip.config",
+    "GainCellConfig": "gaincell.chip.config",
+    "NoiseConfig": "gaincell.chip.config",
+    "PeripheryConfig": "gaincell.chip.config",
+    "QuantizerConfig": "gaincell.chip.config",
+    "preset": "gaincell.chip.config",
+    "convert": "gaincell.hf.convert",
+    "gain_cell_attention_equations": "gaincell.op.equations",
     "GainCellError": "gaincell.errors",
-    "sliding_window_softmax": "gaincell.kernels.softmax",
-    "GainCellMemory": "gaincell.memory",
-    "Scalers": "gaincell.scalers",
+    "sliding_window_softmax": "gaincell.op.kernels.softmax",
+    "GainCellMemory": "gaincell.op.memory",
+    "Scalers": "gaincell.op.scalers",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -53,16 +51,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
-
-
-class _Package(types.ModuleType):
-    """``gaincell.convert`` is the function even after the module of the same name is imported (the
-    import system then sets the package attribute to the module; this keeps the function)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

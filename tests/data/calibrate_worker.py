@@ -19,8 +19,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import gaincell
-from gaincell.adapt import CalibrationConfig, calibrate
-from gaincell.layer import gain_cell_layers
+from gaincell.adaptation.stages import CalibrationConfig, calibrate
+from gaincell.hf.layer import gain_cell_layers
 
 FAVOURED_TOKEN = 5
 

@@ -1,4 +1,4 @@
-"""Run gaincell.train in a fresh process, for the kill/resume and multi-process tests.
+"""Run gaincell.adaptation.train in a fresh process, for the kill/resume and multi-process tests.
 
 usage: train_worker.py BLOCKS.pt OUTPUT_DIR MAX_STEPS [--resume] [--slow-after STEP]
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gaincell.train import TrainConfig, train
+from gaincell.adaptation.train import TrainConfig, train
 
 
 class SlowDown:

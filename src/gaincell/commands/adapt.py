@@ -1,11 +1,11 @@
-"""``gaincell adapt CONFIG``: run the adaptation recipe of a TOML file (:mod:`gaincell.adapt`)."""
+"""``gaincell adapt CONFIG``: run the adaptation recipe of a TOML file (:mod:`gaincell.adaptation.stages`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from gaincell.adapt import adapt, read_recipe
+from gaincell.adaptation.stages import adapt, read_recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

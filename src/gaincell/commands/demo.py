@@ -1,4 +1,4 @@
-"""``gaincell demo``: the paper's experiment at laptop scale, offline (:mod:`gaincell.demo`)."""
+"""``gaincell demo``: the paper's experiment at laptop scale, offline (:mod:`gaincell.demo.experiment`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from gaincell.data import default_corpus_text, load_text_corpus
-from gaincell.demo import QUICK, DemoConfig, run_demo
+from gaincell.adaptation.data import default_corpus_text, load_text_corpus
+from gaincell.demo.experiment import QUICK, DemoConfig, run_demo
 from gaincell.errors import GainCellError
 
 MARKER = ".gaincell-demo"

@@ -1,4 +1,4 @@
-"""``gaincell eval MODEL``: perplexity on a text and/or lm-eval tasks (:mod:`gaincell.evaluate`)."""
+"""``gaincell eval MODEL``: perplexity on a text and/or lm-eval tasks (:mod:`gaincell.evaluation.perplexity`)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from gaincell.checkpoint import torch_device
 from gaincell.errors import GainCellError
-from gaincell.evaluate import load_model_dir, load_tokenizer_dir, run_lm_eval, text_perplexity
+from gaincell.evaluation.perplexity import load_model_dir, load_tokenizer_dir, run_lm_eval, text_perplexity
+from gaincell.hf.pretrained import torch_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

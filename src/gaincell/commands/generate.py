@@ -1,5 +1,5 @@
 """``gaincell generate MODEL --prompt TEXT``: continue a prompt; a gain-cell model generates through
-its analog memories (:mod:`gaincell.generation`, SPEC §3.6)."""
+its analog memories (:mod:`gaincell.hf.cache`, SPEC §3.6)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import math
 
 import torch
 
-from gaincell.checkpoint import (
+from gaincell.adaptation.data import model_max_positions
+from gaincell.errors import GainCellError
+from gaincell.hf.pretrained import (
     is_saved_directory,
     load,
     load_pretrained,
@@ -16,8 +18,6 @@ from gaincell.checkpoint import (
     load_tokenizer,
     torch_device,
 )
-from gaincell.data import model_max_positions
-from gaincell.errors import GainCellError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

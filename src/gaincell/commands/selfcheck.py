@@ -10,11 +10,11 @@ import time
 
 import torch
 
-from gaincell.attention import gain_cell_attention
-from gaincell.config import PRESETS, preset
+from gaincell.chip.config import PRESETS, preset
 from gaincell.errors import GainCellError
-from gaincell.memory import GainCellMemory
-from gaincell.scalers import Scalers
+from gaincell.op.attention import gain_cell_attention
+from gaincell.op.memory import GainCellMemory
+from gaincell.op.scalers import Scalers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,11 +1,11 @@
-"""``gaincell sweep CONFIG``: perplexity and chip cost over a grid of hardware points (:mod:`gaincell.sweep`)."""
+"""``gaincell sweep CONFIG``: perplexity and chip cost over a grid of hardware points (:mod:`gaincell.sweep.run`)."""
 
 from __future__ import annotations
 
 import argparse
 
 from gaincell.errors import GainCellError
-from gaincell.sweep import read_spec, run_sweep
+from gaincell.sweep.run import read_spec, run_sweep
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -183,7 +183,7 @@ def retention_check(tech: Technology, window: int, token_period: float, scenario
 
 
 def with_leakage(config: Any, epsilon: float) -> Any:
-    """A copy of a simulator config (``gaincell.config.GainCellConfig``) with ``leakage = epsilon``.
+    """A copy of a simulator config (``gaincell.chip.config.GainCellConfig``) with ``leakage = epsilon``.
 
     Works on any frozen dataclass with a ``leakage`` field, so the cost model needs no import of the
     simulator (STYLE.md: ``hardware/`` reads config only).

@@ -3,13 +3,13 @@
 A hardware designer asks "how many ADC bits", "which window", "how much read noise can the model take".
 gaincell has both halves, the simulated op with every knob (SPEC §3) and the cost model (SPEC §6); a
 sweep joins them. One TOML file names a saved model (gain-cell or plain), an evaluation text and a
-grid (or list) of points over any :class:`~gaincell.config.GainCellConfig` field; per point it
+grid (or list) of points over any :class:`~gaincell.chip.config.GainCellConfig` field; per point it
 measures the strided perplexity (as ``gaincell eval``), optionally after re-running the calibration
 loop of SPEC §4.2 for that point, and the cost model's energy, latency and area per token for the
 model's shape (:func:`gaincell.hardware.models.load_shape`).
 
-Pure configuration and arithmetic (no torch, no files written): :mod:`gaincell.sweep` runs a spec,
-:mod:`gaincell.sweep_worker` measures one point.
+Pure configuration and arithmetic (no torch, no files written): :mod:`gaincell.sweep.run` runs a spec,
+:mod:`gaincell.sweep.worker` measures one point.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from gaincell.adapt import CalibrationConfig
-from gaincell.config import GainCellConfig, preset
+from gaincell.adaptation.stages import CalibrationConfig
+from gaincell.chip.config import GainCellConfig, preset
 from gaincell.errors import GainCellError, first_line
 from gaincell.hardware.constants import load_technology
 from gaincell.hardware.gaincell_model import AttentionShape, estimate

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from gaincell.config import GainCellConfig
-from gaincell.convert import attention_modules, convert, model_config
+from gaincell.chip.config import GainCellConfig
 from gaincell.errors import GainCellError
-from gaincell.layer import gain_cell_layers
-from gaincell.taps import capture_attention_io, replay, tap_attention
+from gaincell.hf.convert import attention_modules, convert, model_config
+from gaincell.hf.layer import gain_cell_layers
+from gaincell.hf.taps import capture_attention_io, replay, tap_attention
 from gaincell.validation import check_int, check_positive, fail
 
 

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gaincell.cells import registered_cells
+from gaincell.chip.cells import registered_cells
 from gaincell.errors import GainCellError
 from gaincell.validation import check_choice, check_int, check_non_negative, check_number, check_positive, fail
 
@@ -83,7 +83,7 @@ class CellConfig:
 
     ``linear``: alpha · x · y~ (SPEC §3.3). ``polynomial``: the paper's fitted total-degree-3
     polynomial with read voltage ``read_voltage`` (§3.4). ``cubic``/``quintic``/``sigmoid``/``exp``:
-    the alternative nonlinearities of §3.4, rescaled to alpha's range (see :mod:`gaincell.cells`).
+    the alternative nonlinearities of §3.4, rescaled to alpha's range (see :mod:`gaincell.chip.cells`).
     """
 
     kind: str = "polynomial"

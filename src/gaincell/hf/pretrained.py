@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from gaincell.atomic import atomic_directory
-from gaincell.config import GainCellConfig
-from gaincell.convert import convert
+from gaincell.chip.config import GainCellConfig
 from gaincell.errors import GainCellError, first_line
+from gaincell.hf.convert import convert
 
 GAIN_CELL_KEY = ".gaincell."
 

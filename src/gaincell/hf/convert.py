@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from gaincell.config import GainCellConfig, preset
+from gaincell.chip.config import GainCellConfig, preset
 from gaincell.errors import GainCellError
-from gaincell.layer import GainCellAttention
+from gaincell.hf.layer import GainCellAttention
 
 ATTENTION_NAME = "gaincell"
 
@@ -84,13 +84,13 @@ class GainCellGeneration:
     """Mixed into a converted model's class so ``generate`` runs through the gain-cell memory.
 
     Only the default cache changes: unless a cache is passed or ``use_cache=False``, generation
-    gets a fresh :class:`~gaincell.generation.GainCellCache` (one memory of M slots per layer).
+    gets a fresh :class:`~gaincell.hf.cache.GainCellCache` (one memory of M slots per layer).
     """
 
     def generate(self, *args, **kwargs):
         # Imported here, not at the top, only so that `import gaincell` stays free of transformers'
         # cache classes (`gaincell hw` starts in a fraction of the time); there is no cycle to avoid.
-        from gaincell.generation import GainCellCache
+        from gaincell.hf.cache import GainCellCache
 
         name = _cache_argument(type(self))
         if kwargs.get("use_cache", True) is not False and kwargs.get(name) is None:
@@ -123,7 +123,7 @@ def _family(model) -> Family:
     if model_type not in FAMILIES:
         raise GainCellError(
             f"model type {model_type!r} is not supported; supported: {', '.join(sorted(FAMILIES))} "
-            "(gaincell.convert.register_family adds one)"
+            "(gaincell.hf.convert.register_family adds one)"
         )
     causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
     causal = {causal} if isinstance(causal, str) else set(causal or ())
@@ -161,7 +161,7 @@ def _head_shape(model, module) -> tuple[int, int]:
 def convert(model, config: GainCellConfig | str = "paper", **changes):
     """Turn a ``transformers`` causal LM into a gain-cell model in place, and return it.
 
-    ``config`` is a :class:`~gaincell.config.GainCellConfig` or a preset name (``changes`` override
+    ``config`` is a :class:`~gaincell.chip.config.GainCellConfig` or a preset name (``changes`` override
     its top-level fields, e.g. ``window=128``). Pre-trained weights are kept; each attention layer
     gets fresh scalers (SPEC §3.2 initial values) unless the model was already converted, in which
     case only the config changes. Head dims beyond one sub-tile (D > R rows) cannot be mapped.

@@ -1,9 +1,9 @@
 """One attention layer's gain-cell state: scalers, calibration targets, chip gains (SPEC §3, §4).
 
-:func:`gaincell.convert.convert` gives every attention module of a model one
+:func:`gaincell.hf.convert.convert` gives every attention module of a model one
 :class:`GainCellAttention` child; the attention function transformers calls hands it the layer's
 (B, H, T, D) queries, keys and values, and it runs the parallel op, or reads through the layer's
-analog memory when :class:`~gaincell.generation.GainCellCache` is generating.
+analog memory when :class:`~gaincell.hf.cache.GainCellCache` is generating.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import math
 import torch
 from torch import nn
 
-from gaincell.attention import gain_cell_attention
-from gaincell.cells import CellGains
-from gaincell.config import GainCellConfig
+from gaincell.chip.cells import CellGains
+from gaincell.chip.config import GainCellConfig
 from gaincell.errors import GainCellError
-from gaincell.scalers import Scalers
+from gaincell.op.attention import gain_cell_attention
+from gaincell.op.scalers import Scalers
 
 #: EMA weight of the target statistics recorded in the linear stage (SPEC §4.1: α = 0.1).
 TARGET_MOMENTUM = 0.1
@@ -61,7 +61,7 @@ class GainCellAttention(nn.Module):
 
     def forward(self, query, key, value, scaling: float | None = None) -> torch.Tensor:
         """(B, H, T, D) states in, (B, H, T, D) attention out, through the generation memory when a
-        :class:`~gaincell.generation.GainCellCache` just stored ``key``, else the parallel op."""
+        :class:`~gaincell.hf.cache.GainCellCache` just stored ``key``, else the parallel op."""
         cache_layer = self._claim(key)
         if query.shape[2] != key.shape[2]:
             raise GainCellError(

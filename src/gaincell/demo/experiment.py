@@ -32,17 +32,17 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gaincell.adapt import CalibrationConfig, calibrate, linear_config, linear_stage, nonlinear_stage
+from gaincell.adaptation.data import pack_blocks, split_blocks, train_bpe_tokenizer
+from gaincell.adaptation.stages import CalibrationConfig, calibrate, linear_config, linear_stage, nonlinear_stage
+from gaincell.adaptation.train import TrainConfig, train
 from gaincell.atomic import atomic_file
-from gaincell.checkpoint import save
-from gaincell.config import preset
-from gaincell.convert import convert
-from gaincell.data import pack_blocks, split_blocks, train_bpe_tokenizer
+from gaincell.chip.config import preset
 from gaincell.errors import GainCellError
-from gaincell.evaluate import strided_perplexity
+from gaincell.evaluation.perplexity import strided_perplexity
 from gaincell.hardware.report import HardwareQuery, build_report, summary_lines
-from gaincell.layer import gain_cell_layers
-from gaincell.train import TrainConfig, train
+from gaincell.hf.convert import convert
+from gaincell.hf.layer import gain_cell_layers
+from gaincell.hf.pretrained import save
 from gaincell.validation import check_int
 
 

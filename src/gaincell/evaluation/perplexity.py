@@ -24,15 +24,15 @@ from pathlib import Path
 
 import torch
 
-from gaincell.checkpoint import is_saved_directory, load, load_pretrained, load_pretrained_tokenizer, load_tokenizer
-from gaincell.data import check_context, load_text_corpus, model_max_positions
+from gaincell.adaptation.data import check_context, load_text_corpus, model_max_positions
 from gaincell.errors import GainCellError
+from gaincell.hf.pretrained import is_saved_directory, load, load_pretrained, load_pretrained_tokenizer, load_tokenizer
 from gaincell.validation import check_int
 
 
 def load_model_dir(path: str | os.PathLike, gguf_file: str | None = None):
     """Load the causal LM saved in directory ``path`` with :func:`gaincell.load` (converted if it was
-    saved so), or a hub id or GGUF file with :func:`gaincell.checkpoint.load_pretrained`."""
+    saved so), or a hub id or GGUF file with :func:`gaincell.hf.pretrained.load_pretrained`."""
 
     if not is_saved_directory(path, gguf_file):
         return load_pretrained(path, gguf_file)
@@ -194,7 +194,7 @@ def lm_eval_model_class() -> type:
 
 
 def __getattr__(name: str):
-    """``gaincell.evaluate.GainCellLM`` builds the lm-eval class on first access (lm-eval is optional)."""
+    """``gaincell.evaluation.perplexity.GainCellLM`` builds the lm-eval class on first access (lm-eval is optional)."""
     if name == "GainCellLM":
         return lm_eval_model_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,15 +2,15 @@
 
 A hardware designer asks "how many ADC bits", "which window", "how much read noise can the model take".
 gaincell has both halves, the simulated op with every knob (SPEC §3) and the cost model (SPEC §6); a
-sweep joins them. One TOML file (:mod:`gaincell.sweep_spec`) names a saved model (gain-cell or
+sweep joins them. One TOML file (:mod:`gaincell.sweep.spec`) names a saved model (gain-cell or
 plain), an evaluation text and a grid (or list) of points over any
-:class:`~gaincell.config.GainCellConfig` field; per point :mod:`gaincell.sweep_worker` measures the
+:class:`~gaincell.chip.config.GainCellConfig` field; per point :mod:`gaincell.sweep.worker` measures the
 strided perplexity (as ``gaincell eval``), optionally after re-running the calibration loop of SPEC
 §4.2 for that point, and the cost model's energy, latency and area per token for the model's shape.
 
 Results are appended to ``results.jsonl``, one complete line per (point, chip seed), written with a
 single ``write`` and fsync'd, so a killed sweep resumes and skips the points it finished; the
-summary (``results.json``), ``report.md`` and the plots (:mod:`gaincell.sweep_report`) are
+summary (``results.json``), ``report.md`` and the plots (:mod:`gaincell.sweep.report`) are
 rewritten atomically at the end. Every line is a pure function of the spec (read noise is seeded
 per point and seed), so a resumed sweep gives the same results as an uninterrupted one, in any
 order and with any number of ``jobs``.
@@ -29,8 +29,8 @@ from typing import Any
 
 from gaincell.atomic import atomic_file
 from gaincell.errors import GainCellError
-from gaincell.sweep_report import write_outputs
-from gaincell.sweep_spec import (
+from gaincell.sweep.report import write_outputs
+from gaincell.sweep.spec import (
     SweepSpec,
     Unit,
     point_config,
@@ -39,7 +39,7 @@ from gaincell.sweep_spec import (
     spec_from_dict,
     work_units,
 )
-from gaincell.sweep_worker import Evaluator, run_parallel
+from gaincell.sweep.worker import Evaluator, run_parallel
 
 __all__ = ["SweepSpec", "Unit", "mark_pareto", "point_config", "point_cost", "read_spec", "run_sweep", "spec_from_dict"]
 

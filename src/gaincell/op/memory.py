@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import torch
 
-from gaincell.attention import check_qkv, gain_cell_attention
-from gaincell.cells import CellGains
-from gaincell.config import GainCellConfig
-from gaincell.equations import front_end
+from gaincell.chip.cells import CellGains
+from gaincell.chip.config import GainCellConfig
+from gaincell.chip.periphery import quantize
 from gaincell.errors import GainCellError
-from gaincell.kernels.banded import (
+from gaincell.op.attention import check_qkv, gain_cell_attention
+from gaincell.op.equations import front_end
+from gaincell.op.kernels.banded import (
     Band,
     _adc,
     _columns,
@@ -36,8 +37,7 @@ from gaincell.kernels.banded import (
     make_band,
     make_plan,
 )
-from gaincell.periphery import quantize
-from gaincell.scalers import Scalers
+from gaincell.op.scalers import Scalers
 from gaincell.validation import check_int
 
 #: The scalers' parameters in the order :meth:`GainCellMemory._affine` stacks them: all a, then all b.
@@ -48,7 +48,7 @@ class GainCellMemory:
     """M slots of stored keys and values for one layer, all heads and a batch of sequences.
 
     ``step(q_t, k_t, v_t)`` takes the raw (pre-scaler) projections of one new token, shape
-    (B, H, 1, D), and returns what :func:`~gaincell.attention.gain_cell_attention` returns at that
+    (B, H, 1, D), and returns what :func:`~gaincell.op.attention.gain_cell_attention` returns at that
     position. ``prefill`` runs a whole prompt through the parallel op and keeps its last M tokens.
     The softmax preset keeps raw keys and values and reads them with windowed softmax.
     """
@@ -205,10 +205,10 @@ class GainCellMemory:
         return (readout if readout.dtype == pulses.dtype else readout.to(pulses.dtype)), a, b
 
     def _encode(self, q, k, v, a_qkv, b_qkv) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`~gaincell.equations.front_end` for one token: pulses, and the stored k~ and v~ stacked
+        """:func:`~gaincell.op.equations.front_end` for one token: pulses, and the stored k~ and v~ stacked
         (2, B, H, 1, D). q, k and v go through their scalers and quantisers as one stacked tensor
         (per-row bounds and steps: the same clamp, division, rounding and product as
-        :func:`~gaincell.periphery.quantize`), and the straight-through autograd function is skipped
+        :func:`~gaincell.chip.periphery.quantize`), and the straight-through autograd function is skipped
         (generation needs no gradient)."""
         periphery = self.config.periphery
         grid = self._grid(q.dtype)
@@ -333,7 +333,7 @@ class GainCellMemory:
         return band.occupied if band.fold is None else band.occupied[band.chunk_subtile[: band.fold]]
 
     def _read(self, pulses: torch.Tensor, bands: tuple[Band, torch.Tensor, bool], row: int, generator) -> torch.Tensor:
-        """:func:`~gaincell.kernels.banded.analog_read` on the kept stored side: the same steps in the
+        """:func:`~gaincell.op.kernels.banded.analog_read` on the kept stored side: the same steps in the
         same order. ``row`` indexes the query's age t − a in the decay tables."""
         plan, (band, in_order, all_occupied) = self.plan, bands
         decays = self._age_decays[row : row + 1]  # banded._rows, with decays from the table

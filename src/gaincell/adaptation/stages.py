@@ -28,17 +28,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from gaincell.adaptation.data import corpus_blocks, load_text_corpus, split_blocks
+from gaincell.adaptation.initialise import InitialiseConfig, initialise_scalers
+from gaincell.adaptation.train import TrainConfig, TrainResult, latest_checkpoint, train
+from gaincell.adaptation.transfer import DistillConfig, TransferConfig, distill_stage, make_teacher, transfer_stage
 from gaincell.atomic import atomic_file
-from gaincell.checkpoint import load, load_pretrained, load_pretrained_tokenizer, save
-from gaincell.config import CellConfig, GainCellConfig, preset
-from gaincell.convert import convert, model_config
-from gaincell.data import corpus_blocks, load_text_corpus, split_blocks
+from gaincell.chip.config import CellConfig, GainCellConfig, preset
 from gaincell.errors import GainCellError
-from gaincell.initialise import InitialiseConfig, initialise_scalers
-from gaincell.layer import gain_cell_layers
+from gaincell.hf.convert import convert, model_config
+from gaincell.hf.layer import gain_cell_layers
+from gaincell.hf.pretrained import load, load_pretrained, load_pretrained_tokenizer, save
 from gaincell.tomlfile import parse_override, read_toml
-from gaincell.train import TrainConfig, TrainResult, latest_checkpoint, train
-from gaincell.transfer import DistillConfig, TransferConfig, distill_stage, make_teacher, transfer_stage
 from gaincell.validation import check_int, check_positive
 
 if sys.version_info >= (3, 11):
@@ -274,7 +274,7 @@ class Recipe:
     ``initialised`` (data-driven scalers), ``transfer`` (attention transfer) and ``distill``
     (end-to-end fine-tuning against the original model's logits) are ours. ``hardware`` is a preset
     name plus top-level overrides (``{"preset": "paper", "window": 1024}``) or a full gain-cell
-    config dict. Training stage tables take :class:`~gaincell.train.TrainConfig` fields.
+    config dict. Training stage tables take :class:`~gaincell.adaptation.train.TrainConfig` fields.
     """
 
     model: str = "gpt2"

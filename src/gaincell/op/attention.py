@@ -1,8 +1,8 @@
 """The gain-cell attention op (SPEC §3) on (B, H, T, D) tensors: the one function models call.
 
-What it computes is written out equation by equation in :mod:`gaincell.equations`. This op takes
+What it computes is written out equation by equation in :mod:`gaincell.op.equations`. This op takes
 the front end and the output scaler from there and runs the analog core between them in its fast
-banded form (:mod:`gaincell.kernels.banded`: O(T·M·D) time, no T×T tensor), which the tests hold
+banded form (:mod:`gaincell.op.kernels.banded`: O(T·M·D) time, no T×T tensor), which the tests hold
 to the equations.
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from gaincell.cells import CellGains
-from gaincell.config import GainCellConfig
-from gaincell.equations import front_end
+from gaincell.chip.cells import CellGains
+from gaincell.chip.config import GainCellConfig
 from gaincell.errors import GainCellError
-from gaincell.kernels.banded import banded_readout
-from gaincell.kernels.softmax import sliding_window_softmax
-from gaincell.scalers import Scalers
+from gaincell.op.equations import front_end
+from gaincell.op.kernels.banded import banded_readout
+from gaincell.op.kernels.softmax import sliding_window_softmax
+from gaincell.op.scalers import Scalers
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int | None = None) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gaincell.convert import attention_modules
+from gaincell.hf.convert import attention_modules
 
 TAP_NAME = "gaincell-tap"
 

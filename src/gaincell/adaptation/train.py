@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gaincell.adaptation.data import check_context, epoch_permutation
 from gaincell.atomic import atomic_directory, atomic_file
-from gaincell.data import check_context, epoch_permutation
 from gaincell.errors import GainCellError, first_line
 from gaincell.validation import fail, is_int, is_number
 

@@ -1,6 +1,6 @@
 """The banded, factorised form of the analog core (SPEC §3.3–3.5), for (BH, T, D) tensors.
 
-:mod:`gaincell.equations` says what is computed; this module computes the same numbers fast and
+:mod:`gaincell.op.equations` says what is computed; this module computes the same numbers fast and
 is tested against it. A query only sees the last M keys, so queries are processed in blocks
 against their band of at most M + block keys: time O(T·M·D), never a T×T tensor. With leakage the
 power i of the cell polynomial decays as λ^(i·age); splitting the age at an anchor makes that a
@@ -10,7 +10,7 @@ queries), and the per-block temporaries live in reused buffers. The backward pas
 block's scores instead of storing them (as FlashAttention does) and keeps only the ADC pass masks,
 one byte per sub-tile output, so training memory is O(T·D·M/R bytes + M·D + block·M).
 
-The charge-to-pulse converter and the ADC of :mod:`gaincell.periphery` are fused here with the
+The charge-to-pulse converter and the ADC of :mod:`gaincell.chip.periphery` are fused here with the
 scaling of the second product's pulses and the digital sum (same formulas, fewer passes).
 """
 
@@ -23,15 +23,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gaincell.cells import CellGains, build_cell
-from gaincell.config import GainCellConfig
+from gaincell.chip.cells import CellGains, build_cell
+from gaincell.chip.config import GainCellConfig
 
 
 def banded_readout(pulses, keys, values, config: GainCellConfig, *, gains: CellGains | None = None, noise_seed=None):
     """The digital sum of the sub-tile ADC outputs for front-end outputs (Q, k~, v~), each (B, H, T, D).
 
     ``noise_seed`` fixes read noise (drawn from torch's RNG when None). The output scaler is the
-    caller's (:func:`gaincell.attention.gain_cell_attention`).
+    caller's (:func:`gaincell.op.attention.gain_cell_attention`).
     """
     batch, heads, length, dim = pulses.shape
     gain_k = gain_v = None
@@ -362,7 +362,7 @@ def _subtile_readout(plan: Plan, widths, decays, value_columns, band: Band, gene
 
 
 def _adc(plan: Plan, readout, occupied, out, scratch: _Scratch, keep_pass: bool = False, all_occupied=None):
-    """One ADC per occupied sub-tile (clamp, then the quantiser of :mod:`gaincell.periphery` on
+    """One ADC per occupied sub-tile (clamp, then the quantiser of :mod:`gaincell.chip.periphery` on
     ``adc``'s grid), added digitally into ``out`` (BH, Q, D).
 
     Σ_s (origin + step·k_s) is computed as step·Σ_s k_s + origin·(number of occupied sub-tiles);

@@ -3,7 +3,7 @@
 - **Attention transfer** (Hedgehog; LoLCATs): every layer's gain-cell attention is trained, alone,
   to reproduce the original softmax attention's output (after the output projection) on the same
   layer inputs. One forward of the frozen teacher records every layer's inputs and outputs
-  (:func:`gaincell.taps.capture_attention_io`); each student attention module is run on its
+  (:func:`gaincell.hf.taps.capture_attention_io`); each student attention module is run on its
   layer's recorded inputs, and the loss is the mean over layers of the relative MSE
   ``|y_student − y_teacher|² / |y_teacher|²``. Inputs are detached, so layers are independent and
   all are trained at once for the price of one teacher forward. What may change is
@@ -14,7 +14,7 @@
   teacher's logits computed on the fly (memory bounded by one batch of logits, nothing cached).
 
 Both are :class:`torch.nn.Module` wrappers whose ``forward(input_ids, labels)`` returns ``.loss``,
-so they run in :func:`gaincell.train.train` unchanged: accelerate (DDP/FSDP), checkpoints, exact
+so they run in :func:`gaincell.adaptation.train.train` unchanged: accelerate (DDP/FSDP), checkpoints, exact
 resume, logs and progress bars. The teacher is held outside the module tree: it is not trained, not
 wrapped by DDP and not written into checkpoints. In evaluation mode both report the quantity that
 matters for comparison: the transfer MSE, resp. the student's plain LM loss.
@@ -29,11 +29,11 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from gaincell.config import CellConfig, GainCellConfig, preset
-from gaincell.convert import attention_modules, convert, model_config
+from gaincell.adaptation.train import TrainConfig, TrainResult, train
+from gaincell.chip.config import CellConfig, GainCellConfig, preset
 from gaincell.errors import GainCellError
-from gaincell.taps import capture_attention_io, replay
-from gaincell.train import TrainConfig, TrainResult, train
+from gaincell.hf.convert import attention_modules, convert, model_config
+from gaincell.hf.taps import capture_attention_io, replay
 from gaincell.validation import check_choice, check_non_negative, check_positive
 
 TRANSFER_PARAMETERS = ("attention", "scalers")

@@ -1,6 +1,6 @@
 """The circuits around the arrays: DACs, clamps, quantisers and ADCs (SPEC §3.2–3.3).
 
-:mod:`gaincell.equations` uses these as they are; the banded kernel (:mod:`gaincell.kernels.banded`)
+:mod:`gaincell.op.equations` uses these as they are; the banded kernel (:mod:`gaincell.op.kernels.banded`)
 fuses the charge-to-pulse converter and the ADC with the products around them, same formulas.
 
 Forward passes round like the hardware; backward passes the gradient straight through the rounding
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from gaincell.config import QuantizerConfig
+from gaincell.chip.config import QuantizerConfig
 
 
 def quantize(x: torch.Tensor, quantizer: QuantizerConfig) -> torch.Tensor:

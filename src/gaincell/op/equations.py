@@ -3,8 +3,8 @@
 Read it beside SPEC: the front end (§3.2), the first analog product with leakage (§3.3–3.4), the
 charge-to-pulse converter, the second analog product, one ADC per sub-tile, the digital sum and the
 output scaler. It forms T×T score tensors, so it is for reading, for checking the fast kernel
-(:mod:`gaincell.kernels.banded` computes the same numbers in O(T·M·D) time and is tested against
-this) and for short sequences; models call :func:`gaincell.attention.gain_cell_attention`.
+(:mod:`gaincell.op.kernels.banded` computes the same numbers in O(T·M·D) time and is tested against
+this) and for short sequences; models call :func:`gaincell.op.attention.gain_cell_attention`.
 
 Leakage acts on the stored voltage, y~ → λ^age·y~, so with the cell curve g(y~) = Σ_i β_i y~^i the
 charge of power i decays as λ^(i·age): each power is one T×T matmul of pulses and stored y~^i.
@@ -16,10 +16,10 @@ import math
 
 import torch
 
-from gaincell.cells import CellGains, CellModel, build_cell
-from gaincell.config import GainCellConfig
-from gaincell.periphery import adc, charge_to_pulse, quantize_ste
-from gaincell.scalers import Scalers
+from gaincell.chip.cells import CellGains, CellModel, build_cell
+from gaincell.chip.config import GainCellConfig
+from gaincell.chip.periphery import adc, charge_to_pulse, quantize_ste
+from gaincell.op.scalers import Scalers
 
 
 def front_end(q, k, v, scalers: Scalers, config: GainCellConfig):

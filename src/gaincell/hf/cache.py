@@ -1,10 +1,10 @@
 """Generation through the gain-cell memory: a transformers ``Cache`` whose layers are analog memories.
 
 A converted model's ``generate`` gets a :class:`GainCellCache` (see
-:class:`gaincell.convert.GainCellGeneration`). Its layer ``update`` does not keep past keys as a
+:class:`gaincell.hf.convert.GainCellGeneration`). Its layer ``update`` does not keep past keys as a
 ``DynamicCache`` would; it only counts tokens and hands the new key/value to the same layer's
-:class:`~gaincell.layer.GainCellAttention`, which reads them through a
-:class:`~gaincell.memory.GainCellMemory` of M slots (SPEC §3.6): the prompt is prefilled with the
+:class:`~gaincell.hf.layer.GainCellAttention`, which reads them through a
+:class:`~gaincell.op.memory.GainCellMemory` of M slots (SPEC §3.6): the prompt is prefilled with the
 parallel op, each new token is written into slot t mod M and read step by step. Memory is O(M),
 whatever the length generated.
 """
@@ -15,8 +15,8 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from gaincell.errors import GainCellError
-from gaincell.layer import gain_cell_layers
-from gaincell.memory import GainCellMemory
+from gaincell.hf.layer import gain_cell_layers
+from gaincell.op.memory import GainCellMemory
 
 
 class GainCellCacheLayer(CacheLayerMixin):

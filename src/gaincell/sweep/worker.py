@@ -1,6 +1,6 @@
 """Measuring one sweep point: load once, then convert, calibrate (optionally) and score per point.
 
-Kept apart from :mod:`gaincell.sweep` (which only reads specs and bookkeeps results) because this is
+Kept apart from :mod:`gaincell.sweep.run` (which only reads specs and bookkeeps results) because this is
 the half that needs torch and transformers; ``--jobs N`` runs it in N spawned processes, each with
 its own model, one torch thread each unless there are spare cores.
 """
@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from gaincell.adapt import CalibrationConfig, calibrate
-from gaincell.checkpoint import load, load_tokenizer
-from gaincell.convert import convert, model_config
-from gaincell.data import check_context, model_max_positions
+from gaincell.adaptation.data import check_context, model_max_positions
+from gaincell.adaptation.stages import CalibrationConfig, calibrate
 from gaincell.errors import GainCellError
-from gaincell.evaluate import strided_perplexity
+from gaincell.evaluation.perplexity import strided_perplexity
 from gaincell.hardware.constants import load_technology
 from gaincell.hardware.models import load_shape
-from gaincell.layer import gain_cell_layers
-from gaincell.sweep_spec import SweepSpec, Unit, point_config, point_cost
+from gaincell.hf.convert import convert, model_config
+from gaincell.hf.layer import gain_cell_layers
+from gaincell.hf.pretrained import load, load_tokenizer
+from gaincell.sweep.spec import SweepSpec, Unit, point_config, point_cost
 
 
 def _read_text(path: str) -> str:

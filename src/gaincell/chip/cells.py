@@ -29,7 +29,7 @@ import torch
 from gaincell.errors import GainCellError
 
 if TYPE_CHECKING:
-    from gaincell.config import GainCellConfig
+    from gaincell.chip.config import GainCellConfig
 
 #: Offset-voltage range of a stored value: y~ = y − 0.45 with y in [0, 0.9] V (SPEC §3.2).
 OFFSET_RANGE = 0.45
@@ -85,7 +85,7 @@ def registered_cells() -> tuple[str, ...]:
 
 
 def build_cell(cell_config: Any) -> CellModel:
-    """The :class:`CellModel` described by a :class:`gaincell.config.CellConfig`."""
+    """The :class:`CellModel` described by a :class:`gaincell.chip.config.CellConfig`."""
     try:
         factory = _REGISTRY[cell_config.kind]
     except KeyError:

@@ -1,0 +1,1 @@
+"""The whole experiment at laptop scale, offline (``gaincell demo``)."""

@@ -1,0 +1,1 @@
+"""Measuring a model: strided perplexity and lm-eval."""
