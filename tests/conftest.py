@@ -24,12 +24,15 @@ def test_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def full_corpora() -> Path:
-    """The full corpora, for slow tests only: the folder named by ``GAINCELL_DATA``."""
-    folder = os.environ.get("GAINCELL_DATA")
-    if not folder or not Path(folder).is_dir():
-        pytest.skip("set GAINCELL_DATA to a folder holding wikitext2-test.txt etc. (e.g. ../shared/data)")
-    return Path(folder)
+def shared_data() -> Path:
+    """Data gaincell did not make (corpora, the authors' golden arrays, stories260K, task files):
+    ``$GAINCELL_DATA``, else ``../shared/data``; without either the test skips and says how to point at it."""
+    from gaincell.datadir import HOW_TO_POINT, data_dir
+
+    folder = data_dir()
+    if folder is None:
+        pytest.skip(f"needs the shared data folder: {HOW_TO_POINT}")
+    return folder
 
 
 @pytest.fixture(scope="module")

@@ -54,13 +54,13 @@ def test_generation_through_the_memory_equals_the_full_forward(stories, test_dat
 
 
 @pytest.mark.slow
-def test_perplexity_on_full_wikitext_beats_uniform(stories, full_corpora):
+def test_perplexity_on_full_wikitext_beats_uniform(stories, shared_data):
     """A children's-story model on WikiText-2 (measured: 229 on its first 32k tokens) is poor but far
     better than uniform over its 512 tokens. Run with GAINCELL_DATA=../shared/data python -m pytest -m slow."""
     from gaincell.evaluation.perplexity import strided_perplexity
 
     model, tokenizer = stories
-    ids = torch.tensor(tokenizer((full_corpora / "wikitext2-test.txt").read_text()[:200_000])["input_ids"])
+    ids = torch.tensor(tokenizer((shared_data / "wikitext2-test.txt").read_text()[:200_000])["input_ids"])
     with torch.no_grad():
         result = strided_perplexity(model, ids[:32_768], context=512, stride=256, batch_size=8)
     assert 100 < result["ppl"] < 512 / 2
