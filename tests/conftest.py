@@ -13,14 +13,37 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
-#: Small fixtures committed with the tests (sources and licences in tests/data/README.md).
-TEST_DATA = Path(__file__).resolve().parent / "data"
+#: The tiny GPT-2 most tests train or convert: small enough for a step in milliseconds on one core.
+TINY_GPT2 = dict(n_embd=32, n_layer=2, n_head=4, vocab_size=300, n_positions=32, bos_token_id=0, eos_token_id=0)
 
 
 @pytest.fixture(scope="session")
-def test_data() -> Path:
-    """The committed fixtures: corpora excerpts, the authors' golden arrays, the stories260K model."""
-    return TEST_DATA
+def pydoc_text() -> str:
+    """Text every machine has: Python's bundled documentation (about 460 kB; the demo's default corpus)."""
+    from gaincell.adaptation.data import default_corpus_text
+
+    return default_corpus_text()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(pydoc_text):
+    """A byte-level BPE tokenizer of 300 tokens (the tiny GPT-2's vocabulary), trained once per session."""
+    from gaincell.adaptation.data import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(pydoc_text[:60_000], vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    """``tiny_gpt2(seed=0, **changes)``: a fresh tiny GPT-2 (``TINY_GPT2`` with ``changes``), seeded."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def make(seed: int = 0, **changes):
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(GPT2Config(**{**TINY_GPT2, **changes}))
+
+    return make
 
 
 @pytest.fixture(scope="session")

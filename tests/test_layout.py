@@ -1,8 +1,8 @@
 """The package's architecture (STYLE.md): data flows one way, so the import graph has no cycle.
 
-Every ``import`` counts, at module level or inside a function: a cycle closed by an import hidden
-in a function is still a cycle. Implicit imports of parent packages (``gaincell/__init__``) and
-imports for type annotations only (``if TYPE_CHECKING:``) do not.
+Every ``import`` counts, at module level, inside a function or under ``if TYPE_CHECKING:``: a cycle
+closed by an import hidden in a function or an annotation is still a cycle. Implicit imports of parent
+packages (``gaincell/__init__``) do not.
 """
 
 import ast
@@ -28,8 +28,6 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         tree = ast.parse(path.read_text())
-        for block in [n for n in ast.walk(tree) if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"]:
-            block.body = []
         for node in ast.walk(tree):
             targets = []
             if isinstance(node, ast.Import):
@@ -63,6 +61,21 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+#: The subpackages from the top down (STYLE.md): a module may import its own subpackage and those below it.
+LAYERS = ("cli", "commands", "demo", "sweep", "evaluation", "adaptation", "hf", "op", "chip", "hardware")
+#: Top-level modules every layer may use; they import only each other.
+UTILITIES = ("errors", "validation", "atomic", "tomlfile", "datadir")
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1] if "." in module else "__init__"
+    if part in UTILITIES:
+        return len(LAYERS)
+    if part in ("__init__", "__main__"):
+        return -1  # the package's front door re-exports from every layer
+    return LAYERS.index(part)
+
+
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
     assert len(graph) > 20 and graph["gaincell.op.attention"]  # the walk found the package
@@ -78,6 +91,27 @@ def test_the_library_never_imports_a_command():
     library = [name for name in graph if not name.startswith("gaincell.commands") and name != "gaincell.cli"]
     for name in library:
         assert not any(target.startswith("gaincell.commands") for target in graph[name]), name
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    graph = import_graph()
+    upward = [
+        f"{name} -> {target}" for name, targets in graph.items() for target in targets if _layer(target) < _layer(name)
+    ]
+    assert not upward, upward
+
+
+def test_every_module_belongs_to_a_layer():
+    assert all(_layer(name) >= -1 for name in import_graph())  # LAYERS.index raises on a stray top-level module
+
+
+def test_no_file_is_longer_than_400_lines():
+    long = [
+        f"{path.relative_to(PACKAGE)} ({n})"
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 400
+    ]
+    assert not long, long
 
 
 def test_no_function_is_longer_than_a_screen():

@@ -21,13 +21,13 @@ from gaincell.errors import GainCellError
 
 
 @pytest.fixture(scope="module")
-def shakespeare(test_data) -> str:
-    return (test_data / "corpora" / "tinyshakespeare-head.txt").read_text()[:60_000]
+def sample_text(pydoc_text) -> str:
+    return pydoc_text[:60_000]
 
 
 @pytest.fixture(scope="module")
-def tokenizer(shakespeare):
-    return train_bpe_tokenizer(shakespeare, 320)
+def tokenizer(sample_text):
+    return train_bpe_tokenizer(sample_text, 320)
 
 
 def test_default_corpus_is_pythons_reference_documentation():
@@ -86,12 +86,12 @@ def test_bad_corpus_gives_one_clear_error(tmp_path, make, kwargs, message):
     assert "\n" not in str(raised.value)
 
 
-def test_bpe_tokenizer_round_trips_and_saves(tmp_path, tokenizer, shakespeare):
+def test_bpe_tokenizer_round_trips_and_saves(tmp_path, tokenizer, sample_text):
     from transformers import AutoTokenizer
 
     assert len(tokenizer) == 320
     assert tokenizer.eos_token == EOS_TOKEN and tokenizer.eos_token_id is not None
-    sample = shakespeare[1000:1500]
+    sample = sample_text[1000:1500]
     ids = tokenizer(sample)["input_ids"]
     assert len(ids) < len(sample.encode())  # merges were learned
     assert tokenizer.decode(ids) == sample
@@ -136,8 +136,8 @@ def test_pack_blocks_cuts_equal_blocks_and_drops_the_tail():
         pack_blocks([1, 2, 3], 1)
 
 
-def test_corpus_blocks_on_a_real_corpus(test_data, tokenizer):
-    corpus = load_text_corpus(text=test_data / "corpora" / "tinyshakespeare-head.txt", sample_by="paragraph")
+def test_corpus_blocks_on_a_real_corpus(shared_data, tokenizer):
+    corpus = load_text_corpus(text=shared_data / "tinyshakespeare.txt", sample_by="paragraph")
     blocks = corpus_blocks(corpus.select(range(200)), tokenizer, 32)
     assert blocks.ndim == 2 and blocks.shape[1] == 32 and len(blocks) > 10
     assert int(blocks.max()) < len(tokenizer)

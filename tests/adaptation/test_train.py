@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gaincell.adaptation.data import corpus_blocks, corpus_from_texts, split_blocks, train_bpe_tokenizer
+from gaincell.adaptation.data import corpus_blocks, corpus_from_texts, split_blocks
 from gaincell.adaptation.train import (
     TrainConfig,
     latest_checkpoint,
@@ -23,7 +23,7 @@ from gaincell.adaptation.train import (
 )
 from gaincell.errors import GainCellError
 
-WORKER = Path(__file__).resolve().parent / "data" / "train_worker.py"
+WORKER = Path(__file__).resolve().parents[1] / "workers" / "train_worker.py"
 WORKER_MODEL = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32}
 
 
@@ -31,10 +31,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def blocks(test_data):
-    """(train, eval, vocab_size): 32-token blocks of Tiny Shakespeare under a 384-token BPE."""
-    text = (test_data / "corpora" / "tinyshakespeare-head.txt").read_text()[:100_000]
-    tokenizer = train_bpe_tokenizer(text, 384)
+def blocks(pydoc_text, tokenizer):
+    """(train, eval, vocab_size): 32-token blocks of Python's bundled docs under the session's BPE."""
+    text = pydoc_text[:100_000]
     train_blocks, eval_blocks = split_blocks(corpus_blocks(corpus_from_texts([text]), tokenizer, 32), 0.1)
     return train_blocks, eval_blocks, len(tokenizer)
 

@@ -1,34 +1,23 @@
 """`gaincell generate`: a saved gain-cell model continues a prompt through its analog memories."""
 
-import copy
-
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config
 
 import gaincell
-from gaincell.adaptation.data import train_bpe_tokenizer
 from gaincell.cli import main
 from gaincell.hf.layer import gain_cell_layers
 from gaincell.op.memory import GainCellMemory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CONFIG = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=300, n_positions=64, bos_token_id=0, eos_token_id=0)
 HARDWARE = dict(window=8, subtile_rows=8, block_size=8)  # a window shorter than prompt + new tokens: slots wrap
-PROMPT = "ROMEO: Wherefore art thou"
+PROMPT = "The return statement"
 
 
 @pytest.fixture(scope="module")
-def tokenizer(test_data):
-    return train_bpe_tokenizer((test_data / "corpora" / "tinyshakespeare-head.txt").read_text()[:30_000], vocab_size=300)
-
-
-@pytest.fixture(scope="module")
-def converted(tokenizer):
+def converted(tokenizer, tiny_gpt2):
     """A tiny converted GPT-2 with scalers away from their initial values (so loading them matters)."""
-    torch.manual_seed(0)
-    model = gaincell.convert(AutoModelForCausalLM.from_config(copy.deepcopy(CONFIG)), "paper", **HARDWARE).eval()
+    model = gaincell.convert(tiny_gpt2(n_positions=64), "paper", **HARDWARE).eval()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for cell in gain_cell_layers(model):

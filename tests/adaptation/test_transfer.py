@@ -9,7 +9,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import gaincell
 from gaincell import GainCellError, preset
-from gaincell.adaptation.data import default_corpus_text, train_bpe_tokenizer
 from gaincell.adaptation.initialise import InitialiseConfig, initialise_scalers, pretrained_statistics, sample_batches
 from gaincell.adaptation.stages import recipe_from_dict
 from gaincell.adaptation.transfer import AttentionTransfer, TransferConfig, make_teacher, transfer_stage
@@ -118,10 +117,9 @@ def test_recipe_errors_name_the_field(changes, message):
 
 
 @pytest.fixture(scope="module")
-def pretrained_dir(tmp_path_factory):
+def pretrained_dir(tmp_path_factory, pydoc_text, tokenizer):
     root = tmp_path_factory.mktemp("transfer-recipe")
-    text = default_corpus_text()[:30_000]
-    tokenizer = train_bpe_tokenizer(text, vocab_size=300)
+    text = pydoc_text[:30_000]
     gaincell.save(tiny_llama(), root / "model", tokenizer)
     (root / "corpus.txt").write_text(text)
     return root

@@ -16,14 +16,14 @@ TOY = [
 ]  # fmt: skip
 
 
-def test_demo_writes_the_report_the_results_and_a_loadable_model(tmp_path, test_data, monkeypatch, capsys):
+def test_demo_writes_the_report_the_results_and_a_loadable_model(tmp_path, pydoc_text, monkeypatch, capsys):
     toy = DemoConfig(
         context=32, window=16, subtile_rows=16, layers=1, embedding=32, heads=2, vocab_size=300, batch_size=4,
         pretrain_steps=6, linear_steps=3, nonlinear_steps=3, calibration_batch=4, eval_blocks=4, sample_tokens=8,
     )  # fmt: skip
     monkeypatch.setattr("gaincell.commands.demo.DemoConfig", lambda: toy)
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text((test_data / "corpora" / "tinyshakespeare-head.txt").read_text()[:40_000])
+    corpus.write_text(pydoc_text[-40_000:])
     output = tmp_path / "demo"
     assert main(["demo", "--text", str(corpus), "--output", str(output), *TOY]) == 0
     results = json.loads((output / "results.json").read_text())

@@ -1,6 +1,5 @@
 """The adaptation recipe (SPEC §4): linear stage targets, calibration loop, recipe file and CLI."""
 
-import copy
 import json
 import math
 import os
@@ -10,11 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config
 
 import gaincell
 from gaincell import GainCellError, preset
-from gaincell.adaptation.data import train_bpe_tokenizer
 from gaincell.adaptation.stages import (
     CalibrationConfig,
     calibrate,
@@ -31,12 +28,6 @@ from gaincell.hf.layer import gain_cell_layers
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 HARDWARE = preset("paper", window=16, subtile_rows=8, block_size=16)
-CONFIG = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=300, n_positions=32, bos_token_id=0, eos_token_id=0)
-
-
-def _model(seed=0):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(copy.deepcopy(CONFIG))
 
 
 def _blocks(n=24, seed=0):
@@ -62,8 +53,8 @@ def test_damping_decays_linearly_from_one_to_a_tenth_over_fifty_iterations():
     assert (config.max_iterations, config.tolerance) == (100, 1e-4)
 
 
-def test_linear_stage_records_targets_then_calibration_meets_them(tmp_path, capsys):
-    model = _model()
+def test_linear_stage_records_targets_then_calibration_meets_them(tmp_path, capsys, tiny_gpt2):
+    model = tiny_gpt2()
     blocks = _blocks()
     linear_stage(model, blocks, blocks[:4], _quick(grad_accum=2), HARDWARE, tmp_path / "linear")
     block = blocks.shape[1]
@@ -81,8 +72,8 @@ def test_linear_stage_records_targets_then_calibration_meets_them(tmp_path, caps
     assert result.dampings[0] == 1.0 and all(0.1 <= d <= 1.0 for d in result.dampings)
 
 
-def test_calibration_moves_the_output_scaler_toward_the_targets():
-    model = gaincell.convert(_model(), HARDWARE)
+def test_calibration_moves_the_output_scaler_toward_the_targets(tiny_gpt2):
+    model = gaincell.convert(tiny_gpt2(), HARDWARE)
     for cell in gain_cell_layers(model):  # targets the nonlinear model does not meet on its own
         cell.target_count.fill_(1)
         cell.target_mean.zero_()
@@ -91,10 +82,10 @@ def test_calibration_moves_the_output_scaler_toward_the_targets():
     assert result.errors[-1] < 0.05 * result.errors[0]
 
 
-def test_calibration_measures_in_the_mode_targets_were_recorded_in():
+def test_calibration_measures_in_the_mode_targets_were_recorded_in(tiny_gpt2):
     """Targets come from training forwards (dropout on), so calibration's statistics do too (SPEC §4.2),
     each iteration with the same dropout draw; only the final loss, which picks a process, is in eval mode."""
-    model = gaincell.convert(_model(), HARDWARE)
+    model = gaincell.convert(tiny_gpt2(), HARDWARE)
     for cell in gain_cell_layers(model):
         cell.target_count.fill_(1)
         cell.target_std.fill_(0.5)
@@ -114,7 +105,7 @@ def test_calibration_measures_in_the_mode_targets_were_recorded_in():
 
 
 def _calibrate_with_torchrun(tmp_path, *extra):
-    worker = Path(__file__).resolve().parent / "data" / "calibrate_worker.py"
+    worker = Path(__file__).resolve().parents[1] / "workers" / "calibrate_worker.py"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [*torchrun, str(worker), str(tmp_path), *extra]
@@ -151,9 +142,9 @@ def test_a_nan_loss_never_wins_the_multi_process_choice(tmp_path):
         assert all(torch.isfinite(value).all() for value in result["scalers"].values())
 
 
-def test_calibration_refuses_models_without_targets():
+def test_calibration_refuses_models_without_targets(tiny_gpt2):
     with pytest.raises(GainCellError, match="run the linear stage"):
-        calibrate(gaincell.convert(_model(), HARDWARE), _blocks(4))
+        calibrate(gaincell.convert(tiny_gpt2(), HARDWARE), _blocks(4))
 
 
 def test_recipe_defaults_are_the_papers_and_unknown_keys_are_named():
@@ -182,10 +173,9 @@ def test_recipe_overrides_parse_as_toml(tmp_path):
     assert config.window == 64 and config.noise.read_noise == 0.01 and config.cell == preset("paper").cell
 
 
-def _pretrained_dir(tmp_path, test_data):
-    text = (test_data / "corpora" / "tinyshakespeare-head.txt").read_text()[:60_000]
-    tokenizer = train_bpe_tokenizer(text, vocab_size=300)
-    model = _model()
+def _pretrained_dir(tmp_path, pydoc_text, tokenizer, tiny_gpt2):
+    text = pydoc_text[:60_000]
+    model = tiny_gpt2()
     model.resize_token_embeddings(len(tokenizer))
     directory = tmp_path / "pretrained"
     gaincell.save(model, directory, tokenizer)
@@ -197,8 +187,8 @@ def _pretrained_dir(tmp_path, test_data):
 STAGE = 'warmup_steps = 1\nbatch_size = 4\ngrad_accum = 1\nprogress_bar = false\nmixed_precision = "no"\n'
 
 
-def test_adapt_cli_runs_the_three_stages_and_resumes(tmp_path, test_data, capsys):
-    model_dir, corpus = _pretrained_dir(tmp_path, test_data)
+def test_adapt_cli_runs_the_three_stages_and_resumes(tmp_path, pydoc_text, tokenizer, tiny_gpt2, capsys):
+    model_dir, corpus = _pretrained_dir(tmp_path, pydoc_text, tokenizer, tiny_gpt2)
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(
         f'model = "{model_dir}"\noutput_dir = "{tmp_path / "run"}"\n'

@@ -1,10 +1,8 @@
-"""The authors' own single-array simulation (tests/data/golden) against our `ideal` preset.
+"""The authors' own single-array simulation (golden/ in the shared data folder) against our `ideal` preset.
 
 Their run: window 64, causal, no quantisation, no leakage, scalers a = 1, b = 0. Their reduced
-precision allows ~0.5 absolute on S and ~1e-2 on phi(S) and the output (tests/data/README.md).
+precision allows ~0.5 absolute on S and ~1e-2 on phi(S) and the output (the shared data folder's README).
 """
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +11,10 @@ import torch
 from gaincell import Scalers, gain_cell_attention, preset
 from gaincell.op.kernels.banded import analog_read, make_band, make_plan
 
-GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "single_array_64x64.npz"
-
 
 @pytest.fixture(scope="module")
-def golden():
-    data = np.load(GOLDEN)
+def golden(shared_data):
+    data = np.load(shared_data / "golden" / "single_array_64x64.npz")
     return {name: torch.from_numpy(data[name]).double() for name in ("Q", "K", "V", "S", "phi_S", "output")}
 
 

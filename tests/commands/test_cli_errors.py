@@ -1,33 +1,26 @@
 """User errors on the command line: `gaincell eval`, `generate` and `adapt` answer each with exit code 2
 and one line on stderr (no traceback), and a failed `adapt` leaves no output directory behind."""
 
-import copy
 import json
 import re
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, GPT2Config
 
 import gaincell
-from gaincell.adaptation.data import train_bpe_tokenizer
 from gaincell.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CONFIG = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=300, n_positions=32, bos_token_id=0, eos_token_id=0)
 STAGE = {"max_steps": 2, "warmup_steps": 1, "batch_size": 4, "grad_accum": 1, "progress_bar": False, "mixed_precision": "no"}
 
 
 @pytest.fixture(scope="module")
-def files(test_data, tmp_path_factory) -> dict[str, Path]:
+def files(pydoc_text, tokenizer, tiny_gpt2, tmp_path_factory) -> dict[str, Path]:
     """A saved tiny gain-cell model (with and without its tokenizer, and with truncated weights) and corpora."""
     root = tmp_path_factory.mktemp("cli-errors")
-    text = (test_data / "corpora" / "tinyshakespeare-head.txt").read_text()[:20_000]
-    tokenizer = train_bpe_tokenizer(text, vocab_size=300)
-    torch.manual_seed(0)
-    model = gaincell.convert(AutoModelForCausalLM.from_config(copy.deepcopy(CONFIG)), "paper", window=16, subtile_rows=8)
+    text = pydoc_text[:20_000]
+    model = gaincell.convert(tiny_gpt2(), "paper", window=16, subtile_rows=8)
     gaincell.save(model, root / "model", tokenizer)
     gaincell.save(model, root / "untokenized")
     gaincell.save(model, root / "corrupt", tokenizer)

@@ -13,15 +13,72 @@ from gaincell.commands import eval as eval_command
 from gaincell.errors import GainCellError
 from gaincell.evaluation import perplexity as evaluate
 
-TASKS = Path(__file__).resolve().parent / "data"
+#: A tiny offline multiple-choice task for the lm-eval adapter; its data file path is relative to the working
+#: directory, so the tests run from the folder that ``tasks_dir`` writes.
+TINY_TASK = r"""task: gaincell_tiny_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: tiny_mc.jsonl
+output_type: multiple_choice
+test_split: test
+doc_to_text: "Question: {{question}}\nAnswer:"
+doc_to_target: label
+doc_to_choice: choices
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+TINY_ROWS = [
+    {
+        "question": "What does a gain cell store its value on?",
+        "choices": [" a capacitor", " a magnet", " a fuse"],
+        "label": 0,
+    },
+    {
+        "question": "Which function replaces softmax in the gain-cell attention?",
+        "choices": [" a cosine", " a hard sigmoid", " a logarithm"],
+        "label": 1,
+    },
+    {
+        "question": "What happens to a stored voltage over time?",
+        "choices": [" it grows", " it is constant", " it leaks away"],
+        "label": 2,
+    },
+    {"question": "How many levels does the query DAC have?", "choices": [" sixteen", " two", " one thousand"], "label": 0},
+    {
+        "question": "What is the sliding window of GPT-2 in the paper?",
+        "choices": [" 7 tokens", " 1024 tokens", " no window"],
+        "label": 1,
+    },
+    {
+        "question": "Where are the keys and values kept?",
+        "choices": [" in the cloud", " on a tape", " in analog gain-cell arrays"],
+        "label": 2,
+    },
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def text(test_data) -> str:
-    return (test_data / "corpora" / "wikitext2-valid-head.txt").read_text()[:40_000]
+def text(pydoc_text) -> str:
+    return pydoc_text[:40_000]
+
+
+@pytest.fixture(scope="module")
+def tasks_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tasks")
+    (folder / "tiny_mc.yaml").write_text(TINY_TASK)
+    (folder / "tiny_mc.jsonl").write_text("".join(json.dumps(row) + "\n" for row in TINY_ROWS))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +166,7 @@ def test_more_left_context_helps_a_trained_model(tokenizer, text, tmp_path):
         lr=3e-3,
         min_lr=3e-4,
         warmup_steps=5,
-        max_steps=60,
+        max_steps=120,
         batch_size=8,
         eval_every=0,
         checkpoint_every=0,
@@ -158,21 +215,23 @@ def test_text_perplexity_of_a_file(model, tokenizer, text, tmp_path):
 # -- lm-evaluation-harness ------------------------------------------------------------------------
 
 
-def test_lm_eval_runs_a_local_task_on_a_model_instance(model, tokenizer, monkeypatch):
+def test_lm_eval_runs_a_local_task_on_a_model_instance(model, tokenizer, tasks_dir, monkeypatch):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    monkeypatch.chdir(TASKS)  # the task's data_files path is relative
+    monkeypatch.chdir(tasks_dir)  # the task's data_files path is relative
     adapter = evaluate.GainCellLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
     output = simple_evaluate(
-        model=adapter, tasks=["gaincell_tiny_mc"], task_manager=TaskManager(include_path=str(TASKS), include_defaults=False)
+        model=adapter,
+        tasks=["gaincell_tiny_mc"],
+        task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
     )
     metrics = output["results"]["gaincell_tiny_mc"]
     assert 0.0 <= metrics["acc,none"] <= 1.0
     assert 0.0 <= metrics["acc_norm,none"] <= 1.0
 
 
-def test_lm_eval_loads_a_model_directory_through_the_pluggable_loader(model_dir, monkeypatch):
+def test_lm_eval_loads_a_model_directory_through_the_pluggable_loader(model_dir, tasks_dir, monkeypatch):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -185,13 +244,13 @@ def test_lm_eval_loads_a_model_directory_through_the_pluggable_loader(model_dir,
         return default_loader(path)
 
     monkeypatch.setattr(evaluate, "load_model_dir", loader)
-    monkeypatch.chdir(TASKS)
+    monkeypatch.chdir(tasks_dir)
     output = simple_evaluate(
         model="gaincell",
         model_args={"pretrained": str(model_dir), "device": "cpu"},
         tasks=["gaincell_tiny_mc"],
         limit=3,
-        task_manager=TaskManager(include_path=str(TASKS), include_defaults=False),
+        task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
     )
     assert loaded == [model_dir]
     assert 0.0 <= output["results"]["gaincell_tiny_mc"]["acc,none"] <= 1.0
@@ -224,9 +283,9 @@ def test_cli_prints_perplexity_as_a_table_and_as_json(model_dir, text, tmp_path,
     assert result["ppl"] == pytest.approx(math.exp(result["nll"]))
 
 
-def test_cli_runs_lm_eval_tasks(model_dir, capsys, monkeypatch):
-    monkeypatch.chdir(TASKS)
-    argv = [str(model_dir), "--tasks", "gaincell_tiny_mc", "--include-path", str(TASKS), "--limit", "2", "--json"]
+def test_cli_runs_lm_eval_tasks(model_dir, tasks_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tasks_dir)
+    argv = [str(model_dir), "--tasks", "gaincell_tiny_mc", "--include-path", str(tasks_dir), "--limit", "2", "--json"]
     assert eval_command.run(parse(argv)) == 0
     tasks = json.loads(capsys.readouterr().out)["tasks"]
     assert 0.0 <= tasks["gaincell_tiny_mc"]["acc,none"] <= 1.0

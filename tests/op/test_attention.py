@@ -7,10 +7,10 @@ import dataclasses
 
 import pytest
 import torch
+from reference import reference_attention
 
 from gaincell import CellGains, GainCellError, Scalers, gain_cell_attention, gain_cell_attention_equations, preset
 from gaincell.chip.config import PRESETS
-from reference import reference_attention
 
 GEOMETRIES = [  # (T, window M, sub-tile rows R, block): T < M, T = M, T > M (wraps), odd T, M not multiple of R
     (37, 64, 16, 16),

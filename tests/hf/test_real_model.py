@@ -1,4 +1,4 @@
-"""A real pre-trained LLM (stories260K, a TinyStories Llama committed in tests/data) through gaincell.
+"""A real pre-trained LLM (stories260K, a TinyStories Llama in the shared data folder) through gaincell.
 
 The toy models elsewhere cannot show what a pre-trained model does with grouped-query attention,
 RoPE and a SentencePiece tokenizer; this one is small enough for the default suite.
@@ -14,13 +14,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def stories(test_data):
-    path = test_data / "models" / "stories260K"
+def stories(shared_data):
+    path = shared_data / "models" / "stories260K"
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
-def _fresh(test_data):
-    return AutoModelForCausalLM.from_pretrained(test_data / "models" / "stories260K").eval()
+def _fresh(shared_data):
+    return AutoModelForCausalLM.from_pretrained(shared_data / "models" / "stories260K").eval()
 
 
 def test_the_fixture_is_the_real_model(stories):
@@ -31,19 +31,19 @@ def test_the_fixture_is_the_real_model(stories):
     assert tokenizer.decode(out[0], skip_special_tokens=True).startswith("Once upon a time, there was a little girl")
 
 
-def test_softmax_preset_with_a_full_window_is_the_original_model(stories, test_data):
+def test_softmax_preset_with_a_full_window_is_the_original_model(stories, shared_data):
     model, _ = stories
     ids = torch.randint(3, 512, (2, 96), generator=torch.Generator().manual_seed(0))
-    converted = gaincell.convert(_fresh(test_data), "softmax", window=512)
+    converted = gaincell.convert(_fresh(shared_data), "softmax", window=512)
     with torch.no_grad():
         torch.testing.assert_close(converted(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["paper", "linear"])
-def test_generation_through_the_memory_equals_the_full_forward(stories, test_data, name):
+def test_generation_through_the_memory_equals_the_full_forward(stories, shared_data, name):
     """Llama with 8 query / 4 kv heads, head dim 8, window 32 < 80 tokens: the circular slots wrap."""
     _, tokenizer = stories
-    model = gaincell.convert(_fresh(test_data), name, window=32, subtile_rows=16)
+    model = gaincell.convert(_fresh(shared_data), name, window=32, subtile_rows=16)
     prompt = tokenizer("Once upon a time, there was a", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         out = model.generate(prompt, max_new_tokens=70, do_sample=False, output_logits=True, return_dict_in_generate=True)
