@@ -13,7 +13,8 @@ import pytest
 from gaincell.commands import hw as hw_cli
 from gaincell.errors import GainCellError
 from gaincell.hardware.gpu import DecodeWorkload, measure
-from gaincell.hardware.report import HardwareQuery, build_report, summary_lines
+from gaincell.hardware.render import summary_lines
+from gaincell.hardware.report import HardwareQuery, build_report
 
 TINY = ["--batch", "2", "--heads", "2", "--head-dim", "16", "--window", "64", "--layers", "2"]
 

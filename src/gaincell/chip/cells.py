@@ -21,15 +21,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from gaincell.chip.config import GainCellConfig, add_cell_kind
 from gaincell.errors import GainCellError
-
-if TYPE_CHECKING:
-    from gaincell.chip.config import GainCellConfig
 
 #: Offset-voltage range of a stored value: y~ = y − 0.45 with y in [0, 0.9] V (SPEC §3.2).
 OFFSET_RANGE = 0.45
@@ -74,14 +72,11 @@ _REGISTRY: dict[str, Callable[[Any], CellModel]] = {}
 
 
 def register_cell(kind: str, factory: Callable[[Any], CellModel]) -> None:
-    """Make ``CellConfig(kind=...)`` build ``factory(cell_config)``."""
+    """Make ``CellConfig(kind=...)`` valid and build ``factory(cell_config)``."""
     if not kind or not isinstance(kind, str):
         raise GainCellError(f"cell kind must be a non-empty string, got {kind!r}")
+    add_cell_kind(kind)
     _REGISTRY[kind] = factory
-
-
-def registered_cells() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
 
 
 def build_cell(cell_config: Any) -> CellModel:

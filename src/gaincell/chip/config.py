@@ -17,7 +17,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gaincell.chip.cells import registered_cells
 from gaincell.errors import GainCellError
 from gaincell.validation import check_choice, check_int, check_non_negative, check_number, check_positive, fail
 
@@ -77,6 +76,22 @@ class QuantizerConfig:
         return 0.0 if self.grid == "zero" else self.low
 
 
+#: Names ``cell.kind`` accepts: the built-in models of :mod:`gaincell.chip.cells`, named here so the
+#: config needs no torch, and any kind :func:`gaincell.register_cell` adds (it keeps the factory).
+_CELL_KINDS = ["linear", "polynomial", "cubic", "quintic", "sigmoid", "exp"]
+
+
+def cell_kinds() -> tuple[str, ...]:
+    """The kinds a :class:`CellConfig` accepts now: built in, then registered."""
+    return tuple(_CELL_KINDS)
+
+
+def add_cell_kind(kind: str) -> None:
+    """Accept ``kind`` in :class:`CellConfig` (called by :func:`gaincell.chip.cells.register_cell`)."""
+    if kind not in _CELL_KINDS:
+        _CELL_KINDS.append(kind)
+
+
 @dataclass(frozen=True)
 class CellConfig:
     """The gain cell's charge for a read pulse of width x on a stored offset voltage y~.
@@ -93,7 +108,7 @@ class CellConfig:
     fit_degree: int = 15
 
     def validate(self) -> None:
-        check_choice("cell.kind", self.kind, registered_cells())
+        check_choice("cell.kind", self.kind, cell_kinds())
         check_positive("cell.alpha", self.alpha)
         check_positive("cell.read_voltage", self.read_voltage)
         check_int("cell.fit_degree", self.fit_degree, 1)

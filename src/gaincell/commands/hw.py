@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     """Build the report, print it (tables or JSON) and write the plots if asked."""
     import json
 
-    from gaincell.hardware.report import HardwareQuery, build_report, render, resolve
+    from gaincell.hardware.render import render
+    from gaincell.hardware.report import HardwareQuery, build_report, resolve
 
     device = args.measure_device
     if args.measure and device is None:

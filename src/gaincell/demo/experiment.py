@@ -39,7 +39,8 @@ from gaincell.atomic import atomic_file
 from gaincell.chip.config import preset
 from gaincell.errors import GainCellError
 from gaincell.evaluation.perplexity import strided_perplexity
-from gaincell.hardware.report import HardwareQuery, build_report, summary_lines
+from gaincell.hardware.render import summary_lines
+from gaincell.hardware.report import HardwareQuery, build_report
 from gaincell.hf.convert import convert
 from gaincell.hf.layer import gain_cell_layers
 from gaincell.hf.pretrained import save

@@ -3,11 +3,12 @@
 - :mod:`~gaincell.hardware.constants`: sourced TOML presets -> frozen dataclasses (technologies, GPUs,
   the paper's figures);
 - :mod:`~gaincell.hardware.gaincell_model`: analytic energy, latency and area per token (§6.3.1);
-- :mod:`~gaincell.hardware.gpu`: memory-roofline decode attention and a local measurement (§6.2, §6.3.2);
+- :mod:`~gaincell.hardware.gpu`: memory-roofline decode attention and a local measurement (§6.2, §6.3.2),
+  with the energy counters of :mod:`~gaincell.hardware.meters`;
 - :mod:`~gaincell.hardware.compare`: ratios in both normalisations, whole-model Amdahl view, leakage ε
   (§6.3.3, §6.3.4);
-- :mod:`~gaincell.hardware.report` / :mod:`~gaincell.hardware.plots` (``gaincell hw`` is
-  :mod:`gaincell.commands.hw`): the report and its plots.
+- :mod:`~gaincell.hardware.report` / :mod:`~gaincell.hardware.render` / :mod:`~gaincell.hardware.plots`
+  (``gaincell hw`` is :mod:`gaincell.commands.hw`): the report as data, as text, and its plots.
 
 Importing this package loads only the standard library; torch, matplotlib and rich are imported by
 the functions that need them.

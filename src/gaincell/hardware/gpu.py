@@ -19,7 +19,8 @@ How many bytes a step moves depends on the kernel, so the kernel is an explicit 
 
 :func:`measure` runs the §6.2 protocol on the user's machine: a KV cache of the configured size, decode
 steps that write the new token into its slot (circular, as the chip does) and attend over the window,
-warm-up, repetitions and the median; energy from NVML (CUDA) or RAPL (CPU) minus idle power.
+warm-up, repetitions and the median; energy from NVML (CUDA) or RAPL (CPU) minus idle power
+(:mod:`~gaincell.hardware.meters`).
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 from gaincell.errors import GainCellError
 from gaincell.hardware.constants import GpuDevice, load_gpus
+from gaincell.hardware.meters import EnergyMeter, NvmlMeter, RaplMeter
 from gaincell.validation import check_choice, check_int
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -149,77 +149,6 @@ def resolve_gpus(names: Iterable[str] | None) -> list[GpuDevice]:
 
 # ---------------------------------------------------------------------------------------------------
 # Local measurement (SPEC-hardware §6.2 protocol on the user's machine)
-
-
-class EnergyMeter(Protocol):
-    """A cumulative energy counter in joules (NVML board energy, RAPL package energy)."""
-
-    name: str
-
-    def read_joules(self) -> float: ...
-
-
-class RaplMeter:
-    """CPU package energy from Linux powercap (``/sys/class/powercap/intel-rapl:N/energy_uj``)."""
-
-    name = "RAPL package energy (powercap)"
-
-    def __init__(self, domains: list[Path]):
-        self._domains = domains
-        self._ranges = [int((d / "max_energy_range_uj").read_text()) for d in domains]
-        self._last = [self._raw(d) for d in domains]
-        self._total_uj = 0
-
-    @staticmethod
-    def _raw(domain: Path) -> int:
-        return int((domain / "energy_uj").read_text())
-
-    def read_joules(self) -> float:
-        for i, domain in enumerate(self._domains):
-            now = self._raw(domain)
-            delta = now - self._last[i]
-            self._total_uj += delta if delta >= 0 else delta + self._ranges[i]  # counter wrapped
-            self._last[i] = now
-        return self._total_uj * 1e-6
-
-    @classmethod
-    def open(cls, root: Path = Path("/sys/class/powercap")) -> tuple[RaplMeter | None, str]:
-        """The package domains (``intel-rapl:N``) if readable, else ``None`` and the reason."""
-        domains = sorted(p for p in root.glob("intel-rapl:*") if p.name.count(":") == 1)
-        if not domains:
-            return None, f"no RAPL package domain under {root}"
-        try:
-            return cls(domains), ""
-        except (OSError, ValueError) as error:
-            return None, f"RAPL not readable ({error})"
-
-
-class NvmlMeter:
-    """Board energy of a CUDA device from NVML's total-energy counter (Volta and later)."""
-
-    name = "NVML total energy counter"
-
-    def __init__(self, index: int):
-        import pynvml
-
-        pynvml.nvmlInit()
-        self._nvml = pynvml
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        self.read_joules()  # fails here if the counter is unsupported
-
-    def read_joules(self) -> float:
-        return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) * 1e-3
-
-    @classmethod
-    def open(cls, index: int) -> tuple[NvmlMeter | None, str]:
-        try:
-            import pynvml  # noqa: F401
-        except ImportError:
-            return None, "pynvml is not installed (pip install nvidia-ml-py)"
-        try:
-            return cls(index), ""
-        except Exception as error:  # NVMLError subclasses are generated at run time
-            return None, f"NVML energy counter unavailable ({error})"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gaincell.atomic import atomic_file
-from gaincell.hardware.report import _si as si
+from gaincell.hardware.render import si
 
 MAX_LINES = 12  # lines per knob plot before the other knobs are averaged instead
 
@@ -34,11 +34,6 @@ def _value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-def _si(value: float | None, unit: str) -> str:
-
-    return "n/a" if value is None else si(value, unit)
 
 
 def _ppl(row: dict) -> str:
@@ -73,7 +68,7 @@ def markdown(spec, summary: dict, plots: list[str], run_note: str = "") -> str:
         cost = row["cost"] or {}
         ratio = f"{row['ppl_mean'] / reference['ppl_mean']:.2f}×" if reference else ""
         cells = [str(row["index"]), *(_value(row["point"].get(k, "")) for k in knobs), _ppl(row), ratio]
-        cells += [_si(cost.get("energy_per_token_j"), "J"), _si(cost.get("latency_per_token_s"), "s")]
+        cells += [si(cost.get("energy_per_token_j"), "J"), si(cost.get("latency_per_token_s"), "s")]
         cells += [f"{cost['area_m2'] * 1e6:.4g} mm²" if cost else "n/a", "✓" if row.get("pareto") else ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *(f"![{name}]({name})" for name in plots)]
