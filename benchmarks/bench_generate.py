@@ -35,7 +35,15 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_STORIES = Path(__file__).resolve().parents[1] / "tests" / "data" / "models" / "stories260K"  # the committed copy
+
+def _default_stories() -> Path | None:
+    """stories260K in the shared data folder ($GAINCELL_DATA, else ../shared/data)."""
+    from gaincell.datadir import data_dir
+
+    folder = data_dir()
+    return folder / "models" / "stories260K" if folder else None
+
+
 GPT2_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=4096)
 
 
@@ -204,10 +212,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["stories260K", "gpt2-shape"], choices=["stories260K", "gpt2-shape"])
     parser.add_argument("--prompts", nargs="+", type=int, help="prompt lengths (default: 128 1024)")
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: 1 8)")
-    parser.add_argument("--stories", type=Path, default=DEFAULT_STORIES, help="the stories260K model directory")
+    parser.add_argument("--stories", type=Path, default=_default_stories(), help="the stories260K model directory")
     parser.add_argument("--repeats", type=int, default=1, help="generations per case, the fastest kept (default 1)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stories is None and "stories260K" in args.models:
+        parser.error("--stories: no stories260K here; set GAINCELL_DATA to the shared data folder or pass --stories DIR")
     torch.set_num_threads(args.threads)
     if args.case:
         print(json.dumps(run_case(**json.loads(args.case))))

@@ -6,7 +6,7 @@ nonlinear stages and (e-transfer) data-driven init + attention transfer + distil
 rows given the same token budget. Each row: tokens trained on, wall time, held-out perplexity, and
 for (e) a short sample generated through the gain-cell memory. Writes JSON and a markdown table.
 
-- ``stories``: stories260K (../shared/data/models/stories260K), M = 64. Its text: stories sampled
+- ``stories``: stories260K (models/stories260K in the shared data folder, ``--data``), M = 64. Its text: stories sampled
   from the original model (temperature 1, from BOS, 256 tokens each); the last 10 % are held out
   and never trained on. Perplexity: context 256, stride 128.
 - ``smollm2``: SmolLM2-135M-Instruct (benchmarks/fetch_models.py), M = 512, trained on
@@ -32,6 +32,7 @@ import torch
 
 import gaincell
 from gaincell.adaptation.stages import CalibrationConfig, adapt, calibrate, linear_config, recipe_from_dict
+from gaincell.datadir import data_dir
 from gaincell.evaluation.perplexity import strided_perplexity
 from gaincell.hf.convert import convert
 from gaincell.hf.layer import gain_cell_layers
@@ -141,7 +142,9 @@ def calibration_only(pretrained, setup, hardware, args):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=("stories", "smollm2"))
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument(
+        "--data", type=Path, default=data_dir(), help="the shared data folder (default: $GAINCELL_DATA, else ../shared/data)"
+    )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "gaincell" / "models")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gaincell-real-models"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")

@@ -4,7 +4,7 @@ stories260K was trained on TinyStories, which is not on these machines; text sam
 itself (temperature 1, no top-k, fixed seed) is in its own distribution, as in the SPEC §4.4 probe.
 Its perplexity under the original model is about 4 (TinyStories itself: about 3.4).
 
-Usage: ``python examples/make_stories_text.py [MODEL_DIR]`` (default ../shared/data/models/stories260K).
+Usage: ``python examples/make_stories_text.py [MODEL_DIR]`` (default: models/stories260K in $GAINCELL_DATA, else ../shared/data).
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from gaincell.datadir import require_data_dir
+
 ROOT = Path(__file__).resolve().parent
-MODEL = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parents[1] / "shared" / "data" / "models" / "stories260K"
+MODEL = Path(sys.argv[1]) if len(sys.argv) > 1 else require_data_dir("make_stories_text.py") / "models" / "stories260K"
 SEQUENCES, TOKENS, SEED = 12, 511, 0
 
 
