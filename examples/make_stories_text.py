@@ -4,7 +4,8 @@ stories260K was trained on TinyStories, which is not on these machines; text sam
 itself (temperature 1, no top-k, fixed seed) is in its own distribution, as in the SPEC §4.4 probe.
 Its perplexity under the original model is about 4 (TinyStories itself: about 3.4).
 
-Usage: ``python examples/make_stories_text.py [MODEL_DIR]`` (default: models/stories260K in $GAINCELL_DATA, else ../shared/data).
+Usage: ``python examples/make_stories_text.py [MODEL_DIR]``
+(default: models/stories260K in $GAINCELL_DATA, else ../shared/data).
 """
 
 from __future__ import annotations
