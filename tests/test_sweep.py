@@ -84,7 +84,7 @@ def write_toml(path, data: dict) -> str:
         ({"grid": {"adc_bits": [4]}}, "grid: unknown key 'adc_bits' (expected one of: adc_high, adc_levels, "),
         ({"model": "no/such/model"}, "model: no such directory no/such/model"),
         ({"text": "missing.txt"}, "text: no such text file"),
-        ({"seeds": []}, "seeds must be a non-empty list of chip seeds, got []"),
+        ({"seeds": []}, "seeds must be a non-empty list of chip seeds (integers >= 0), got []"),
         ({"grid": {"retention_time": [0.005]}}, "grid.retention_time: needs token_rate"),
         ({"calibration": {"max_iter": 3}}, "calibration: unknown key 'max_iter' (expected one of: batch_size, "),
         ({"calibration": {"tolerance": 0}}, "calibration.tolerance must be a finite number > 0, got 0"),

@@ -40,6 +40,7 @@ from gaincell.validation import (
     check_table,
     fail,
     field_names,
+    is_int,
     reject_unknown,
     within,
 )
@@ -156,38 +157,27 @@ def spec_from_dict(data: dict) -> SweepSpec:
     return dataclasses.replace(spec, base=base, points=tuple(points), knobs=tuple(knobs))
 
 
-#: The plain settings of a spec: name -> (default, check); integers give their minimum, None is the default.
-_SCALARS: dict[str, tuple[Any, Any]] = {
-    "output_dir": ("sweep", check_string),
-    "preset": ("paper", check_string),
-    "context": (None, 2),
-    "stride": (None, 1),
-    "max_tokens": (8192, 2),
-    "batch_size": (1, 1),
-    "calibrate": (False, check_bool),
-    "tech": ("paper", check_string),
-    "adc_cost": ("scaled", check_string),
-    "jobs": (1, 1),
-}
+#: The plain settings: strings (name -> default) and integers (name -> default, minimum; None: from the model).
+_STRINGS = {"output_dir": "sweep", "preset": "paper", "tech": "paper", "adc_cost": "scaled"}
+_INTEGERS = {"context": (None, 2), "stride": (None, 1), "max_tokens": (8192, 2), "batch_size": (1, 1), "jobs": (1, 1)}
 
 
 def _scalars(data: dict) -> dict[str, Any]:
-    values = {}
-    for name, (default, check) in _SCALARS.items():
-        values[name] = value = data.get(name, default)
-        if isinstance(check, int):
-            if value is not None:
-                check_int(name, value, check)
-        else:
-            check(name, value)
+    values = {name: data.get(name, default) for name, default in _STRINGS.items()}
+    for name, value in values.items():
+        check_string(name, value)
+    for name, (default, minimum) in _INTEGERS.items():
+        values[name] = data.get(name, default)
+        if values[name] is not None:
+            check_int(name, values[name], minimum)
+    values["calibrate"] = data.get("calibrate", False)
+    check_bool("calibrate", values["calibrate"])
     return values
 
 
 def _seeds(value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value:
-        fail("seeds", "a non-empty list of chip seeds", value)
-    for seed in value:
-        check_int("seeds", seed, 0)
+    if not isinstance(value, list) or not value or not all(is_int(seed, 0) for seed in value):
+        fail("seeds", "a non-empty list of chip seeds (integers >= 0)", value)
     if len(set(value)) != len(value):
         fail("seeds", "distinct chip seeds", value)
     return tuple(value)
