@@ -31,7 +31,10 @@ from pathlib import Path
 import torch
 
 import gaincell
-from gaincell.adaptation.stages import CalibrationConfig, adapt, calibrate, linear_config, recipe_from_dict
+from gaincell.adaptation.calibration import calibrate
+from gaincell.adaptation.recipe import recipe_from_dict
+from gaincell.adaptation.settings import CalibrationConfig
+from gaincell.adaptation.stages import adapt, linear_config
 from gaincell.datadir import data_dir
 from gaincell.evaluation.perplexity import strided_perplexity
 from gaincell.hf.convert import convert

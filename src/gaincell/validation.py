@@ -1,20 +1,57 @@
-"""The checks every config, recipe and command makes, with one message shape.
+"""The checks every config, recipe and sweep makes, with one message shape for each kind of mistake.
 
-Each failure is a :class:`~gaincell.errors.GainCellError` whose one line names the field, what it
-must be and what it got: ``"<name> must be <expected>, got <value>"``.
+A bad value: ``"<field> must be <expected>, got <value>"``; a key nobody reads:
+``"<section>: unknown key 'x' (expected one of: a, b, c)"``. Each is a :class:`FieldError` (a
+:class:`~gaincell.errors.GainCellError`) naming the field by the path the user wrote: a config
+names its own fields (``max_steps``) and whoever read it from a table puts that table's path in
+front (:func:`within`: ``linear.max_steps``, ``hardware.periphery.adc.levels``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from gaincell.errors import GainCellError
 
 
+class FieldError(GainCellError):
+    """A mistake at one dotted ``path``; ``problem`` is the rest of the message (" must be ...")."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}{problem}")
+        self.path, self.problem = path, problem
+
+
 def fail(name: str, expected: str, value: Any) -> NoReturn:
-    raise GainCellError(f"{name} must be {expected}, got {value!r}")
+    raise FieldError(name, f" must be {expected}, got {value!r}")
+
+
+def reject_unknown(section: str, data: Iterable[str], allowed: Iterable[str]) -> None:
+    """Refuse keys of ``data`` (a table, or its keys) outside ``allowed``: a typo must not be ignored."""
+    allowed = sorted(allowed)
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        keys = ", ".join(repr(key) for key in unknown)
+        noun = "key" if len(unknown) == 1 else "keys"
+        raise FieldError(section, f": unknown {noun} {keys} (expected one of: {', '.join(allowed)})")
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    """The keys a table for dataclass ``cls`` may hold."""
+    return tuple(field.name for field in dataclasses.fields(cls))
+
+
+@contextmanager
+def within(section: str) -> Iterator[None]:
+    """Name the field errors raised inside by their path under ``section`` (``max_steps`` -> ``linear.max_steps``)."""
+    try:
+        yield
+    except FieldError as error:
+        raise FieldError(f"{section}.{error.path}", error.problem) from None
 
 
 def is_number(value: Any) -> bool:
@@ -50,3 +87,18 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
     choices = tuple(choices)
     if value not in choices:
         fail(name, f"one of {', '.join(choices)}", value)
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        fail(name, "true or false", value)
+
+
+def check_string(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        fail(name, "a non-empty string", value)
+
+
+def check_table(name: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        fail(name, "a table", value)

@@ -9,9 +9,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import gaincell
 from gaincell import GainCellError, preset
-from gaincell.adaptation.initialise import InitialiseConfig, initialise_scalers, pretrained_statistics, sample_batches
-from gaincell.adaptation.stages import recipe_from_dict
-from gaincell.adaptation.transfer import AttentionTransfer, TransferConfig, make_teacher, transfer_stage
+from gaincell.adaptation.initialise import initialise_scalers, pretrained_statistics, sample_batches
+from gaincell.adaptation.recipe import recipe_from_dict
+from gaincell.adaptation.settings import InitialiseConfig, TransferConfig
+from gaincell.adaptation.transfer import AttentionTransfer, make_teacher, transfer_stage
 from gaincell.cli import main
 from gaincell.hf.convert import attention_modules
 from gaincell.hf.layer import gain_cell_layers
@@ -101,13 +102,19 @@ def test_transfer_parameters_scalers_changes_nothing_else(tmp_path):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"stages": ["distill", "transfer"]}, "stages must name each stage once, in the order"),
+        (
+            {"stages": ["distill", "transfer"]},
+            r"^stages must be each stage at most once, in the order .*, got \['distill', 'transfer'\]",
+        ),
         ({"stages": ["calibrated"]}, "'calibrated' needs the 'linear' stage"),
-        ({"stages": ["warp"]}, r"stages: unknown stage\(s\) \['warp'\]"),
-        ({"transfer": {"parameters": "everything"}}, r"\[transfer\] transfer.parameters must be one of"),
-        ({"distill": {"temperature": 0}}, r"\[distill\] distill.temperature must be a finite number > 0"),
-        ({"initialise": {"sigmas": -1}}, r"\[initialise\] initialise.sigmas must be a finite number > 0"),
-        ({"initialise": {"colour": 1}}, r"\[initialise\] has unknown key\(s\) \['colour'\]"),
+        ({"stages": ["warp"]}, r"^stages must be a non-empty list of stage names from initialised, .*, got \['warp'\]"),
+        ({"transfer": {"parameters": "everything"}}, "^transfer.parameters must be one of attention, scalers, got 'every"),
+        ({"distill": {"temperature": 0}}, "^distill.temperature must be a finite number > 0, got 0"),
+        ({"initialise": {"sigmas": -1}}, "^initialise.sigmas must be a finite number > 0, got -1"),
+        (
+            {"initialise": {"colour": 1}},
+            r"^initialise: unknown key 'colour' \(expected one of: batch_size, batches, output, seed, sigmas\)",
+        ),
         ({"gguf_file": ""}, "gguf_file must be a file name"),
     ],
 )

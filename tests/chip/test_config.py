@@ -43,7 +43,8 @@ def test_paper_preset_has_spec_constants():
         (lambda: GainCellConfig(periphery=PeripheryConfig(s_sat=0)), "periphery.s_sat"),
         (lambda: GainCellConfig(cell=CellConfig(kind="quantum")), "cell.kind"),
         (lambda: GainCellConfig(noise=NoiseConfig(read_noise=-0.1)), "noise.read_noise"),
-        (lambda: GainCellConfig.from_dict({"windw": 3}), "config"),
+        (lambda: GainCellConfig.from_dict({"windw": 3}), "config: unknown key 'windw' (expected one of: attention, "),
+        (lambda: GainCellConfig.from_dict({"periphery": {"adc": {"levelz": 3}}}), "periphery.adc: unknown key 'levelz'"),
         (lambda: GainCellConfig.from_json("{not json"), "JSON"),
     ],
 )

@@ -158,7 +158,8 @@ def test_each_token_is_scored_at_most_once_and_batching_does_not_matter(model, t
 
 def test_more_left_context_helps_a_trained_model(tokenizer, text, tmp_path):
     from gaincell.adaptation.data import corpus_blocks, corpus_from_texts
-    from gaincell.adaptation.train import TrainConfig, train
+    from gaincell.adaptation.settings import TrainConfig
+    from gaincell.adaptation.train import train
 
     model = tiny_gpt2(len(tokenizer))
     blocks = corpus_blocks(corpus_from_texts([text[2000:]]), tokenizer, 32)

@@ -74,17 +74,21 @@ def write_toml(path, data: dict) -> str:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"windw": 3}, "windw: unknown key"),
+        ({"windw": 3}, "sweep: unknown key 'windw' (expected one of: adc_cost, base, batch_size, "),
         ({"grid": {}}, "grid: empty table"),
-        ({"grid": {"window": []}}, "grid.window: a non-empty list of values"),
-        ({"grid": {"adc_levels": [8, 1]}}, "grid.adc_levels = 1: periphery.adc.levels must be an integer >= 2"),
-        ({"grid": {"adc_bits": [4]}}, "grid.adc_bits: unknown knob"),
+        ({"grid": {"window": []}}, "grid.window must be a non-empty list of values, got []"),
+        ({"grid": {"adc_levels": [8, 1]}}, "grid.adc_levels must be an integer >= 2, got 1"),
+        ({"grid": {"adc_range": [0]}}, "grid.adc_range must be a finite number > 0, got 0"),
+        ({"context": 1}, "context must be an integer >= 2, got 1"),
+        ({"calibrate": "yes"}, "calibrate must be true or false, got 'yes'"),
+        ({"grid": {"adc_bits": [4]}}, "grid: unknown key 'adc_bits' (expected one of: adc_high, adc_levels, "),
         ({"model": "no/such/model"}, "model: no such directory no/such/model"),
         ({"text": "missing.txt"}, "text: no such text file"),
-        ({"seeds": []}, "seeds: a non-empty list"),
+        ({"seeds": []}, "seeds must be a non-empty list of chip seeds (integers >= 0), got []"),
         ({"grid": {"retention_time": [0.005]}}, "grid.retention_time: needs token_rate"),
-        ({"calibration": {"max_iter": 3}}, "calibration.max_iter: unknown key"),
-        ({"adc_cost": "free"}, "adc_cost: one of scaled, fixed"),
+        ({"calibration": {"max_iter": 3}}, "calibration: unknown key 'max_iter' (expected one of: batch_size, "),
+        ({"calibration": {"tolerance": 0}}, "calibration.tolerance must be a finite number > 0, got 0"),
+        ({"adc_cost": "free"}, "adc_cost must be one of scaled, fixed, got 'free'"),
     ],
 )
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(files, tmp_path, capsys, change, message):

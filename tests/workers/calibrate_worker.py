@@ -19,7 +19,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import gaincell
-from gaincell.adaptation.stages import CalibrationConfig, calibrate
+from gaincell.adaptation.calibration import calibrate
+from gaincell.adaptation.settings import CalibrationConfig
 from gaincell.hf.layer import gain_cell_layers
 
 FAVOURED_TOKEN = 5

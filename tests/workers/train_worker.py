@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gaincell.adaptation.train import TrainConfig, train
+from gaincell.adaptation.settings import TrainConfig
+from gaincell.adaptation.train import train
 
 
 class SlowDown:

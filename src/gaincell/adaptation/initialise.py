@@ -15,35 +15,14 @@ softmax attention output of that head, measured on the same layer inputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from gaincell.adaptation.settings import InitialiseConfig
 from gaincell.chip.config import GainCellConfig
 from gaincell.errors import GainCellError
 from gaincell.hf.convert import attention_modules, convert, model_config
 from gaincell.hf.layer import gain_cell_layers
 from gaincell.hf.taps import capture_attention_io, replay, tap_attention
-from gaincell.validation import check_int, check_positive, fail
-
-
-@dataclass(frozen=True)
-class InitialiseConfig:
-    """How much training text the statistics come from, and how wide the ranges are filled."""
-
-    sigmas: float = 2.0
-    batch_size: int = 8
-    batches: int = 4
-    output: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_positive("initialise.sigmas", self.sigmas)
-        for name in ("batch_size", "batches"):
-            check_int(f"initialise.{name}", getattr(self, name), 1)
-        if not isinstance(self.output, bool):
-            fail("initialise.output", "true or false", self.output)
-        check_int("initialise.seed", self.seed, 0)
 
 
 class Moments:

@@ -11,9 +11,9 @@ one JSONL line of metrics per logged step.
 Resuming is exact. The data order is a pure function of (seed, epoch) and of the optimizer step,
 and a checkpoint holds the weights, the optimizer, the schedule, every process's RNG states and
 the step; so a run killed and resumed takes the same steps, on the same blocks, with the same
-dropout masks, as one that was never interrupted. Checkpoints are written into a temporary
-directory that is renamed into place when complete (:func:`gaincell.atomic.atomic_directory`), so a
-crash never leaves a partial one where resume would look.
+dropout masks, as one that was never interrupted. The checkpoints and the checks that make a resume
+safe are :mod:`gaincell.adaptation.state`; the settings are
+:class:`~gaincell.adaptation.settings.TrainConfig`.
 
 Units: ``batch_size`` is blocks per process per micro-batch; one optimizer step consumes
 ``batch_size * grad_accum * num_processes`` blocks.
@@ -25,109 +25,27 @@ import dataclasses
 import importlib.util
 import json
 import math
-import re
-import shutil
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from gaincell.adaptation.data import check_context, epoch_permutation
-from gaincell.atomic import atomic_directory, atomic_file
-from gaincell.errors import GainCellError, first_line
-from gaincell.validation import fail, is_int, is_number
-
-MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
-TRACKERS = ("tensorboard", "wandb")
-CHECKPOINT_DIR = "checkpoints"
-STATE_FILE = "trainer_state.json"
-_CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
-#: Settings that fix the data order and the RNG streams; a resumed run must keep them.
-_RESUME_INVARIANTS = ("batch_size", "grad_accum", "seed")
-
-
-def _fail(name: str, expected: str, value: Any) -> None:
-    fail(f"TrainConfig.{name}", expected, value)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything the loop needs besides the model and the data; checked when built.
-
-    ``eval_every`` / ``checkpoint_every`` of 0 mean "only at the end"; ``eval_batches`` of None
-    evaluates on all evaluation blocks; ``log_jsonl`` is relative to the output directory (None: no
-    file); ``report_to`` may add ``"tensorboard"`` and/or ``"wandb"``. ``mixed_precision="auto"``
-    picks bf16 on a GPU that has it, fp16 on other GPUs and full precision on CPU.
-
-    ``batch_size`` is per process, as in the authors' code (SPEC §4): one optimiser step sees
-    batch_size × grad_accum × processes × block tokens; :func:`train` prints that number at start.
-    """
-
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_steps: int = 100
-    max_steps: int = 1000
-    batch_size: int = 8
-    grad_accum: int = 1
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float | None = 1.0
-    mixed_precision: str = "auto"
-    eval_every: int = 100
-    eval_batches: int | None = 20
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-    log_jsonl: str | None = "metrics.jsonl"
-    report_to: tuple[str, ...] = ()
-    progress_bar: bool = True
-
-    def __post_init__(self) -> None:
-        if not is_number(self.lr) or self.lr <= 0:
-            _fail("lr", "a finite number > 0", self.lr)
-        if not is_number(self.min_lr) or not 0 <= self.min_lr <= self.lr:
-            _fail("min_lr", f"a number in [0, lr={self.lr}]", self.min_lr)
-        for name, minimum in (
-            ("warmup_steps", 0),
-            ("max_steps", 1),
-            ("batch_size", 1),
-            ("grad_accum", 1),
-            ("eval_every", 0),
-            ("checkpoint_every", 0),
-            ("keep_checkpoints", 1),
-            ("log_every", 1),
-            ("seed", 0),
-        ):
-            if not is_int(getattr(self, name), minimum):
-                _fail(name, f"an integer >= {minimum}", getattr(self, name))
-        if self.warmup_steps > self.max_steps:
-            _fail("warmup_steps", f"<= max_steps={self.max_steps}", self.warmup_steps)
-        if not is_number(self.weight_decay) or self.weight_decay < 0:
-            _fail("weight_decay", "a finite number >= 0", self.weight_decay)
-        betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
-        if len(betas) != 2 or not all(is_number(beta) and 0 <= beta < 1 for beta in betas):
-            _fail("betas", "two numbers in [0, 1)", self.betas)
-        object.__setattr__(self, "betas", betas)
-        if self.grad_clip is not None and (not is_number(self.grad_clip) or self.grad_clip <= 0):
-            _fail("grad_clip", "a finite number > 0 or None", self.grad_clip)
-        if self.mixed_precision not in MIXED_PRECISION:
-            _fail("mixed_precision", f"one of {MIXED_PRECISION}", self.mixed_precision)
-        if self.eval_batches is not None and not is_int(self.eval_batches, 1):
-            _fail("eval_batches", "an integer >= 1 or None", self.eval_batches)
-        if self.log_jsonl is not None and (not isinstance(self.log_jsonl, str) or not self.log_jsonl):
-            _fail("log_jsonl", "a file name or None", self.log_jsonl)
-        report_to = (self.report_to,) if isinstance(self.report_to, str) else tuple(self.report_to)
-        if any(tracker not in TRACKERS for tracker in report_to):
-            _fail("report_to", f"a subset of {TRACKERS}", self.report_to)
-        object.__setattr__(self, "report_to", report_to)
-        if not isinstance(self.progress_bar, bool):
-            _fail("progress_bar", "True or False", self.progress_bar)
+from gaincell.adaptation.settings import TrainConfig
+from gaincell.adaptation.state import (
+    CHECKPOINT_DIR,
+    check_resumable,
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint_state,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
+from gaincell.atomic import atomic_file
+from gaincell.errors import GainCellError
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -167,111 +85,6 @@ class TrainResult:
     eval_loss: float | None
     checkpoint: Path | None
     history: list[dict] = field(default_factory=list)
-
-
-# -- checkpoints ----------------------------------------------------------------------------------
-
-
-def checkpoint_path(output_dir: str | Path, step: int) -> Path:
-    return Path(output_dir) / CHECKPOINT_DIR / f"step-{step:08d}"
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step under ``output_dir`` (None if there is none)."""
-    folder = Path(output_dir) / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return None
-    found = [
-        (int(match.group(1)), path)
-        for path in folder.iterdir()
-        if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name))
-    ]
-    return max(found)[1] if found else None
-
-
-def read_checkpoint_state(path: str | Path) -> dict:
-    """Read a checkpoint's ``trainer_state.json`` and check every file it lists is there, whole.
-
-    A damaged or incomplete checkpoint raises :class:`GainCellError` naming the path.
-    """
-    path = Path(path)
-    try:
-        state = json.loads((path / STATE_FILE).read_text())
-        step = int(state["step"])
-        files = dict(state["files"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise GainCellError(f"corrupt checkpoint {path}: unreadable {STATE_FILE} ({type(error).__name__})") from error
-    for name, size in files.items():
-        file = path / name
-        if not file.is_file() or file.stat().st_size != size:
-            raise GainCellError(f"corrupt checkpoint {path}: {name} is missing or has the wrong size")
-    if step < 0:
-        raise GainCellError(f"corrupt checkpoint {path}: negative step {step}")
-    return state
-
-
-def _remove_partial_checkpoints(output_dir: Path) -> None:
-    """Delete what a killed run left half-written (temporary or set-aside checkpoint folders)."""
-    folder = output_dir / CHECKPOINT_DIR
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.name.startswith(".step-"):
-                shutil.rmtree(path, ignore_errors=True)
-
-
-def _prune_checkpoints(output_dir: Path, keep: int) -> None:
-    folder = output_dir / CHECKPOINT_DIR
-    found = sorted(
-        (int(match.group(1)), path)
-        for path in folder.iterdir()
-        if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name))
-    )
-    for _, path in found[:-keep]:
-        doomed = path.with_name(f".{path.name}.deleting")
-        path.rename(doomed)  # atomic: a checkpoint folder is either complete or hidden
-        shutil.rmtree(doomed, ignore_errors=True)
-
-
-def _save_checkpoint(accelerator, output_dir: Path, step: int, state: dict) -> Path:
-    """Write a checkpoint atomically; every process writes its part into one shared temp dir."""
-    from accelerate.utils import broadcast_object_list
-
-    target = checkpoint_path(output_dir, step)
-    with ExitStack() as stack:
-        temporary = [str(stack.enter_context(atomic_directory(target))) if accelerator.is_main_process else None]
-        temporary = Path(broadcast_object_list(temporary)[0])
-        accelerator.save_state(str(temporary))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            files = {
-                str(file.relative_to(temporary)): file.stat().st_size
-                for file in sorted(temporary.rglob("*"))
-                if file.is_file()
-            }
-            (temporary / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=1))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _prune_checkpoints(output_dir, state["config"]["keep_checkpoints"])
-    return target
-
-
-def _load_checkpoint(accelerator, path: Path) -> None:
-    try:
-        accelerator.load_state(str(path))
-    except Exception as error:  # any failure to read it back means the checkpoint is damaged
-        raise GainCellError(f"corrupt checkpoint {path}: {type(error).__name__}: {first_line(error, '')}") from error
-
-
-def _check_resumable(state: dict, path: Path, config: TrainConfig, world: int, n_blocks: int) -> None:
-    saved = state.get("config", {})
-    for name in _RESUME_INVARIANTS:
-        if saved.get(name) != getattr(config, name):
-            raise GainCellError(
-                f"cannot resume {path} exactly: {name} was {saved.get(name)!r}, now {getattr(config, name)!r}"
-            )
-    for name, now in (("num_processes", world), ("train_blocks", n_blocks)):
-        if state.get(name) != now:
-            raise GainCellError(f"cannot resume {path} exactly: {name} was {state.get(name)!r}, now {now!r}")
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -463,7 +276,7 @@ def _starting_point(accelerator, model, train_data, eval_data, config: TrainConf
     if eval_data is not None:
         _check_blocks(eval_data, "eval_data", model, world)
     if accelerator.is_main_process:
-        _remove_partial_checkpoints(output_dir)
+        remove_partial_checkpoints(output_dir)
     latest = latest_checkpoint(output_dir)
     if not resume:
         if latest is not None:
@@ -474,7 +287,7 @@ def _starting_point(accelerator, model, train_data, eval_data, config: TrainConf
     if latest is None:
         raise GainCellError(f"resume: no checkpoint in {output_dir / CHECKPOINT_DIR}")
     state = read_checkpoint_state(latest)
-    _check_resumable(state, latest, config, world, len(train_data))
+    check_resumable(state, latest, config, world, len(train_data))
     return state, latest
 
 
@@ -495,7 +308,7 @@ def _prepare(accelerator, model, config: TrainConfig, callbacks: Sequence, check
     if stateful:
         accelerator.register_for_checkpointing(*stateful)
     if checkpoint is not None:
-        _load_checkpoint(accelerator, checkpoint)
+        load_checkpoint(accelerator, checkpoint)
     return model, optimizer, scheduler
 
 
@@ -575,7 +388,7 @@ class _Run:
                 "tokens": metrics["tokens"], "num_processes": self.world, "train_blocks": len(self.train_data),
                 "block_size": self.block_size, "config": dataclasses.asdict(config),
             }  # fmt: skip
-            self.checkpoint = _save_checkpoint(self.accelerator, self.output_dir, step, state)
+            self.checkpoint = save_checkpoint(self.accelerator, self.output_dir, step, state)
 
     def _log(self, metrics: dict) -> None:
         self.history.append(metrics)

@@ -23,60 +23,17 @@ matters for comparison: the transfer MSE, resp. the student's plain LM loss.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-from gaincell.adaptation.train import TrainConfig, TrainResult, train
+from gaincell.adaptation.settings import DistillConfig, TransferConfig
+from gaincell.adaptation.train import TrainResult, train
 from gaincell.chip.config import CellConfig, GainCellConfig, preset
 from gaincell.errors import GainCellError
 from gaincell.hf.convert import attention_modules, convert, model_config
 from gaincell.hf.taps import capture_attention_io, replay
-from gaincell.validation import check_choice, check_non_negative, check_positive
-
-TRANSFER_PARAMETERS = ("attention", "scalers")
-TEACHERS = ("window", "full")
-TRANSFER_CELLS = ("target", "linear")
-
-
-@dataclass(frozen=True)
-class TransferConfig(TrainConfig):
-    """The transfer stage: a :class:`TrainConfig` plus what may change and what it imitates.
-
-    ``teacher = "window"`` imitates softmax restricted to the chip's window M (SPEC §3.1, what the
-    student can see); ``"full"`` the original model. ``cells = "linear"`` trains on the linear model
-    (§3.3) when the paper's stages follow; ``"target"`` on the chip itself.
-    """
-
-    parameters: str = "attention"
-    teacher: str = "window"
-    cells: str = "target"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name, choices in (("parameters", TRANSFER_PARAMETERS), ("teacher", TEACHERS), ("cells", TRANSFER_CELLS)):
-            check_choice(f"transfer.{name}", getattr(self, name), choices)
-
-
-@dataclass(frozen=True)
-class DistillConfig(TrainConfig):
-    """End-to-end fine-tuning against the teacher's logits plus the LM loss (SPEC §4.4)."""
-
-    kd_weight: float = 1.0
-    lm_weight: float = 1.0
-    temperature: float = 1.0
-    teacher: str = "window"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("kd_weight", "lm_weight"):
-            check_non_negative(f"distill.{name}", getattr(self, name))
-        check_positive("distill.temperature", self.temperature)
-        if self.kd_weight == 0 and self.lm_weight == 0:
-            raise GainCellError("distill.kd_weight and distill.lm_weight cannot both be 0")
-        check_choice("distill.teacher", self.teacher, TEACHERS)
 
 
 def make_teacher(pretrained, kind: str, hardware: GainCellConfig):

@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gaincell.errors import GainCellError
-from gaincell.validation import check_choice, check_int, check_non_negative, check_number, check_positive, fail
+from gaincell.validation import (
+    check_choice,
+    check_int,
+    check_non_negative,
+    check_number,
+    check_positive,
+    fail,
+    field_names,
+    reject_unknown,
+)
 
 ATTENTION_KINDS = ("softmax", "gaincell")
 GRADIENT_MODES = ("surrogate", "exact")
@@ -213,23 +222,23 @@ class GainCellConfig:
         if not isinstance(data, dict):
             fail("config", "a JSON object", type(data).__name__)
         data = dict(data)
-        _reject_unknown("config", data, cls)
+        reject_unknown("config", data, field_names(cls))
         if "cell" in data:
             cell = dict(data["cell"])
-            _reject_unknown("cell", cell, CellConfig)
+            reject_unknown("cell", cell, field_names(CellConfig))
             if "coefficients" in cell:
                 cell["coefficients"] = tuple(tuple(entry) for entry in cell["coefficients"])
             data["cell"] = CellConfig(**cell)
         if "periphery" in data:
             periphery = dict(data["periphery"])
-            _reject_unknown("periphery", periphery, PeripheryConfig)
+            reject_unknown("periphery", periphery, field_names(PeripheryConfig))
             for name in ("q", "kv", "adc"):
                 if name in periphery:
-                    _reject_unknown(f"periphery.{name}", periphery[name], QuantizerConfig)
+                    reject_unknown(f"periphery.{name}", periphery[name], field_names(QuantizerConfig))
                     periphery[name] = QuantizerConfig(**periphery[name])
             data["periphery"] = PeripheryConfig(**periphery)
         if "noise" in data:
-            _reject_unknown("noise", data["noise"], NoiseConfig)
+            reject_unknown("noise", data["noise"], field_names(NoiseConfig))
             data["noise"] = NoiseConfig(**data["noise"])
         return cls(**data)
 
@@ -240,13 +249,6 @@ class GainCellConfig:
         except json.JSONDecodeError as error:
             raise GainCellError(f"gain-cell config is not valid JSON: {error}") from None
         return cls.from_dict(data)
-
-
-def _reject_unknown(name: str, data: dict, cls: type) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        fail(name, f"an object with keys among {sorted(known)}", f"unknown key(s) {unknown}")
 
 
 def _no_quantisation(periphery: PeripheryConfig) -> PeripheryConfig:
@@ -263,14 +265,13 @@ PRESETS = ("softmax", "linear", "paper", "ideal")
 
 def preset(name: str, **changes: Any) -> GainCellConfig:
     """A named configuration of SPEC §3, with optional top-level overrides (``window=64``)."""
+    check_choice("preset", name, PRESETS)
     if name == "softmax":
         config = GainCellConfig(attention="softmax", leakage=0.0)
     elif name == "linear":
         config = GainCellConfig(cell=CellConfig(kind="linear"))
     elif name == "paper":
         config = GainCellConfig()
-    elif name == "ideal":
+    else:  # ideal
         config = GainCellConfig(periphery=_no_quantisation(PeripheryConfig()), leakage=0.0)
-    else:
-        raise GainCellError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
     return config.replace(**changes) if changes else config

@@ -1,11 +1,12 @@
-"""``gaincell adapt CONFIG``: run the adaptation recipe of a TOML file (:mod:`gaincell.adaptation.stages`)."""
+"""``gaincell adapt CONFIG``: run the adaptation recipe of a TOML file (:mod:`gaincell.adaptation.recipe`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from gaincell.adaptation.stages import adapt, read_recipe
+from gaincell.adaptation.recipe import read_recipe
+from gaincell.adaptation.stages import adapt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

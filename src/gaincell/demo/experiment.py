@@ -32,9 +32,11 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from gaincell.adaptation.calibration import calibrate
 from gaincell.adaptation.data import pack_blocks, split_blocks, train_bpe_tokenizer
-from gaincell.adaptation.stages import CalibrationConfig, calibrate, linear_config, linear_stage, nonlinear_stage
-from gaincell.adaptation.train import TrainConfig, train
+from gaincell.adaptation.settings import CalibrationConfig, TrainConfig
+from gaincell.adaptation.stages import linear_config, linear_stage, nonlinear_stage
+from gaincell.adaptation.train import train
 from gaincell.atomic import atomic_file
 from gaincell.chip.config import preset
 from gaincell.errors import GainCellError

@@ -19,23 +19,31 @@ import hashlib
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 from typing import Any
 
-from gaincell.adaptation.stages import CalibrationConfig
+from gaincell.adaptation.settings import CalibrationConfig
 from gaincell.chip.config import GainCellConfig, preset
 from gaincell.errors import GainCellError, first_line
 from gaincell.hardware.constants import load_technology
 from gaincell.hardware.gaincell_model import AttentionShape, estimate
 from gaincell.tomlfile import parse_override, read_toml
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
+from gaincell.validation import (
+    FieldError,
+    check_bool,
+    check_choice,
+    check_int,
+    check_positive,
+    check_string,
+    check_table,
+    fail,
+    field_names,
+    is_int,
+    reject_unknown,
+    within,
+)
 
 #: Short knob names; any dotted path into GainCellConfig.to_dict() (``periphery.adc.levels``) also works.
 KNOB_ALIASES: dict[str, str] = {
@@ -117,12 +125,10 @@ def _apply_override(data: dict, override: str) -> None:
 
 def spec_from_dict(data: dict) -> SweepSpec:
     """Every field checked, each failure one line naming it; the model and texts must exist."""
-    unknown = sorted(set(data) - _TOP_LEVEL)
-    if unknown:
-        raise GainCellError(f"{unknown[0]}: unknown key; known: {', '.join(sorted(_TOP_LEVEL))}")
+    reject_unknown("sweep", data, _TOP_LEVEL)
     for name in ("model", "text"):
         if not isinstance(data.get(name), str) or not data[name]:
-            raise GainCellError(f"{name}: required, a path (got {data.get(name)!r})")
+            fail(name, "a path", data.get(name))
     _check_model_dir(data["model"])
     _check_text(data["text"], "text")
     if data.get("calibration_text") is not None:
@@ -130,24 +136,14 @@ def spec_from_dict(data: dict) -> SweepSpec:
     spec = SweepSpec(
         model=data["model"],
         text=data["text"],
-        output_dir=_string(data, "output_dir", "sweep"),
-        preset=_string(data, "preset", "paper"),
-        context=_integer(data, "context", None, 2),
-        stride=_integer(data, "stride", None, 1),
-        max_tokens=_integer(data, "max_tokens", 8192, 2),
-        batch_size=_integer(data, "batch_size", 1, 1),
         seeds=_seeds(data.get("seeds", [0])),
-        calibrate=_boolean(data, "calibrate"),
         calibration_text=data.get("calibration_text"),
         calibration=_calibration(data.get("calibration", {})),
-        tech=_string(data, "tech", "paper"),
-        adc_cost=_string(data, "adc_cost", "scaled"),
-        jobs=_integer(data, "jobs", 1, 1),
+        **_scalars(data),
     )
-    if spec.adc_cost not in ADC_COSTS:
-        raise GainCellError(f"adc_cost: one of {', '.join(ADC_COSTS)}, got {spec.adc_cost!r}")
+    check_choice("adc_cost", spec.adc_cost, ADC_COSTS)
     if spec.context is not None and spec.stride is not None and spec.stride > spec.context:
-        raise GainCellError(f"stride: must be <= context ({spec.context}), got {spec.stride}")
+        fail("stride", f"<= context ({spec.context})", spec.stride)
 
     technology = load_technology(spec.tech)
     base_config = _model_base_config(spec)
@@ -156,64 +152,50 @@ def spec_from_dict(data: dict) -> SweepSpec:
     base_dict = _apply_knobs(base_config.to_dict(), base, "base", technology)
     for point in points:
         for knob, value in point.items():  # each knob alone first, so an error names the knob at fault
-            _build(_apply_knobs(base_dict, {knob: value}, "grid", technology), f"grid.{knob} = {value!r}")
+            _build(_apply_knobs(base_dict, {knob: value}, "grid", technology), f"grid.{knob} = {value!r}", knob)
         _build(_apply_knobs(base_dict, point, "grid", technology), f"grid point {point}")
     return dataclasses.replace(spec, base=base, points=tuple(points), knobs=tuple(knobs))
 
 
-def _string(data: dict, name: str, default: str) -> str:
-    value = data.get(name, default)
-    if not isinstance(value, str) or not value:
-        raise GainCellError(f"{name}: a non-empty string, got {value!r}")
-    return value
+#: The plain settings: strings (name -> default) and integers (name -> default, minimum; None: from the model).
+_STRINGS = {"output_dir": "sweep", "preset": "paper", "tech": "paper", "adc_cost": "scaled"}
+_INTEGERS = {"context": (None, 2), "stride": (None, 1), "max_tokens": (8192, 2), "batch_size": (1, 1), "jobs": (1, 1)}
 
 
-def _integer(data: dict, name: str, default: int | None, minimum: int) -> int | None:
-    value = data.get(name, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise GainCellError(f"{name}: an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _boolean(data: dict, name: str) -> bool:
-    value = data.get(name, False)
-    if not isinstance(value, bool):
-        raise GainCellError(f"{name}: true or false, got {value!r}")
-    return value
+def _scalars(data: dict) -> dict[str, Any]:
+    values = {name: data.get(name, default) for name, default in _STRINGS.items()}
+    for name, value in values.items():
+        check_string(name, value)
+    for name, (default, minimum) in _INTEGERS.items():
+        values[name] = data.get(name, default)
+        if values[name] is not None:
+            check_int(name, values[name], minimum)
+    values["calibrate"] = data.get("calibrate", False)
+    check_bool("calibrate", values["calibrate"])
+    return values
 
 
 def _seeds(value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value:
-        raise GainCellError(f"seeds: a non-empty list of chip seeds, got {value!r}")
-    for seed in value:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise GainCellError(f"seeds: integers >= 0, got {seed!r}")
+    if not isinstance(value, list) or not value or not all(is_int(seed, 0) for seed in value):
+        fail("seeds", "a non-empty list of chip seeds (integers >= 0)", value)
     if len(set(value)) != len(value):
-        raise GainCellError(f"seeds: repeated seed in {value}")
+        fail("seeds", "distinct chip seeds", value)
     return tuple(value)
 
 
 def _calibration(value: Any) -> dict:
-
+    """The ``[calibration]`` table: :class:`~gaincell.adaptation.settings.CalibrationConfig` fields, checked now."""
     table = _table(value, "calibration")
-    known = {f.name for f in dataclasses.fields(CalibrationConfig)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise GainCellError(f"calibration.{unknown[0]}: unknown key; known: {', '.join(sorted(known))}")
-    try:
+    reject_unknown("calibration", table, field_names(CalibrationConfig))
+    with within("calibration"):
         CalibrationConfig(**table)
-    except TypeError as error:
-        raise GainCellError(f"calibration: {error}") from None
     return table
 
 
 def _table(value: Any, name: str) -> dict:
     """A TOML table with nested tables flattened to dotted keys (``periphery.adc.levels = [8]`` in TOML
     is a nested table; the knob is the dotted path)."""
-    if not isinstance(value, dict):
-        raise GainCellError(f"{name}: a table, got {type(value).__name__}")
+    check_table(name, value)
     flat = {}
     for key, item in value.items():
         if isinstance(item, dict):
@@ -245,10 +227,7 @@ def _model_base_config(spec: SweepSpec) -> GainCellConfig:
             return GainCellConfig.from_dict(saved)
         except GainCellError as error:
             raise GainCellError(f"model: its saved gain-cell config is invalid: {error}") from None
-    try:
-        return preset(spec.preset)
-    except GainCellError as error:
-        raise GainCellError(f"preset: {error}") from None
+    return preset(spec.preset)
 
 
 def _points(data: dict) -> tuple[list[dict], list[str]]:
@@ -262,13 +241,13 @@ def _points(data: dict) -> tuple[list[dict], list[str]]:
             raise GainCellError("grid: empty table; give at least one knob with a list of values")
         for knob, values in grid.items():
             if not isinstance(values, list) or not values:
-                raise GainCellError(f"grid.{knob}: a non-empty list of values, got {values!r}")
+                fail(f"grid.{knob}", "a non-empty list of values", values)
             if len(set(map(repr, values))) != len(values):
-                raise GainCellError(f"grid.{knob}: repeated value in {values}")
+                fail(f"grid.{knob}", "a list of distinct values", values)
         knobs = list(grid)
         return [dict(zip(knobs, combo, strict=True)) for combo in product(*grid.values())], knobs
     if not isinstance(listed, list) or not listed or not all(isinstance(p, dict) and p for p in listed):
-        raise GainCellError("points: a non-empty list of non-empty tables ([[points]])")
+        fail("points", "a non-empty list of non-empty tables ([[points]])", listed)
     listed = [_table(point, "points") for point in listed]
     knobs = list(dict.fromkeys(knob for point in listed for knob in point))
     return listed, knobs
@@ -280,8 +259,7 @@ def knob_path(knob: str, section: str) -> str:
     node: Any = GainCellConfig().to_dict()
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
-            known = sorted(set(KNOB_ALIASES) | set(DERIVED_KNOBS) | set(_leaf_paths(GainCellConfig().to_dict())))
-            raise GainCellError(f"{section}.{knob}: unknown knob; known: {', '.join(known)}")
+            reject_unknown(section, [knob], [*KNOB_ALIASES, *DERIVED_KNOBS, *_leaf_paths(GainCellConfig().to_dict())])
         node = node[part]
     if isinstance(node, dict):
         raise GainCellError(f"{section}.{knob}: is a table; name one of its fields ({', '.join(node)})")
@@ -303,8 +281,7 @@ def _apply_knobs(config: dict, knobs: dict, section: str, technology) -> dict:
     knobs = dict(knobs)
     if "adc_range" in knobs:
         r = knobs.pop("adc_range")
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
-            raise GainCellError(f"{section}.adc_range: a number > 0 (the ADC spans [-r, r]), got {r!r}")
+        check_positive(f"{section}.adc_range", r)  # the ADC spans [-r, r]
         config["periphery"]["adc"].update(low=-float(r), high=float(r))
     retention, rate = knobs.pop("retention_time", None), knobs.pop("token_rate", None)
     if retention is not None or rate is not None:
@@ -323,22 +300,24 @@ def leakage_from_retention(retention: Any, rate: Any, technology, section: str) 
     if rate is None:
         raise GainCellError(f"{section}.retention_time: needs token_rate (Hz) too, to give ε = (1/rate) / retention")
     for name, value in (("token_rate", rate), ("retention_time", retention)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-            raise GainCellError(f"{section}.{name}: a number > 0, got {value!r}")
+        if value is not None:
+            check_positive(f"{section}.{name}", value)
     tau = technology.array.retention_time if retention is None else float(retention)
     return (1.0 / float(rate)) / tau
 
 
-def _build(config: dict, where: str) -> GainCellConfig:
+def _build(config: dict, where: str, knob: str | None = None) -> GainCellConfig:
+    """The config of a point; an error names the point, or the knob alone where its own field is at fault."""
     try:
         return GainCellConfig.from_dict(config)
     except (GainCellError, TypeError) as error:
+        if isinstance(error, FieldError) and knob is not None and error.path == KNOB_ALIASES.get(knob, knob):
+            raise FieldError(f"grid.{knob}", error.problem) from None
         raise GainCellError(f"{where}: {first_line(error)}") from None
 
 
 def point_config(spec: SweepSpec, point: dict, seed: int) -> GainCellConfig:
     """The simulator config of one point and chip seed (the seed sets ``noise.seed``)."""
-
     technology = load_technology(spec.tech)
     config = _apply_knobs(_model_base_config(spec).to_dict(), spec.base, "base", technology)
     config = _apply_knobs(config, point, "grid", technology)
@@ -361,7 +340,6 @@ REFERENCE_ADC_LEVELS = 32
 
 def point_cost(shape, config: GainCellConfig, tech, adc_cost: str = "scaled") -> dict[str, float] | None:
     """Energy (J), latency (s) per generated token and area (m²) of the chip for the model's shape."""
-
     if config.attention == "softmax":
         return None
     levels = config.periphery.adc.levels

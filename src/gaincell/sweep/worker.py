@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from gaincell.adaptation.calibration import calibrate
 from gaincell.adaptation.data import check_context, model_max_positions
-from gaincell.adaptation.stages import CalibrationConfig, calibrate
+from gaincell.adaptation.settings import CalibrationConfig
 from gaincell.errors import GainCellError
 from gaincell.evaluation.perplexity import strided_perplexity
 from gaincell.hardware.constants import load_technology
