@@ -46,15 +46,22 @@ def tiny_gpt2():
     return make
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
+@pytest.fixture(scope="module")
+def shared_data(request) -> Path:
     """Data gaincell did not make (corpora, the authors' golden arrays, stories260K, task files):
-    ``$GAINCELL_DATA``, else ``../shared/data``; without either the test skips and says how to point at it."""
+    ``$GAINCELL_DATA``, else ``../shared/data``. A test module names what it reads with
+    ``pytestmark = pytest.mark.needs_data("models/stories260K", ...)``: without the folder it skips naming that data and
+    how to point at it; with the folder but without that data it fails (CI has the folder: nothing skips)."""
     from gaincell.datadir import HOW_TO_POINT, data_dir
 
+    marker = request.node.get_closest_marker("needs_data")
+    needed = marker.args if marker else ()
     folder = data_dir()
     if folder is None:
-        pytest.skip(f"needs the shared data folder: {HOW_TO_POINT}")
+        pytest.skip(f"needs {', '.join(needed) or 'data'} from the shared data folder: {HOW_TO_POINT}")
+    missing = [name for name in needed if not (folder / name).exists()]
+    if missing:
+        pytest.fail(f"the shared data folder {folder} lacks {', '.join(missing)}")
     return folder
 
 

@@ -28,6 +28,18 @@ def data_dir() -> Path | None:
     return None
 
 
+#: The prefix a path in a recipe or sweep TOML starts with to live in the shared data folder.
+DATA_PREFIX = "$GAINCELL_DATA/"
+
+
+def expand_data_path(path: str, field: str) -> str:
+    """``$GAINCELL_DATA/models/x`` -> that path inside :func:`data_dir` (which falls back to ../shared/data,
+    unlike a shell's expansion); any other path unchanged. ``field`` names the setting in the error."""
+    if not isinstance(path, str) or not path.startswith(DATA_PREFIX):
+        return path
+    return str(require_data_dir(field) / path[len(DATA_PREFIX) :])
+
+
 def require_data_dir(what: str = "this") -> Path:
     """The shared data folder, or a one-line error saying how to point at it."""
     folder = data_dir()

@@ -19,6 +19,8 @@ from gaincell.adaptation.data import (
 )
 from gaincell.errors import GainCellError
 
+pytestmark = pytest.mark.needs_data("tinyshakespeare.txt")  # the one test that reads a real corpus
+
 
 @pytest.fixture(scope="module")
 def sample_text(pydoc_text) -> str:

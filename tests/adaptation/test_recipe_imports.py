@@ -29,3 +29,16 @@ CODE = [
 @pytest.mark.parametrize("code", CODE)
 def test_reading_recipes_and_sweep_specs_imports_neither_torch_nor_transformers(code):
     assert loaded_after(code) & {"torch", "transformers"} == set()
+
+
+def test_a_path_under_gaincell_data_is_the_shared_folder(tmp_path, monkeypatch):
+    from gaincell.adaptation.recipe import recipe_from_dict
+    from gaincell.errors import GainCellError
+
+    monkeypatch.setenv("GAINCELL_DATA", str(tmp_path))
+    recipe = recipe_from_dict({"model": "$GAINCELL_DATA/models/m", "data": {"text": "$GAINCELL_DATA/a.txt"}})
+    assert recipe.model == str(tmp_path / "models" / "m") and recipe.data.text == str(tmp_path / "a.txt")
+    assert recipe_from_dict({"data": {"text": "plain/a.txt"}}).data.text == "plain/a.txt"
+    monkeypatch.setenv("GAINCELL_DATA", str(tmp_path / "missing"))
+    with pytest.raises(GainCellError, match=r"^data.text needs the shared data folder .*set GAINCELL_DATA"):
+        recipe_from_dict({"data": {"text": "$GAINCELL_DATA/a.txt"}})

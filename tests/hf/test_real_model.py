@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import gaincell
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.needs_data("models/stories260K", "wikitext2-test.txt")]
 
 
 @pytest.fixture(scope="module")

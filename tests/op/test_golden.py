@@ -11,6 +11,8 @@ import torch
 from gaincell import Scalers, gain_cell_attention, preset
 from gaincell.op.kernels.banded import analog_read, make_band, make_plan
 
+pytestmark = pytest.mark.needs_data("golden/single_array_64x64.npz")
+
 
 @pytest.fixture(scope="module")
 def golden(shared_data):

@@ -14,6 +14,7 @@ from typing import Any
 
 from gaincell.adaptation.settings import CalibrationConfig, DistillConfig, InitialiseConfig, TrainConfig, TransferConfig
 from gaincell.chip.config import GainCellConfig, preset
+from gaincell.datadir import expand_data_path
 from gaincell.errors import GainCellError
 from gaincell.tomlfile import parse_override, read_toml
 from gaincell.validation import check_string, check_table, fail, field_names, reject_unknown, within
@@ -109,8 +110,10 @@ def recipe_from_dict(data: dict) -> Recipe:
     check_table("recipe", data)
     reject_unknown("recipe", data, field_names(Recipe))
     defaults = Recipe()
+    if isinstance(data.get("data"), dict):
+        data = {**data, "data": {**data["data"], **_data_paths(data["data"])}}
     recipe = Recipe(
-        model=data.get("model", defaults.model),
+        model=expand_data_path(data.get("model", defaults.model), "model"),
         gguf_file=data.get("gguf_file"),
         stages=_stages(data.get("stages", defaults.stages)),
         output_dir=data.get("output_dir", defaults.output_dir),
@@ -134,6 +137,11 @@ def recipe_from_dict(data: dict) -> Recipe:
     if len({getattr(recipe, name).mixed_precision for name in trained}) > 1:
         raise GainCellError(f"mixed_precision must be the same in {trained} (one accelerate state per run)")
     return recipe
+
+
+def _data_paths(section: dict) -> dict:
+    """``[data]``'s paths, each of which may start with ``$GAINCELL_DATA/`` (the shared data folder)."""
+    return {name: expand_data_path(section[name], f"data.{name}") for name in ("text", "eval_text") if name in section}
 
 
 def _stages(value: Any) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from gaincell.adaptation.settings import CalibrationConfig
 from gaincell.chip.config import GainCellConfig, preset
+from gaincell.datadir import expand_data_path
 from gaincell.errors import GainCellError, first_line
 from gaincell.hardware.constants import load_technology
 from gaincell.hardware.gaincell_model import AttentionShape, estimate
@@ -123,9 +124,14 @@ def _apply_override(data: dict, override: str) -> None:
         data[key] = value
 
 
+#: Fields that are paths; each may start with ``$GAINCELL_DATA/`` (:func:`gaincell.datadir.expand_data_path`).
+_PATHS = ("model", "text", "calibration_text")
+
+
 def spec_from_dict(data: dict) -> SweepSpec:
     """Every field checked, each failure one line naming it; the model and texts must exist."""
     reject_unknown("sweep", data, _TOP_LEVEL)
+    data = {**data, **{name: expand_data_path(data[name], name) for name in _PATHS if name in data}}
     for name in ("model", "text"):
         if not isinstance(data.get(name), str) or not data[name]:
             fail(name, "a path", data.get(name))
