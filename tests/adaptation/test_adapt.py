@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 import gaincell
 from gaincell import GainCellError, preset
@@ -199,6 +200,17 @@ def test_adapt_cli_runs_the_three_stages_and_resumes(tmp_path, pydoc_text, token
     adapted = gaincell.load(tmp_path / "run" / "nonlinear" / "model")
     assert model_config(adapted) == preset("paper", window=16, subtile_rows=8)
     assert all(int(cell.target_count) == 4 for cell in gain_cell_layers(adapted))
+    card = ModelCard.load(tmp_path / "run" / "nonlinear" / "model" / "README.md")  # the model card
+    assert (
+        card.data.library_name == "gaincell"
+        and "| linear | 4 | 512 |" in card.text
+        and "| nonlinear | 3 | 384 |" in card.text
+    )
+    assert (
+        "896 training tokens in all" in card.text
+        and '"s_sat": 80.0' in card.text
+        and "held-out perplexity after" in card.text
+    )
     assert main(["adapt", str(recipe)]) == 2  # refuses to overwrite
     assert "not empty" in capsys.readouterr().err
     assert main(["adapt", str(recipe), "--resume"]) == 0  # every stage done: loads and returns

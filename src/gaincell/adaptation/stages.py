@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from gaincell.adaptation.transfer import distill_stage, make_teacher, transfer_s
 from gaincell.atomic import atomic_file
 from gaincell.chip.config import CellConfig, GainCellConfig
 from gaincell.errors import GainCellError
+from gaincell.hf.card import model_card
 from gaincell.hf.convert import convert
 from gaincell.hf.layer import gain_cell_layers
 from gaincell.hf.pretrained import load, load_pretrained, load_pretrained_tokenizer, save
@@ -123,7 +125,7 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
             continue
         summary[name] = getattr(runner, f"run_{name}")(model)
         if rank() == 0:  # one writer: every process holds the same model after a stage
-            save(model, saved, tokenizer)
+            save(model, saved, tokenizer, card=_card(recipe, summary, hardware))
             with atomic_file(stage_summary) as handle:
                 handle.write(json.dumps(summary[name], indent=1))
         barrier()
@@ -132,6 +134,21 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
             handle.write(json.dumps(summary, indent=1))
     barrier()
     return summary
+
+
+def _card(recipe: Recipe, summary: dict, hardware: GainCellConfig):
+    """The saved model's card: the chip, the recipe, the stages run so far with their tokens, the held-out
+    perplexity each training stage ended at."""
+    stages = {
+        name: summary[name] for name in recipe.stages if isinstance(summary.get(name), dict) and "tokens" in summary[name]
+    }
+    results = {
+        f"held-out perplexity after {name}": round(math.exp(stage["eval_loss"]), 3)
+        for name, stage in stages.items()
+        if stage.get("eval_loss") is not None and math.isfinite(stage["eval_loss"])
+    }
+    recipe_tables = dataclasses.asdict(recipe)
+    return model_card(hardware.to_dict(), base_model=recipe.model, recipe=recipe_tables, stages=stages, results=results)
 
 
 class _StageRunner:

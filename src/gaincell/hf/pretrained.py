@@ -16,10 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard
 
 from gaincell.atomic import atomic_directory
 from gaincell.chip.config import GainCellConfig
 from gaincell.errors import GainCellError, first_line
+from gaincell.hf.card import CARD_FILE, model_card
 from gaincell.hf.convert import convert
 
 GAIN_CELL_KEY = ".gaincell."
@@ -29,14 +31,19 @@ GAIN_CELL_KEY = ".gaincell."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
-def save(model, path: str | os.PathLike, tokenizer=None) -> Path:
+def save(model, path: str | os.PathLike, tokenizer=None, card: ModelCard | None = None) -> Path:
     """``model.save_pretrained`` (and the tokenizer's) into ``path``, atomically: a crash leaves the
-    previous directory (or none), never a half-written one."""
+    previous directory (or none), never a half-written one. ``README.md`` is ``card``, else a card
+    with the model's hardware config (:mod:`gaincell.hf.card`)."""
     path = Path(path)
+    if card is None:
+        settings = getattr(model.config, "gaincell", None)
+        card = model_card(settings, base_model=getattr(model.config, "_name_or_path", None) or None)
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        card.save(Path(tmp) / CARD_FILE)
     return path
 
 
