@@ -127,6 +127,19 @@ def test_missing_tracker_is_refused(blocks, tmp_path):
         train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(report_to=("wandb",)), tmp_path)
 
 
+def test_training_logs_to_tensorboard_through_accelerate(blocks, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_blocks, eval_blocks, vocab_size = blocks
+    train(tiny_gpt2(vocab_size), train_blocks, eval_blocks, quick_config(report_to=("tensorboard",)), tmp_path)
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    logged = EventAccumulator(str(events[0].parent)).Reload()
+    assert [event.step for event in logged.Scalars("loss")] == list(range(1, 11))
+    assert [event.step for event in logged.Scalars("eval_loss")] == [5, 10]
+    assert (tmp_path / "metrics.jsonl").is_file()  # besides, not instead of, the JSONL log
+
+
 def test_schedule_warms_up_linearly_then_decays_by_cosine_to_min_lr():
     config = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
     warmup = [learning_rate(step, config) for step in range(10)]

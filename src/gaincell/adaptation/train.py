@@ -30,10 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from gaincell.adaptation.data import check_context, epoch_permutation
+from gaincell.adaptation.batches import BatchOrder, block_rows, check_blocks
 from gaincell.adaptation.settings import TrainConfig
 from gaincell.adaptation.state import (
     CHECKPOINT_DIR,
@@ -87,51 +86,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-# -- data -----------------------------------------------------------------------------------------
-
-
-def _rows(blocks, indices: torch.Tensor) -> torch.Tensor:
-    """Rows of a tensor or a (memory-mapped) numpy array of blocks, as a LongTensor."""
-    if isinstance(blocks, torch.Tensor):
-        return blocks[indices].long()
-    return torch.from_numpy(np.asarray(blocks[indices.numpy()])).long()
-
-
-def _check_blocks(blocks, name: str, model, minimum: int) -> None:
-    if not isinstance(blocks, (torch.Tensor, np.ndarray)) or blocks.ndim != 2:
-        raise GainCellError(f"{name} must be a 2-D tensor or array of token blocks (n_blocks, block_size)")
-    integer = not blocks.dtype.is_floating_point if isinstance(blocks, torch.Tensor) else blocks.dtype.kind in "iu"
-    if not integer or blocks.dtype == torch.bool:
-        raise GainCellError(f"{name} must hold integer token ids, got dtype {blocks.dtype}")
-    if len(blocks) < minimum:
-        raise GainCellError(f"{name} has {len(blocks)} blocks; need at least {minimum} (one per process and batch row)")
-    check_context(model, int(blocks.shape[1]), name)
-
-
-class _Order:
-    """Which blocks each process reads for micro-batch number ``index`` (counted over the whole run).
-
-    Epoch ``e`` reads the blocks in :func:`epoch_permutation` order (seed, e); each micro-batch
-    takes the next ``batch_size * world`` of them and process ``rank`` gets its contiguous slice.
-    The incomplete batch at an epoch's end is skipped.
-    """
-
-    def __init__(self, n_blocks: int, batch_size: int, seed: int, rank: int, world: int) -> None:
-        self.n_blocks, self.batch_size, self.seed, self.rank, self.world = n_blocks, batch_size, seed, rank, world
-        self.per_epoch = n_blocks // (batch_size * world)
-        self._epoch, self._permutation = -1, None
-
-    def indices(self, index: int) -> torch.Tensor:
-        epoch, position = divmod(index, self.per_epoch)
-        if epoch != self._epoch:
-            self._epoch, self._permutation = epoch, epoch_permutation(self.n_blocks, self.seed, epoch)
-        start = (position * self.world + self.rank) * self.batch_size
-        return self._permutation[start : start + self.batch_size]
-
-    def epoch(self, index: int) -> float:
-        return index / self.per_epoch
-
-
 # -- the loop -------------------------------------------------------------------------------------
 
 
@@ -168,7 +122,7 @@ def _evaluate(model, eval_data, config: TrainConfig, accelerator) -> float:
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     for chunk in torch.arange(rank, n_blocks, world).split(config.batch_size):
-        input_ids = _rows(eval_data, chunk).to(accelerator.device)
+        input_ids = block_rows(eval_data, chunk).to(accelerator.device)
         loss = model(input_ids=input_ids, labels=input_ids).loss
         total += torch.stack(
             [loss.double() * len(chunk), torch.tensor(len(chunk), dtype=torch.float64, device=accelerator.device)]
@@ -183,6 +137,14 @@ def _call(callbacks: Sequence, hook: str, step: int, model, metrics: dict) -> No
         method: Callable | None = getattr(callback, hook, None)
         if method is not None:
             method(step, model, metrics)
+
+
+def _hyperparameters(config: TrainConfig) -> dict:
+    """The config as trackers take it: TensorBoard's hparams accept only scalars and strings (not None or tuples)."""
+    return {
+        key: value if isinstance(value, (bool, int, float, str)) else str(value)
+        for key, value in dataclasses.asdict(config).items()
+    }
 
 
 def _rewrite_log(path: Path, last_step: int) -> None:
@@ -272,9 +234,9 @@ def _accelerator(config: TrainConfig, output_dir: Path):
 def _starting_point(accelerator, model, train_data, eval_data, config: TrainConfig, output_dir: Path, resume: bool):
     """Check the data and the checkpoint folder; returns (the resumed state or {}, the latest checkpoint)."""
     world = accelerator.num_processes
-    _check_blocks(train_data, "train_data", model, config.batch_size * world)
+    check_blocks(train_data, "train_data", model, config.batch_size * world)
     if eval_data is not None:
-        _check_blocks(eval_data, "eval_data", model, world)
+        check_blocks(eval_data, "eval_data", model, world)
     if accelerator.is_main_process:
         remove_partial_checkpoints(output_dir)
     latest = latest_checkpoint(output_dir)
@@ -318,7 +280,7 @@ def _optimiser_step(model, optimizer, scheduler, run: _Run, step: int) -> tuple[
     micro_losses = []
     for micro in range(config.grad_accum):
         index = step * config.grad_accum + micro
-        input_ids = _rows(run.train_data, run.order.indices(index)).to(accelerator.device)
+        input_ids = block_rows(run.train_data, run.order.indices(index)).to(accelerator.device)
         with accelerator.accumulate(model):
             micro_loss = model(input_ids=input_ids, labels=input_ids).loss
             accelerator.backward(micro_loss)
@@ -339,7 +301,7 @@ class _Run:
         self.accelerator, self.config, self.output_dir = accelerator, config, output_dir
         self.train_data, self.eval_data, self.callbacks = train_data, eval_data, callbacks
         self.world = accelerator.num_processes
-        self.order = _Order(len(train_data), config.batch_size, config.seed, accelerator.process_index, self.world)
+        self.order = BatchOrder(len(train_data), config.batch_size, config.seed, accelerator.process_index, self.world)
         self.block_size = int(train_data.shape[1])
         self.tokens_per_step = config.batch_size * config.grad_accum * self.world * self.block_size
         self.loss, self.eval_loss = resumed.get("loss"), resumed.get("eval_loss")
@@ -361,7 +323,7 @@ class _Run:
             elif self.log_path.exists():
                 self.log_path.unlink()
         if self.config.report_to:
-            self.accelerator.init_trackers("gaincell", config=dataclasses.asdict(self.config))
+            self.accelerator.init_trackers("gaincell", config=_hyperparameters(self.config))
 
     def after_step(self, model, step: int, loss: float, lr: float, grad_norm: float | None) -> None:
         """Callbacks, evaluation, the metrics log and checkpoints, each on its own schedule."""
