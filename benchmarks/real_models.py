@@ -1,10 +1,12 @@
-"""Real pre-trained LLMs on gain-cell hardware (issue 9): the paper's recipe vs attention transfer.
+"""Real pre-trained LLMs on gain-cell hardware: the paper's recipe vs attention transfer, measured fairly.
 
-For each model, rows (a) original, (b) sliding-window softmax, (c) the chip and its linear model
+For each model, rows (a) original, (a′) the original fine-tuned with the (e) recipes' tokens (softmax),
+(b) sliding-window softmax, (c) the chip and its linear model
 with the pre-trained weights swapped in, (d) calibration only, (e-paper) linear + calibration +
 nonlinear stages and (e-transfer) data-driven init + attention transfer + distillation, the two (e)
-rows given the same token budget. Each row: tokens trained on, wall time, held-out perplexity, and
-for (e) a short sample generated through the gain-cell memory. Writes JSON and a markdown table.
+rows given the same token budget. Each row: tokens trained on, wall time, perplexity on the in-domain
+text and on texts no recipe trained on (Python's docs, Tiny Shakespeare, raw WikiText-2 test), and a
+short greedy sample. Writes JSON and a markdown table (``--tag`` names them).
 
 - ``stories``: stories260K (models/stories260K in the shared data folder, ``--data``), M = 64. Its text: stories sampled
   from the original model (temperature 1, from BOS, 256 tokens each); the last 10 % are held out
@@ -32,6 +34,7 @@ import torch
 
 import gaincell
 from gaincell.adaptation.calibration import calibrate
+from gaincell.adaptation.data import default_corpus_text
 from gaincell.adaptation.recipe import recipe_from_dict
 from gaincell.adaptation.settings import CalibrationConfig
 from gaincell.adaptation.stages import adapt, linear_config
@@ -42,7 +45,7 @@ from gaincell.hf.layer import gain_cell_layers
 from gaincell.hf.pretrained import load_pretrained, load_pretrained_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ("a", "b", "c", "c-linear", "d", "e-paper", "e-transfer")
+ROWS = ("a", "a-prime", "b", "c", "c-linear", "d", "e-paper", "e-transfer")
 
 
 def stories_setup(args) -> dict:
@@ -81,8 +84,58 @@ def smollm2_setup(args) -> dict:
             "eval_text": f"first {len(eval_ids)} tokens of wikitext2-test"}  # fmt: skip
 
 
-def perplexity(model, setup) -> float:
-    return strided_perplexity(model, setup["eval_ids"], setup["context"], setup["stride"], batch_size=4)["ppl"]
+def own_training_text(args, setup, tokenizer) -> None:
+    """``--train-text FILE`` (e.g. benchmarks/sample_corpus.py's samples of the original model): its
+    paragraphs split 90/10 by a fixed seed; the 10 % become the in-domain evaluation text."""
+    import random
+
+    paragraphs = [p for p in args.train_text.read_text().split("\n\n") if p.strip()]
+    random.Random(0).shuffle(paragraphs)
+    held = max(8, len(paragraphs) // 10)
+    folder = args.work / f"{args.model}-own-text"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.txt").write_text("\n\n".join(paragraphs[held:]))
+    ids = tokenizer("\n\n".join(paragraphs[:held]), add_special_tokens=False)["input_ids"][: args.eval_tokens]
+    setup.update(train_text=str(folder / "train.txt"), eval_ids=torch.tensor(ids),
+                 eval_text=f"{len(ids)} held-out tokens of {args.train_text.name} (90/10 paragraph split)")  # fmt: skip
+
+
+def evaluation_texts(args, setup, tokenizer) -> dict[str, torch.Tensor]:
+    """The in-domain text and texts no recipe trains on: Python's bundled docs (its last tokens, as the
+    issue measured), Tiny Shakespeare (first tokens) and raw WikiText-2 test (first tokens, no ``<unk>``)."""
+    n = args.eval_tokens
+
+    def ids(text: str) -> torch.Tensor:
+        return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return {
+        "in-domain": setup["eval_ids"],
+        "pydoc": ids(default_corpus_text())[-n:],
+        "shakespeare": ids((args.data / "tinyshakespeare.txt").read_text()[: 40 * n])[:n],
+        "wikitext-raw": ids((args.data / "tasks" / "wikitext" / "wiki.test.raw").read_text()[: 40 * n])[:n],
+    }
+
+
+def perplexities(model, setup) -> dict[str, float]:
+    return {name: strided_perplexity(model, ids, setup["context"], setup["stride"], batch_size=4)["ppl"]
+            for name, ids in setup["texts"].items()}  # fmt: skip
+
+
+def softmax_fine_tuned(pretrained, recipe: dict, output: Path, args):
+    """(a′): the original model, its own attention, fine-tuned on the (e) recipes' blocks for their whole
+    budget (one LM stage, the whole-model lr and schedule of their stages): what the tokens alone buy."""
+    from gaincell.adaptation.settings import TrainConfig
+    from gaincell.adaptation.stages import recipe_blocks
+    from gaincell.adaptation.state import latest_checkpoint
+    from gaincell.adaptation.train import train
+
+    recipe = recipe_from_dict({**recipe, "output_dir": str(output)})
+    train_blocks, eval_blocks = recipe_blocks(recipe, load_pretrained_tokenizer(recipe.model))
+    steps = sum(getattr(recipe, stage).max_steps for stage in ("transfer", "distill"))
+    config = TrainConfig(**stage_table(steps, args.batch, lr=args.lr))
+    result = train(copy.deepcopy(pretrained), train_blocks, eval_blocks, config, output / "a-prime",
+                   resume=latest_checkpoint(output / "a-prime") is not None)  # fmt: skip
+    return result.model.eval(), result.step * args.batch * int(train_blocks.shape[1])
 
 
 def sample(model, tokenizer, prompt: str, tokens: int = 40) -> str:
@@ -117,7 +170,8 @@ def recipes(setup, args) -> dict[str, dict]:
         "e-transfer": {**base, "stages": ["initialised", "transfer", "distill"],
                        "initialise": {"batch_size": args.batch, "batches": max(1, 32 // args.batch)},
                        "transfer": stage_table(transfer_steps, args.batch, lr=args.transfer_lr, weight_decay=0.0),
-                       "distill": stage_table(steps - transfer_steps, args.batch, lr=args.lr)},
+                       "distill": stage_table(steps - transfer_steps, args.batch, lr=args.lr,
+                                              lm_weight=args.lm_weight, kd_weight=1.0)},
     }  # fmt: skip
 
 
@@ -157,6 +211,9 @@ def main() -> None:
     parser.add_argument("--transfer-lr", type=float, default=3e-3)
     parser.add_argument("--transfer-share", type=float, default=0.25)
     parser.add_argument("--stories", type=int, default=2048, help="stories to sample (stories260K)")
+    parser.add_argument("--train-text", type=Path, help="train on this file (90 %%) instead; its other 10 %% is in-domain")
+    parser.add_argument("--lm-weight", type=float, default=1.0, help="distillation's LM-loss weight (0: logits only)")
+    parser.add_argument("--tag", default="fair", help="suffix of the result files (real-models-MODEL-TAG.json)")
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--calibration-iterations", type=int, default=100, help="the paper's 100; fewer in --smoke")
     parser.add_argument("--smoke", action="store_true", help="tiny budget: shows the pipeline runs end to end")
@@ -187,11 +244,14 @@ def run(args) -> None:
     started = time.perf_counter()
     setup = (stories_setup if args.model == "stories" else smollm2_setup)(args)
     tokenizer = load_pretrained_tokenizer(setup["model"])
+    if args.train_text is not None:
+        own_training_text(args, setup, tokenizer)
+    setup["texts"] = evaluation_texts(args, setup, tokenizer)
     pretrained = load_pretrained(setup["model"])
     hardware = gaincell.preset("paper", window=setup["window"])
 
     def measure(row: str, what: str, model, tokens: int = 0, wall: float = 0.0, text=None, curve=None) -> None:
-        result = {"row": row, "what": what, "tokens": tokens, "wall_s": round(wall, 1), "ppl": perplexity(model, setup),
+        result = {"row": row, "what": what, "tokens": tokens, "wall_s": round(wall, 1), "ppl": perplexities(model, setup),
                   "sample": text, "curve": curve or []}  # fmt: skip
         if row == "a":  # the curves' reference: the original on the recipes' held-out blocks
             result["held_out_ppl"] = held_out_perplexity(model, recipe_table["e-transfer"])
@@ -212,6 +272,12 @@ def run(args) -> None:
         if row in baselines:
             what, build = baselines[row]
             measure(row, what, build())
+            continue
+        if row == "a-prime":
+            began = time.perf_counter()
+            model, tokens = softmax_fine_tuned(pretrained, recipe_table["e-transfer"], args.work / args.model, args)
+            measure(row, "original fine-tuned (softmax), same tokens", model, tokens, time.perf_counter() - began,
+                    sample(model, tokenizer, setup["prompt"]))  # fmt: skip
             continue
         recipe, output = recipe_table[row], args.work / f"{args.model}-{row}"
         if args.reuse and (output / "wall_s.json").is_file():  # adapted before: measure it again
@@ -271,7 +337,7 @@ def write(args, setup, result: dict, total: float) -> None:
     then rewrite the markdown table and the curve plot from everything measured so far."""
     import fcntl
 
-    name = f"real-models-{args.model}{'-smoke' if args.smoke else ''}"
+    name = f"real-models-{args.model}{'-' + args.tag if args.tag else ''}{'-smoke' if args.smoke else ''}"
     path = args.out / f"{name}.json"
     with open(args.out / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -286,9 +352,13 @@ def write(args, setup, result: dict, total: float) -> None:
         path.write_text(json.dumps({**meta, "notes": notes, "rows": rows}, indent=1) + "\n")
     title = f"# {args.model}: {setup['eval_text']}, context {setup['context']}, stride {setup['stride']}"
     lines = [f"{title}, M = {setup['window']}", ""]
-    lines += ["| row | what | tokens | wall (s) | perplexity |", "|---|---|---:|---:|---:|"]
-    lines += [f"| {r['row']} | {r['what']} | {r['tokens']:,} | {r['wall_s']} | {r['ppl']:,.2f} |" for r in rows]
-    lines += ["", "Samples generated through the gain-cell memory (greedy):", ""]
+    texts = list(setup["texts"])
+    lines += ["Perplexity on each text (in-domain: " + setup["eval_text"] + "; the others no recipe trained on).", ""]
+    lines += ["| row | what | tokens | wall (s) | " + " | ".join(texts) + " |", "|---|---|---:|---:|" + "---:|" * len(texts)]
+    for r in rows:
+        cells = [r["row"], r["what"], f"{r['tokens']:,}", str(r["wall_s"])] + [f"{r['ppl'][name]:,.2f}" for name in texts]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Greedy samples (the gain-cell rows generate through their memory):", ""]
     lines += [f"- **{r['row']}**: {r['sample']!r}" for r in rows if r["sample"]]
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     plot_curves(rows, args.out / f"{name}-curve.png", setup)
