@@ -8,10 +8,8 @@ import json
 import re
 
 import pytest
-import torch
 
 import gaincell
-from gaincell.adaptation.data import train_bpe_tokenizer
 from gaincell.cli import main
 from gaincell.errors import GainCellError
 from gaincell.evaluation import harness, tasks
@@ -44,16 +42,9 @@ def manager(definitions):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(test_data):
-    return train_bpe_tokenizer((test_data / "corpora" / "wikitext2-valid-head.txt").read_text()[:40_000], 384)
-
-
-def tiny_gpt2(vocab_size: int, n_positions: int = 96):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=n_positions, vocab_size=vocab_size)
-    return GPT2LMHeadModel(config).eval()
+def tiny_model(tiny_gpt2, tokenizer):
+    """``tiny_model()``: conftest's tiny GPT-2 over the session tokenizer, long enough for the task prompts."""
+    return lambda: tiny_gpt2(vocab_size=len(tokenizer), n_positions=96).eval()
 
 
 # -- task definitions -----------------------------------------------------------------------------
@@ -198,12 +189,12 @@ def _instances(manager, name: str, limit: int):
 
 
 @pytest.mark.parametrize("attention", ["original", "softmax", "paper"])
-def test_batched_log_likelihoods_equal_batch_size_one(attention, manager, tokenizer):
+def test_batched_log_likelihoods_equal_batch_size_one(attention, manager, tokenizer, tiny_model):
     """lm-eval pads a batch on the right with no attention mask; the op is causal, so every score
     equals the unpadded one. The forwards are recorded to prove the batches held padding."""
-    model = tiny_gpt2(len(tokenizer))
+    model = tiny_model()
     if attention != "original":
-        model = gaincell.convert(model, attention, window=16, subtile_rows=16, block_size=16)
+        model = gaincell.convert(model, attention, window=16, subtile_rows=8, block_size=16)
     shapes: list[tuple[int, int]] = []
     model.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
     requests = [*_instances(manager, "arc_easy", 4), *_instances(manager, "winogrande", 4)]
@@ -227,9 +218,9 @@ def test_batched_log_likelihoods_equal_batch_size_one(attention, manager, tokeni
 
 
 @pytest.fixture(scope="module")
-def model_dir(tokenizer, tmp_path_factory):
+def model_dir(tokenizer, tiny_model, tmp_path_factory):
     directory = tmp_path_factory.mktemp("model") / "tiny"
-    gaincell.save(gaincell.convert(tiny_gpt2(len(tokenizer)), "paper", window=16, subtile_rows=16), directory, tokenizer)
+    gaincell.save(gaincell.convert(tiny_model(), "paper", window=16, subtile_rows=8), directory, tokenizer)
     return directory
 
 
@@ -281,8 +272,12 @@ def test_cli_missing_or_incomplete_task_data_is_one_line_exit_2_nothing_written(
     assert f"{tmp_path / 'tasks'} lacks arc_challenge/test.jsonl (task arc_challenge)" in line
 
 
-def test_plan_checks_an_include_path_and_its_task_names(tmp_path, test_data):
-    plan = harness.plan_tasks("gaincell_tiny_mc", include_path=test_data)
-    assert plan.names == ("gaincell_tiny_mc",) and plan.task_data is None and plan.local == ()
+def test_plan_checks_an_include_path_and_its_task_names(tmp_path):
+    import yaml
+
+    definition = {**tasks.task_definition("piqa", tmp_path / "x.jsonl"), "task": "mine"}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(definition))
+    plan = harness.plan_tasks("mine", include_path=tmp_path)
+    assert plan.names == ("mine",) and plan.task_data is None and plan.local == ()
     with pytest.raises(GainCellError, match="include_path: no such directory"):
         harness.plan_tasks("paper", include_path=tmp_path / "missing")
