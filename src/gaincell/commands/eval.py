@@ -1,13 +1,21 @@
-"""``gaincell eval MODEL``: perplexity on a text and/or lm-eval tasks (:mod:`gaincell.evaluation.perplexity`)."""
+"""``gaincell eval MODEL``: perplexity on a text and/or lm-eval tasks (:mod:`gaincell.evaluation`).
+
+``--tasks paper`` (or ``table1``, a task name, a comma list) runs the paper's Table 1 offline from
+the task-data folder; names and data are checked before the model is loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from gaincell.atomic import atomic_file
 from gaincell.errors import GainCellError
-from gaincell.evaluation.perplexity import load_model_dir, load_tokenizer_dir, run_lm_eval, text_perplexity
+from gaincell.evaluation.harness import plan_tasks, run_tasks
+from gaincell.evaluation.perplexity import load_model_dir, load_tokenizer_dir, text_perplexity
+from gaincell.evaluation.tasks import GROUPS
 from gaincell.hf.pretrained import torch_device
 
 
@@ -26,19 +34,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--stride", type=int, metavar="N", help="window step in tokens (default: context / 2)")
     source.add_argument("--max-tokens", type=int, metavar="N", help="score only the first N tokens")
     tasks = parser.add_argument_group("lm-evaluation-harness")
-    tasks.add_argument("--tasks", metavar="LIST", help="comma-separated lm-eval tasks, e.g. arc_easy,piqa")
+    groups = "; ".join(f"{name} = {', '.join(members)}" for name, members in GROUPS.items())
+    tasks.add_argument("--tasks", metavar="LIST", help=f"comma-separated tasks or groups ({groups})")
+    tasks.add_argument(
+        "--task-data", metavar="DIR", help="the task-data folder (default: $GAINCELL_DATA/tasks, else ../shared/data/tasks)"
+    )
     tasks.add_argument("--include-path", metavar="DIR", help="a folder of extra lm-eval task YAML files")
-    tasks.add_argument("--limit", type=float, metavar="N", help="items per task (a fraction if < 1)")
+    tasks.add_argument("--limit", type=float, metavar="N", help="items per task (a fraction if < 1; default: all)")
     tasks.add_argument("--num-fewshot", type=int, metavar="N", help="few-shot examples per item")
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="windows or requests per forward")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
 
 def run(args: argparse.Namespace) -> int:
     """``gaincell eval``: perplexity on a text and/or lm-eval tasks for a saved model."""
     if args.text is None and args.dataset is None and args.tasks is None:
         raise GainCellError("give --text FILE, --dataset NAME and/or --tasks LIST")
+    plan = None
+    if args.tasks is not None:
+        plan = plan_tasks(args.tasks, task_data=args.task_data, include_path=args.include_path)
     device = torch_device(args.device)
     tokenizer = load_tokenizer_dir(args.model_dir, args.gguf_file)
     model = load_model_dir(args.model_dir, args.gguf_file).to(device)
@@ -59,19 +75,26 @@ def run(args: argparse.Namespace) -> int:
                 max_tokens=args.max_tokens,
             ),
         }
-    if args.tasks is not None:
+    if plan is not None:
         limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
-        results["tasks"] = run_lm_eval(
+        results |= run_tasks(
             model,
             tokenizer,
-            [task for task in args.tasks.split(",") if task],
-            include_path=args.include_path,
+            plan,
             limit=limit,
             num_fewshot=args.num_fewshot,
             batch_size=args.batch_size,
+            on_task=_print_task_time,
         )
     print(json.dumps(results, indent=1) if args.json else _table(results))
+    if args.output is not None:
+        with atomic_file(args.output) as handle:
+            json.dump(results, handle, indent=1)
     return 0
+
+
+def _print_task_time(name: str, row: dict) -> None:
+    print(f"gaincell eval: {name}: {row['samples']} items in {row['seconds']:.1f} s", file=sys.stderr, flush=True)
 
 
 def _table(results: dict) -> str:
@@ -85,8 +108,20 @@ def _table(results: dict) -> str:
             f"{ppl['nll']:>8.4f} {ppl['ppl']:>10.3f}",
         ]
     if "tasks" in results:
-        lines += ["", f"{'task':<32} {'metric':<20} {'value':>8}"]
+        limit = "all items" if results["limit"] is None else f"--limit {results['limit']}"
+        lines += ["", f"lm-eval tasks ({limit}, batch size {results['batch_size']}, {results['num_fewshot'] or 0}-shot)"]
+        lines += [f"{'task':<24} {'metric':<20} {'value':>10} {'stderr':>8} {'items':>6} {'seconds':>8}"]
         for task, metrics in results["tasks"].items():
+            items, seconds = results["samples"][task], results["seconds"][task]
             for metric, value in metrics.items():
-                lines.append(f"{task:<32} {metric:<20} {value:>8.4f}")
+                if "_stderr," in metric:
+                    continue
+                stderr = metrics.get(metric.replace(",", "_stderr,", 1))
+                stderr = _number(stderr) if isinstance(stderr, float) else ""
+                lines.append(f"{task:<24} {metric:<20} {_number(value):>10} {stderr:>8} {items:>6} {seconds:>8.1f}")
     return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    """Accuracies with 4 decimals; the perplexities of an untrained model in 4 digits."""
+    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"

@@ -6,8 +6,9 @@
 - :class:`GainCellLM`: an lm-eval-harness model (registered as ``"gaincell"``) that wraps an
   already-built model and tokenizer, or loads a model directory, so ``lm_eval`` runs any gain-cell
   model on its tasks. It is built on first use: lm-eval is an optional dependency.
-- ``gaincell eval MODEL_DIR --text FILE``: both from the command line (:func:`add_arguments`,
-  :func:`run`).
+
+lm-eval tasks run through :mod:`gaincell.evaluation.harness` (one at a time, timed) from the local
+task definitions of :mod:`gaincell.evaluation.tasks`.
 
 Model directories are read by :func:`load_model_dir` (:func:`gaincell.load`: a gain-cell model comes
 back converted, with its scalers, targets and config), the one place that knows how a saved model
@@ -173,6 +174,10 @@ def lm_eval_model_class() -> type:
         directory (read with :func:`load_model_dir` and :func:`load_tokenizer_dir`); the other
         keyword arguments are ``HFLM``'s (``batch_size``, ``max_length``, ...). ``device`` moves
         the model; by default a loaded directory goes to the GPU when there is one.
+
+        Batched log-likelihood requests are padded on the right with no attention mask (lm-eval's
+        causal path): the op is causal, so no scored token sees the padding and the scores equal
+        batch size 1. Left padding with a mask (batched generation) is refused by the op's mask check.
         """
 
         def __init__(self, pretrained, tokenizer=None, device: str | None = None, **kwargs) -> None:
@@ -198,45 +203,3 @@ def __getattr__(name: str):
     if name == "GainCellLM":
         return lm_eval_model_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def run_lm_eval(
-    model,
-    tokenizer,
-    tasks: list[str],
-    *,
-    include_path: str | os.PathLike | None = None,
-    limit: int | float | None = None,
-    num_fewshot: int | None = None,
-    batch_size: int = 1,
-) -> dict[str, dict[str, float]]:
-    """Run lm-eval ``tasks`` on an in-memory model; returns ``{task: {metric: value}}``.
-
-    ``include_path`` adds a folder of task YAML files to lm-eval's own tasks (which are indexed only
-    if some task is not in that folder).
-    """
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    if not tasks:
-        raise GainCellError("tasks: give at least one lm-eval task name")
-    if include_path is not None and not Path(include_path).is_dir():
-        raise GainCellError(f"include_path: no such directory: {include_path}")
-    adapter = lm_eval_model_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    manager = None
-    if include_path is not None:  # indexing lm-eval's own ~15k task files takes seconds: skip if not needed
-        manager = TaskManager(include_path=str(include_path), include_defaults=False)
-    if manager is None or any(task not in manager.all_tasks for task in tasks):
-        manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
-    unknown = [task for task in tasks if task not in manager.all_tasks]
-    if unknown:
-        raise GainCellError(f"tasks: unknown lm-eval task(s) {unknown}")
-    output = simple_evaluate(model=adapter, tasks=list(tasks), task_manager=manager, limit=limit, num_fewshot=num_fewshot)
-    return {
-        task: {
-            metric: float(value)
-            for metric, value in metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)
-        }
-        for task, metrics in output["results"].items()
-    }
