@@ -116,6 +116,24 @@ def evaluation_texts(args, setup, tokenizer) -> dict[str, torch.Tensor]:
     }
 
 
+#: Table 1's columns: the metric each task is read by (length-normalised where lm-eval offers it), then WikiText-2.
+TABLE1 = {"arc_easy": "acc_norm,none", "arc_challenge": "acc_norm,none", "winogrande": "acc,none",
+          "hellaswag": "acc_norm,none", "lambada_openai": "acc,none", "piqa": "acc_norm,none"}  # fmt: skip
+
+
+def table1(model, tokenizer, args) -> dict:
+    """lm-eval's six tasks (and WikiText-2 word perplexity when ``--tasks table1``), from the shared files."""
+    from gaincell.evaluation.harness import run_tasks
+
+    table = run_tasks(model, tokenizer, args.tasks, limit=args.task_limit, batch_size=8)
+    row = {task: table["tasks"][task][metric] for task, metric in TABLE1.items() if task in table["tasks"]}
+    if len(row) == len(TABLE1):
+        row["average"] = sum(row.values()) / len(TABLE1)
+    if "wikitext" in table["tasks"]:
+        row["wikitext_word_ppl"] = table["tasks"]["wikitext"]["word_perplexity,none"]
+    return {"limit": args.task_limit, "columns": row, "seconds": table["seconds"]}
+
+
 def perplexities(model, setup) -> dict[str, float]:
     return {name: strided_perplexity(model, ids, setup["context"], setup["stride"], batch_size=4)["ppl"]
             for name, ids in setup["texts"].items()}  # fmt: skip
@@ -213,6 +231,8 @@ def main() -> None:
     parser.add_argument("--stories", type=int, default=2048, help="stories to sample (stories260K)")
     parser.add_argument("--train-text", type=Path, help="train on this file (90 %%) instead; its other 10 %% is in-domain")
     parser.add_argument("--lm-weight", type=float, default=1.0, help="distillation's LM-loss weight (0: logits only)")
+    parser.add_argument("--tasks", help="also run lm-eval tasks on every row: 'paper' (six) or 'table1' (+ WikiText-2)")
+    parser.add_argument("--task-limit", type=int, default=1000, help="items per task (default 1,000; 0: all)")
     parser.add_argument("--tag", default="fair", help="suffix of the result files (real-models-MODEL-TAG.json)")
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--calibration-iterations", type=int, default=100, help="the paper's 100; fewer in --smoke")
@@ -227,6 +247,7 @@ def main() -> None:
                         help="rows to run (default all); rows already in the JSON are kept, so two processes "
                         "can run e.g. 'a b c c-linear d e-paper' and 'e-transfer' side by side")  # fmt: skip
     args = parser.parse_args()
+    args.task_limit = args.task_limit or None
     torch.set_num_threads(args.threads)
     if args.budget is None:
         args.budget = {"stories": 900_000, "smollm2": 2_000_000}[args.model]
@@ -253,6 +274,8 @@ def run(args) -> None:
     def measure(row: str, what: str, model, tokens: int = 0, wall: float = 0.0, text=None, curve=None) -> None:
         result = {"row": row, "what": what, "tokens": tokens, "wall_s": round(wall, 1), "ppl": perplexities(model, setup),
                   "sample": text, "curve": curve or []}  # fmt: skip
+        if args.tasks:
+            result["table1"] = table1(model, tokenizer, args)
         if row == "a":  # the curves' reference: the original on the recipes' held-out blocks
             result["held_out_ppl"] = held_out_perplexity(model, recipe_table["e-transfer"])
         print(json.dumps(result), flush=True)
@@ -358,11 +381,31 @@ def write(args, setup, result: dict, total: float) -> None:
     for r in rows:
         cells = [r["row"], r["what"], f"{r['tokens']:,}", str(r["wall_s"])] + [f"{r['ppl'][name]:,.2f}" for name in texts]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += table1_lines(rows)
     lines += ["", "Greedy samples (the gain-cell rows generate through their memory):", ""]
     lines += [f"- **{r['row']}**: {r['sample']!r}" for r in rows if r["sample"]]
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     plot_curves(rows, args.out / f"{name}-curve.png", setup)
     print("\n".join(lines))
+
+
+def table1_lines(rows: list[dict]) -> list[str]:
+    """The paper's Table 1 shape: rows (a), (a′), (c), (e-paper), (e-transfer) where measured."""
+    measured = [r for r in rows if r.get("table1") and r["row"] in ("a", "a-prime", "c", "e-paper", "e-transfer")]
+    if not measured:
+        return []
+    columns = list(TABLE1) + ["average", "wikitext_word_ppl"]
+    limits = sorted({str(r["table1"]["limit"] or "all") for r in measured})
+    lines = [
+        "",
+        f"Table 1 (lm-eval, 0-shot, --limit {', '.join(limits)} items per task; acc_norm for ARC, HellaSwag, PIQA):",
+        "",
+    ]
+    lines += ["| row | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for r in measured:
+        values = [r["table1"]["columns"].get(name) for name in columns]
+        lines.append(f"| {r['row']} | " + " | ".join("–" if v is None else f"{v:.4g}" for v in values) + " |")
+    return lines
 
 
 def args_model(setup) -> str:
