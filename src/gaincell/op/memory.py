@@ -24,18 +24,18 @@ from gaincell.chip.periphery import quantize
 from gaincell.errors import GainCellError
 from gaincell.op.attention import check_qkv, gain_cell_attention
 from gaincell.op.equations import front_end
-from gaincell.op.kernels.banded import (
+from gaincell.op.kernels.primitives import (
     Band,
-    _adc,
-    _columns,
-    _decays,
-    _fold,
-    _scores,
-    _Scratch,
-    _subtile_readout,
-    _value_columns,
+    Scratch,
+    adc_sum,
+    band_fold,
+    chunk_value_columns,
+    feature_decays,
+    first_product,
     make_band,
     make_plan,
+    second_product,
+    stored_columns,
 )
 from gaincell.op.scalers import Scalers
 from gaincell.validation import check_int
@@ -84,11 +84,11 @@ class GainCellMemory:
             self.chunk_subtile = starts // config.subtile_rows
             self._subtile_starts = torch.arange(0, window, config.subtile_rows, device=device)
             self._filling_bands: dict[int, tuple[Band, torch.Tensor, bool]] = {}  # by occupied sub-tiles
-            self._scratch = _Scratch()
+            self._scratch = Scratch()
             # Decays by age, computed once: a query's t - a is in [0, block), a new key's a - t in (-block, 0].
             ages = torch.arange(-self.plan.block + 1, self.plan.block, device=device)
             self._ages = ages
-            self._age_decays = _decays(self.plan.features, self.plan, ages, dtype)
+            self._age_decays = feature_decays(self.plan.features, self.plan, ages, dtype)
             self._readout_scales = self._age_decays * (self.plan.readout_gain / self.plan.s_sat)
             # With leakage each feature is one power c·y^p: a new slot's columns are then one stacked multiply
             # by c·λ^(p·age) (the same factors Feature.scaled multiplies, so the same numbers).
@@ -260,8 +260,8 @@ class GainCellMemory:
         features, plan = self.plan.features, self.plan
         key_age, bh = anchor - self.positions, self.shape[0] * self.shape[1]
         gain_k, gain_v = (None, None) if self._gains is None else (self._gains[:bh], self._gains[bh:])
-        self._key_columns = _columns(features, plan, self._flat(self.keys), gain_k, key_age, ones=bool(plan.constant))
-        self._value_columns = _value_columns(features, plan, self._flat(self.values), gain_v, key_age)
+        self._key_columns = stored_columns(features, plan, self._flat(self.keys), gain_k, key_age, ones=bool(plan.constant))
+        self._value_columns = chunk_value_columns(features, plan, self._flat(self.values), gain_v, key_age)
         self._anchor, self._full_band = anchor, None
 
     def _update_stored(self, stored: torch.Tensor, slot: int, key_age: int) -> None:
@@ -272,7 +272,7 @@ class GainCellMemory:
         bh = batch * heads
         gain = None if self._gains is None else self._gains[:, slot : slot + 1]
         row = key_age + plan.block - 1
-        decays = self._age_decays[row : row + 1]  # what banded._columns computes for this age
+        decays = self._age_decays[row : row + 1]  # what primitives.stored_columns computes for this age
         width = len(features) * dim
         by_chunk = self._value_columns.view(-1, bh, len(features), plan.chunk, dim)
         if self._powers is not None and gain is None:  # as Feature.scaled computes, straight into place
@@ -323,7 +323,7 @@ class GainCellMemory:
             valid = (self.positions >= 0)[None]
             occupied = (self._subtile_starts < self.length)[:, None]
             band = Band(self._ages[row : row + 1], anchor - self.positions, valid, self.chunk_subtile, occupied)
-            band.fold = _fold(self.chunk_subtile.tolist())
+            band.fold = band_fold(self.chunk_subtile.tolist())
             self._filling_bands[count] = (band, self._in_chunk_order(band), bool(occupied.all()))
         return self._filling_bands[count]
 
@@ -333,25 +333,25 @@ class GainCellMemory:
         return band.occupied if band.fold is None else band.occupied[band.chunk_subtile[: band.fold]]
 
     def _read(self, pulses: torch.Tensor, bands: tuple[Band, torch.Tensor, bool], row: int, generator) -> torch.Tensor:
-        """:func:`~gaincell.op.kernels.banded.analog_read` on the kept stored side: the same steps in the
+        """:func:`~gaincell.op.kernels.primitives.analog_read` on the kept stored side: the same steps in the
         same order. ``row`` indexes the query's age t − a in the decay tables."""
         plan, (band, in_order, all_occupied) = self.plan, bands
-        decays = self._age_decays[row : row + 1]  # banded._rows, with decays from the table
+        decays = self._age_decays[row : row + 1]  # primitives.query_rows, with decays from the table
         filling = self.length < self.config.window
-        scores = _scores(plan, self._query_rows(pulses, decays), self._key_columns, band, generator, self._scratch)
-        if filling:  # slots from ``length`` on are empty: S = −1, no pulse (banded._hide on that edge)
+        scores = first_product(plan, self._query_rows(pulses, decays), self._key_columns, band, generator, self._scratch)
+        if filling:  # slots from ``length`` on are empty: S = −1, no pulse (primitives' hiding on that edge)
             scores[:, self.length :].fill_(-1.0)
         widths = scores.clamp_(0.0, plan.s_sat)
         if band.fold == self.config.window // plan.chunk and not plan.read_noise:
             readout, occupied = self._one_query_readout(widths, self._readout_scales[row : row + 1]), in_order
         else:
-            readout, occupied = _subtile_readout(plan, widths, decays, self._value_columns, band, generator, self._scratch)
+            readout, occupied = second_product(plan, widths, decays, self._value_columns, band, generator, self._scratch)
         digital = pulses.new_empty(pulses.shape)
-        _adc(plan, readout, occupied, digital, self._scratch, all_occupied=all_occupied)
+        adc_sum(plan, readout, occupied, digital, self._scratch, all_occupied=all_occupied)
         return digital
 
     def _query_rows(self, pulses: torch.Tensor, decays: torch.Tensor) -> torch.Tensor:
-        """banded._rows for one query, written into a kept buffer: [λ^(p_f·(t−a)) Q]_f and the constant column."""
+        """primitives.query_rows for one query, written into a kept buffer: [λ^(p_f·(t−a)) Q]_f and the constant column."""
         plan, (bh, _, dim) = self.plan, pulses.shape
         width = decays.shape[1] * dim
         rows = self._scratch("rows", pulses, bh, 1, width + bool(plan.constant))
@@ -361,7 +361,7 @@ class GainCellMemory:
         return rows
 
     def _one_query_readout(self, widths: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        """banded._subtile_readout for one query over a window whose chunks are its sub-tiles (no
+        """primitives.second_product for one query over a window whose chunks are its sub-tiles (no
         folding) and no read noise: the same products and sums in a third of the tensor ops.
         ``scales`` are the query-side decays times the read-out gain over S_sat, (1, F).
 
