@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gaincell import Scalers, gain_cell_attention, preset
-from gaincell.op.kernels.banded import analog_read, make_band, make_plan
+from gaincell.op.kernels.primitives import analog_read, make_band, make_plan
 
 pytestmark = pytest.mark.needs_data("golden/single_array_64x64.npz")
 

@@ -1,7 +1,7 @@
 """The circuits around the arrays: DACs, clamps, quantisers and ADCs (SPEC §3.2–3.3).
 
-:mod:`gaincell.op.equations` uses these as they are; the banded kernel (:mod:`gaincell.op.kernels.banded`)
-fuses the charge-to-pulse converter and the ADC with the products around them, same formulas.
+:mod:`gaincell.op.equations` uses these as they are; the fast kernels (:mod:`gaincell.op.kernels.primitives`)
+fuse the charge-to-pulse converter and the ADC with the products around them, same formulas.
 
 Forward passes round like the hardware; backward passes the gradient straight through the rounding
 (STE) and stops it where the clamp saturates, as the paper's quantisation-aware training does.

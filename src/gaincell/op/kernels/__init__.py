@@ -1,3 +1,4 @@
 """Fast forms of the attention op, each tested against :mod:`gaincell.op.equations` (or, for softmax,
-against plain masked softmax): ``banded`` (the analog core on CPU and GPU), ``softmax`` (the
-sliding-window baseline of SPEC §3.1)."""
+against plain masked softmax): ``banded`` (the parallel analog core, CPU and GPU) and ``step`` (its
+generation step), both built from ``primitives``; ``softmax`` (the sliding-window baseline of SPEC
+§3.1, both forms)."""

@@ -1,4 +1,4 @@
-"""Sliding-window softmax attention (SPEC §3.1), banded like the gain-cell op."""
+"""Sliding-window softmax attention (SPEC §3.1): its banded parallel form and its generation step."""
 
 from __future__ import annotations
 
@@ -30,3 +30,10 @@ def sliding_window_softmax(q, k, v, window: int, block_size: int = 128) -> torch
 
 def _softmax_block(q, k, v, mask):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def sliding_window_softmax_step(q, keys, values, positions) -> torch.Tensor:
+    """The step form: one query (B, H, 1, D) against the M kept raw keys and values (B, H, M, D);
+    slots whose ``positions`` are −1 are empty. Every kept slot is in the window (SPEC §3.6)."""
+    valid = (positions >= 0)[None, None, None, :]
+    return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=valid)
