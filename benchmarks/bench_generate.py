@@ -212,16 +212,17 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["stories260K", "gpt2-shape"], choices=["stories260K", "gpt2-shape"])
     parser.add_argument("--prompts", nargs="+", type=int, help="prompt lengths (default: 128 1024)")
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: 1 8)")
-    parser.add_argument("--stories", type=Path, default=_default_stories(), help="the stories260K model directory")
+    parser.add_argument("--stories", type=Path, help="the stories260K model directory (default: the shared data folder's)")
     parser.add_argument("--repeats", type=int, default=1, help="generations per case, the fastest kept (default 1)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.stories is None and "stories260K" in args.models:
-        parser.error("--stories: no stories260K here; set GAINCELL_DATA to the shared data folder or pass --stories DIR")
     torch.set_num_threads(args.threads)
     if args.case:
         print(json.dumps(run_case(**json.loads(args.case))))
         return
+    args.stories = args.stories or _default_stories()
+    if args.stories is None and "stories260K" in args.models:
+        parser.error("--stories: no stories260K here; set GAINCELL_DATA to the shared data folder or pass --stories DIR")
     results = []
     for case in cases(args):
         results.append(_subprocess(case, args.threads))
