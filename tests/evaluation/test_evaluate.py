@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from gaincell.adaptation.data import train_bpe_tokenizer
 from gaincell.commands import eval as eval_command
 from gaincell.errors import GainCellError
 from gaincell.evaluation import perplexity as evaluate
@@ -82,31 +81,14 @@ def tasks_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(text):
-    return train_bpe_tokenizer(text, 384)
-
-
-def tiny_gpt2(vocab_size: int, n_positions: int = 32):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            n_layer=2, n_embd=32, n_head=2, n_positions=n_positions, vocab_size=vocab_size, bos_token_id=0, eos_token_id=0
-        )
-    )
-    return model.eval()
+def model(tokenizer, tiny_gpt2):
+    return tiny_gpt2(vocab_size=len(tokenizer)).eval()
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer):
-    return tiny_gpt2(len(tokenizer))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tokenizer, tmp_path_factory) -> Path:
+def model_dir(tokenizer, tiny_gpt2, tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("model")
-    tiny_gpt2(len(tokenizer), n_positions=64).save_pretrained(directory)
+    tiny_gpt2(vocab_size=len(tokenizer), n_positions=64).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -156,12 +138,12 @@ def test_each_token_is_scored_at_most_once_and_batching_does_not_matter(model, t
     assert many["nll"] == pytest.approx(one["nll"], rel=1e-5)
 
 
-def test_more_left_context_helps_a_trained_model(tokenizer, text, tmp_path):
+def test_more_left_context_helps_a_trained_model(tokenizer, tiny_gpt2, text, tmp_path):
     from gaincell.adaptation.data import corpus_blocks, corpus_from_texts
     from gaincell.adaptation.settings import TrainConfig
     from gaincell.adaptation.train import train
 
-    model = tiny_gpt2(len(tokenizer))
+    model = tiny_gpt2(vocab_size=len(tokenizer))
     blocks = corpus_blocks(corpus_from_texts([text[2000:]]), tokenizer, 32)
     config = TrainConfig(
         lr=3e-3,
@@ -292,12 +274,12 @@ def test_cli_runs_lm_eval_tasks(model_dir, tasks_dir, capsys, monkeypatch):
     assert 0.0 <= tasks["gaincell_tiny_mc"]["acc,none"] <= 1.0
 
 
-def converted_gpt2(vocab_size: int):
+def converted_gpt2(tiny_gpt2, vocab_size: int):
     """A tiny gain-cell GPT-2 whose scalers are away from their initial values, so losing them shows."""
     import gaincell
     from gaincell.hf.layer import gain_cell_layers
 
-    model = gaincell.convert(tiny_gpt2(vocab_size), "paper", window=16, subtile_rows=16, block_size=16)
+    model = gaincell.convert(tiny_gpt2(vocab_size=vocab_size), "paper", window=16, subtile_rows=16, block_size=16)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for cell in gain_cell_layers(model):
@@ -306,11 +288,11 @@ def converted_gpt2(vocab_size: int):
     return model.eval()
 
 
-def test_cli_evaluates_a_saved_gain_cell_model_as_it_ran_in_process(tokenizer, text, tmp_path, capsys):
+def test_cli_evaluates_a_saved_gain_cell_model_as_it_ran_in_process(tokenizer, tiny_gpt2, text, tmp_path, capsys):
     import gaincell
     from gaincell.cli import main
 
-    model = converted_gpt2(len(tokenizer))
+    model = converted_gpt2(tiny_gpt2, len(tokenizer))
     gaincell.save(model, tmp_path / "converted", tokenizer)
     path = tmp_path / "sample.txt"
     path.write_text(text[:3000])
@@ -321,15 +303,17 @@ def test_cli_evaluates_a_saved_gain_cell_model_as_it_ran_in_process(tokenizer, t
     assert reported["nll"] == pytest.approx(expected["nll"], abs=1e-9)
     assert reported["ppl"] == pytest.approx(expected["ppl"], rel=1e-9)
     # an untrained model barely depends on its attention, but enough to tell which model was loaded:
-    plain = evaluate.text_perplexity(tiny_gpt2(len(tokenizer)), tokenizer, path)  # the weights with softmax attention
+    plain = evaluate.text_perplexity(
+        tiny_gpt2(vocab_size=len(tokenizer)), tokenizer, path
+    )  # the weights with softmax attention
     assert abs(reported["nll"] - plain["nll"]) > 1e-6
 
 
-def test_lm_eval_adapter_loads_a_gain_cell_directory_converted(tokenizer, tmp_path):
+def test_lm_eval_adapter_loads_a_gain_cell_directory_converted(tokenizer, tiny_gpt2, tmp_path):
     import gaincell
     from gaincell.hf.convert import model_config
 
-    model = converted_gpt2(len(tokenizer))
+    model = converted_gpt2(tiny_gpt2, len(tokenizer))
     gaincell.save(model, tmp_path / "converted", tokenizer)
     adapter = evaluate.GainCellLM(pretrained=str(tmp_path / "converted"), device="cpu")
     assert model_config(adapter.model) == model_config(model)
