@@ -22,7 +22,7 @@ import torch
 import gaincell
 from gaincell.atomic import atomic_file
 from gaincell.evaluation.harness import plan_tasks, run_tasks
-from gaincell.evaluation.perplexity import load_model_dir, load_tokenizer_dir
+from gaincell.evaluation.lm_eval_model import load_model_dir, load_tokenizer_dir
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import torch
 
 from gaincell.commands import eval as eval_command
 from gaincell.errors import GainCellError
+from gaincell.evaluation import lm_eval_model
 from gaincell.evaluation import perplexity as evaluate
 
 #: A tiny offline multiple-choice task for the lm-eval adapter; its data file path is relative to the working
@@ -203,7 +204,7 @@ def test_lm_eval_runs_a_local_task_on_a_model_instance(model, tokenizer, tasks_d
     from lm_eval.tasks import TaskManager
 
     monkeypatch.chdir(tasks_dir)  # the task's data_files path is relative
-    adapter = evaluate.GainCellLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
+    adapter = lm_eval_model.GainCellLM(pretrained=model, tokenizer=tokenizer, batch_size=4)
     output = simple_evaluate(
         model=adapter,
         tasks=["gaincell_tiny_mc"],
@@ -218,15 +219,15 @@ def test_lm_eval_loads_a_model_directory_through_the_pluggable_loader(model_dir,
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    evaluate.lm_eval_model_class()  # registers "gaincell"
+    lm_eval_model.lm_eval_model_class()  # registers "gaincell"
     loaded = []
-    default_loader = evaluate.load_model_dir
+    default_loader = lm_eval_model.load_model_dir
 
     def loader(path):
         loaded.append(Path(path))
         return default_loader(path)
 
-    monkeypatch.setattr(evaluate, "load_model_dir", loader)
+    monkeypatch.setattr(lm_eval_model, "load_model_dir", loader)
     monkeypatch.chdir(tasks_dir)
     output = simple_evaluate(
         model="gaincell",
@@ -241,7 +242,7 @@ def test_lm_eval_loads_a_model_directory_through_the_pluggable_loader(model_dir,
 
 def test_adapter_needs_a_tokenizer_with_a_model_instance(model):
     with pytest.raises(GainCellError, match="tokenizer: required"):
-        evaluate.GainCellLM(pretrained=model)
+        lm_eval_model.GainCellLM(pretrained=model)
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -315,7 +316,7 @@ def test_lm_eval_adapter_loads_a_gain_cell_directory_converted(tokenizer, tiny_g
 
     model = converted_gpt2(tiny_gpt2, len(tokenizer))
     gaincell.save(model, tmp_path / "converted", tokenizer)
-    adapter = evaluate.GainCellLM(pretrained=str(tmp_path / "converted"), device="cpu")
+    adapter = lm_eval_model.GainCellLM(pretrained=str(tmp_path / "converted"), device="cpu")
     assert model_config(adapter.model) == model_config(model)
     loaded, saved = adapter.model.state_dict(), model.state_dict()
     assert all(torch.equal(loaded[key], value) for key, value in saved.items() if ".gaincell." in key)

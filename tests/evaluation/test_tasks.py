@@ -13,7 +13,7 @@ import gaincell
 from gaincell.cli import main
 from gaincell.errors import GainCellError
 from gaincell.evaluation import harness, tasks
-from gaincell.evaluation.perplexity import lm_eval_model_class
+from gaincell.evaluation.lm_eval_model import lm_eval_model_class
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

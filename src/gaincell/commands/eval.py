@@ -14,7 +14,8 @@ from pathlib import Path
 from gaincell.atomic import atomic_file
 from gaincell.errors import GainCellError
 from gaincell.evaluation.harness import plan_tasks, run_tasks
-from gaincell.evaluation.perplexity import load_model_dir, load_tokenizer_dir, text_perplexity
+from gaincell.evaluation.lm_eval_model import load_model_dir, load_tokenizer_dir
+from gaincell.evaluation.perplexity import text_perplexity
 from gaincell.evaluation.tasks import GROUPS
 from gaincell.hf.pretrained import torch_device
 

@@ -3,7 +3,7 @@
 :func:`plan_tasks` checks the task names and finds the task data before any model is loaded, so a
 typo or a missing folder costs a second, not a model load; :func:`run_tasks` then runs each task
 through lm-eval's ``simple_evaluate`` with the gaincell model class
-(:func:`gaincell.evaluation.perplexity.lm_eval_model_class`), tasks of the task-data folder from
+(:func:`gaincell.evaluation.lm_eval_model.lm_eval_model_class`), tasks of the task-data folder from
 the YAMLs :mod:`gaincell.evaluation.tasks` generates.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gaincell.errors import GainCellError
-from gaincell.evaluation.perplexity import lm_eval_model_class
+from gaincell.evaluation.lm_eval_model import lm_eval_model_class
 from gaincell.evaluation.tasks import LOCAL_TASKS, check_task_data, local_task_definitions, resolve_tasks, task_data_folder
 
 

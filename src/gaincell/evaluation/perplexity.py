@@ -1,58 +1,21 @@
-"""Evaluation as the paper reports it (SPEC §5): perplexity and lm-eval-harness tasks.
+"""Perplexity as the paper reports it (SPEC §5).
 
-- :func:`strided_perplexity`: the standard sliding-window perplexity of a causal LM over a token
-  stream — windows of ``context`` tokens advanced by ``stride``, each token scored exactly once,
-  with at least ``context - stride`` tokens of left context once the first window is full.
-- :class:`GainCellLM`: an lm-eval-harness model (registered as ``"gaincell"``) that wraps an
-  already-built model and tokenizer, or loads a model directory, so ``lm_eval`` runs any gain-cell
-  model on its tasks. It is built on first use: lm-eval is an optional dependency.
-
-lm-eval tasks run through :mod:`gaincell.evaluation.harness` (one at a time, timed) from the local
-task definitions of :mod:`gaincell.evaluation.tasks`.
-
-Model directories are read by :func:`load_model_dir` (:func:`gaincell.load`: a gain-cell model comes
-back converted, with its scalers, targets and config), the one place that knows how a saved model
-is loaded; every caller here looks it up at call time, so replacing it changes the adapter and the
-CLI together.
+:func:`strided_perplexity` is the standard sliding-window perplexity of a causal LM over a token
+stream — windows of ``context`` tokens advanced by ``stride``, each token scored exactly once, with at
+least ``context - stride`` tokens of left context once the first window is full;
+:func:`text_perplexity` runs it on a text file. lm-eval's tasks are :mod:`gaincell.evaluation.harness`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from functools import cache
-from pathlib import Path
 
 import torch
 
 from gaincell.adaptation.data import check_context, load_text_corpus, model_max_positions
 from gaincell.errors import GainCellError
-from gaincell.hf.pretrained import is_saved_directory, load, load_pretrained, load_pretrained_tokenizer, load_tokenizer
 from gaincell.validation import check_int
-
-
-def load_model_dir(path: str | os.PathLike, gguf_file: str | None = None):
-    """Load the causal LM saved in directory ``path`` with :func:`gaincell.load` (converted if it was
-    saved so), or a hub id or GGUF file with :func:`gaincell.hf.pretrained.load_pretrained`."""
-
-    if not is_saved_directory(path, gguf_file):
-        return load_pretrained(path, gguf_file)
-    return load(_model_directory(path))
-
-
-def load_tokenizer_dir(path: str | os.PathLike, gguf_file: str | None = None):
-    """Load the tokenizer saved beside a model in directory ``path`` (or a hub id's or GGUF file's)."""
-
-    if not is_saved_directory(path, gguf_file):
-        return load_pretrained_tokenizer(path, gguf_file)
-    return load_tokenizer(_model_directory(path))
-
-
-def _model_directory(path: str | os.PathLike) -> Path:
-    directory = Path(path)
-    if not directory.is_dir():
-        raise GainCellError(f"MODEL_DIR: no such directory: {directory}")
-    return directory
 
 
 def _windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
@@ -152,54 +115,3 @@ def text_perplexity(
         token_ids = token_ids[:max_tokens]
     result = strided_perplexity(model, token_ids, context, stride, batch_size)
     return {**result, "context": context, "stride": stride}
-
-
-# -- lm-evaluation-harness ------------------------------------------------------------------------
-
-
-@cache
-def lm_eval_model_class() -> type:
-    """Define and register (as ``"gaincell"``) the lm-eval model class; needs ``lm-eval``."""
-    try:
-        from lm_eval.api.registry import register_model
-        from lm_eval.models.huggingface import HFLM
-    except ImportError as error:
-        raise GainCellError("lm-eval tasks need the lm-eval package: pip install 'gaincell[eval]'") from error
-
-    @register_model("gaincell")
-    class GainCellLM(HFLM):
-        """lm-eval's Hugging Face causal-LM model around a gain-cell (or any causal) model.
-
-        ``pretrained`` is a model instance (then ``tokenizer`` must be given) or a model
-        directory (read with :func:`load_model_dir` and :func:`load_tokenizer_dir`); the other
-        keyword arguments are ``HFLM``'s (``batch_size``, ``max_length``, ...). ``device`` moves
-        the model; by default a loaded directory goes to the GPU when there is one.
-
-        Batched log-likelihood requests are padded on the right with no attention mask (lm-eval's
-        causal path): the op is causal, so no scored token sees the padding and the scores equal
-        batch size 1. Left padding with a mask (batched generation) is refused by the op's mask check.
-        """
-
-        def __init__(self, pretrained, tokenizer=None, device: str | None = None, **kwargs) -> None:
-            if isinstance(pretrained, (str, os.PathLike)):
-                directory = pretrained
-                pretrained = load_model_dir(directory)
-                tokenizer = load_tokenizer_dir(tokenizer or directory)
-                device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            elif tokenizer is None:
-                raise GainCellError("tokenizer: required when pretrained is a model instance")
-            elif isinstance(tokenizer, (str, os.PathLike)):
-                tokenizer = load_tokenizer_dir(tokenizer)
-            if device:
-                pretrained = pretrained.to(device)
-            super().__init__(pretrained=pretrained, tokenizer=tokenizer, backend="causal", **kwargs)
-
-    GainCellLM.__qualname__ = "GainCellLM"
-    return GainCellLM
-
-
-def __getattr__(name: str):
-    """``gaincell.evaluation.perplexity.GainCellLM`` builds the lm-eval class on first access (lm-eval is optional)."""
-    if name == "GainCellLM":
-        return lm_eval_model_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
