@@ -10,6 +10,7 @@ front (:func:`within`: ``linear.max_steps``, ``hardware.periphery.adc.levels``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -102,3 +103,20 @@ def check_string(name: str, value: Any) -> None:
 def check_table(name: str, value: Any) -> None:
     if not isinstance(value, dict):
         fail(name, "a table", value)
+
+
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples as lists), so a saved setting compares equal to its source."""
+    return json.loads(json.dumps(value))
+
+
+def first_difference(before: Any, after: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted field where two JSON trees differ, with both values (None if they are equal):
+    what a refused resume names."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in sorted(set(before) | set(after), key=str):
+            found = first_difference(before.get(key), after.get(key), f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+        return None
+    return None if before == after else (path, before, after)
