@@ -120,3 +120,15 @@ def first_difference(before: Any, after: Any, path: str = "") -> tuple[str, Any,
                 return found
         return None
     return None if before == after else (path, before, after)
+
+
+def merge_tables(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` laid over it table by table at any depth (``periphery.adc.levels`` keeps
+    ``periphery.adc.low``); a value that is not a table replaces what was there."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_tables(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
