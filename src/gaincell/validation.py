@@ -132,3 +132,22 @@ def merge_tables(base: dict, changes: dict) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+def json_ready(report: dict) -> dict:
+    """``report`` as strict JSON can hold it: a NaN or infinite number becomes ``null`` and its dotted path
+    is listed under ``"non_finite"`` with what it was, so a parser never meets ``NaN`` and a reader sees why."""
+    reasons: dict[str, str] = {}
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            reasons[path] = f"{value} (not a finite number)"
+            return None
+        if isinstance(value, dict):
+            return {key: clean(item, f"{path}.{key}" if path else str(key)) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item, f"{path}.{index}") for index, item in enumerate(value)]
+        return value
+
+    cleaned = clean(report, "")
+    return {**cleaned, "non_finite": reasons} if reasons else cleaned

@@ -159,13 +159,19 @@ def _load_gain_cell_tensors(model, directory: Path) -> None:
         raise
     except Exception as error:
         raise GainCellError(f"MODEL_DIR: cannot read the weights in {directory}: {first_line(error)}") from error
-    expected = {key for key in model.state_dict() if GAIN_CELL_KEY in key}
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    expected = {key: value for key, value in model.state_dict().items() if GAIN_CELL_KEY in key}
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise GainCellError(
             f"MODEL_DIR: the gain-cell tensors in {directory} do not match the model "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    for key, value in expected.items():
+        if tensors[key].shape != value.shape:
+            raise GainCellError(
+                f"MODEL_DIR: {key} in {directory} must have shape {tuple(value.shape)} (the model's heads), "
+                f"got {tuple(tensors[key].shape)}"
+            )
     model.load_state_dict(tensors, strict=False)
 
 
