@@ -172,7 +172,7 @@ def test_adapt_errors_leave_no_output_behind(files, tmp_path, changes, options, 
 
 def test_selfcheck_refuses_a_shape_this_machine_cannot_hold(capsys):
     line = fail(["selfcheck", "--length", "100000000", "--heads", "64"], capsys)
-    assert re.search(r"--length/--heads: T=100000000, H=64, D=64, M=128 need about [\d,.]+ GB", line), line
+    assert re.search(r"--length/--heads: T=100000000, H=64, D=64 need at least [\d,.]+ GB", line), line
 
 
 def test_hw_plot_into_an_existing_file_is_refused(tmp_path, capsys):
@@ -181,3 +181,10 @@ def test_hw_plot_into_an_existing_file_is_refused(tmp_path, capsys):
     line = fail(["hw", "--plot", existing], capsys)
     assert "--plot must be a folder for the PNG files (new or existing), got" in line
     assert existing.read_bytes() == b"mine"
+
+
+def test_eval_help_says_include_path_runs_code():
+    from gaincell.cli import build_parser
+
+    help_text = " ".join(build_parser("eval")._subparsers._group_actions[0].choices["eval"].format_help().split())
+    assert "imports and runs the Python files they name (!function)" in help_text
