@@ -10,6 +10,7 @@ front (:func:`within`: ``linear.max_steps``, ``hardware.periphery.adc.levels``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -102,3 +103,51 @@ def check_string(name: str, value: Any) -> None:
 def check_table(name: str, value: Any) -> None:
     if not isinstance(value, dict):
         fail(name, "a table", value)
+
+
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples as lists), so a saved setting compares equal to its source."""
+    return json.loads(json.dumps(value))
+
+
+def first_difference(before: Any, after: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted field where two JSON trees differ, with both values (None if they are equal):
+    what a refused resume names."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in sorted(set(before) | set(after), key=str):
+            found = first_difference(before.get(key), after.get(key), f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+        return None
+    return None if before == after else (path, before, after)
+
+
+def merge_tables(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` laid over it table by table at any depth (``periphery.adc.levels`` keeps
+    ``periphery.adc.low``); a value that is not a table replaces what was there."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_tables(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def json_ready(report: dict) -> dict:
+    """``report`` as strict JSON can hold it: a NaN or infinite number becomes ``null`` and its dotted path
+    is listed under ``"non_finite"`` with what it was, so a parser never meets ``NaN`` and a reader sees why."""
+    reasons: dict[str, str] = {}
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            reasons[path] = f"{value} (not a finite number)"
+            return None
+        if isinstance(value, dict):
+            return {key: clean(item, f"{path}.{key}" if path else str(key)) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item, f"{path}.{index}") for index, item in enumerate(value)]
+        return value
+
+    cleaned = clean(report, "")
+    return {**cleaned, "non_finite": reasons} if reasons else cleaned

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -213,10 +214,55 @@ def test_adapt_cli_runs_the_three_stages_and_resumes(tmp_path, pydoc_text, token
     )
     assert main(["adapt", str(recipe)]) == 2  # refuses to overwrite
     assert "not empty" in capsys.readouterr().err
+    for change, message in (
+        ("hardware.window=8", "cannot resume .*run: hardware.window was 16, now 8"),
+        ("linear.max_steps=8", "linear.max_steps was 4, now 8"),
+    ):
+        assert main(["adapt", str(recipe), "--resume", "--set", change]) == 2  # another run's settings
+        assert re.search(message, capsys.readouterr().err)
     assert main(["adapt", str(recipe), "--resume"]) == 0  # every stage done: loads and returns
     (tmp_path / "run" / "nonlinear" / "summary.json").unlink()  # killed between saving the model and its summary
     assert main(["adapt", str(recipe), "--resume"]) == 0  # that stage is redone (from its last checkpoint)
     assert json.loads((tmp_path / "run" / "nonlinear" / "summary.json").read_text())["steps"] == 3
+
+
+def test_resume_refuses_a_folder_no_run_was_started_in(tmp_path, capsys):
+    """The user's own files in a folder named as output_dir are never overwritten, with --resume or without."""
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f'model = "gpt2"\n[data]\ntext = "{tmp_path / "corpus.txt"}"\n')
+    folder = tmp_path / "mine"
+    (folder / "linear").mkdir(parents=True)
+    (folder / "linear" / "metrics.jsonl").write_text("my own numbers\n")
+    assert main(["adapt", str(recipe), "--resume", "--output-dir", str(folder)]) == 2
+    assert "holds no gaincell adapt run (no readable run.json)" in capsys.readouterr().err
+    assert (folder / "linear" / "metrics.jsonl").read_text() == "my own numbers\n"
+    assert sorted(path.name for path in folder.rglob("*")) == ["linear", "metrics.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ('linear.log_jsonl="/some/other/file"', "linear.log_jsonl must be a file name inside the output directory"),
+        ('linear.log_jsonl="../../x.jsonl"', "linear.log_jsonl must be a file name inside the output directory"),
+        ("data.text=5", "data.text must be a non-empty string, got 5"),
+        ("data.block_size=1", "data.block_size must be an integer >= 2, got 1"),
+    ],
+)
+def test_recipe_fields_are_checked_before_anything_loads(tmp_path, override, message, capsys):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('model = "no-such-model"\n[data]\ntext = "corpus.txt"\n')
+    assert main(["adapt", str(recipe), "--set", override, "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_overrides_merge_nested_tables_at_any_depth(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[data]\ntext = "corpus.txt"\n[hardware]\npreset = "paper"\n')
+    chip = read_recipe(recipe, ["hardware.periphery.adc.levels=16"]).hardware_config()
+    assert chip.periphery.adc == preset("paper").periphery.adc.__class__(-1.0, 1.0, 16)
+    assert chip.periphery.q == preset("paper").periphery.q
 
 
 def test_adapt_cli_errors_are_one_line(tmp_path, capsys):

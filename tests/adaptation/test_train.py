@@ -263,7 +263,8 @@ def test_ddp_on_cpu_with_two_processes(blocks_file, tmp_path):
     assert rank0["loss"] < rank0["first_loss"] - 0.4
     state = read_checkpoint_state(latest_checkpoint(tmp_path))
     assert state["num_processes"] == 2 and state["tokens"] == 20 * 4 * 2 * 2 * 32
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(state["files"])
+    assert {"rng-0.safetensors", "rng-0.json", "rng-1.safetensors", "rng-1.json"} <= set(state["files"])
+    assert not [name for name in state["files"] if not name.endswith((".safetensors", ".json"))]
 
 
 def test_resume_restores_stateful_callbacks_and_extends_a_finished_run(blocks, tmp_path):
@@ -305,9 +306,9 @@ def test_corrupt_checkpoint_gives_one_line_naming_it(blocks, finished_run, damag
     elif damage == "garbage-state":
         (checkpoint / "trainer_state.json").write_text("{not json")
     elif damage == "missing-rng":
-        (checkpoint / "random_states_0.pkl").unlink()
-    else:  # same size, unreadable content: caught when loading
-        optimizer = checkpoint / "optimizer.bin"
+        (checkpoint / "rng-0.safetensors").unlink()
+    else:  # same size, unreadable content: caught by its checksum
+        optimizer = checkpoint / "optimizer.safetensors"
         optimizer.write_bytes(b"\0" * optimizer.stat().st_size)
     with pytest.raises(GainCellError, match=f"corrupt checkpoint {checkpoint}") as raised:
         train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(max_steps=8), finished_run, resume=True)
@@ -353,3 +354,71 @@ def test_bad_training_data_is_refused_before_anything_is_written(blocks, tmp_pat
     with pytest.raises(GainCellError, match=message):
         train(tiny_gpt2(vocab_size), make_data(train_blocks), None, quick_config(), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+# -- what a checkpoint folder may hold: nothing that runs, nothing changed ------------------------
+
+
+class _Planted:
+    """Unpickling this writes a file: the proof that a checkpoint's pickle ran."""
+
+    def __init__(self, proof: Path) -> None:
+        self.proof = proof
+
+    def __reduce__(self):
+        return (Path.write_text, (self.proof, "pickle ran"))
+
+
+def test_a_planted_pickle_is_refused_and_never_loaded(blocks, finished_run):
+    import pickle
+
+    train_blocks, _, vocab_size = blocks
+    checkpoint, proof = latest_checkpoint(finished_run), finished_run / "proof.txt"
+    assert all(name.endswith((".safetensors", ".json")) for name in read_checkpoint_state(checkpoint)["files"])
+    (checkpoint / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_Planted(proof)))
+    with pytest.raises(GainCellError, match="custom_checkpoint_0.pkl is not one of the files it was written with"):
+        train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(max_steps=8), finished_run, resume=True)
+    assert not proof.exists()
+
+
+def test_weights_changed_in_place_are_refused_by_their_checksum(blocks, finished_run):
+    train_blocks, _, vocab_size = blocks
+    weights = latest_checkpoint(finished_run) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-2000:-1000] = bytes(1000)  # same size, different model
+    weights.write_bytes(bytes(data))
+    with pytest.raises(GainCellError, match="model.safetensors does not match its sha256"):
+        train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(max_steps=8), finished_run, resume=True)
+
+
+def test_resume_refuses_other_settings_or_another_chip_naming_the_field(blocks, tmp_path):
+    import gaincell
+
+    train_blocks, _, vocab_size = blocks
+    chip = gaincell.preset("linear", window=32, subtile_rows=16)
+    train(gaincell.convert(tiny_gpt2(vocab_size), chip), train_blocks, None, quick_config(max_steps=5), tmp_path)
+    with pytest.raises(GainCellError, match="hardware.window was 32, now 16"):
+        model = gaincell.convert(tiny_gpt2(vocab_size), chip.replace(window=16))
+        train(model, train_blocks, None, quick_config(max_steps=8), tmp_path, resume=True)
+    with pytest.raises(GainCellError, match="lr was 0.003, now 0.001"):
+        model = gaincell.convert(tiny_gpt2(vocab_size), chip)
+        train(model, train_blocks, None, quick_config(max_steps=8, lr=1e-3), tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("path", ["/tmp/elsewhere.jsonl", "../../x.jsonl", "logs/../../x.jsonl", "~/x.jsonl"])
+def test_the_metrics_log_stays_inside_the_output_directory(path):
+    with pytest.raises(GainCellError, match="log_jsonl must be a file name inside the output directory"):
+        quick_config(log_jsonl=path)
+
+
+def test_no_module_unpickles_what_a_user_hands_in():
+    """No pickle on any path a user can hand in: no pickle module, accelerate's load_state, or torch.load
+    without weights_only=True anywhere in the package."""
+    import re
+
+    import gaincell
+
+    package = Path(gaincell.__file__).parent
+    pattern = re.compile(r"import pickle|pickle\.load|load_state\(|torch\.load\((?![^)]*weights_only=True)")
+    offenders = [str(path.relative_to(package)) for path in package.rglob("*.py") if pattern.search(path.read_text())]
+    assert offenders == []

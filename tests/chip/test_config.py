@@ -62,3 +62,11 @@ def test_configs_are_frozen_and_replace_validates():
     assert config.replace(window=64).window == 64
     with pytest.raises(GainCellError, match="window"):
         config.replace(window=-1)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_cell_coefficient_is_refused(value):
+    with pytest.raises(GainCellError, match="cell.coefficients must be a list of .* triples of finite numbers"):
+        GainCellConfig.from_dict({"cell": {"coefficients": [[0, 0, value]]}})
+    with pytest.raises(GainCellError, match="cell.coefficients must be"):
+        CellConfig(coefficients=((0, 0, 0.1), 5)).validate()

@@ -142,6 +142,13 @@ DATA = {"block_size": 32, "eval_blocks": 4}
         ({}, ["--set", "data.block_size=64"], "context of 64 tokens is longer than the model's 32 positions"),
         ({}, ["--set", "nonlinear.batch_size=5000"], r"nonlinear.batch_size: the corpus gives \d+ training blocks"),
         ({}, ["--output-dir", "{corpus}"], "output_dir: .*corpus.txt exists and is not a directory"),
+        ({}, ["--set", "hardware.cell.coefficients=[[0, 0, nan]]"], r"hardware\.cell\.coefficients must be .*finite"),
+        (
+            {},
+            ["--set", "hardware.periphery.adc.levels=1"],
+            r"hardware\.periphery\.adc\.levels must be an integer >= 2, got 1$",
+        ),
+        ({}, ["--set", "data.text=5"], r"data\.text must be a non-empty string, got 5$"),
     ],
 )
 def test_adapt_errors_leave_no_output_behind(files, tmp_path, changes, options, message, capsys):
@@ -158,3 +165,26 @@ def test_adapt_errors_leave_no_output_behind(files, tmp_path, changes, options, 
     assert re.search(message, line), line
     assert [path.name for path in tmp_path.iterdir()] == ([] if changes is None else ["recipe.toml"])  # no run, no temp
     assert files["corpus"].stat().st_size > 0  # --output-dir naming a file leaves it alone
+
+
+# -- gaincell selfcheck, hw -------------------------------------------------------------------------
+
+
+def test_selfcheck_refuses_a_shape_this_machine_cannot_hold(capsys):
+    line = fail(["selfcheck", "--length", "100000000", "--heads", "64"], capsys)
+    assert re.search(r"--length/--heads: T=100000000, H=64, D=64 need at least [\d,.]+ GB", line), line
+
+
+def test_hw_plot_into_an_existing_file_is_refused(tmp_path, capsys):
+    existing = tmp_path / "plots.png"
+    existing.write_bytes(b"mine")
+    line = fail(["hw", "--plot", existing], capsys)
+    assert "--plot must be a folder for the PNG files (new or existing), got" in line
+    assert existing.read_bytes() == b"mine"
+
+
+def test_eval_help_says_include_path_runs_code():
+    from gaincell.cli import build_parser
+
+    help_text = " ".join(build_parser("eval")._subparsers._group_actions[0].choices["eval"].format_help().split())
+    assert "imports and runs the Python files they name (!function)" in help_text

@@ -48,7 +48,7 @@ def test_demo_refuses_a_foreign_output_folder_and_bad_sizes(tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
     assert main(["demo", "--output", str(tmp_path / "mine")]) == 2
-    assert "not a previous demo folder" in capsys.readouterr().err
+    assert "--output must be a new or empty folder or a previous demo folder" in capsys.readouterr().err
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
     assert main(["demo", "--text", str(tmp_path / "missing.txt"), "--output", str(tmp_path / "d")]) == 2
     with pytest.raises(gaincell.GainCellError, match="multiple of heads"):
@@ -57,3 +57,25 @@ def test_demo_refuses_a_foreign_output_folder_and_bad_sizes(tmp_path, capsys):
 
 def test_quick_sizes_fit_the_model():
     assert QUICK.embedding // QUICK.heads <= QUICK.subtile_rows and QUICK.window <= QUICK.context
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--context", "100000000"], ["--seed", "-1"], ["--text", "{short}"], ["--output", "{short}"]],
+    ids=["huge-context", "negative-seed", "short-text", "output-is-a-file"],
+)
+def test_a_refused_run_leaves_the_previous_demo_as_it_was(tmp_path, options, capsys):
+    previous = tmp_path / "previous"
+    (previous / "model").mkdir(parents=True)
+    (previous / ".gaincell-demo").write_text("written by gaincell demo\n")
+    (previous / "report.md").write_text("last week's report\n")
+    (previous / "model" / "config.json").write_text("{}")
+    short = tmp_path / "short.txt"
+    short.write_text("too short for one block of context")
+    options = [option.format(short=short) for option in options]
+    argv = ["demo", "--quick", "--output", str(previous), *options]
+    assert main(argv) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the datasets library's progress bar, if any
+    assert last.startswith("gaincell demo: error: ")
+    assert (previous / "report.md").read_text() == "last week's report\n" and (previous / "model" / "config.json").is_file()
+    assert short.read_text() == "too short for one block of context"

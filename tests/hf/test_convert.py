@@ -211,6 +211,14 @@ def test_foreign_caches_and_padding_are_refused():
         mask[0, :2] = 0
         with pytest.raises(GainCellError, match="padded"):
             model(ids, attention_mask=mask)
+        causal = torch.ones(6, 6, dtype=torch.bool).tril()[None, None]
+        padded = causal & mask.bool()[:, None, None, :]
+        additive = torch.zeros(padded.shape).masked_fill(~padded, torch.finfo(torch.float32).min)
+        for four_d in (padded, additive):  # 4-D masks reach attention as given: refused too, not ignored
+            with pytest.raises(GainCellError, match="padded"):
+                model(ids, attention_mask=four_d)
+        plain = torch.zeros(causal.shape).masked_fill(~causal, torch.finfo(torch.float32).min)
+        assert torch.equal(model(ids, attention_mask=plain).logits, model(ids).logits)  # a causal 4-D mask is no padding
 
 
 def test_load_errors_name_the_directory(tmp_path):
@@ -225,6 +233,24 @@ def test_load_errors_name_the_directory(tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])  # a truncated copy
     with pytest.raises(GainCellError, match="cannot load"):
         gaincell.load(tmp_path / "model")
+
+
+def test_a_saved_scaler_of_the_wrong_shape_is_named(tmp_path, tokenizer, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from gaincell.cli import main
+
+    gaincell.save(gaincell.convert(_model("gpt2"), "paper", **SMALL), tmp_path / "model", tokenizer)
+    weights = tmp_path / "model" / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(key for key in tensors if key.endswith(".gaincell.scalers.a_q"))
+    tensors[name] = torch.ones(tensors[name].numel() + 3)
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(GainCellError, match=f"{name} in .* must have shape"):
+        gaincell.load(tmp_path / "model")
+    assert main(["generate", str(tmp_path / "model"), "--prompt", "hi"]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("gaincell generate: error: MODEL_DIR: ") and "must have shape" in last
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path):

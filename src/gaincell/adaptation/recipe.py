@@ -17,7 +17,17 @@ from gaincell.chip.config import GainCellConfig, preset
 from gaincell.datadir import expand_data_path
 from gaincell.errors import GainCellError
 from gaincell.tomlfile import parse_override, read_toml
-from gaincell.validation import check_string, check_table, fail, field_names, reject_unknown, within
+from gaincell.validation import (
+    check_int,
+    check_string,
+    check_table,
+    fail,
+    field_names,
+    is_number,
+    merge_tables,
+    reject_unknown,
+    within,
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,19 @@ class DataSection:
     eval_fraction: float = 0.05
     eval_blocks: int | None = None
 
+    def __post_init__(self) -> None:
+        """Checked with the rest of the recipe, before the model loads."""
+        for name in ("text", "dataset", "dataset_config", "eval_text", "eval_split"):
+            if getattr(self, name) is not None:
+                check_string(name, getattr(self, name))
+        for name in ("split", "text_column"):
+            check_string(name, getattr(self, name))
+        check_int("block_size", self.block_size, 2)
+        if not is_number(self.eval_fraction) or not 0 < self.eval_fraction < 1:
+            fail("eval_fraction", "a number in (0, 1)", self.eval_fraction)
+        if self.eval_blocks is not None:
+            check_int("eval_blocks", self.eval_blocks, 1)
+
 
 #: Every stage a recipe can run, in the only order they can run in (SPEC §4, §4.4).
 STAGES = ("initialised", "transfer", "linear", "calibrated", "nonlinear", "distill")
@@ -49,8 +72,9 @@ class Recipe:
     ``gguf_file``). ``stages`` picks, in order, from :data:`STAGES`: the paper's three by default;
     ``initialised`` (data-driven scalers), ``transfer`` (attention transfer) and ``distill``
     (end-to-end fine-tuning against the original model's logits) are ours. ``hardware`` is a preset
-    name plus top-level overrides (``{"preset": "paper", "window": 1024}``) or a full gain-cell
-    config dict. Training stage tables take :class:`~gaincell.adaptation.settings.TrainConfig` fields.
+    name plus overrides at any depth (``{"preset": "paper", "window": 1024, "periphery": {"adc":
+    {"levels": 16}}}``) or a full gain-cell config dict. Training stage tables take
+    :class:`~gaincell.adaptation.settings.TrainConfig` fields.
     """
 
     model: str = "gpt2"
@@ -81,13 +105,7 @@ def hardware_from_dict(data: dict) -> GainCellConfig:
     data = dict(data)
     with within("hardware"):
         if "preset" in data:
-            base = preset(data.pop("preset")).to_dict()
-            for key, value in data.items():
-                if isinstance(value, dict) and isinstance(base.get(key), dict):
-                    base[key] = {**base[key], **value}
-                else:
-                    base[key] = value
-            data = base
+            data = merge_tables(preset(data.pop("preset")).to_dict(), data)
         try:
             return GainCellConfig.from_dict(data)
         except TypeError as error:

@@ -8,6 +8,8 @@ name in front (``linear.max_steps``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
 
 from gaincell.validation import (
     check_bool,
@@ -25,6 +27,14 @@ TRACKERS = ("tensorboard", "wandb")
 TRANSFER_PARAMETERS = ("attention", "scalers")
 TEACHERS = ("window", "full")
 TRANSFER_CELLS = ("target", "linear")
+
+
+def _inside(path: Any) -> bool:
+    """Whether ``path`` names a file below the folder it is relative to: a setting never writes elsewhere."""
+    if not isinstance(path, str) or not path.strip():
+        return False
+    parts = PurePath(path).parts
+    return not PurePath(path).is_absolute() and ".." not in parts and not path.startswith("~") and bool(parts)
 
 
 @dataclass(frozen=True)
@@ -117,8 +127,8 @@ class TrainConfig:
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         if self.eval_batches is not None and not is_int(self.eval_batches, 1):
             fail("eval_batches", "an integer >= 1 or None", self.eval_batches)
-        if self.log_jsonl is not None and (not isinstance(self.log_jsonl, str) or not self.log_jsonl):
-            fail("log_jsonl", "a file name or None", self.log_jsonl)
+        if self.log_jsonl is not None and not _inside(self.log_jsonl):
+            fail("log_jsonl", "a file name inside the output directory (relative, no '..') or None", self.log_jsonl)
         report_to = (self.report_to,) if isinstance(self.report_to, str) else self.report_to
         if not isinstance(report_to, (tuple, list)) or any(tracker not in TRACKERS for tracker in report_to):
             fail("report_to", f"a subset of {', '.join(TRACKERS)}", self.report_to)

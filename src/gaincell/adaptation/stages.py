@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from gaincell.adaptation.calibration import calibrate
-from gaincell.adaptation.data import corpus_blocks, load_text_corpus, split_blocks
+from gaincell.adaptation.data import check_context, corpus_blocks, load_text_corpus, split_blocks
 from gaincell.adaptation.distributed import barrier, broadcast_scalers, rank
 from gaincell.adaptation.initialise import initialise_scalers
 from gaincell.adaptation.recipe import Recipe
@@ -39,6 +39,7 @@ from gaincell.hf.card import model_card
 from gaincell.hf.convert import convert
 from gaincell.hf.layer import gain_cell_layers
 from gaincell.hf.pretrained import load, load_pretrained, load_pretrained_tokenizer, save
+from gaincell.validation import as_json, first_difference
 
 
 def linear_config(hardware: GainCellConfig) -> GainCellConfig:
@@ -107,14 +108,17 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
     """
     hardware = recipe.hardware_config()
     output = Path(recipe.output_dir)
-    if output.exists() and not output.is_dir():
-        raise GainCellError(f"output_dir: {output} exists and is not a directory")
-    if output.exists() and any(output.iterdir()) and not resume:
-        raise GainCellError(f"output_dir: {output} is not empty; use --resume to continue or choose another directory")
+    _check_output(recipe, output, resume)
     tokenizer = load_pretrained_tokenizer(recipe.model, recipe.gguf_file)
     model = load_pretrained(recipe.model, recipe.gguf_file)
+    check_context(model, recipe.data.block_size, "data.block_size")
     train_blocks, eval_blocks = recipe_blocks(recipe, tokenizer)
     _check_batches(recipe, train_blocks)
+    if rank() == 0 and not (output / RUN_FILE).is_file():  # everything checked: the folder becomes a run
+        output.mkdir(parents=True, exist_ok=True)
+        with atomic_file(output / RUN_FILE) as handle:
+            json.dump({"written_by": "gaincell adapt", "recipe": run_settings(recipe)}, handle, indent=1)
+    barrier()
     summary: dict[str, Any] = {"model": recipe.model, "stages": list(recipe.stages), "hardware": hardware.to_dict()}
     runner = _StageRunner(recipe, hardware, output, train_blocks, eval_blocks, resume)
     for name in recipe.stages:
@@ -134,6 +138,45 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
             handle.write(json.dumps(summary, indent=1))
     barrier()
     return summary
+
+
+#: The file that makes a folder an adaptation run: the settings it was started with. ``--resume`` needs it.
+RUN_FILE = "run.json"
+
+
+def run_settings(recipe: Recipe) -> dict:
+    """What a run must keep to be resumed: the recipe with the chip resolved, less where it is written and
+    whether bars are shown."""
+    settings = dataclasses.asdict(recipe)
+    settings.pop("output_dir")
+    settings["hardware"] = recipe.hardware_config().to_dict()
+    for table in settings.values():
+        if isinstance(table, dict):
+            table.pop("progress_bar", None)
+    return as_json(settings)
+
+
+def _check_output(recipe: Recipe, output: Path, resume: bool) -> None:
+    """A new run needs an empty or absent folder; ``resume`` a folder this command started with the same recipe."""
+    if output.exists() and not output.is_dir():
+        raise GainCellError(f"output_dir: {output} exists and is not a directory")
+    if not output.exists() or not any(output.iterdir()):
+        return
+    if not resume:
+        raise GainCellError(f"output_dir: {output} is not empty; use --resume to continue or choose another directory")
+    try:
+        saved = json.loads((output / RUN_FILE).read_text())["recipe"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise GainCellError(
+            f"output_dir: {output} holds no gaincell adapt run (no readable {RUN_FILE}); --resume continues only "
+            "a run gaincell adapt started there: choose another directory"
+        ) from None
+    changed = first_difference(saved, run_settings(recipe))
+    if changed is not None:
+        name, before, after = changed
+        raise GainCellError(
+            f"cannot resume {output}: {name} was {before!r}, now {after!r}; resume with the recipe it started with"
+        )
 
 
 def _card(recipe: Recipe, summary: dict, hardware: GainCellConfig):

@@ -1,29 +1,39 @@
 """The training loop's resumable state: checkpoints on disk, written whole or not at all, and read back checked.
 
-A checkpoint ``output_dir/checkpoints/step-XXXXXXXX`` holds what accelerate saves (weights,
-optimizer, schedule, every process's RNG states) plus ``trainer_state.json``: the step, the
-metrics, the settings and the size of every file, so a damaged one is refused by name rather than
-resumed from. It is written into a temporary directory renamed into place when complete
-(:func:`gaincell.atomic.atomic_directory`), so a crash never leaves a partial one where resume looks.
+A checkpoint ``output_dir/checkpoints/step-XXXXXXXX`` holds the weights (safetensors), the optimizer,
+schedule, callbacks and every process's RNG states (safetensors + JSON, :mod:`gaincell.adaptation.snapshot`:
+nothing in it is ever unpickled) plus ``trainer_state.json``: the step, the metrics, the settings, the
+chip config and the size and sha256 of every file, so a damaged or altered one is refused by name
+rather than resumed from, and a resume with other settings is refused naming the field. It is written
+into a temporary directory renamed into place when complete (:func:`gaincell.atomic.atomic_directory`),
+so a crash never leaves a partial one where resume looks.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 import shutil
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gaincell.adaptation.settings import TrainConfig
+from gaincell.adaptation.snapshot import read_state, rng_state, set_rng_state, write_state
 from gaincell.atomic import atomic_directory
 from gaincell.errors import GainCellError, first_line
+from gaincell.validation import as_json, first_difference
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
+MODEL_FILE = "model.safetensors"
 _CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
-#: Settings that fix the data order and the RNG streams; a resumed run must keep them.
-_RESUME_INVARIANTS = ("batch_size", "grad_accum", "seed")
+#: Settings a resumed run may change: none of them changes a step's update.
+_FREE_ON_RESUME = ("max_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
+                   "log_jsonl", "report_to", "progress_bar")  # fmt: skip
 
 
 def checkpoint_path(output_dir: str | Path, step: int) -> Path:
@@ -44,7 +54,8 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def read_checkpoint_state(path: str | Path) -> dict:
-    """Read a checkpoint's ``trainer_state.json`` and check every file it lists is there, whole.
+    """Read a checkpoint's ``trainer_state.json`` and check every file it lists is there, whole, with the
+    sha256 it was written with, and that it holds nothing else (a planted file is refused, never read).
 
     A damaged or incomplete checkpoint raises :class:`GainCellError` naming the path.
     """
@@ -52,16 +63,30 @@ def read_checkpoint_state(path: str | Path) -> dict:
     try:
         state = json.loads((path / STATE_FILE).read_text())
         step = int(state["step"])
-        files = dict(state["files"])
+        files = {str(name): (int(entry["size"]), str(entry["sha256"])) for name, entry in dict(state["files"]).items()}
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise GainCellError(f"corrupt checkpoint {path}: unreadable {STATE_FILE} ({type(error).__name__})") from error
-    for name, size in files.items():
+    present = {str(file.relative_to(path)) for file in path.rglob("*") if file.is_file()} - {STATE_FILE}
+    planted = sorted(present - set(files))
+    if planted:
+        raise GainCellError(f"corrupt checkpoint {path}: {planted[0]} is not one of the files it was written with")
+    for name, (size, digest) in files.items():
         file = path / name
         if not file.is_file() or file.stat().st_size != size:
             raise GainCellError(f"corrupt checkpoint {path}: {name} is missing or has the wrong size")
+        if _sha256(file) != digest:
+            raise GainCellError(f"corrupt checkpoint {path}: {name} does not match its sha256 (the file changed)")
     if step < 0:
         raise GainCellError(f"corrupt checkpoint {path}: negative step {step}")
     return state
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def remove_partial_checkpoints(output_dir: Path) -> None:
@@ -86,45 +111,82 @@ def _prune_checkpoints(output_dir: Path, keep: int) -> None:
         shutil.rmtree(doomed, ignore_errors=True)
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict) -> Path:
-    """Write a checkpoint atomically; every process writes its part into one shared temp dir."""
+@dataclass
+class TrainingState:
+    """What a checkpoint restores besides the step: the model, optimiser, schedule and stateful callbacks."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    callbacks: list = field(default_factory=list)
+
+
+def save_checkpoint(accelerator, objects: TrainingState, output_dir: Path, step: int, state: dict) -> Path:
+    """Write a checkpoint atomically; every process writes its RNG streams into one shared temp dir.
+
+    Weights are safetensors, everything else :mod:`gaincell.adaptation.snapshot` (safetensors + JSON):
+    resuming unpickles nothing.
+    """
     from accelerate.utils import broadcast_object_list
+    from safetensors.torch import save_model
 
     target = checkpoint_path(output_dir, step)
     with ExitStack() as stack:
         temporary = [str(stack.enter_context(atomic_directory(target))) if accelerator.is_main_process else None]
         temporary = Path(broadcast_object_list(temporary)[0])
-        accelerator.save_state(str(temporary))
+        write_state(temporary, f"rng-{accelerator.process_index}", rng_state())
+        if accelerator.is_main_process:
+            save_model(accelerator.unwrap_model(objects.model), str(temporary / MODEL_FILE))
+            write_state(temporary, "optimizer", objects.optimizer.state_dict())
+            write_state(temporary, "scheduler", objects.scheduler.state_dict())
+            for index, callback in enumerate(objects.callbacks):
+                write_state(temporary, f"callback-{index}", callback.state_dict())
+            if accelerator.scaler is not None:
+                write_state(temporary, "grad-scaler", accelerator.scaler.state_dict())
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             files = {
-                str(file.relative_to(temporary)): file.stat().st_size
+                str(file.relative_to(temporary)): {"size": file.stat().st_size, "sha256": _sha256(file)}
                 for file in sorted(temporary.rglob("*"))
                 if file.is_file()
             }
-            (temporary / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=1))
+            state = {**state, "accelerator_step": accelerator.step, "files": files}
+            (temporary / STATE_FILE).write_text(json.dumps(state, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _prune_checkpoints(output_dir, state["config"]["keep_checkpoints"])
     return target
 
 
-def load_checkpoint(accelerator, path: Path) -> None:
-    """Restore every registered object from ``path``; a checkpoint that does not load is named as corrupt."""
+def load_checkpoint(accelerator, objects: TrainingState, path: Path, state: dict) -> None:
+    """Restore every object from ``path`` (checked by :func:`read_checkpoint_state`); a checkpoint that does
+    not load is named as corrupt."""
+    from safetensors.torch import load_model
+
     try:
-        accelerator.load_state(str(path))
+        load_model(accelerator.unwrap_model(objects.model), str(path / MODEL_FILE), device=str(accelerator.device))
+        objects.optimizer.load_state_dict(read_state(path, "optimizer"))
+        objects.scheduler.load_state_dict(read_state(path, "scheduler"))
+        for index, callback in enumerate(objects.callbacks):
+            callback.load_state_dict(read_state(path, f"callback-{index}"))
+        if accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(read_state(path, "grad-scaler"))
+        set_rng_state(read_state(path, f"rng-{accelerator.process_index}"))
+        accelerator.step = int(state.get("accelerator_step", 0))
     except Exception as error:  # any failure to read it back means the checkpoint is damaged
         raise GainCellError(f"corrupt checkpoint {path}: {type(error).__name__}: {first_line(error, '')}") from error
 
 
-def check_resumable(state: dict, path: Path, config: TrainConfig, world: int, n_blocks: int) -> None:
-    """Resume only what would replay the same steps: same batch shape, seed, processes and data."""
-    saved = state.get("config", {})
-    for name in _RESUME_INVARIANTS:
-        if saved.get(name) != getattr(config, name):
-            raise GainCellError(
-                f"cannot resume {path} exactly: {name} was {saved.get(name)!r}, now {getattr(config, name)!r}"
-            )
-    for name, now in (("num_processes", world), ("train_blocks", n_blocks)):
-        if state.get(name) != now:
-            raise GainCellError(f"cannot resume {path} exactly: {name} was {state.get(name)!r}, now {now!r}")
+def check_resumable(state: dict, path: Path, config: TrainConfig, hardware: dict | None, world: int, n_blocks: int) -> None:
+    """Resume only what would replay the same steps: the same settings (``max_steps`` may grow, to extend
+    a run; logging and checkpointing may change), chip config, processes and data."""
+    saved = {key: value for key, value in state.get("config", {}).items() if key not in _FREE_ON_RESUME}
+    now = {key: value for key, value in as_json(dataclasses.asdict(config)).items() if key not in _FREE_ON_RESUME}
+    changed = first_difference(
+        {**saved, "hardware": state.get("hardware"), "num_processes": state.get("num_processes"),
+         "train_blocks": state.get("train_blocks")},
+        {**now, "hardware": as_json(hardware), "num_processes": world, "train_blocks": n_blocks},
+    )  # fmt: skip
+    if changed is not None:
+        name, before, after = changed
+        raise GainCellError(f"cannot resume {path} exactly: {name} was {before!r}, now {after!r}")

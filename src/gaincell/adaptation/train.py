@@ -36,6 +36,7 @@ from gaincell.adaptation.batches import BatchOrder, block_rows, check_blocks
 from gaincell.adaptation.settings import TrainConfig
 from gaincell.adaptation.state import (
     CHECKPOINT_DIR,
+    TrainingState,
     check_resumable,
     latest_checkpoint,
     load_checkpoint,
@@ -181,11 +182,13 @@ def train(
     output_dir = Path(output_dir)
     accelerator = _accelerator(config, output_dir)
     resumed, latest = _starting_point(accelerator, model, train_data, eval_data, config, output_dir, resume)
-    model, optimizer, scheduler = _prepare(accelerator, model, config, callbacks, latest if resume else None)
+    objects = _prepare(accelerator, model, config, callbacks, latest if resume else None, resumed)
+    model, optimizer, scheduler = objects.model, objects.optimizer, objects.scheduler
     step = int(resumed.get("step", 0))
     if resume:
         accelerator.print(f"resumed from {latest} at step {step}")
     run = _Run(accelerator, config, output_dir, train_data, eval_data, callbacks, resumed)
+    run.objects = objects
     run.unwrapped = accelerator.unwrap_model(model)
     run.open_log(resume, step)
     progress = tqdm(
@@ -249,29 +252,32 @@ def _starting_point(accelerator, model, train_data, eval_data, config: TrainConf
     if latest is None:
         raise GainCellError(f"resume: no checkpoint in {output_dir / CHECKPOINT_DIR}")
     state = read_checkpoint_state(latest)
-    check_resumable(state, latest, config, world, len(train_data))
+    check_resumable(state, latest, config, chip_config(model), world, len(train_data))
     return state, latest
 
 
-def _prepare(accelerator, model, config: TrainConfig, callbacks: Sequence, checkpoint: Path | None):
+def chip_config(model) -> dict | None:
+    """The gain-cell config a model trains with (None for a plain model): checkpoints carry it."""
+    return getattr(getattr(model, "config", None), "gaincell", None)
+
+
+def _prepare(accelerator, model, config: TrainConfig, callbacks: Sequence, checkpoint: Path | None, resumed: dict):
     """Seed, optimiser and schedule, handed to accelerate; the checkpoint's state loaded when resuming."""
     from accelerate.utils import set_seed
 
     set_seed(config.seed)
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
+    # The schedule is stepped by hand once per update, so it is not prepared (a prepared scheduler
+    # advances once per process); the checkpoint keeps it beside the optimiser.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(step, config) / config.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
-    # The schedule is stepped by hand once per update, so it is checkpointed as a custom object
-    # rather than prepared (a prepared scheduler advances once per process).
-    accelerator.register_for_checkpointing(scheduler)
     stateful = [
         callback for callback in callbacks if hasattr(callback, "state_dict") and hasattr(callback, "load_state_dict")
     ]
-    if stateful:
-        accelerator.register_for_checkpointing(*stateful)
+    objects = TrainingState(model, optimizer, scheduler, stateful)
     if checkpoint is not None:
-        load_checkpoint(accelerator, checkpoint)
-    return model, optimizer, scheduler
+        load_checkpoint(accelerator, objects, checkpoint, resumed)
+    return objects
 
 
 def _optimiser_step(model, optimizer, scheduler, run: _Run, step: int) -> tuple[float, float | None]:
@@ -310,6 +316,7 @@ class _Run:
         self.checkpoint: Path | None = None
         self.log_path = output_dir / config.log_jsonl if config.log_jsonl else None
         self.unwrapped = None
+        self.objects: TrainingState | None = None
         accelerator.print(
             f"{output_dir.name}: {self.tokens_per_step:,} tokens per optimiser step (batch_size {config.batch_size} "
             f"per process x grad_accum {config.grad_accum} x {self.world} process(es) x block {self.block_size})"
@@ -348,9 +355,9 @@ class _Run:
             state = {
                 "step": step, "loss": loss, "eval_loss": self.eval_loss, "elapsed": metrics["elapsed"],
                 "tokens": metrics["tokens"], "num_processes": self.world, "train_blocks": len(self.train_data),
-                "block_size": self.block_size, "config": dataclasses.asdict(config),
+                "block_size": self.block_size, "config": dataclasses.asdict(config), "hardware": chip_config(self.unwrapped),
             }  # fmt: skip
-            self.checkpoint = save_checkpoint(self.accelerator, self.output_dir, step, state)
+            self.checkpoint = save_checkpoint(self.accelerator, self.objects, self.output_dir, step, state)
 
     def _log(self, metrics: dict) -> None:
         self.history.append(metrics)

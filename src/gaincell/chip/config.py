@@ -26,6 +26,7 @@ from gaincell.validation import (
     check_positive,
     fail,
     field_names,
+    is_number,
     reject_unknown,
 )
 
@@ -121,9 +122,11 @@ class CellConfig:
         check_positive("cell.alpha", self.alpha)
         check_positive("cell.read_voltage", self.read_voltage)
         check_int("cell.fit_degree", self.fit_degree, 1)
+        if not isinstance(self.coefficients, (tuple, list)):
+            fail("cell.coefficients", "a list of (i, j, c_ij) triples of finite numbers", self.coefficients)
         for entry in self.coefficients:
-            if len(entry) != 3 or not all(isinstance(x, (int, float)) for x in entry):
-                fail("cell.coefficients", "a list of (i, j, c_ij) triples", entry)
+            if not isinstance(entry, (tuple, list)) or len(entry) != 3 or not all(is_number(x) for x in entry):
+                fail("cell.coefficients", "a list of (i, j, c_ij) triples of finite numbers", entry)
             i, j, _ = entry
             if int(i) != i or int(j) != j or i < 0 or j < 0:
                 fail("cell.coefficients", "non-negative integer powers (i, j)", entry)
@@ -226,8 +229,8 @@ class GainCellConfig:
         if "cell" in data:
             cell = dict(data["cell"])
             reject_unknown("cell", cell, field_names(CellConfig))
-            if "coefficients" in cell:
-                cell["coefficients"] = tuple(tuple(entry) for entry in cell["coefficients"])
+            if isinstance(cell.get("coefficients"), (list, tuple)):
+                cell["coefficients"] = tuple(tuple(e) if isinstance(e, (list, tuple)) else e for e in cell["coefficients"])
             data["cell"] = CellConfig(**cell)
         if "periphery" in data:
             periphery = dict(data["periphery"])

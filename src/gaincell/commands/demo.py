@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from gaincell.adaptation.data import default_corpus_text, load_text_corpus
 from gaincell.demo.experiment import QUICK, DemoConfig, run_demo
 from gaincell.errors import GainCellError
-
-MARKER = ".gaincell-demo"
-
-
-def _prepare_output(path: Path) -> Path:
-    """A fresh output folder; a previous demo's folder is replaced, anything else is left alone."""
-    if path.exists():
-        if not path.is_dir():
-            raise GainCellError(f"--output: {path} exists and is not a directory")
-        if any(path.iterdir()) and not (path / MARKER).exists():
-            raise GainCellError(f"--output: {path} is not empty and not a previous demo folder; choose another")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    (path / MARKER).write_text("written by gaincell demo; replaced by the next run\n")
-    return path
 
 
 def _texts(args) -> tuple[str, str, str | None]:
@@ -66,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     changes = {name: getattr(args, name) for name in names}
     config = replace(config, seed=args.seed, **{k: v for k, v in changes.items() if v is not None})
     text, corpus_name, eval_text = _texts(args)
-    output = _prepare_output(Path(args.output))
+    output = Path(args.output)
     results = run_demo(config, output, text, corpus_name, eval_text)
     _print_table(results)
     print(f"report: {output / 'report.md'}   model: {output / 'model'}")

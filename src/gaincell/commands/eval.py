@@ -40,7 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tasks.add_argument(
         "--task-data", metavar="DIR", help="the task-data folder (default: $GAINCELL_DATA/tasks, else ../shared/data/tasks)"
     )
-    tasks.add_argument("--include-path", metavar="DIR", help="a folder of extra lm-eval task YAML files")
+    tasks.add_argument(
+        "--include-path", metavar="DIR",
+        help="a folder of extra lm-eval task YAML files; lm-eval imports and runs the Python files they name "
+        "(!function), so give only a folder you trust",
+    )  # fmt: skip
     tasks.add_argument("--limit", type=float, metavar="N", help="items per task (a fraction if < 1; default: all)")
     tasks.add_argument("--num-fewshot", type=int, metavar="N", help="few-shot examples per item")
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="windows or requests per forward")

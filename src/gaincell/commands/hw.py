@@ -7,6 +7,7 @@ matplotlib and rich are imported inside :func:`run` only.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-7b")  # models.DECODERS, kept import-free
 
@@ -66,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
 
     from gaincell.hardware.render import render
     from gaincell.hardware.report import HardwareQuery, build_report, resolve
+    from gaincell.validation import fail, json_ready
 
+    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
+        fail("--plot", "a folder for the PNG files (new or existing)", f"{args.plot} (an existing file)")
     device = args.measure_device
     if args.measure and device is None:
         import torch
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         written = write_plots(resolve(query), args.plot)
         report["plots"] = [str(path) for path in written]
     if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        print(json.dumps(json_ready(report), indent=2, ensure_ascii=False, allow_nan=False))
         return 0
     from rich.console import Console
 

@@ -6,6 +6,7 @@ A short demonstration that needs no network and no data: random inputs, every pr
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -25,6 +26,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: no limit known
+        return None
+
+
+def _check_memory(args: argparse.Namespace) -> None:
+    """Refuse a shape this machine cannot hold before torch tries to allocate it. The bound is what surely
+    exists, float32 inputs, outputs and their gradients (about 12 H·T·D values), so no run that fits is refused."""
+    h, t, d = args.heads, args.length, args.head_dim
+    needed = 4 * 12 * h * t * d
+    available = _memory_bytes()
+    if available is not None and needed > available:
+        raise GainCellError(
+            f"--length/--heads: T={t}, H={h}, D={d} need at least {needed / 1e9:,.1f} GB, more than this "
+            f"machine's {available / 1e9:,.1f} GB of memory; use a smaller --length or --heads"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -32,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("length", "window", "heads", "head_dim"):
         if getattr(args, name) < 1:
             raise GainCellError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    _check_memory(args)
     torch.manual_seed(args.seed)
     shape = (1, args.heads, args.length, args.head_dim)
     q, k, v = torch.rand(shape), torch.rand(shape) - 0.5, torch.rand(shape) - 0.5

@@ -37,7 +37,7 @@ from gaincell.adaptation.data import pack_blocks, split_blocks, train_bpe_tokeni
 from gaincell.adaptation.settings import CalibrationConfig, TrainConfig
 from gaincell.adaptation.stages import linear_config, linear_stage, nonlinear_stage
 from gaincell.adaptation.train import train
-from gaincell.atomic import atomic_file
+from gaincell.atomic import atomic_file, check_replaceable
 from gaincell.chip.config import preset
 from gaincell.errors import GainCellError
 from gaincell.evaluation.perplexity import strided_perplexity
@@ -75,6 +75,7 @@ class DemoConfig:
         for name in ("context", "window", "subtile_rows", "layers", "embedding", "heads", "vocab_size", "batch_size",
                      "pretrain_steps", "linear_steps", "nonlinear_steps", "calibration_batch", "eval_blocks"):  # fmt: skip
             check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0)
         if self.embedding % self.heads:
             raise GainCellError(f"embedding ({self.embedding}) must be a multiple of heads ({self.heads})")
 
@@ -146,12 +147,33 @@ def _hardware_lines(config: DemoConfig) -> list[str]:
 
 # -- the run ------------------------------------------------------------------------------------------
 
+#: The file that makes a folder a demo's: only such a folder (or an empty one) is replaced by the next run.
+MARKER = ".gaincell-demo"
+
+
+def _is_demo_folder(path: Path) -> bool:
+    return (path / MARKER).is_file()
+
+
+def _fresh_output(path: Path) -> None:
+    """Empty the (checked) output folder for this run and mark it as a demo's."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / MARKER).write_text("written by gaincell demo; replaced by the next run\n")
+
 
 def run_demo(config: DemoConfig, output: Path, text: str, corpus_name: str, eval_text: str | None, *, echo=print) -> dict:
-    """Run the whole demo into ``output`` and return the results (also in ``results.json``)."""
+    """Run the whole demo into ``output`` and return the results (also in ``results.json``).
+
+    ``output`` may be new, empty or a previous demo's folder; it is replaced only once the corpus has given
+    the data the run needs, so a bad size or a short text leaves the previous demo as it was.
+    """
     started = time.perf_counter()
+    output = check_replaceable("--output", output, _is_demo_folder, "a previous demo folder")
     demo = _Demo(config, output, echo)
     demo.prepare_data(text, corpus_name, eval_text)
+    _fresh_output(output)
     pretrained = demo.pretrain_and_swap()
     only = demo.calibration_only(pretrained)
     adapted, recipe_calibration = demo.recipe(pretrained)
@@ -211,6 +233,12 @@ class _Demo:
             eval_ids = torch.tensor(tokenizer(eval_text, verbose=False)["input_ids"])
         self.eval_ids = eval_ids[: config.eval_blocks * config.context + 1]
         self.train_blocks, self.monitor = split_blocks(train_blocks, 0.02)
+        if len(self.train_blocks) < config.batch_size or self.eval_ids.numel() < 2:
+            raise GainCellError(
+                f"corpus: {corpus_name} gives {len(self.train_blocks)} training blocks of {config.context} tokens and "
+                f"{self.eval_ids.numel()} held-out tokens, fewer than one batch of {config.batch_size} blocks and 2 "
+                "tokens; use more text or a smaller --context"
+            )
         self.tokenizer = tokenizer
         self.model_config = GPT2Config(
             n_embd=config.embedding, n_layer=config.layers, n_head=config.heads, n_positions=config.context,

@@ -18,6 +18,7 @@ import functools
 import inspect
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from gaincell.chip.config import GainCellConfig, preset
@@ -57,18 +58,35 @@ def _attention_forward(module, query, key, value, attention_mask, scaling=None, 
             f"{type(module).__name__} has no gain-cell state but the model selects attn_implementation="
             f"{ATTENTION_NAME!r}; convert it with gaincell.convert(model, config)"
         )
+    _check_full_mask(attention_mask)
     return cell(query, key, value, scaling).transpose(1, 2).contiguous(), None
+
+
+PADDING = (
+    "attention_mask has padded positions, which gain-cell attention cannot skip (every token is written "
+    "into the analog memory): run sequences of different lengths separately, without padding"
+)
 
 
 def _padding_check(*args, attention_mask=None, **kwargs):
     """Mask function for transformers' mask interface: the op is causal and windowed by itself, so no
     mask is built; padding cannot be honoured (the memory writes every token), so it is refused."""
     if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
-        raise GainCellError(
-            "attention_mask has padded positions, which gain-cell attention cannot skip (every token is written "
-            "into the analog memory): run sequences of different lengths separately, without padding"
-        )
+        raise GainCellError(PADDING)
     return None
+
+
+def _check_full_mask(attention_mask) -> None:
+    """A 4-D mask reaches attention as given (transformers builds none from it): the op applies only its own
+    causal window, so a mask that hides or biases any causal position (padding) is refused, not ignored."""
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 4:
+        return
+    queries, keys = attention_mask.shape[-2:]
+    rows = torch.arange(queries, device=attention_mask.device)[:, None] + (keys - queries)
+    causal = torch.arange(keys, device=attention_mask.device)[None, :] <= rows
+    hidden = ~attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
+    if bool((hidden & causal).any()):
+        raise GainCellError(PADDING)
 
 
 @functools.cache

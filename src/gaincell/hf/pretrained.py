@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import ModelCard
 
-from gaincell.atomic import atomic_directory
+from gaincell.atomic import atomic_directory, check_replaceable
 from gaincell.chip.config import GainCellConfig
 from gaincell.errors import GainCellError, first_line
 from gaincell.hf.card import CARD_FILE, model_card
@@ -29,13 +29,26 @@ GAIN_CELL_KEY = ".gaincell."
 #: Files of which a saved tokenizer has at least one (``AutoTokenizer`` would otherwise build an
 #: empty tokenizer from ``config.json`` alone, and every text would encode to nothing).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+#: The file :func:`save` leaves in every model folder, so that only such a folder is ever replaced.
+MODEL_MARKER = ".gaincell-model"
+
+
+def is_saved_model(directory: Path) -> bool:
+    """Whether :func:`save` wrote ``directory`` (its marker, or a config.json with a gain-cell config)."""
+    if (directory / MODEL_MARKER).is_file():
+        return True
+    try:
+        return "gaincell" in json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def save(model, path: str | os.PathLike, tokenizer=None, card: ModelCard | None = None) -> Path:
     """``model.save_pretrained`` (and the tokenizer's) into ``path``, atomically: a crash leaves the
-    previous directory (or none), never a half-written one. ``README.md`` is ``card``, else a card
-    with the model's hardware config (:mod:`gaincell.hf.card`)."""
-    path = Path(path)
+    previous directory (or none), never a half-written one. An existing ``path`` is replaced only if it
+    is empty or a model saved here before; anything else is refused before a byte is written.
+    ``README.md`` is ``card``, else a card with the model's hardware config (:mod:`gaincell.hf.card`)."""
+    path = check_replaceable("path", path, is_saved_model, "a model saved by gaincell.save")
     if card is None:
         settings = getattr(model.config, "gaincell", None)
         card = model_card(settings, base_model=getattr(model.config, "_name_or_path", None) or None)
@@ -44,6 +57,7 @@ def save(model, path: str | os.PathLike, tokenizer=None, card: ModelCard | None 
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         card.save(Path(tmp) / CARD_FILE)
+        (Path(tmp) / MODEL_MARKER).write_text("written by gaincell.save; gaincell replaces only folders with this file\n")
     return path
 
 
@@ -145,13 +159,19 @@ def _load_gain_cell_tensors(model, directory: Path) -> None:
         raise
     except Exception as error:
         raise GainCellError(f"MODEL_DIR: cannot read the weights in {directory}: {first_line(error)}") from error
-    expected = {key for key in model.state_dict() if GAIN_CELL_KEY in key}
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    expected = {key: value for key, value in model.state_dict().items() if GAIN_CELL_KEY in key}
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise GainCellError(
             f"MODEL_DIR: the gain-cell tensors in {directory} do not match the model "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    for key, value in expected.items():
+        if tensors[key].shape != value.shape:
+            raise GainCellError(
+                f"MODEL_DIR: {key} in {directory} must have shape {tuple(value.shape)} (the model's heads), "
+                f"got {tuple(tensors[key].shape)}"
+            )
     model.load_state_dict(tensors, strict=False)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -147,8 +148,23 @@ def _seed(key: str) -> int:
 _EVALUATOR: Evaluator | None = None
 
 
-def _start_worker(spec: SweepSpec, threads: int) -> None:
+def end_with_parent(parent: int, interval: float = 0.5) -> threading.Thread:
+    """End this process once ``parent`` is gone: a ``kill -9`` of the sweep must not leave its workers
+    running (a killed parent runs no clean-up, and a worker is reparented, so its parent id changes)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    watcher = threading.Thread(target=watch, name="end-with-parent", daemon=True)
+    watcher.start()
+    return watcher
+
+
+def _start_worker(spec: SweepSpec, threads: int, parent: int) -> None:
     global _EVALUATOR
+    end_with_parent(parent)
     torch.set_num_threads(threads)
     _EVALUATOR = Evaluator(spec)
 
@@ -163,7 +179,9 @@ def run_parallel(spec: SweepSpec, units: list[Unit], jobs: int):
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(spec, threads)) as pool:
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_start_worker, initargs=(spec, threads, os.getpid())
+    ) as pool:
         pending = {pool.submit(_evaluate_in_worker, unit) for unit in units}
         try:
             while pending:
