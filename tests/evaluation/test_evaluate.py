@@ -267,6 +267,21 @@ def test_cli_prints_perplexity_as_a_table_and_as_json(model_dir, text, tmp_path,
     assert result["ppl"] == pytest.approx(math.exp(result["nll"]))
 
 
+def test_cli_json_is_strict_when_a_number_is_not_finite(tokenizer, tiny_gpt2, text, tmp_path, capsys):
+    model = tiny_gpt2(vocab_size=len(tokenizer), n_positions=64)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.fill_(float("nan"))  # every logit NaN
+    model.save_pretrained(tmp_path / "broken")
+    tokenizer.save_pretrained(tmp_path / "broken")
+    (tmp_path / "sample.txt").write_text(text[:4000])
+    output = tmp_path / "out.json"
+    argv = [str(tmp_path / "broken"), "--text", str(tmp_path / "sample.txt"), "--json", "--output", str(output)]
+    assert eval_command.run(parse(argv)) == 0
+    printed = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
+    assert printed["perplexity"]["ppl"] is None and "perplexity.ppl" in printed["non_finite"]
+    assert json.loads(output.read_text(), parse_constant=lambda name: pytest.fail(name)) == printed
+
+
 def test_cli_runs_lm_eval_tasks(model_dir, tasks_dir, capsys, monkeypatch):
     monkeypatch.chdir(tasks_dir)
     argv = [str(model_dir), "--tasks", "gaincell_tiny_mc", "--include-path", str(tasks_dir), "--limit", "2", "--json"]

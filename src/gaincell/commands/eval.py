@@ -18,6 +18,7 @@ from gaincell.evaluation.lm_eval_model import load_model_dir, load_tokenizer_dir
 from gaincell.evaluation.perplexity import text_perplexity
 from gaincell.evaluation.tasks import GROUPS
 from gaincell.hf.pretrained import torch_device
+from gaincell.validation import json_ready
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,10 +92,11 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             on_task=_print_task_time,
         )
-    print(json.dumps(results, indent=1) if args.json else _table(results))
+    strict = json_ready(results)  # NaN / inf -> null, with the reason under "non_finite"
+    print(json.dumps(strict, indent=1, allow_nan=False) if args.json else _table(results))
     if args.output is not None:
         with atomic_file(args.output) as handle:
-            json.dump(results, handle, indent=1)
+            json.dump(strict, handle, indent=1, allow_nan=False)
     return 0
 
 
