@@ -139,6 +139,15 @@ def test_a_nan_loss_never_wins_the_multi_process_choice(tmp_path):
         assert all(torch.isfinite(value).all() for value in result["scalers"].values())
 
 
+def test_a_non_finite_calibration_stops_with_one_line(tmp_path, tiny_gpt2):
+    model = tiny_gpt2()
+    linear_stage(model, _blocks(), _blocks(4, seed=1), _quick(), HARDWARE, tmp_path / "linear")
+    with torch.no_grad():
+        model.transformer.ln_f.weight.fill_(float("nan"))  # the loss that picks the result is NaN
+    with pytest.raises(GainCellError, match=r"^calibrated: the statistics or the loss are not finite at iteration \d+"):
+        calibrate(model, _blocks(4), CalibrationConfig(max_iterations=3), HARDWARE)
+
+
 def test_calibration_refuses_models_without_targets(tiny_gpt2):
     with pytest.raises(GainCellError, match="run the linear stage"):
         calibrate(gaincell.convert(tiny_gpt2(), HARDWARE), _blocks(4))

@@ -140,6 +140,16 @@ def test_training_logs_to_tensorboard_through_accelerate(blocks, tmp_path):
     assert (tmp_path / "metrics.jsonl").is_file()  # besides, not instead of, the JSONL log
 
 
+def test_a_non_finite_loss_stops_training_before_anything_is_saved(blocks, tmp_path):
+    train_blocks, eval_blocks, vocab_size = blocks
+    model = tiny_gpt2(vocab_size)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.fill_(float("nan"))
+    with pytest.raises(GainCellError, match=r"^\S+: loss is nan at step 1: training stopped"):
+        train(model, train_blocks, eval_blocks, quick_config(), tmp_path / "stage")
+    assert latest_checkpoint(tmp_path / "stage") is None
+
+
 def test_schedule_warms_up_linearly_then_decays_by_cosine_to_min_lr():
     config = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
     warmup = [learning_rate(step, config) for step in range(10)]

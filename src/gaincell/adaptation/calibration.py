@@ -10,6 +10,7 @@ the process with the lowest loss are broadcast to all.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -108,6 +109,8 @@ def calibrate(
             gaps = [_errors(cell) for cell in cells]
             worst = max(max(mean.abs().max().item(), std.abs().max().item()) for mean, std in gaps)
             errors.append(worst)
+            if not math.isfinite(worst):
+                break  # this process's statistics are gone; its loss is then not finite and never chosen
             if worst < config.tolerance:
                 converged = True
                 break
@@ -123,8 +126,13 @@ def calibrate(
             cell.observing = False
             cell.observed = None
         model.train(was_training)
-    result = CalibrationResult(len(errors), converged, errors, dampings, loss, 0, [loss])
-    return _keep_best_rank(model, result)
+    result = _keep_best_rank(model, CalibrationResult(len(errors), converged, errors, dampings, loss, 0, [loss]))
+    if not math.isfinite(result.loss) or not math.isfinite(result.errors[-1]):
+        raise GainCellError(
+            f"calibrated: the statistics or the loss are not finite at iteration {result.iterations} "
+            f"(largest error {result.errors[-1]}, loss {result.loss}): calibration stopped, nothing saved"
+        )
+    return result
 
 
 def _keep_best_rank(model, result: CalibrationResult) -> CalibrationResult:

@@ -140,6 +140,17 @@ def _call(callbacks: Sequence, hook: str, step: int, model, metrics: dict) -> No
             method(step, model, metrics)
 
 
+def _stop_if_not_finite(output_dir: Path, step: int, metrics: dict) -> None:
+    """A NaN or infinite loss is never trained on, checkpointed or saved: the run stops, naming where. Every
+    process sees the same (gathered) losses, so all stop together."""
+    for name in ("loss", "eval_loss"):
+        value = metrics.get(name)
+        if value is not None and not math.isfinite(value):
+            raise GainCellError(
+                f"{output_dir.name}: {name} is {value} at step {step}: training stopped (checkpoints kept are from before)"
+            )
+
+
 def _hyperparameters(config: TrainConfig) -> dict:
     """The config as trackers take it: TensorBoard's hparams accept only scalars and strings (not None or tuples)."""
     return {
@@ -351,6 +362,7 @@ class _Run:
             _call(self.callbacks, "on_eval", step, self.unwrapped, metrics)
         if final or step % config.log_every == 0 or "eval_loss" in metrics:
             self._log(metrics)
+        _stop_if_not_finite(self.output_dir, step, metrics)
         if final or (config.checkpoint_every and step % config.checkpoint_every == 0):
             state = {
                 "step": step, "loss": loss, "eval_loss": self.eval_loss, "elapsed": metrics["elapsed"],

@@ -97,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         with atomic_file(args.output) as handle:
             json.dump(strict, handle, indent=1, allow_nan=False)
+    if strict.get("non_finite"):  # a NaN result is a failed evaluation, not a score
+        print(f"gaincell eval: not finite: {', '.join(strict['non_finite'])}", file=sys.stderr)
+        return 1
     return 0
 
 
