@@ -278,7 +278,7 @@ def test_cli_json_is_strict_when_a_number_is_not_finite(tokenizer, tiny_gpt2, te
     argv = [str(tmp_path / "broken"), "--text", str(tmp_path / "sample.txt"), "--json", "--output", str(output)]
     assert eval_command.run(parse(argv)) == 1  # a NaN score is a failed evaluation
     out, err = capsys.readouterr()
-    assert err.strip().splitlines()[-1] == "gaincell eval: not finite: perplexity.nll, perplexity.ppl"
+    assert err.strip().splitlines()[-1] == "gaincell eval: not finite: perplexity.ppl, perplexity.nll"
     printed = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
     assert printed["perplexity"]["ppl"] is None and "perplexity.ppl" in printed["non_finite"]
     assert json.loads(output.read_text(), parse_constant=lambda name: pytest.fail(name)) == printed
