@@ -21,6 +21,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 import gaincell
 from gaincell.adaptation.calibration import calibrate
 from gaincell.adaptation.settings import CalibrationConfig
+from gaincell.errors import GainCellError
 from gaincell.hf.layer import gain_cell_layers
 
 FAVOURED_TOKEN = 5
@@ -63,7 +64,11 @@ def main() -> None:
     config = CalibrationConfig(max_iterations=20)
     tokens = batch(rank, world)
     alone_model = build_model(poisoned)
-    alone = calibrate(alone_model, tokens, config)  # before the process group exists: nothing is shared
+    try:  # before the process group exists: nothing is shared
+        alone = calibrate(alone_model, tokens, config)
+        alone_loss, alone_errors = alone.loss, alone.errors
+    except GainCellError:  # alone, the poisoned process's calibration stops: its loss is not finite
+        alone_loss, alone_errors = float("nan"), []
     torch.distributed.init_process_group("gloo")
     model = build_model(poisoned)
     result = calibrate(model, tokens, config)
@@ -71,12 +76,12 @@ def main() -> None:
         {
             "world": torch.distributed.get_world_size(),
             "alone_scalers": scalers(alone_model),
-            "alone_loss": alone.loss,
+            "alone_loss": alone_loss,
             "scalers": scalers(model),
             "loss": result.loss,
             "losses": result.losses,
             "errors": result.errors,
-            "alone_errors": alone.errors,
+            "alone_errors": alone_errors,
             "chosen_rank": result.rank,
         },
         output_dir / f"result-rank{rank}.pt",

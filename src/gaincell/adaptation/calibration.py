@@ -96,28 +96,10 @@ def calibrate(
     batch = batch.to(device)
     for cell in cells:
         cell.observing = True
-    errors: list[float] = []
-    dampings: list[float] = []
-    converged = False
     bar = tqdm(range(config.max_iterations), desc="calibration", leave=False, disable=not progress or rank() != 0)
     try:
         model.train()
-        for iteration in bar:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(config.seed)  # the same dropout draw every iteration: one function to calibrate
-                model(input_ids=batch)
-            gaps = [_errors(cell) for cell in cells]
-            worst = max(max(mean.abs().max().item(), std.abs().max().item()) for mean, std in gaps)
-            errors.append(worst)
-            if not math.isfinite(worst):
-                break  # this process's statistics are gone; its loss is then not finite and never chosen
-            if worst < config.tolerance:
-                converged = True
-                break
-            damping = config.damping(iteration)
-            dampings.append(damping)
-            bar.set_postfix(error=f"{worst:.2e}", damping=f"{damping:.3f}")
-            _update_scalers(cells, gaps, damping)
+        errors, dampings, converged = _iterate(model, batch, cells, config, bar)
         model.eval()
         loss = float(model(input_ids=batch, labels=batch).loss)
     finally:
@@ -133,6 +115,29 @@ def calibrate(
             f"(largest error {result.errors[-1]}, loss {result.loss}): calibration stopped, nothing saved"
         )
     return result
+
+
+def _iterate(model, batch, cells, config: CalibrationConfig, bar) -> tuple[list[float], list[float], bool]:
+    """The loop of SPEC §4.2: forward, compare with the targets, update; (errors, dampings, converged)."""
+    errors: list[float] = []
+    dampings: list[float] = []
+    devices = [batch.device] if batch.device.type == "cuda" else []
+    for iteration in bar:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.seed)  # the same dropout draw every iteration: one function to calibrate
+            model(input_ids=batch)
+        gaps = [_errors(cell) for cell in cells]
+        worst = max(max(mean.abs().max().item(), std.abs().max().item()) for mean, std in gaps)
+        errors.append(worst)
+        if not math.isfinite(worst):
+            break  # this process's statistics are gone; its loss is then not finite and never chosen
+        if worst < config.tolerance:
+            return errors, dampings, True
+        damping = config.damping(iteration)
+        dampings.append(damping)
+        bar.set_postfix(error=f"{worst:.2e}", damping=f"{damping:.3f}")
+        _update_scalers(cells, gaps, damping)
+    return errors, dampings, False
 
 
 def _keep_best_rank(model, result: CalibrationResult) -> CalibrationResult:
