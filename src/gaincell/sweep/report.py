@@ -16,8 +16,10 @@ from typing import Any
 
 from gaincell.atomic import atomic_file
 from gaincell.hardware.render import si
+from gaincell.sweep.knobs import LEAKAGE_KNOBS
 
 MAX_LINES = 12  # lines per knob plot before the other knobs are averaged instead
+KNOB_UNITS = {"retention_time": "s", "token_rate": "Hz"}
 
 
 def write_outputs(spec, summary: dict, out: Path, run_note: str = "") -> list[Path]:
@@ -60,14 +62,17 @@ def markdown(spec, summary: dict, plots: list[str], run_note: str = "") -> str:
         lines.append(f"- reference (the model as loaded): perplexity **{reference['ppl_mean']:.3f}**")
     if run_note:
         lines.append(f"- time: {run_note}")
-    header = ["#", *knobs, "perplexity", "vs ref.", "energy / token", "latency / token", "area", "Pareto"]
+    leakage = any(knob in LEAKAGE_KNOBS for knob in knobs)  # the ε each retention / token rate gives
+    header = ["#", *knobs, *(["leakage ε"] if leakage else []), "perplexity", "vs ref.", "energy / token"]
+    header += ["latency / token", "area", "Pareto"]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         if row["index"] < 0:
             continue
         cost = row["cost"] or {}
         ratio = f"{row['ppl_mean'] / reference['ppl_mean']:.2f}×" if reference else ""
-        cells = [str(row["index"]), *(_value(row["point"].get(k, "")) for k in knobs), _ppl(row), ratio]
+        cells = [str(row["index"]), *(_value(row["point"].get(k, "")) for k in knobs)]
+        cells += [f"{row['leakage']:.3g}"] * leakage + [_ppl(row), ratio]
         cells += [si(cost.get("energy_per_token_j"), "J"), si(cost.get("latency_per_token_s"), "s")]
         cells += [f"{cost['area_m2'] * 1e6:.4g} mm²" if cost else "n/a", "✓" if row.get("pareto") else ""]
         lines.append("| " + " | ".join(cells) + " |")
@@ -146,11 +151,11 @@ def _knob_plot(rows: list[dict], knobs: list[str], knob: str, out: Path, referen
         axes.fill_between(x, [min(m) for m in means], [max(m) for m in means], alpha=0.2, label="min–max")
         axes.legend(fontsize=8)
     if numeric and min(values) > 0 and max(values) / min(values) >= 8:
-        axes.set_xscale("log", base=2)
+        axes.set_xscale("log", base=10 if knob in LEAKAGE_KNOBS else 2)  # retention over decades: 0.1 ms to 1 s
     if not numeric:
         axes.set_xticks(range(len(values)), [_value(v) for v in values])
     _log_if_wide(axes, [row["ppl_mean"] for row in rows] + ([reference] if reference else []))
-    axes.set_xlabel(knob)
+    axes.set_xlabel(f"{knob} ({KNOB_UNITS[knob]})" if knob in KNOB_UNITS else knob)
     axes.set_ylabel("perplexity")
     axes.set_title(f"perplexity vs {knob}")
     axes.grid(alpha=0.3)

@@ -30,13 +30,13 @@ from gaincell.datadir import expand_data_path
 from gaincell.errors import GainCellError, first_line
 from gaincell.hardware.constants import load_technology
 from gaincell.hardware.gaincell_model import AttentionShape, estimate
+from gaincell.sweep.knobs import KNOB_ALIASES, LEAKAGE_KNOBS, point_dict
 from gaincell.tomlfile import parse_override, read_toml
 from gaincell.validation import (
     FieldError,
     check_bool,
     check_choice,
     check_int,
-    check_positive,
     check_string,
     check_table,
     fail,
@@ -46,22 +46,6 @@ from gaincell.validation import (
     within,
 )
 
-#: Short knob names; any dotted path into GainCellConfig.to_dict() (``periphery.adc.levels``) also works.
-KNOB_ALIASES: dict[str, str] = {
-    "q_levels": "periphery.q.levels",
-    "kv_levels": "periphery.kv.levels",
-    "adc_levels": "periphery.adc.levels",
-    "adc_low": "periphery.adc.low",
-    "adc_high": "periphery.adc.high",
-    "s_sat": "periphery.s_sat",
-    "readout_gain": "periphery.readout_gain",
-    "read_noise": "noise.read_noise",
-    "variability": "noise.variability",
-    "cell": "cell.kind",
-}
-#: Knobs that are not config fields: ``adc_range`` r sets the ADC to [-r, r]; ``retention_time`` (s) and
-#: ``token_rate`` (Hz) set leakage ε = Δt / τ as the cost model does (SPEC-hardware §6.3.4).
-DERIVED_KNOBS = ("adc_range", "retention_time", "token_rate")
 ADC_COSTS = ("scaled", "fixed")
 
 _TOP_LEVEL = {
@@ -152,14 +136,14 @@ def spec_from_dict(data: dict) -> SweepSpec:
         fail("stride", f"<= context ({spec.context})", spec.stride)
 
     technology = load_technology(spec.tech)
-    base_config = _model_base_config(spec)
+    model_dict = _model_base_config(spec).to_dict()
     base = _table(data.get("base", {}), "base")
     points, knobs = _points(data)
-    base_dict = _apply_knobs(base_config.to_dict(), base, "base", technology)
     for point in points:
         for knob, value in point.items():  # each knob alone first, so an error names the knob at fault
-            _build(_apply_knobs(base_dict, {knob: value}, "grid", technology), f"grid.{knob} = {value!r}", knob)
-        _build(_apply_knobs(base_dict, point, "grid", technology), f"grid point {point}")
+            alone = {k: point[k] for k in LEAKAGE_KNOBS if k in point} if knob in LEAKAGE_KNOBS else {knob: value}
+            _build(point_dict(model_dict, base, alone, technology), f"grid.{knob} = {value!r}", knob)
+        _build(point_dict(model_dict, base, point, technology), f"grid point {point}")
     return dataclasses.replace(spec, base=base, points=tuple(points), knobs=tuple(knobs))
 
 
@@ -259,59 +243,6 @@ def _points(data: dict) -> tuple[list[dict], list[str]]:
     return listed, knobs
 
 
-def knob_path(knob: str, section: str) -> str:
-    """The dotted config path of a knob (aliases resolved); unknown names fail naming the knob."""
-    path = KNOB_ALIASES.get(knob, knob)
-    node: Any = GainCellConfig().to_dict()
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            reject_unknown(section, [knob], [*KNOB_ALIASES, *DERIVED_KNOBS, *_leaf_paths(GainCellConfig().to_dict())])
-        node = node[part]
-    if isinstance(node, dict):
-        raise GainCellError(f"{section}.{knob}: is a table; name one of its fields ({', '.join(node)})")
-    return path
-
-
-def _leaf_paths(node: dict, prefix: str = "") -> list[str]:
-    paths = []
-    for key, value in node.items():
-        if key == "coefficients":
-            continue
-        paths += _leaf_paths(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
-    return paths
-
-
-def _apply_knobs(config: dict, knobs: dict, section: str, technology) -> dict:
-    """A copy of a config dict with knobs set; derived knobs are turned into the fields they mean."""
-    config = json.loads(json.dumps(config))
-    knobs = dict(knobs)
-    if "adc_range" in knobs:
-        r = knobs.pop("adc_range")
-        check_positive(f"{section}.adc_range", r)  # the ADC spans [-r, r]
-        config["periphery"]["adc"].update(low=-float(r), high=float(r))
-    retention, rate = knobs.pop("retention_time", None), knobs.pop("token_rate", None)
-    if retention is not None or rate is not None:
-        config["leakage"] = leakage_from_retention(retention, rate, technology, section)
-    for knob, value in knobs.items():
-        *parents, leaf = knob_path(knob, section).split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
-
-
-def leakage_from_retention(retention: Any, rate: Any, technology, section: str) -> float:
-    """ε = Δt / τ with Δt = 1 / token_rate (SPEC-hardware §6.3.4); τ defaults to the technology's."""
-    if rate is None:
-        raise GainCellError(f"{section}.retention_time: needs token_rate (Hz) too, to give ε = (1/rate) / retention")
-    for name, value in (("token_rate", rate), ("retention_time", retention)):
-        if value is not None:
-            check_positive(f"{section}.{name}", value)
-    tau = technology.array.retention_time if retention is None else float(retention)
-    return (1.0 / float(rate)) / tau
-
-
 def _build(config: dict, where: str, knob: str | None = None) -> GainCellConfig:
     """The config of a point; an error names the point, or the knob alone where its own field is at fault."""
     try:
@@ -324,9 +255,7 @@ def _build(config: dict, where: str, knob: str | None = None) -> GainCellConfig:
 
 def point_config(spec: SweepSpec, point: dict, seed: int) -> GainCellConfig:
     """The simulator config of one point and chip seed (the seed sets ``noise.seed``)."""
-    technology = load_technology(spec.tech)
-    config = _apply_knobs(_model_base_config(spec).to_dict(), spec.base, "base", technology)
-    config = _apply_knobs(config, point, "grid", technology)
+    config = point_dict(_model_base_config(spec).to_dict(), spec.base, point, load_technology(spec.tech))
     config["noise"]["seed"] = seed
     return _build(config, f"grid point {point}")
 
