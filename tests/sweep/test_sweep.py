@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"windw": 3}, "sweep: unknown key 'windw' (expected one of: adc_cost, base, batch_size, "),
+        ({"windw": 3}, "sweep: unknown key 'windw' (expected one of: adapt, adc_cost, base, batch_size, "),
         ({"grid": {}}, "grid: empty table"),
         ({"grid": {"window": []}}, "grid.window must be a non-empty list of values, got []"),
         ({"grid": {"adc_levels": [8, 1]}}, "grid.adc_levels must be an integer >= 2, got 1"),

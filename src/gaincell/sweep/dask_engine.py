@@ -13,10 +13,13 @@ results, so workers need to read the model and texts (a shared filesystem) but w
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from gaincell.errors import GainCellError, first_line
+from gaincell.sweep.adapt import ADAPT_PATHS
 from gaincell.sweep.spec import SweepSpec, Unit
 
 #: The Evaluator of this worker process, with the fingerprint of the spec it was built for.
@@ -65,9 +68,21 @@ def run_dask(client, spec: SweepSpec, units: list[Unit], threads: int | None) ->
     None keeps the workers' own setting (``OMP_NUM_THREADS`` where they are started)."""
     from distributed import as_completed
 
+    spec = _absolute_paths(spec)
     futures = [client.submit(evaluate_on_worker, spec, unit, threads, pure=False) for unit in units]
     try:
         for future in as_completed(futures):
             yield future.result()
     finally:
         client.cancel(futures)
+
+
+def _absolute_paths(spec: SweepSpec) -> SweepSpec:
+    """The spec with every path absolute: a worker's working folder is not the driver's."""
+
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(Path(path).expanduser().resolve())
+
+    adapt = spec.adapt and {**spec.adapt, **{k: absolute(spec.adapt[k]) for k in ADAPT_PATHS if k in spec.adapt}}
+    paths = {name: absolute(getattr(spec, name)) for name in ("model", "text", "calibration_text", "output_dir")}
+    return dataclasses.replace(spec, **paths, adapt=adapt)

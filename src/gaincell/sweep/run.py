@@ -136,7 +136,7 @@ def run_sweep(
         f"{len(records)} units took {total:.1f} s in all (summed over processes); "
         f"this run measured {measured} in {wall:.1f} s wall with {_where(engine, jobs, scheduler)}"
     )
-    write_outputs(spec, summary, out, note)
+    write_outputs(spec, summary, out, note, adaptation_seconds(records))
     return {**summary, "wall_seconds_this_run": wall, "jobs": jobs}
 
 
@@ -188,10 +188,25 @@ def summarise(spec: SweepSpec, records: list[dict]) -> dict:
                 "ppl": ppl,
                 "cost": first["cost"],
                 "calibration": [r["calibration"] for r in group] if spec.calibrate and index >= 0 else None,
+                "adaptation": _adaptations(group) if spec.adapt and index >= 0 else None,
             }
         )
     mark_pareto([row for row in rows if row["index"] >= 0 and row["cost"] is not None])
     return {"fingerprint": spec.fingerprint(), "knobs": list(spec.knobs), "rows": rows}
+
+
+def _adaptations(group: list[dict]) -> list[dict | None]:
+    """What each seed's adaptation took, less its time (results.json is the same for any run)."""
+    return [{k: v for k, v in (r.get("adaptation") or {}).items() if k != "seconds"} or None for r in group]
+
+
+def adaptation_seconds(records: list[dict]) -> dict[int, float]:
+    """Seconds of adaptation per point, summed over its chip seeds (the time of the run that finished each)."""
+    seconds: dict[int, float] = {}
+    for record in records:
+        if record.get("adaptation"):
+            seconds[record["index"]] = seconds.get(record["index"], 0.0) + record["adaptation"]["seconds"]
+    return seconds
 
 
 def mark_pareto(rows: list[dict]) -> None:

@@ -4,9 +4,10 @@ A hardware designer asks "how many ADC bits", "which window", "how much read noi
 gaincell has both halves, the simulated op with every knob (SPEC §3) and the cost model (SPEC §6); a
 sweep joins them. One TOML file names a saved model (gain-cell or plain), an evaluation text and a
 grid (or list) of points over any :class:`~gaincell.chip.config.GainCellConfig` field; per point it
-measures the strided perplexity (as ``gaincell eval``), optionally after re-running the calibration
-loop of SPEC §4.2 for that point, and the cost model's energy, latency and area per token for the
-model's shape (:func:`gaincell.hardware.models.load_shape`).
+measures the strided perplexity (as ``gaincell eval``), optionally after adapting the model to that
+point (``[adapt]``, :mod:`gaincell.sweep.adapt`) and re-running the calibration loop of SPEC §4.2,
+and the cost model's energy, latency and area per token for the model's shape
+(:func:`gaincell.hardware.models.load_shape`).
 
 Pure configuration and arithmetic (no torch, no files written): :mod:`gaincell.sweep.run` runs a spec,
 :mod:`gaincell.sweep.worker` measures one point.
@@ -30,6 +31,8 @@ from gaincell.datadir import expand_data_path
 from gaincell.errors import GainCellError, first_line
 from gaincell.hardware.constants import load_technology
 from gaincell.hardware.gaincell_model import AttentionShape, estimate
+from gaincell.sweep.adapt import adapt_from_dict
+from gaincell.sweep.inputs import check_model_dir, check_text
 from gaincell.sweep.knobs import KNOB_ALIASES, LEAKAGE_KNOBS, point_dict
 from gaincell.tomlfile import parse_override, read_toml
 from gaincell.validation import (
@@ -50,7 +53,7 @@ ADC_COSTS = ("scaled", "fixed")
 
 _TOP_LEVEL = {
     "model", "text", "output_dir", "preset", "context", "stride", "max_tokens", "batch_size", "seeds",
-    "calibrate", "calibration_text", "calibration", "tech", "adc_cost", "jobs", "base", "grid", "points",
+    "calibrate", "calibration_text", "calibration", "tech", "adc_cost", "jobs", "base", "grid", "points", "adapt",
 }  # fmt: skip
 
 
@@ -76,12 +79,15 @@ class SweepSpec:
     base: dict = field(default_factory=dict)
     points: tuple[dict, ...] = ()
     knobs: tuple[str, ...] = ()  # the swept ones, in the order the file gives them
+    adapt: dict | None = None  # the [adapt] section (gaincell.sweep.adapt): per-point initialisation, distillation
 
     def fingerprint(self) -> str:
         """What the results depend on (not where they go, nor how many processes make them)."""
         data = dataclasses.asdict(self)
         for name in ("output_dir", "jobs"):
             data.pop(name)
+        if data["adapt"] is None:  # a sweep without [adapt] keeps the fingerprint it had before the section existed
+            data.pop("adapt")
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -104,6 +110,14 @@ def _apply_override(data: dict, override: str) -> None:
         if not isinstance(table, dict):
             raise GainCellError(f"--set {key}: {section} is not a table")
         table[rest] = value
+    elif dot and section == "adapt":  # adapt.distill.lr=1e-3: nested tables, as the TOML writes them
+        table = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            table = table.setdefault(parent, {})
+            if not isinstance(table, dict):
+                raise GainCellError(f"--set {key}: {parent} is not a table")
+        table[leaf] = value
     else:
         data[key] = value
 
@@ -119,16 +133,17 @@ def spec_from_dict(data: dict) -> SweepSpec:
     for name in ("model", "text"):
         if not isinstance(data.get(name), str) or not data[name]:
             fail(name, "a path", data.get(name))
-    _check_model_dir(data["model"])
-    _check_text(data["text"], "text")
+    check_model_dir(data["model"])
+    check_text(data["text"], "text")
     if data.get("calibration_text") is not None:
-        _check_text(data["calibration_text"], "calibration_text")
+        check_text(data["calibration_text"], "calibration_text")
     spec = SweepSpec(
         model=data["model"],
         text=data["text"],
         seeds=_seeds(data.get("seeds", [0])),
         calibration_text=data.get("calibration_text"),
         calibration=_calibration(data.get("calibration", {})),
+        adapt=adapt_from_dict(data.get("adapt")),
         **_scalars(data),
     )
     check_choice("adc_cost", spec.adc_cost, ADC_COSTS)
@@ -193,20 +208,6 @@ def _table(value: Any, name: str) -> dict:
         else:
             flat[key] = item
     return flat
-
-
-def _check_model_dir(model: str) -> None:
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        raise GainCellError(f"model: no such directory {model} (a saved model directory)")
-    if not (path / "config.json").is_file():
-        raise GainCellError(f"model: {model} has no config.json (not a save_pretrained directory)")
-
-
-def _check_text(text: str, name: str) -> None:
-    path = Path(text).expanduser()
-    if not path.is_file() and not (path.is_dir() and any(path.rglob("*.txt"))):
-        raise GainCellError(f"{name}: no such text file (or folder of .txt files): {text}")
 
 
 def _model_base_config(spec: SweepSpec) -> GainCellConfig:
