@@ -19,6 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a field, e.g. --set max_tokens=2048 --set grid.window=[64,128] (TOML values)",
     )
     parser.add_argument("--jobs", type=int, metavar="N", help="run points in N processes (default: the file's, else 1)")
+    parser.add_argument(
+        "--engine",
+        choices=["local", "dask"],
+        default="local",
+        help="where points run: here or in --jobs processes (local), or on Dask distributed (dask)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="with --engine dask: a running Dask scheduler (tcp://host:8786); default: a local cluster of --jobs workers",
+    )
     parser.add_argument("--output", metavar="DIR", help="output folder (default: the file's output_dir)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -30,9 +41,11 @@ def run(args: argparse.Namespace) -> int:
     spec = read_spec(args.config, args.set)
     if args.jobs is not None and args.jobs < 1:
         raise GainCellError(f"--jobs: an integer >= 1, got {args.jobs}")
+    if args.scheduler is not None and args.engine != "dask":
+        raise GainCellError(f"--scheduler: only with --engine dask, got --engine {args.engine}")
     if args.output:
         spec = dataclasses.replace(spec, output_dir=args.output)
-    summary = run_sweep(spec, jobs=args.jobs, progress=not args.no_progress)
+    summary = run_sweep(spec, jobs=args.jobs, progress=not args.no_progress, engine=args.engine, scheduler=args.scheduler)
     points = sum(1 for row in summary["rows"] if row["index"] >= 0)
     front = sum(1 for row in summary["rows"] if row.get("pareto"))
     print(

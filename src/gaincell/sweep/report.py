@@ -16,17 +16,20 @@ from typing import Any
 
 from gaincell.atomic import atomic_file
 from gaincell.hardware.render import si
+from gaincell.sweep.knobs import LEAKAGE_KNOBS
 
 MAX_LINES = 12  # lines per knob plot before the other knobs are averaged instead
+KNOB_UNITS = {"retention_time": "s", "token_rate": "Hz"}
 
 
-def write_outputs(spec, summary: dict, out: Path, run_note: str = "") -> list[Path]:
-    """results.json (no timings: a resumed sweep writes the same file), report.md and the plots."""
+def write_outputs(spec, summary: dict, out: Path, run_note: str = "", adapt_seconds: dict | None = None) -> list[Path]:
+    """results.json (no timings: a resumed sweep writes the same file), report.md and the plots;
+    ``adapt_seconds``: each point's adaptation time, for the report only."""
     with atomic_file(out / "results.json") as handle:
         json.dump(summary, handle, indent=2, sort_keys=True)
     plots = write_plots(summary, out)
     with atomic_file(out / "report.md") as handle:
-        handle.write(markdown(spec, summary, [p.name for p in plots], run_note))
+        handle.write(markdown(spec, summary, [p.name for p in plots], run_note, adapt_seconds or {}))
     return [out / "results.json", out / "report.md", *plots]
 
 
@@ -42,7 +45,7 @@ def _ppl(row: dict) -> str:
     return f"{row['ppl_mean']:.2f}"
 
 
-def markdown(spec, summary: dict, plots: list[str], run_note: str = "") -> str:
+def markdown(spec, summary: dict, plots: list[str], run_note: str = "", adapt_seconds: dict | None = None) -> str:
     """The table of every point: knobs, perplexity (mean ± std over seeds), change vs the reference, cost."""
     rows, knobs = summary["rows"], summary["knobs"]
     reference = next((row for row in rows if row["index"] < 0), None)
@@ -56,23 +59,39 @@ def markdown(spec, summary: dict, plots: list[str], run_note: str = "") -> str:
         f"- calibration per point (SPEC §4.2): {'yes' if spec.calibrate else 'no'}; cost: technology `{spec.tech}`, "
         f"ADC cost {spec.adc_cost}",
     ]
+    if spec.adapt:
+        lines.append(_adapt_line(spec.adapt))
     if reference is not None:
         lines.append(f"- reference (the model as loaded): perplexity **{reference['ppl_mean']:.3f}**")
     if run_note:
         lines.append(f"- time: {run_note}")
-    header = ["#", *knobs, "perplexity", "vs ref.", "energy / token", "latency / token", "area", "Pareto"]
+    leakage = any(knob in LEAKAGE_KNOBS for knob in knobs)  # the ε each retention / token rate gives
+    header = ["#", *knobs, *(["leakage ε"] if leakage else []), "perplexity", "vs ref.", "energy / token"]
+    header += ["latency / token", "area", "Pareto", *(["adaptation tokens", "adaptation time"] if spec.adapt else [])]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         if row["index"] < 0:
             continue
         cost = row["cost"] or {}
         ratio = f"{row['ppl_mean'] / reference['ppl_mean']:.2f}×" if reference else ""
-        cells = [str(row["index"]), *(_value(row["point"].get(k, "")) for k in knobs), _ppl(row), ratio]
+        cells = [str(row["index"]), *(_value(row["point"].get(k, "")) for k in knobs)]
+        cells += [f"{row['leakage']:.3g}"] * leakage + [_ppl(row), ratio]
         cells += [si(cost.get("energy_per_token_j"), "J"), si(cost.get("latency_per_token_s"), "s")]
         cells += [f"{cost['area_m2'] * 1e6:.4g} mm²" if cost else "n/a", "✓" if row.get("pareto") else ""]
+        if spec.adapt:
+            tokens = sum(a["tokens"] for a in row["adaptation"] or [] if a)
+            cells += [f"{tokens:,}", f"{(adapt_seconds or {}).get(row['index'], 0.0):.1f} s"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *(f"![{name}]({name})" for name in plots)]
     return "\n".join(lines) + "\n"
+
+
+def _adapt_line(adapt: dict) -> str:
+    line = f"- adaptation per point (SPEC §4.4): scalers initialised from `{adapt['teacher']}` on `{adapt['text']}`"
+    if adapt["distill_tokens"]:
+        settings = ", ".join(f"{k} {_value(v)}" for k, v in adapt["distill"].items())
+        line += f", then distilled for {adapt['distill_tokens']:,} tokens" + (f" ({settings})" if settings else "")
+    return line + "; tokens and time per point (over its chip seeds) in the table"
 
 
 def _is_gain_cell(spec) -> bool:
@@ -146,11 +165,11 @@ def _knob_plot(rows: list[dict], knobs: list[str], knob: str, out: Path, referen
         axes.fill_between(x, [min(m) for m in means], [max(m) for m in means], alpha=0.2, label="min–max")
         axes.legend(fontsize=8)
     if numeric and min(values) > 0 and max(values) / min(values) >= 8:
-        axes.set_xscale("log", base=2)
+        axes.set_xscale("log", base=10 if knob in LEAKAGE_KNOBS else 2)  # retention over decades: 0.1 ms to 1 s
     if not numeric:
         axes.set_xticks(range(len(values)), [_value(v) for v in values])
     _log_if_wide(axes, [row["ppl_mean"] for row in rows] + ([reference] if reference else []))
-    axes.set_xlabel(knob)
+    axes.set_xlabel(f"{knob} ({KNOB_UNITS[knob]})" if knob in KNOB_UNITS else knob)
     axes.set_ylabel("perplexity")
     axes.set_title(f"perplexity vs {knob}")
     axes.grid(alpha=0.3)

@@ -23,12 +23,12 @@ import json
 import math
 import os
 import time
-from itertools import chain
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 from gaincell.atomic import atomic_file
 from gaincell.errors import GainCellError
+from gaincell.sweep.dask_engine import dask_client, run_dask
 from gaincell.sweep.report import write_outputs
 from gaincell.sweep.spec import (
     SweepSpec,
@@ -40,6 +40,7 @@ from gaincell.sweep.spec import (
     work_units,
 )
 from gaincell.sweep.worker import Evaluator, run_parallel
+from gaincell.validation import check_choice
 
 __all__ = ["SweepSpec", "Unit", "mark_pareto", "point_config", "point_cost", "read_spec", "run_sweep", "spec_from_dict"]
 
@@ -98,39 +99,64 @@ def prepare_output(spec: SweepSpec) -> Path:
     return out
 
 
-def run_sweep(spec: SweepSpec, *, jobs: int | None = None, progress: bool = True) -> dict:
-    """Run every point not yet in ``results.jsonl``, then write the summary, report and plots."""
+ENGINES = ("local", "dask")
+
+
+def run_sweep(
+    spec: SweepSpec, *, jobs: int | None = None, progress: bool = True, engine: str = "local", scheduler: str | None = None
+) -> dict:
+    """Run every point not yet in ``results.jsonl``, then write the summary, report and plots.
+
+    ``engine = "local"`` runs them here or in ``jobs`` processes; ``"dask"`` on the Dask cluster at
+    ``scheduler``, or on a local one of ``jobs`` workers (:mod:`gaincell.sweep.dask_engine`)."""
 
     jobs = spec.jobs if jobs is None else jobs
-    evaluator = Evaluator(spec)  # loads the model and texts: a bad model fails before anything is written
-    out = prepare_output(spec)
-    results_path = out / "results.jsonl"
-    done = {record["key"] for record in read_results(results_path)}
-    todo = [unit for unit in work_units(spec) if unit.key not in done]
-    start, measured = time.perf_counter(), 0
-    bar = _progress(len(todo), progress)
-    records: Any = []
-    if todo and todo[0].index == -1:  # the reference runs first, before any conversion, in this process
-        records = [evaluator.evaluate(todo.pop(0))]
-    if jobs > 1 and len(todo) > 1:
-        records = chain(records, run_parallel(spec, todo, jobs))
-    else:
-        records = chain(records, (evaluator.evaluate(unit) for unit in todo))
-    for record in records:
-        append_result(results_path, record)
-        measured += 1
-        bar.update()
-    bar.close()
+    check_choice("engine", engine, ENGINES)
+    if scheduler is not None and engine != "dask":
+        raise GainCellError(f"scheduler: only with engine dask, got engine {engine}")
+    with ExitStack() as stack:  # a missing dask or an unreachable scheduler fails before anything is written
+        client = stack.enter_context(dask_client(jobs, scheduler)) if engine == "dask" else None
+        evaluator = Evaluator(spec)  # loads the model and texts: a bad model fails before anything is written
+        out = prepare_output(spec)
+        results_path = out / "results.jsonl"
+        done = {record["key"] for record in read_results(results_path)}
+        todo = [unit for unit in work_units(spec) if unit.key not in done]
+        start, measured = time.perf_counter(), 0
+        bar = _progress(len(todo), progress)
+        for record in _measure(spec, evaluator, todo, jobs, client, scheduler):
+            append_result(results_path, record)
+            measured += 1
+            bar.update()
+        bar.close()
     records = read_results(results_path)
     summary = summarise(spec, records)
     wall = time.perf_counter() - start
     total = sum(record.get("seconds", 0.0) for record in records)
     note = (
         f"{len(records)} units took {total:.1f} s in all (summed over processes); "
-        f"this run measured {measured} in {wall:.1f} s wall with {jobs} job(s)"
+        f"this run measured {measured} in {wall:.1f} s wall with {_where(engine, jobs, scheduler)}"
     )
-    write_outputs(spec, summary, out, note)
+    write_outputs(spec, summary, out, note, adaptation_seconds(records))
     return {**summary, "wall_seconds_this_run": wall, "jobs": jobs}
+
+
+def _measure(spec: SweepSpec, evaluator: Evaluator, todo: list[Unit], jobs: int, client, scheduler: str | None):
+    """The records of ``todo``: the reference first, here, before any conversion; the points here, in
+    ``jobs`` processes or on the Dask ``client``'s workers."""
+    if todo and todo[0].index == -1:
+        yield evaluator.evaluate(todo.pop(0))
+    if client is not None and todo:
+        yield from run_dask(client, spec, todo, None if scheduler else max(1, (os.cpu_count() or 1) // jobs))
+    elif jobs > 1 and len(todo) > 1:
+        yield from run_parallel(spec, todo, jobs)
+    else:
+        yield from (evaluator.evaluate(unit) for unit in todo)
+
+
+def _where(engine: str, jobs: int, scheduler: str | None) -> str:
+    if engine == "local":
+        return f"{jobs} job(s)"
+    return f"the Dask cluster at {scheduler}" if scheduler else f"a local Dask cluster of {jobs} worker(s)"
 
 
 def _progress(total: int, enabled: bool):
@@ -162,10 +188,25 @@ def summarise(spec: SweepSpec, records: list[dict]) -> dict:
                 "ppl": ppl,
                 "cost": first["cost"],
                 "calibration": [r["calibration"] for r in group] if spec.calibrate and index >= 0 else None,
+                "adaptation": _adaptations(group) if spec.adapt and index >= 0 else None,
             }
         )
     mark_pareto([row for row in rows if row["index"] >= 0 and row["cost"] is not None])
     return {"fingerprint": spec.fingerprint(), "knobs": list(spec.knobs), "rows": rows}
+
+
+def _adaptations(group: list[dict]) -> list[dict | None]:
+    """What each seed's adaptation took, less its time (results.json is the same for any run)."""
+    return [{k: v for k, v in (r.get("adaptation") or {}).items() if k != "seconds"} or None for r in group]
+
+
+def adaptation_seconds(records: list[dict]) -> dict[int, float]:
+    """Seconds of adaptation per point, summed over its chip seeds (the time of the run that finished each)."""
+    seconds: dict[int, float] = {}
+    for record in records:
+        if record.get("adaptation"):
+            seconds[record["index"]] = seconds.get(record["index"], 0.0) + record["adaptation"]["seconds"]
+    return seconds
 
 
 def mark_pareto(rows: list[dict]) -> None:

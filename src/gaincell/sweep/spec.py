@@ -4,9 +4,10 @@ A hardware designer asks "how many ADC bits", "which window", "how much read noi
 gaincell has both halves, the simulated op with every knob (SPEC §3) and the cost model (SPEC §6); a
 sweep joins them. One TOML file names a saved model (gain-cell or plain), an evaluation text and a
 grid (or list) of points over any :class:`~gaincell.chip.config.GainCellConfig` field; per point it
-measures the strided perplexity (as ``gaincell eval``), optionally after re-running the calibration
-loop of SPEC §4.2 for that point, and the cost model's energy, latency and area per token for the
-model's shape (:func:`gaincell.hardware.models.load_shape`).
+measures the strided perplexity (as ``gaincell eval``), optionally after adapting the model to that
+point (``[adapt]``, :mod:`gaincell.sweep.adapt`) and re-running the calibration loop of SPEC §4.2,
+and the cost model's energy, latency and area per token for the model's shape
+(:func:`gaincell.hardware.models.load_shape`).
 
 Pure configuration and arithmetic (no torch, no files written): :mod:`gaincell.sweep.run` runs a spec,
 :mod:`gaincell.sweep.worker` measures one point.
@@ -30,13 +31,15 @@ from gaincell.datadir import expand_data_path
 from gaincell.errors import GainCellError, first_line
 from gaincell.hardware.constants import load_technology
 from gaincell.hardware.gaincell_model import AttentionShape, estimate
+from gaincell.sweep.adapt import adapt_from_dict
+from gaincell.sweep.inputs import check_model_dir, check_text
+from gaincell.sweep.knobs import KNOB_ALIASES, LEAKAGE_KNOBS, point_dict
 from gaincell.tomlfile import parse_override, read_toml
 from gaincell.validation import (
     FieldError,
     check_bool,
     check_choice,
     check_int,
-    check_positive,
     check_string,
     check_table,
     fail,
@@ -46,27 +49,11 @@ from gaincell.validation import (
     within,
 )
 
-#: Short knob names; any dotted path into GainCellConfig.to_dict() (``periphery.adc.levels``) also works.
-KNOB_ALIASES: dict[str, str] = {
-    "q_levels": "periphery.q.levels",
-    "kv_levels": "periphery.kv.levels",
-    "adc_levels": "periphery.adc.levels",
-    "adc_low": "periphery.adc.low",
-    "adc_high": "periphery.adc.high",
-    "s_sat": "periphery.s_sat",
-    "readout_gain": "periphery.readout_gain",
-    "read_noise": "noise.read_noise",
-    "variability": "noise.variability",
-    "cell": "cell.kind",
-}
-#: Knobs that are not config fields: ``adc_range`` r sets the ADC to [-r, r]; ``retention_time`` (s) and
-#: ``token_rate`` (Hz) set leakage ε = Δt / τ as the cost model does (SPEC-hardware §6.3.4).
-DERIVED_KNOBS = ("adc_range", "retention_time", "token_rate")
 ADC_COSTS = ("scaled", "fixed")
 
 _TOP_LEVEL = {
     "model", "text", "output_dir", "preset", "context", "stride", "max_tokens", "batch_size", "seeds",
-    "calibrate", "calibration_text", "calibration", "tech", "adc_cost", "jobs", "base", "grid", "points",
+    "calibrate", "calibration_text", "calibration", "tech", "adc_cost", "jobs", "base", "grid", "points", "adapt",
 }  # fmt: skip
 
 
@@ -92,12 +79,15 @@ class SweepSpec:
     base: dict = field(default_factory=dict)
     points: tuple[dict, ...] = ()
     knobs: tuple[str, ...] = ()  # the swept ones, in the order the file gives them
+    adapt: dict | None = None  # the [adapt] section (gaincell.sweep.adapt): per-point initialisation, distillation
 
     def fingerprint(self) -> str:
         """What the results depend on (not where they go, nor how many processes make them)."""
         data = dataclasses.asdict(self)
         for name in ("output_dir", "jobs"):
             data.pop(name)
+        if data["adapt"] is None:  # a sweep without [adapt] keeps the fingerprint it had before the section existed
+            data.pop("adapt")
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -120,6 +110,14 @@ def _apply_override(data: dict, override: str) -> None:
         if not isinstance(table, dict):
             raise GainCellError(f"--set {key}: {section} is not a table")
         table[rest] = value
+    elif dot and section == "adapt":  # adapt.distill.lr=1e-3: nested tables, as the TOML writes them
+        table = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            table = table.setdefault(parent, {})
+            if not isinstance(table, dict):
+                raise GainCellError(f"--set {key}: {parent} is not a table")
+        table[leaf] = value
     else:
         data[key] = value
 
@@ -135,16 +133,17 @@ def spec_from_dict(data: dict) -> SweepSpec:
     for name in ("model", "text"):
         if not isinstance(data.get(name), str) or not data[name]:
             fail(name, "a path", data.get(name))
-    _check_model_dir(data["model"])
-    _check_text(data["text"], "text")
+    check_model_dir(data["model"])
+    check_text(data["text"], "text")
     if data.get("calibration_text") is not None:
-        _check_text(data["calibration_text"], "calibration_text")
+        check_text(data["calibration_text"], "calibration_text")
     spec = SweepSpec(
         model=data["model"],
         text=data["text"],
         seeds=_seeds(data.get("seeds", [0])),
         calibration_text=data.get("calibration_text"),
         calibration=_calibration(data.get("calibration", {})),
+        adapt=adapt_from_dict(data.get("adapt")),
         **_scalars(data),
     )
     check_choice("adc_cost", spec.adc_cost, ADC_COSTS)
@@ -152,14 +151,14 @@ def spec_from_dict(data: dict) -> SweepSpec:
         fail("stride", f"<= context ({spec.context})", spec.stride)
 
     technology = load_technology(spec.tech)
-    base_config = _model_base_config(spec)
+    model_dict = _model_base_config(spec).to_dict()
     base = _table(data.get("base", {}), "base")
     points, knobs = _points(data)
-    base_dict = _apply_knobs(base_config.to_dict(), base, "base", technology)
     for point in points:
         for knob, value in point.items():  # each knob alone first, so an error names the knob at fault
-            _build(_apply_knobs(base_dict, {knob: value}, "grid", technology), f"grid.{knob} = {value!r}", knob)
-        _build(_apply_knobs(base_dict, point, "grid", technology), f"grid point {point}")
+            alone = {k: point[k] for k in LEAKAGE_KNOBS if k in point} if knob in LEAKAGE_KNOBS else {knob: value}
+            _build(point_dict(model_dict, base, alone, technology), f"grid.{knob} = {value!r}", knob)
+        _build(point_dict(model_dict, base, point, technology), f"grid point {point}")
     return dataclasses.replace(spec, base=base, points=tuple(points), knobs=tuple(knobs))
 
 
@@ -211,20 +210,6 @@ def _table(value: Any, name: str) -> dict:
     return flat
 
 
-def _check_model_dir(model: str) -> None:
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        raise GainCellError(f"model: no such directory {model} (a saved model directory)")
-    if not (path / "config.json").is_file():
-        raise GainCellError(f"model: {model} has no config.json (not a save_pretrained directory)")
-
-
-def _check_text(text: str, name: str) -> None:
-    path = Path(text).expanduser()
-    if not path.is_file() and not (path.is_dir() and any(path.rglob("*.txt"))):
-        raise GainCellError(f"{name}: no such text file (or folder of .txt files): {text}")
-
-
 def _model_base_config(spec: SweepSpec) -> GainCellConfig:
     """A gain-cell model's own saved config, or the ``preset`` for a plain model."""
     saved = json.loads((Path(spec.model).expanduser() / "config.json").read_text()).get("gaincell")
@@ -259,59 +244,6 @@ def _points(data: dict) -> tuple[list[dict], list[str]]:
     return listed, knobs
 
 
-def knob_path(knob: str, section: str) -> str:
-    """The dotted config path of a knob (aliases resolved); unknown names fail naming the knob."""
-    path = KNOB_ALIASES.get(knob, knob)
-    node: Any = GainCellConfig().to_dict()
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            reject_unknown(section, [knob], [*KNOB_ALIASES, *DERIVED_KNOBS, *_leaf_paths(GainCellConfig().to_dict())])
-        node = node[part]
-    if isinstance(node, dict):
-        raise GainCellError(f"{section}.{knob}: is a table; name one of its fields ({', '.join(node)})")
-    return path
-
-
-def _leaf_paths(node: dict, prefix: str = "") -> list[str]:
-    paths = []
-    for key, value in node.items():
-        if key == "coefficients":
-            continue
-        paths += _leaf_paths(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
-    return paths
-
-
-def _apply_knobs(config: dict, knobs: dict, section: str, technology) -> dict:
-    """A copy of a config dict with knobs set; derived knobs are turned into the fields they mean."""
-    config = json.loads(json.dumps(config))
-    knobs = dict(knobs)
-    if "adc_range" in knobs:
-        r = knobs.pop("adc_range")
-        check_positive(f"{section}.adc_range", r)  # the ADC spans [-r, r]
-        config["periphery"]["adc"].update(low=-float(r), high=float(r))
-    retention, rate = knobs.pop("retention_time", None), knobs.pop("token_rate", None)
-    if retention is not None or rate is not None:
-        config["leakage"] = leakage_from_retention(retention, rate, technology, section)
-    for knob, value in knobs.items():
-        *parents, leaf = knob_path(knob, section).split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
-
-
-def leakage_from_retention(retention: Any, rate: Any, technology, section: str) -> float:
-    """ε = Δt / τ with Δt = 1 / token_rate (SPEC-hardware §6.3.4); τ defaults to the technology's."""
-    if rate is None:
-        raise GainCellError(f"{section}.retention_time: needs token_rate (Hz) too, to give ε = (1/rate) / retention")
-    for name, value in (("token_rate", rate), ("retention_time", retention)):
-        if value is not None:
-            check_positive(f"{section}.{name}", value)
-    tau = technology.array.retention_time if retention is None else float(retention)
-    return (1.0 / float(rate)) / tau
-
-
 def _build(config: dict, where: str, knob: str | None = None) -> GainCellConfig:
     """The config of a point; an error names the point, or the knob alone where its own field is at fault."""
     try:
@@ -324,9 +256,7 @@ def _build(config: dict, where: str, knob: str | None = None) -> GainCellConfig:
 
 def point_config(spec: SweepSpec, point: dict, seed: int) -> GainCellConfig:
     """The simulator config of one point and chip seed (the seed sets ``noise.seed``)."""
-    technology = load_technology(spec.tech)
-    config = _apply_knobs(_model_base_config(spec).to_dict(), spec.base, "base", technology)
-    config = _apply_knobs(config, point, "grid", technology)
+    config = point_dict(_model_base_config(spec).to_dict(), spec.base, point, load_technology(spec.tech))
     config["noise"]["seed"] = seed
     return _build(config, f"grid point {point}")
 

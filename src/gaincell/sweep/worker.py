@@ -12,7 +12,6 @@ import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from pathlib import Path
 
 import torch
 
@@ -26,17 +25,9 @@ from gaincell.hardware.models import load_shape
 from gaincell.hf.convert import convert, model_config
 from gaincell.hf.layer import gain_cell_layers
 from gaincell.hf.pretrained import load, load_tokenizer
+from gaincell.sweep.adapter import PointAdapter
+from gaincell.sweep.inputs import read_text
 from gaincell.sweep.spec import SweepSpec, Unit, point_config, point_cost
-
-
-def _read_text(path: str) -> str:
-    """A .txt file, or every .txt below a folder in sorted order, joined by blank lines (as ``gaincell eval``)."""
-    root = Path(path).expanduser()
-    files = [root] if root.is_file() else sorted(root.rglob("*.txt"))
-    try:
-        return "\n\n".join(file.read_text(encoding="utf-8") for file in files)
-    except (OSError, UnicodeDecodeError) as error:
-        raise GainCellError(f"text: cannot read {path} as UTF-8 text: {error}") from None
 
 
 class Evaluator:
@@ -59,11 +50,12 @@ class Evaluator:
             raise GainCellError(f"text: {spec.text} encodes to fewer than 2 tokens")
         self.shape = load_shape(spec.model)
         self.tech = load_technology(spec.tech)
-        self.scalers: dict[str, torch.Tensor] | None = None
+        self.initial: dict[str, torch.Tensor] | None = None
+        self.adapter = PointAdapter(spec, self.tokenizer, self.model, self.context) if spec.adapt else None
         self.calibration_batch = self._calibration_batch(tokens) if spec.calibrate else None
 
     def _tokens(self, path: str) -> torch.Tensor:
-        ids = self.tokenizer(_read_text(path), add_special_tokens=False, verbose=False)["input_ids"]
+        ids = self.tokenizer(read_text(path), add_special_tokens=False, verbose=False)["input_ids"]
         return torch.tensor(ids, dtype=torch.long)
 
     def _calibration_batch(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -94,11 +86,13 @@ class Evaluator:
         start = time.perf_counter()
         torch.manual_seed(_seed(unit.key))
         config = model_config(self.model) if unit.index < 0 and self.converted else None
-        calibration = None
+        calibration = adaptation = None
         if unit.index >= 0:
             config = point_config(self.spec, unit.point, unit.seed)
             convert(self.model, config)
-            self._restore_scalers()
+            self._restore_parameters()
+            if self.adapter is not None and config.attention != "softmax":
+                adaptation = self.adapter.adapt(self.model, config, unit)
             if self.spec.calibrate and config.attention != "softmax":
                 config_ = CalibrationConfig(**self.spec.calibration)
                 result = calibrate(self.model, self.calibration_batch, config_, config, progress=False)
@@ -106,7 +100,7 @@ class Evaluator:
                                "final_error": result.errors[-1] if result.errors else None, "loss": result.loss}  # fmt: skip
             torch.manual_seed(_seed(unit.key))
         scored = strided_perplexity(self.model, self.tokens, self.context, self.stride, self.spec.batch_size)
-        return {
+        record = {
             "key": unit.key,
             "index": unit.index,
             "point": unit.point,
@@ -118,23 +112,31 @@ class Evaluator:
             "context": self.context,
             "stride": self.stride,
             "calibration": calibration,
+            "adaptation": adaptation,
             "cost": None if config is None else point_cost(self.shape, config, self.tech, self.spec.adc_cost),
-            "seconds": time.perf_counter() - start,  # the one field that differs between runs (not in results.json)
+            "seconds": time.perf_counter() - start,  # with adaptation.seconds, what differs between runs
         }
+        if self.adapter is not None:
+            self.adapter.finish(unit)
+        return record
 
-    def _restore_scalers(self) -> None:
-        """Every point starts from the scalers the model was loaded (or first converted) with."""
+    def _restore_parameters(self) -> None:
+        """Every point starts from the scalers the model was loaded (or first converted) with, and, where
+        points are distilled, from its weights too: a point's model never depends on the points before it."""
 
-        parameters = {
-            f"{cell.layer}.{name}": parameter
-            for cell in gain_cell_layers(self.model)
-            for name, parameter in cell.scalers.named_parameters()
-        }
+        if self.adapter is not None and self.adapter.distill is not None:
+            parameters = dict(self.model.named_parameters())
+        else:
+            parameters = {
+                f"{cell.layer}.{name}": parameter
+                for cell in gain_cell_layers(self.model)
+                for name, parameter in cell.scalers.named_parameters()
+            }
         with torch.no_grad():
-            if self.scalers is None:
-                self.scalers = {name: p.detach().clone() for name, p in parameters.items()}
+            if self.initial is None:
+                self.initial = {name: p.detach().clone() for name, p in parameters.items()}
             for name, parameter in parameters.items():
-                parameter.copy_(self.scalers[name])
+                parameter.copy_(self.initial[name])
 
 
 def _seed(key: str) -> int:

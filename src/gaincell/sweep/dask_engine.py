@@ -1,0 +1,88 @@
+"""Running a sweep's points on Dask distributed (``gaincell sweep --engine dask [--scheduler ADDRESS]``).
+
+Dask rather than Ray or submitit: a point is one plain function call on a pickled spec, which is what
+``Client.submit`` does; the same code runs on a :class:`~distributed.LocalCluster` (tests, one
+machine), on workers started by hand (``dask scheduler`` / ``dask worker``) and on SLURM, PBS or
+Kubernetes through dask-jobqueue / dask-kubernetes, with no service of its own to install. Ray would
+add an object store and a runtime for nothing we use; submitit is SLURM only.
+
+Each worker process builds one :class:`~gaincell.sweep.worker.Evaluator` (the model loaded once) on
+its first point and keeps it; only the driver writes ``results.jsonl``: the records come back as
+results, so workers need to read the model and texts (a shared filesystem) but write nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gaincell.errors import GainCellError, first_line
+from gaincell.sweep.adapt import ADAPT_PATHS
+from gaincell.sweep.spec import SweepSpec, Unit
+
+#: The Evaluator of this worker process, with the fingerprint of the spec it was built for.
+_EVALUATOR: tuple[str, object] | None = None
+
+
+def evaluate_on_worker(spec: SweepSpec, unit: Unit, threads: int | None) -> dict:
+    """Measure one unit in a Dask worker, building (or rebuilding, for another sweep) its Evaluator."""
+    global _EVALUATOR
+    import torch
+
+    from gaincell.sweep.worker import Evaluator
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if _EVALUATOR is None or _EVALUATOR[0] != spec.fingerprint():
+        _EVALUATOR = (spec.fingerprint(), Evaluator(spec))
+    return _EVALUATOR[1].evaluate(unit)
+
+
+@contextmanager
+def dask_client(jobs: int, scheduler: str | None) -> Iterator:
+    """A client of the cluster at ``scheduler``, or of a new local cluster of ``jobs`` worker processes
+    (closed with the client)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise GainCellError("--engine dask: needs dask distributed; pip install 'gaincell[dask]'") from None
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError, ValueError) as error:
+            raise GainCellError(f"--scheduler: cannot reach a Dask scheduler at {scheduler}: {first_line(error)}") from None
+        with client:
+            yield client
+        return
+    with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            yield client
+
+
+def run_dask(client, spec: SweepSpec, units: list[Unit], threads: int | None) -> Iterator[dict]:
+    """Yield the records of ``units`` as the client's workers finish them (completion order).
+
+    ``threads``: torch threads per worker (a local cluster: one per core and worker, as ``--jobs``);
+    None keeps the workers' own setting (``OMP_NUM_THREADS`` where they are started)."""
+    from distributed import as_completed
+
+    spec = _absolute_paths(spec)
+    futures = [client.submit(evaluate_on_worker, spec, unit, threads, pure=False) for unit in units]
+    try:
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        client.cancel(futures)
+
+
+def _absolute_paths(spec: SweepSpec) -> SweepSpec:
+    """The spec with every path absolute: a worker's working folder is not the driver's."""
+
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(Path(path).expanduser().resolve())
+
+    adapt = spec.adapt and {**spec.adapt, **{k: absolute(spec.adapt[k]) for k in ADAPT_PATHS if k in spec.adapt}}
+    paths = {name: absolute(getattr(spec, name)) for name in ("model", "text", "calibration_text", "output_dir")}
+    return dataclasses.replace(spec, **paths, adapt=adapt)

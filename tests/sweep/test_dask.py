@@ -1,0 +1,50 @@
+"""``--engine dask``: the points on Dask distributed workers give the same results as a local run."""
+
+from __future__ import annotations
+
+import pytest
+from sweep_files import spec_dict, write_toml
+
+from gaincell.cli import main
+from gaincell.sweep.run import run_sweep, spec_from_dict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+distributed = pytest.importorskip("distributed")  # the dev extra installs it; CI has it
+
+
+def small(files, out, **changes) -> dict:
+    data = {"output_dir": str(out), "max_tokens": 200, "grid": {"window": [16, 32], "read_noise": [0.0, 0.2]}}
+    return spec_dict(files, **{**data, **changes})
+
+
+def test_a_local_dask_cluster_gives_the_local_results(files, tmp_path):
+    run_sweep(spec_from_dict(small(files, tmp_path / "local")), progress=False)
+    summary = run_sweep(spec_from_dict(small(files, tmp_path / "dask")), jobs=2, engine="dask", progress=False)
+    assert len(summary["rows"]) == 5
+    for name in ("results.json",):
+        assert (tmp_path / "dask" / name).read_text() == (tmp_path / "local" / name).read_text()
+    assert "a local Dask cluster of 2 worker(s)" in (tmp_path / "dask" / "report.md").read_text()
+
+
+def test_a_scheduler_address_runs_on_its_workers(files, tmp_path, capsys):
+    config = write_toml(tmp_path / "s.toml", small(files, tmp_path / "out", grid={"window": [16, 32]}, seeds=[0]))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        assert main(["sweep", config, "--engine", "dask", "--scheduler", cluster.scheduler_address, "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("2 points")
+    assert f"the Dask cluster at {cluster.scheduler_address}" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--scheduler", "tcp://127.0.0.1:9"], "--scheduler: only with --engine dask, got --engine local"),
+        (["--engine", "dask", "--scheduler", "nonsense://x"], "--scheduler: cannot reach a Dask scheduler at nonsense://x"),
+    ],
+)
+def test_bad_engine_flags_are_one_line_and_write_nothing(files, tmp_path, capsys, flags, message):
+    config = write_toml(tmp_path / "s.toml", small(files, tmp_path / "out"))
+    assert main(["sweep", config, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gaincell sweep: error: {message}"), err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
