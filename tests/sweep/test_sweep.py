@@ -255,3 +255,25 @@ def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
     while _alive(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(worker)
+
+
+def test_a_point_whose_perplexity_is_not_finite_is_a_failed_point(files, tmp_path, monkeypatch, capsys):
+    import gaincell.sweep.worker as worker
+
+    measured = worker.strided_perplexity
+
+    def nan_at_window_16(model, *args, **kwargs):
+        result = measured(model, *args, **kwargs)
+        window = (getattr(model.config, "gaincell", None) or {}).get("window")  # None: the reference, as loaded
+        return {**result, "ppl": float("nan"), "nll": float("nan")} if window == 16 else result
+
+    monkeypatch.setattr(worker, "strided_perplexity", nan_at_window_16)
+    data = spec_dict(files, output_dir=str(tmp_path / "out"), seeds=[0], grid={"window": [16, 32]})
+    config = write_toml(tmp_path / "sweep.toml", data)
+    assert main(["sweep", str(config), "--no-progress"]) == 1
+    assert "1 point(s) failed (not a finite perplexity): 0" in capsys.readouterr().err
+    rows = json.loads((tmp_path / "out" / "results.json").read_text(), parse_constant=pytest.fail)["rows"]
+    failed, fine = (next(r for r in rows if r["point"] == {"window": w}) for w in (16, 32))
+    assert failed["failed"] == "perplexity is nan (not a finite number)" and failed["ppl_mean"] is None
+    assert not failed.get("pareto") and fine["failed"] is None and fine["ppl_mean"] > 1
+    assert "failed: perplexity is nan" in (tmp_path / "out" / "report.md").read_text()

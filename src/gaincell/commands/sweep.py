@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from gaincell.errors import GainCellError
 from gaincell.sweep.run import read_spec, run_sweep
@@ -52,4 +53,10 @@ def run(args: argparse.Namespace) -> int:
         f"{points} points ({front} on the Pareto front) in {summary['wall_seconds_this_run']:.1f} s this run; "
         f"report: {spec.output_dir}/report.md"
     )
+    failed = [str(row["index"]) for row in summary["rows"] if row.get("failed")]
+    if failed:  # recorded and reported, but a sweep with a NaN point did not succeed
+        print(
+            f"gaincell sweep: {len(failed)} point(s) failed (not a finite perplexity): {', '.join(failed)}", file=sys.stderr
+        )
+        return 1
     return 0

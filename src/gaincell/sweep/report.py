@@ -40,6 +40,8 @@ def _value(value: Any) -> str:
 
 
 def _ppl(row: dict) -> str:
+    if row.get("failed"):
+        return f"failed: {row['failed']}"
     if len(row["ppl"]) > 1:
         return f"{row['ppl_mean']:.2f} ± {row['ppl_std']:.2f}"
     return f"{row['ppl_mean']:.2f}"
@@ -48,7 +50,7 @@ def _ppl(row: dict) -> str:
 def markdown(spec, summary: dict, plots: list[str], run_note: str = "", adapt_seconds: dict | None = None) -> str:
     """The table of every point: knobs, perplexity (mean ± std over seeds), change vs the reference, cost."""
     rows, knobs = summary["rows"], summary["knobs"]
-    reference = next((row for row in rows if row["index"] < 0), None)
+    reference = next((row for row in rows if row["index"] < 0 and not row.get("failed")), None)
     lines = [
         "# gaincell sweep",
         "",
@@ -73,7 +75,7 @@ def markdown(spec, summary: dict, plots: list[str], run_note: str = "", adapt_se
         if row["index"] < 0:
             continue
         cost = row["cost"] or {}
-        ratio = f"{row['ppl_mean'] / reference['ppl_mean']:.2f}×" if reference else ""
+        ratio = f"{row['ppl_mean'] / reference['ppl_mean']:.2f}×" if reference and not row.get("failed") else ""
         cells = [str(row["index"]), *(_value(row["point"].get(k, "")) for k in knobs)]
         cells += [f"{row['leakage']:.3g}"] * leakage + [_ppl(row), ratio]
         cells += [si(cost.get("energy_per_token_j"), "J"), si(cost.get("latency_per_token_s"), "s")]
@@ -108,7 +110,7 @@ def write_plots(summary: dict, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    rows = [row for row in summary["rows"] if row["index"] >= 0]
+    rows = [row for row in summary["rows"] if row["index"] >= 0 and not row.get("failed")]  # failed: in the table only
     if not rows:
         return []
     reference = next((row["ppl_mean"] for row in summary["rows"] if row["index"] < 0), None)

@@ -174,8 +174,9 @@ def summarise(spec: SweepSpec, records: list[dict]) -> dict:
     for index in sorted(by_index):
         group = sorted(by_index[index], key=lambda r: r["seed"])
         ppl = [r["ppl"] for r in group]
-        mean = sum(ppl) / len(ppl)
-        std = math.sqrt(sum((p - mean) ** 2 for p in ppl) / (len(ppl) - 1)) if len(ppl) > 1 else 0.0
+        failed = next((r["failed"] for r in group if r.get("failed")), None)  # a NaN point is failed, not scored
+        mean = None if failed else sum(ppl) / len(ppl)
+        std = None if failed else math.sqrt(sum((p - mean) ** 2 for p in ppl) / (len(ppl) - 1)) if len(ppl) > 1 else 0.0
         first = group[0]
         rows.append(
             {
@@ -186,12 +187,13 @@ def summarise(spec: SweepSpec, records: list[dict]) -> dict:
                 "ppl_std": std,
                 "seeds": [r["seed"] for r in group],
                 "ppl": ppl,
+                "failed": failed,
                 "cost": first["cost"],
                 "calibration": [r["calibration"] for r in group] if spec.calibrate and index >= 0 else None,
                 "adaptation": _adaptations(group) if spec.adapt and index >= 0 else None,
             }
         )
-    mark_pareto([row for row in rows if row["index"] >= 0 and row["cost"] is not None])
+    mark_pareto([row for row in rows if row["index"] >= 0 and row["cost"] is not None and not row["failed"]])
     return {"fingerprint": spec.fingerprint(), "knobs": list(spec.knobs), "rows": rows}
 
 

@@ -8,6 +8,7 @@ its own model, one torch thread each unless there are spare cores.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 import time
@@ -106,8 +107,9 @@ class Evaluator:
             "point": unit.point,
             "seed": unit.seed,
             "leakage": None if config is None else config.leakage,
-            "ppl": scored["ppl"],
-            "nll": scored["nll"],
+            "ppl": scored["ppl"] if math.isfinite(scored["ppl"]) else None,
+            "nll": scored["nll"] if math.isfinite(scored["nll"]) else None,
+            "failed": None if math.isfinite(scored["ppl"]) else f"perplexity is {scored['ppl']} (not a finite number)",
             "tokens": scored["tokens"],
             "context": self.context,
             "stride": self.stride,
