@@ -110,10 +110,10 @@ class _Blocks:
 
     Block b holds queries [t0, t1) and reads keys [n0, n1) with n0 = max(0, t0 − W), W = M − 1
     rounded up to the chunk g, n1 = t1 rounded up to g (keys are padded to a multiple of g; padded
-    keys lie in the future of every query and are never visible); t0 and n0 are rounded down to g
-    when ε shrinks the block below whole chunks (the extra keys are older than the window). A group
-    of blocks starting at query a shares the anchor a (``Plan.anchor_span``) and reads the union of
-    their bands.
+    keys lie in the future of every query and are never visible). When ε shrinks the block below
+    whole chunks, n0 counts from t0 rounded down to g (the extra keys are older than the window).
+    A group of blocks starting at query a shares the anchor a (``Plan.anchor_span``) and reads the
+    union of their bands.
     """
 
     def __init__(self, plan: Plan, length: int, device):
