@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ from gaincell.validation import (
 )
 
 ATTENTION_KINDS = ("softmax", "gaincell")
+#: The largest leakage ε a config accepts: λ = e^−ε = 2^−24, float32's resolution. Beyond it every
+#: stored charge is below rounding one step after it is written, so the array remembers nothing.
+MAX_LEAKAGE = 24 * math.log(2)
 GRADIENT_MODES = ("surrogate", "exact")
 #: Where a quantiser's levels sit: ``zero`` at k·step (SPEC §3.2–3.3, 0 is a level), ``ends`` at
 #: low + k·step (both range ends are levels; an alternative ADC, nobody's default).
@@ -176,8 +180,9 @@ class NoiseConfig:
 class GainCellConfig:
     """The whole attention model of SPEC §3 for one layer type.
 
-    ``leakage`` is ε per token step (retained fraction λ^age with λ = exp(−ε)); ``block_size`` only
-    sets how many queries the banded kernel processes at once (speed/memory, not results).
+    ``leakage`` is ε per token step (retained fraction λ^age with λ = exp(−ε)), at most
+    :data:`MAX_LEAKAGE`; ``block_size`` only sets how many queries the banded kernel processes at
+    once (speed/memory, not results).
     """
 
     attention: str = "gaincell"
@@ -194,7 +199,8 @@ class GainCellConfig:
         check_choice("attention", self.attention, ATTENTION_KINDS)
         check_int("window", self.window, 1)
         check_int("subtile_rows", self.subtile_rows, 1)
-        check_non_negative("leakage", self.leakage)
+        if not (is_number(self.leakage) and 0 <= self.leakage <= MAX_LEAKAGE):
+            fail("leakage", f"a number in [0, {MAX_LEAKAGE:.4f}] (beyond, e^-ε < 2^-24: nothing stays stored)", self.leakage)
         check_choice("gradient", self.gradient, GRADIENT_MODES)
         check_int("block_size", self.block_size, 1)
         for name, expected in (("cell", CellConfig), ("periphery", PeripheryConfig), ("noise", NoiseConfig)):

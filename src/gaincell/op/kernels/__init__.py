@@ -1,4 +1,4 @@
 """Fast forms of the attention op, each tested against :mod:`gaincell.op.equations` (or, for softmax,
 against plain masked softmax): ``banded`` (the parallel analog core, CPU and GPU) and ``step`` (its
-generation step), both built from ``primitives``; ``softmax`` (the sliding-window baseline of SPEC
-§3.1, both forms)."""
+generation step), both built from ``primitives`` and the ``plan`` a config fixes for them (features,
+blocks, decay anchors); ``softmax`` (the sliding-window baseline of SPEC §3.1, both forms)."""

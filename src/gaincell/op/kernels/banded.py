@@ -110,8 +110,10 @@ class _Blocks:
 
     Block b holds queries [t0, t1) and reads keys [n0, n1) with n0 = max(0, t0 − W), W = M − 1
     rounded up to the chunk g, n1 = t1 rounded up to g (keys are padded to a multiple of g; padded
-    keys lie in the future of every query and are never visible). A group of blocks starting at
-    query a shares the anchor a (``Plan.anchor_span``) and reads the union of their bands.
+    keys lie in the future of every query and are never visible). When ε shrinks the block below
+    whole chunks, n0 counts from t0 rounded down to g (the extra keys are older than the window).
+    A group of blocks starting at query a shares the anchor a (``Plan.anchor_span``) and reads the
+    union of their bands.
     """
 
     def __init__(self, plan: Plan, length: int, device):
@@ -121,21 +123,28 @@ class _Blocks:
         self.padded = -(-length // g) * g
         self.span = plan.anchor_span
 
+    def _key_start(self, t0: int) -> int:
+        return max(0, t0 // self.plan.chunk * self.plan.chunk - self.reach)
+
     def _key_stop(self, t1: int) -> int:
         return min(-(-t1 // self.plan.chunk) * self.plan.chunk, self.padded)
 
     def groups(self):
-        """Yield (anchor, (m0, m1) the group's keys, its blocks (index, (t0, t1), (n0, n1), band))."""
+        """Yield ((m0, m1) the group's keys, their ages a − n, its blocks (index, (t0, t1), (n0, n1), band)).
+
+        Keys newer than the group's last query are invisible to all of it: their age is clamped
+        there, so their factor λ^(p·(a−n)) stays in the range the plan allows."""
         for anchor in range(0, self.length, self.span):
             stop = min(anchor + self.span, self.length)
-            keys = (max(0, anchor - self.reach), self._key_stop(stop))
-            yield anchor, keys, self._blocks(anchor, stop)
+            keys = (self._key_start(anchor), self._key_stop(stop))
+            key_age = (anchor - torch.arange(*keys, device=self.device)).clamp_(min=anchor - stop + 1)
+            yield keys, key_age, self._blocks(anchor, stop)
 
     def _blocks(self, anchor: int, stop: int):
         plan, g = self.plan, self.plan.chunk
         for t0 in range(anchor, stop, plan.block):
             t1 = min(t0 + plan.block, self.length)
-            n0, n1 = max(0, t0 - self.reach), self._key_stop(t1)
+            n0, n1 = self._key_start(t0), self._key_stop(t1)
             keys = torch.arange(n0, n1, device=self.device)
             chunk_subtile = (keys[::g] % plan.window) // plan.subtile_rows
             band = make_band(plan, torch.arange(t0, t1, device=self.device), keys, anchor, chunk_subtile)
@@ -170,8 +179,7 @@ class _BandedAnalogCore(torch.autograd.Function):
         keep_pass = any(ctx.needs_input_grad[:3])
         out = torch.empty_like(pulses)
         scratch, passes = Scratch(), []
-        for anchor, (m0, m1), group in blocks.groups():
-            key_age = anchor - torch.arange(m0, m1, device=pulses.device)
+        for (m0, m1), key_age, group in blocks.groups():
             stored_keys = (keys_p[:, m0:m1], _slice(gain_k_p, (m0, m1)))
             key_columns = stored_columns(plan.features, plan, *stored_keys, key_age, ones=bool(plan.constant))
             value_columns = chunk_value_columns(plan.features, plan, values_p[:, m0:m1], _slice(gain_v_p, (m0, m1)), key_age)
@@ -201,8 +209,7 @@ class _BandedAnalogCore(torch.autograd.Function):
         grad_values = torch.zeros_like(values_p)
         grad_out = grad_out.contiguous()
         scratch = Scratch()
-        for anchor, (m0, m1), group in blocks.groups():
-            key_age = anchor - torch.arange(m0, m1, device=pulses.device)
+        for (m0, m1), key_age, group in blocks.groups():
             stored = [(keys_p[:, m0:m1], _slice(gain_k_p, (m0, m1))), (values_p[:, m0:m1], _slice(gain_v_p, (m0, m1)))]
             key_columns = stored_columns(plan.features, plan, *stored[0], key_age, ones=bool(plan.constant))
             grad_key_columns = stored_columns(features, plan, *stored[0], key_age)

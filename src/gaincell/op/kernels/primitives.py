@@ -4,145 +4,21 @@
 generation step) compose these in the same order, so they compute the same numbers, and both are
 tested against :mod:`gaincell.op.equations`. With leakage the power i of the cell polynomial decays
 as λ^(i·age); splitting the age at an anchor makes that a query factor times a key factor, so all
-powers stack into ONE matmul per product (without leakage they fold into g(k~), SPEC §3.4 note).
+powers stack into ONE matmul per product (without leakage they fold into g(k~), SPEC §3.4 note);
+the plan (:mod:`~gaincell.op.kernels.plan`) spaces the anchors so that neither factor leaves float range.
 The charge-to-pulse converter and the ADC of :mod:`gaincell.chip.periphery` are fused here with the
 scaling of the second product's pulses and the digital sum (same formulas, fewer passes).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 import torch
 
-from gaincell.chip.cells import build_cell
-from gaincell.chip.config import GainCellConfig
-
-#: Largest exponent |p·ε·age| a factor of the split decay may reach (see :func:`_anchor_span`):
-#: e^±20 lies far inside float32's range, and the product of the two factors is exact to rounding.
-_DECAY_EXPONENT_LIMIT = 20.0
-
-
-@dataclass(frozen=True)
-class Feature:
-    """One matmul of the analog products: a polynomial φ of the stored offset, decaying as λ^(power·age).
-
-    The score is S = Σ_f λ^(f.power·age) ∘ (Q · φ_f(k~)ᵀ) (+ the constant term), and likewise the
-    second product. With leakage there is one feature per power of g; without, a single φ = g − g(0).
-    """
-
-    power: int
-    coefficients: tuple[float, ...]
-
-    def terms(self, slope: bool = False) -> list[tuple[int, float]]:
-        """The (power, coefficient) pairs of φ, or of φ' with ``slope``, that are not zero."""
-        terms = [(i, c) for i, c in enumerate(self.coefficients) if c]
-        return [(i - 1, i * c) for i, c in terms if i] if slope else terms
-
-    def scaled(self, y: torch.Tensor, scale: torch.Tensor, gain, out: torch.Tensor, slope: bool = False):
-        """out = φ(y)·scale (· gain), or φ'(y)·scale (· gain); a single power is one pow and one multiply."""
-        terms = self.terms(slope)
-        if len(terms) == 1 and terms[0][0]:
-            power, c = terms[0]
-            torch.mul(y if power == 1 else y**power, c * scale, out=out)
-        else:
-            polynomial = torch.zeros_like(y)
-            for power, c in terms:
-                polynomial += c * y**power
-            torch.mul(polynomial, scale, out=out)
-        if gain is not None:
-            out *= gain
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything the kernel needs from a config, computed once (configs are frozen and hashable).
-
-    ``grad_features`` / ``grad_constant`` describe the model whose derivative the backward pass
-    uses: the cell itself (exact) or the linear cell α·y (surrogate, SPEC §3.4). ``anchor_span``:
-    how many consecutive queries share one decay anchor (see :func:`_anchor_span`).
-    """
-
-    features: tuple[Feature, ...]
-    constant: float
-    grad_features: tuple[Feature, ...]
-    grad_constant: float
-    leakage: float
-    window: int
-    subtile_rows: int
-    chunk: int
-    n_subtiles: int
-    block: int
-    anchor_span: int
-    s_sat: float
-    readout_gain: float
-    adc: object
-    read_noise: float
-    adc_high: float
-
-
-def _features(coefficients: tuple[float, ...], leakage: float, with_gains: bool):
-    """Group g's powers by their leakage exponent; the constant term rides along as a column of ones
-    (first product) and a sum per chunk (second product) unless gains apply."""
-    constant = 0.0 if with_gains else coefficients[0]
-    start = 0 if with_gains else 1
-    if leakage == 0:
-        folded = (0.0,) * start + tuple(coefficients[start:])
-        has_terms = any(c != 0 for c in folded)
-        return ((Feature(0, folded),) if has_terms else ()), constant
-    features = []
-    for power in range(start, len(coefficients)):
-        if coefficients[power] != 0:
-            features.append(Feature(power, (0.0,) * power + (coefficients[power],)))
-    return tuple(features), constant
-
-
-def _anchor_span(features, leakage: float, window: int, block: int, chunk: int) -> int:
-    """Queries that share one decay anchor a: whole blocks, about one window M of them.
-
-    Per anchor the stored side λ^(p·(a−n)) φ(y~) is built once for all its blocks instead of once
-    per block; it covers the anchor's queries plus the window, so its memory stays O(M·D) per head.
-    With leakage a shared anchor also costs range: keys up to span + g after a grow as
-    λ^(−p·(n−a)) and queries shrink as λ^(p·(t−a)), so p·ε·(span + g) is kept under
-    :data:`_DECAY_EXPONENT_LIMIT` (with the paper's ε that allows tens of thousands of tokens).
-    """
-    blocks = -(-window // block)
-    power = max((f.power for f in features), default=0)
-    if leakage and power:
-        blocks = min(blocks, int((_DECAY_EXPONENT_LIMIT / (leakage * power) - chunk) // block))
-    return max(1, blocks) * block
-
-
-@functools.lru_cache(maxsize=64)
-def make_plan(config: GainCellConfig, with_gains: bool) -> Plan:
-    cell = build_cell(config.cell)
-    features, constant = _features(cell.coefficients, config.leakage, with_gains)
-    if config.gradient == "surrogate" and not cell.is_linear:
-        grad_features, grad_constant = _features((0.0, cell.alpha), config.leakage, with_gains)
-    else:
-        grad_features, grad_constant = features, constant
-    chunk = math.gcd(config.window, config.subtile_rows)
-    block = max(chunk, config.block_size // chunk * chunk)
-    return Plan(
-        features=features,
-        constant=constant,
-        grad_features=grad_features,
-        grad_constant=grad_constant,
-        leakage=config.leakage,
-        window=config.window,
-        subtile_rows=config.subtile_rows,
-        chunk=chunk,
-        n_subtiles=config.n_subtiles,
-        block=block,
-        anchor_span=_anchor_span(features + grad_features, config.leakage, config.window, block, chunk),
-        s_sat=config.periphery.s_sat,
-        readout_gain=config.periphery.readout_gain,
-        adc=config.periphery.adc,
-        read_noise=config.noise.read_noise,
-        adc_high=config.periphery.adc.high,
-    )
+from gaincell.op.kernels.plan import Plan
+from gaincell.op.kernels.plan import make_plan as make_plan  # the plan is one of the shared pieces
 
 
 @dataclass
@@ -178,7 +54,9 @@ def make_band(plan: Plan, query_positions, key_positions, anchor: int, chunk_sub
     per_chunk = valid.view(queries, keys // plan.chunk, plan.chunk).any(-1).to(torch.int32)
     occupied = torch.zeros(plan.n_subtiles, queries, dtype=torch.int32, device=valid.device)
     occupied.index_add_(0, chunk_subtile, per_chunk.T)
-    band = Band(query_positions - anchor, anchor - key_positions, valid, chunk_subtile, occupied > 0)
+    # Keys newer than every query are invisible: their age is clamped there, so their factor stays in range.
+    key_age = (anchor - key_positions).clamp(min=anchor - int(query_positions.max()))
+    band = Band(query_positions - anchor, key_age, valid, chunk_subtile, occupied > 0)
     band.edges, band.fold = _edges(valid), band_fold(chunk_subtile.tolist())
     return band
 
