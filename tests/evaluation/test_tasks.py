@@ -15,7 +15,7 @@ from gaincell.errors import GainCellError
 from gaincell.evaluation import harness, tasks
 from gaincell.evaluation.lm_eval_model import lm_eval_model_class
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.needs_data("tasks")]
 
 
 @pytest.fixture(scope="module")
