@@ -39,3 +39,15 @@ def parse_override(override: str, expected: str = "key=value") -> tuple[str, Any
     except tomllib.TOMLDecodeError:
         value = raw
     return key.strip(), value
+
+
+def set_nested(data: dict, key: str, value: Any) -> None:
+    """``--set a.b.c=v``: set ``data["a"]["b"]["c"]``, creating tables on the way, at any depth (a recipe's
+    ``hardware.periphery.adc.levels`` keeps ``adc``'s other keys)."""
+    table = data
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        table = table.setdefault(parent, {})
+        if not isinstance(table, dict):
+            raise GainCellError(f"--set {key}: {parent} is not a table")
+    table[leaf] = value

@@ -16,7 +16,7 @@ from gaincell.adaptation.settings import CalibrationConfig, DistillConfig, Initi
 from gaincell.chip.config import GainCellConfig, preset
 from gaincell.datadir import expand_data_path
 from gaincell.errors import GainCellError
-from gaincell.tomlfile import parse_override, read_toml
+from gaincell.tomlfile import parse_override, read_toml, set_nested
 from gaincell.validation import (
     check_int,
     check_string,
@@ -178,12 +178,5 @@ def read_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read a TOML recipe; ``overrides`` are ``section.key=value`` strings (values parsed as TOML)."""
     data = read_toml(path)
     for override in overrides:
-        key, value = parse_override(override, "section.key=value")
-        table = data
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            table = table.setdefault(parent, {})
-            if not isinstance(table, dict):
-                raise GainCellError(f"--set {key}: {parent} is not a table")
-        table[leaf] = value
+        set_nested(data, *parse_override(override, "section.key=value"))
     return recipe_from_dict(data)

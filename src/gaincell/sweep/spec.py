@@ -34,7 +34,7 @@ from gaincell.hardware.gaincell_model import AttentionShape, estimate
 from gaincell.sweep.adapt import adapt_from_dict
 from gaincell.sweep.inputs import check_model_dir, check_text
 from gaincell.sweep.knobs import KNOB_ALIASES, LEAKAGE_KNOBS, point_dict
-from gaincell.tomlfile import parse_override, read_toml
+from gaincell.tomlfile import parse_override, read_toml, set_nested
 from gaincell.validation import (
     FieldError,
     check_bool,
@@ -111,13 +111,7 @@ def _apply_override(data: dict, override: str) -> None:
             raise GainCellError(f"--set {key}: {section} is not a table")
         table[rest] = value
     elif dot and section == "adapt":  # adapt.distill.lr=1e-3: nested tables, as the TOML writes them
-        table = data
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            table = table.setdefault(parent, {})
-            if not isinstance(table, dict):
-                raise GainCellError(f"--set {key}: {parent} is not a table")
-        table[leaf] = value
+        set_nested(data, key, value)
     else:
         data[key] = value
 
