@@ -118,6 +118,28 @@ def initialise_scalers(
     }
 
 
+@torch.no_grad()
+def remap_scalers(model, trained: GainCellConfig, hardware: GainCellConfig) -> None:
+    """Re-express an adapted model's trained q, k, v scalers for another chip's DAC ranges.
+
+    An adapted model's scalers were trained with its weights (attention transfer, distillation);
+    statistics of the original model would undo that (SPEC §4.4's initialisation assumes the
+    original weights). Each trained map a·x + b onto [low₀, high₀] becomes the map onto [low₁, high₁]
+    that puts every value at the same relative place: a' = a·s, b' = low₁ + (b − low₀)·s with
+    s = (high₁ − low₁)/(high₀ − low₀). Equal ranges leave the scalers exactly as trained; the
+    output scalers are kept (the ADC, window and leakage change the read-out, not the DAC ranges).
+    """
+    before, after = trained.periphery, hardware.periphery
+    for cell in gain_cell_layers(model):
+        for name, old, new in (("q", before.q, after.q), ("k", before.kv, after.kv), ("v", before.kv, after.kv)):
+            if (old.low, old.high) == (new.low, new.high):
+                continue
+            scale = (new.high - new.low) / (old.high - old.low)
+            a, b = getattr(cell.scalers, f"a_{name}"), getattr(cell.scalers, f"b_{name}")
+            a.mul_(scale)
+            b.sub_(old.low).mul_(scale).add_(new.low)
+
+
 def _match_outputs(student, teacher, batches, cells, stats) -> None:
     """Output scalers: the gain-cell read-out of each head, replayed on the teacher's layer inputs,
     mapped affinely onto the mean and std of that head's softmax output."""

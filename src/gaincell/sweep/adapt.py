@@ -28,10 +28,13 @@ from gaincell.chip.config import GainCellConfig
 from gaincell.datadir import expand_data_path
 from gaincell.errors import GainCellError
 from gaincell.sweep.inputs import check_model_dir, check_text
-from gaincell.validation import check_int, check_table, fail, field_names, reject_unknown, within
+from gaincell.validation import check_choice, check_int, check_table, fail, field_names, reject_unknown, within
 
 ADAPT_PATHS = ("teacher", "text", "distill_text")
-ADAPT_KEYS = ("teacher", "text", "block_size", "distill_tokens", "distill_text", "initialise", "distill")
+ADAPT_KEYS = ("teacher", "text", "scalers", "block_size", "distill_tokens", "distill_text", "initialise", "distill")
+#: How a point's scalers start: the original model's statistics (SPEC §4.4), or the adapted model's own
+#: trained scalers re-expressed for the point's DAC ranges; "auto": statistics for a plain model, else remap.
+SCALER_STARTS = ("auto", "statistics", "remap")
 #: DistillConfig fields the sweep sets itself: the steps come from the token budget; no evaluation, logs or bars.
 FIXED_DISTILL = ("max_steps", "eval_every", "eval_batches", "log_jsonl", "report_to", "progress_bar")
 #: The sweep's defaults for a short distillation (DistillConfig's own warm-up of 100 steps is for long runs).
@@ -39,8 +42,11 @@ DISTILL_DEFAULTS = {"warmup_steps": 0, "checkpoint_every": 50, "eval_every": 0, 
                     "log_jsonl": None, "progress_bar": False}  # fmt: skip
 
 
-def adapt_from_dict(value: Any) -> dict | None:
-    """The checked ``[adapt]`` table (paths expanded, defaults filled), or None without one."""
+def adapt_from_dict(value: Any, gain_cell: bool = False) -> dict | None:
+    """The checked ``[adapt]`` table (paths expanded, defaults filled), or None without one.
+
+    ``gain_cell``: the sweep's model is already adapted (saved with a gain-cell config), which
+    decides ``scalers = "auto"``."""
     if value is None:
         return None
     check_table("adapt", value)
@@ -55,6 +61,7 @@ def adapt_from_dict(value: Any) -> dict | None:
             fail("adapt.text", "a text file or folder of .txt files (the statistics' text)", table.get(name))
         if name in table:
             check_text(table[name], f"adapt.{name}")
+    table["scalers"] = _scaler_start(table.get("scalers", "auto"), gain_cell)
     table.setdefault("distill_tokens", 0)
     check_int("adapt.distill_tokens", table["distill_tokens"], 0)
     table.setdefault("block_size", None)
@@ -66,6 +73,16 @@ def adapt_from_dict(value: Any) -> dict | None:
         raise GainCellError("adapt.distill: distillation settings given, but adapt.distill_tokens is 0 (no distillation)")
     distill_config(table, steps=10**9)  # every field checked now; the steps once the block size is known
     return table
+
+
+def _scaler_start(value: Any, gain_cell: bool) -> str:
+    check_choice("adapt.scalers", value, SCALER_STARTS)
+    if value == "remap" and not gain_cell:
+        raise GainCellError("adapt.scalers: 'remap' re-expresses an adapted model's trained scalers, but the sweep's "
+                            "model is a plain one; use 'statistics' (or 'auto')")  # fmt: skip
+    if value == "auto":
+        return "remap" if gain_cell else "statistics"
+    return value
 
 
 def _check_teacher(path: str) -> None:

@@ -65,6 +65,7 @@ def markdown(spec, summary: dict, plots: list[str], run_note: str = "", adapt_se
         lines.append(_adapt_line(spec.adapt))
     if reference is not None:
         lines.append(f"- reference (the model as loaded): perplexity **{reference['ppl_mean']:.3f}**")
+    lines += _consistency_lines(rows, reference)
     if run_note:
         lines.append(f"- time: {run_note}")
     leakage = any(knob in LEAKAGE_KNOBS for knob in knobs)  # the ε each retention / token rate gives
@@ -88,8 +89,28 @@ def markdown(spec, summary: dict, plots: list[str], run_note: str = "", adapt_se
     return "\n".join(lines) + "\n"
 
 
+def _consistency_lines(rows: list[dict], reference: dict | None) -> list[str]:
+    """A point at the adapted model's own hardware must score what the model scores as loaded: before
+    its distillation where points are distilled (the start of every point's adaptation), else as measured."""
+    lines = []
+    for row in rows:
+        if not row.get("own_hardware") or reference is None or row.get("failed"):
+            continue
+        starts = [a.get("ppl_start") for a in row.get("adaptation") or [] if a]
+        value, when = (starts[0], "before its distillation") if starts and starts[0] is not None else (row["ppl_mean"], "")
+        difference = value / reference["ppl_mean"] - 1
+        verdict = "reproduces it" if abs(difference) < 1e-3 else "DIFFERS"
+        lines.append(f"- consistency check: point {row['index']} is the model's own hardware; {when + ' ' if when else ''}"
+                     f"it scores {value:.3f} against the reference's {reference['ppl_mean']:.3f} "
+                     f"({difference:+.2%}: {verdict})" + (f"; after it, {row['ppl_mean']:.3f}" if when else ""))  # fmt: skip
+    return lines
+
+
 def _adapt_line(adapt: dict) -> str:
-    line = f"- adaptation per point (SPEC §4.4): scalers initialised from `{adapt['teacher']}` on `{adapt['text']}`"
+    if adapt["scalers"] == "remap":
+        line = "- adaptation per point: the adapted model's trained scalers re-expressed for the point's DAC ranges"
+    else:
+        line = f"- adaptation per point (SPEC §4.4): scalers initialised from `{adapt['teacher']}` on `{adapt['text']}`"
     if adapt["distill_tokens"]:
         settings = ", ".join(f"{k} {_value(v)}" for k, v in adapt["distill"].items())
         line += f", then distilled for {adapt['distill_tokens']:,} tokens" + (f" ({settings})" if settings else "")

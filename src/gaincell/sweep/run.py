@@ -183,6 +183,7 @@ def summarise(spec: SweepSpec, records: list[dict]) -> dict:
                 "index": index,
                 "point": first["point"],
                 "leakage": first["leakage"],
+                "own_hardware": first.get("own_hardware", False),
                 "ppl_mean": mean,
                 "ppl_std": std,
                 "seeds": [r["seed"] for r in group],

@@ -127,7 +127,7 @@ def spec_from_dict(data: dict) -> SweepSpec:
     for name in ("model", "text"):
         if not isinstance(data.get(name), str) or not data[name]:
             fail(name, "a path", data.get(name))
-    check_model_dir(data["model"])
+    saved = check_model_dir(data["model"]).get("gaincell")
     check_text(data["text"], "text")
     if data.get("calibration_text") is not None:
         check_text(data["calibration_text"], "calibration_text")
@@ -137,7 +137,7 @@ def spec_from_dict(data: dict) -> SweepSpec:
         seeds=_seeds(data.get("seeds", [0])),
         calibration_text=data.get("calibration_text"),
         calibration=_calibration(data.get("calibration", {})),
-        adapt=adapt_from_dict(data.get("adapt")),
+        adapt=adapt_from_dict(data.get("adapt"), gain_cell=saved is not None and saved.get("attention") != "softmax"),
         **_scalars(data),
     )
     check_choice("adc_cost", spec.adc_cost, ADC_COSTS)

@@ -19,6 +19,7 @@ import torch
 from gaincell.adaptation.calibration import calibrate
 from gaincell.adaptation.data import check_context, model_max_positions
 from gaincell.adaptation.settings import CalibrationConfig
+from gaincell.chip.config import GainCellConfig
 from gaincell.errors import GainCellError
 from gaincell.evaluation.perplexity import strided_perplexity
 from gaincell.hardware.constants import load_technology
@@ -52,6 +53,7 @@ class Evaluator:
         self.shape = load_shape(spec.model)
         self.tech = load_technology(spec.tech)
         self.initial: dict[str, torch.Tensor] | None = None
+        self.own = model_config(self.model) if self.converted else None  # the hardware an adapted model was saved for
         self.adapter = PointAdapter(spec, self.tokenizer, self.model, self.context) if spec.adapt else None
         self.calibration_batch = self._calibration_batch(tokens) if spec.calibrate else None
 
@@ -93,20 +95,20 @@ class Evaluator:
             convert(self.model, config)
             self._restore_parameters()
             if self.adapter is not None and config.attention != "softmax":
-                adaptation = self.adapter.adapt(self.model, config, unit)
+                adaptation = self.adapter.adapt(self.model, config, unit, score=lambda: self._score(unit)["ppl"])
             if self.spec.calibrate and config.attention != "softmax":
                 config_ = CalibrationConfig(**self.spec.calibration)
                 result = calibrate(self.model, self.calibration_batch, config_, config, progress=False)
                 calibration = {"iterations": result.iterations, "converged": result.converged,
                                "final_error": result.errors[-1] if result.errors else None, "loss": result.loss}  # fmt: skip
-            torch.manual_seed(_seed(unit.key))
-        scored = strided_perplexity(self.model, self.tokens, self.context, self.stride, self.spec.batch_size)
+        scored = self._score(unit)
         record = {
             "key": unit.key,
             "index": unit.index,
             "point": unit.point,
             "seed": unit.seed,
             "leakage": None if config is None else config.leakage,
+            "own_hardware": unit.index >= 0 and self.own is not None and same_hardware(config, self.own),
             "ppl": scored["ppl"] if math.isfinite(scored["ppl"]) else None,
             "nll": scored["nll"] if math.isfinite(scored["nll"]) else None,
             "failed": None if math.isfinite(scored["ppl"]) else f"perplexity is {scored['ppl']} (not a finite number)",
@@ -121,6 +123,10 @@ class Evaluator:
         if self.adapter is not None:
             self.adapter.finish(unit)
         return record
+
+    def _score(self, unit: Unit) -> dict:
+        torch.manual_seed(_seed(unit.key))  # read noise: the same draws whatever ran before
+        return strided_perplexity(self.model, self.tokens, self.context, self.stride, self.spec.batch_size)
 
     def _restore_parameters(self) -> None:
         """Every point starts from the scalers the model was loaded (or first converted) with, and, where
@@ -139,6 +145,28 @@ class Evaluator:
                 self.initial = {name: p.detach().clone() for name, p in parameters.items()}
             for name, parameter in parameters.items():
                 parameter.copy_(self.initial[name])
+
+
+def same_hardware(a: GainCellConfig, b: GainCellConfig) -> bool:
+    """Equal configs up to float rounding (a retention time and token rate give ε = Δt/τ, not the
+    literal) and the chip seed (a sweep sets its own)."""
+    left, right = dict(_leaves(a.to_dict())), dict(_leaves(b.to_dict()))
+    left.pop("noise.seed", None), right.pop("noise.seed", None)
+    return left.keys() == right.keys() and all(_close(left[key], right[key]) for key in left)
+
+
+def _leaves(value, path: str = ""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{path}.{key}" if path else key)
+    else:
+        yield path, value
+
+
+def _close(x, y) -> bool:
+    if isinstance(x, float) and isinstance(y, float):
+        return math.isclose(x, y, rel_tol=1e-9)
+    return x == y
 
 
 def _seed(key: str) -> int:
