@@ -49,23 +49,26 @@ ROWS = ("a", "a-prime", "b", "c", "c-linear", "d", "e-paper", "e-transfer")
 
 
 def stories_setup(args) -> dict:
-    """Sample stories from the original model; 90 % train (text files), 10 % held out."""
+    """Sample stories from the original model; 90 % train (text files), 10 % held out (both kept in --work:
+    a rerun with the same --stories reads them instead of sampling again)."""
     path = args.data / "models" / "stories260K"
     model, tokenizer = load_pretrained(path), load_pretrained_tokenizer(path)
-    torch.manual_seed(0)
-    rows = []
-    with torch.no_grad():
-        for _ in range(args.stories // 64):
-            bos = torch.full((64, 1), tokenizer.bos_token_id)
-            rows.append(
-                model.generate(bos, do_sample=True, max_new_tokens=255, pad_token_id=0, attention_mask=torch.ones_like(bos))
-            )
-    texts = [tokenizer.decode(row, skip_special_tokens=True) for row in torch.cat(rows)]
-    held = max(8, len(texts) // 10)
-    folder = args.work / "stories-text"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "train.txt").write_text("\n\n".join(texts[:-held]))
-    eval_ids = torch.tensor(tokenizer("\n\n".join(texts[-held:]), add_special_tokens=False)["input_ids"])
+    folder, held = args.work / "stories-text", max(8, args.stories // 64 * 64 // 10)
+    if not (folder / "held-out.txt").is_file() or (folder / "stories.txt").read_text() != str(args.stories):
+        torch.manual_seed(0)
+        rows = []
+        with torch.no_grad():
+            for _ in range(args.stories // 64):
+                bos = torch.full((64, 1), tokenizer.bos_token_id)
+                rows.append(model.generate(bos, do_sample=True, max_new_tokens=255, pad_token_id=0,
+                                           attention_mask=torch.ones_like(bos)))  # fmt: skip
+        texts = [tokenizer.decode(row, skip_special_tokens=True) for row in torch.cat(rows)]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "stories.txt").write_text(str(args.stories))
+        (folder / "train.txt").write_text("\n\n".join(texts[:-held]))
+        (folder / "held-out.txt").write_text("\n\n".join(texts[-held:]))
+    held_text = (folder / "held-out.txt").read_text()
+    eval_ids = torch.tensor(tokenizer(held_text, add_special_tokens=False)["input_ids"])
     return {"model": str(path), "gguf_file": None, "train_text": str(folder / "train.txt"), "eval_ids": eval_ids,
             "window": 64, "context": 256, "stride": 128, "block_size": 256, "prompt": "Once upon a time",
             "eval_text": f"{held} held-out stories sampled from the original model ({len(eval_ids)} tokens)"}  # fmt: skip
@@ -135,8 +138,14 @@ def table1(model, tokenizer, args) -> dict:
 
 
 def perplexities(model, setup) -> dict[str, float]:
-    return {name: strided_perplexity(model, ids, setup["context"], setup["stride"], batch_size=4)["ppl"]
-            for name, ids in setup["texts"].items()}  # fmt: skip
+    """Every text at the setup's context; with ``--long-context N`` the in-domain text also at context N
+    (positions the training blocks never reached: docs/real-models.md, "Positions")."""
+    scores = {name: strided_perplexity(model, ids, setup["context"], setup["stride"], batch_size=4)["ppl"]
+              for name, ids in setup["texts"].items()}  # fmt: skip
+    if setup.get("long_context"):
+        long = setup["long_context"]
+        scores[f"in-domain@{long}"] = strided_perplexity(model, setup["texts"]["in-domain"], long, long // 2, 4)["ppl"]
+    return scores
 
 
 def softmax_fine_tuned(pretrained, recipe: dict, output: Path, args):
@@ -150,7 +159,7 @@ def softmax_fine_tuned(pretrained, recipe: dict, output: Path, args):
     recipe = recipe_from_dict({**recipe, "output_dir": str(output)})
     train_blocks, eval_blocks = recipe_blocks(recipe, load_pretrained_tokenizer(recipe.model))
     steps = sum(getattr(recipe, stage).max_steps for stage in ("transfer", "distill"))
-    config = TrainConfig(**stage_table(steps, args.batch, lr=args.lr))
+    config = TrainConfig(**stage_settings(steps, args.batch, lr=args.lr, position_offset=args.position_offset))
     result = train(copy.deepcopy(pretrained), train_blocks, eval_blocks, config, output / "a-prime",
                    resume=latest_checkpoint(output / "a-prime") is not None)  # fmt: skip
     return result.model.eval(), result.step * args.batch * int(train_blocks.shape[1])
@@ -163,7 +172,7 @@ def sample(model, tokenizer, prompt: str, tokens: int = 40) -> str:
     return tokenizer.decode(out[0], skip_special_tokens=True)
 
 
-def stage_table(steps: int, batch: int, **extra) -> dict:
+def stage_settings(steps: int, batch: int, **extra) -> dict:
     """One training stage; it evaluates 8 times (the held-out curve) and checkpoints 4 times."""
     return {"max_steps": steps, "batch_size": batch, "grad_accum": 1, "warmup_steps": max(1, steps // 20),
             "eval_every": max(1, steps // 8), "checkpoint_every": max(1, steps // 4), "log_every": 10,
@@ -172,7 +181,12 @@ def stage_table(steps: int, batch: int, **extra) -> dict:
 
 def recipes(setup, args) -> dict[str, dict]:
     """Both recipes spend ``args.budget`` tokens: paper 20 % linear / 80 % nonlinear (about the paper's
-    3,000 : 13,000 steps); transfer ``args.transfer_share`` on attention transfer, the rest distillation."""
+    3,000 : 13,000 steps); transfer ``args.transfer_share`` on attention transfer, the rest distillation.
+    Every training stage shifts its blocks' positions by up to ``--position-offset``."""
+
+    def stage_table(steps: int, batch: int, **extra) -> dict:
+        return stage_settings(steps, batch, position_offset=args.position_offset, **extra)
+
     per_step = args.batch * setup["block_size"]
     steps = max(2, args.budget // per_step)
     hardware = {"preset": "paper", "window": setup["window"]}
@@ -235,6 +249,13 @@ def main() -> None:
     parser.add_argument("--task-limit", type=int, default=1000, help="items per task (default 1,000; 0: all)")
     parser.add_argument("--tag", default="fair", help="suffix of the result files (real-models-MODEL-TAG.json)")
     parser.add_argument("--eval-tokens", type=int, default=4096)
+    parser.add_argument(
+        "--position-offset",
+        type=int,
+        default=0,
+        help="training stages shift block positions by a random 0..N (TrainConfig.position_offset)",
+    )
+    parser.add_argument("--long-context", type=int, help="also score the in-domain text at this context")
     parser.add_argument("--calibration-iterations", type=int, default=100, help="the paper's 100; fewer in --smoke")
     parser.add_argument("--smoke", action="store_true", help="tiny budget: shows the pipeline runs end to end")
     parser.add_argument("--threads", type=int, default=1)
@@ -268,6 +289,7 @@ def run(args) -> None:
     if args.train_text is not None:
         own_training_text(args, setup, tokenizer)
     setup["texts"] = evaluation_texts(args, setup, tokenizer)
+    setup["long_context"] = args.long_context
     pretrained = load_pretrained(setup["model"])
     hardware = gaincell.preset("paper", window=setup["window"])
 

@@ -8,8 +8,10 @@ import pytest
 import torch
 from sweep_files import spec_dict, write_toml
 
+import gaincell
 from gaincell.adaptation import train as training
 from gaincell.cli import main
+from gaincell.errors import GainCellError
 from gaincell.hf.layer import gain_cell_layers
 from gaincell.sweep.run import run_sweep, spec_from_dict
 from gaincell.sweep.spec import Unit
@@ -129,3 +131,74 @@ def test_adapt_paths_expand_to_the_shared_data_folder(files, tmp_path, monkeypat
     spec = spec_from_dict(adapted(files, tmp_path / "o", adapt=table))
     assert (spec.adapt["teacher"], spec.adapt["text"]) == (str(files / "model"), str(files / "text.txt"))
     assert json.loads(json.dumps(spec.adapt)) == spec.adapt  # plain data: it travels to workers and into the fingerprint
+
+
+def adapted_base(files, path, **hardware):
+    """The tiny model converted to the paper chip with scalers away from any initialisation, as training leaves them."""
+    model = gaincell.load(files / "model")
+    gaincell.convert(model, gaincell.preset("paper", window=32, subtile_rows=16, **hardware))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for cell in gain_cell_layers(model):
+            for parameter in cell.scalers.parameters():
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    gaincell.save(model, path, gaincell.hf.pretrained.load_tokenizer(files / "model"))
+    return model
+
+
+def test_an_adapted_model_starts_each_point_from_its_trained_scalers_re_expressed_for_the_dac_range(files, tmp_path):
+    base = adapted_base(files, tmp_path / "adapted")
+    trained = [{n: p.detach().clone() for n, p in cell.scalers.named_parameters()} for cell in gain_cell_layers(base)]
+    data = adapted(files, tmp_path / "o", distilled=False, model=str(tmp_path / "adapted"), context=32, stride=16)
+    data["grid"] = {"periphery.q.low": [0.0, 0.2], "periphery.kv.high": [0.9, 0.45]}
+    spec = spec_from_dict(data)
+    assert spec.adapt["scalers"] == "remap"  # "auto" for a model saved with a gain-cell config
+    evaluator = Evaluator(spec)
+    for index, point in enumerate(spec.points):
+        record = evaluator.evaluate(Unit(index, point, 0))
+        assert record["adaptation"]["statistics_tokens"] == 0
+        q_low, kv_high = point["periphery.q.low"], point["periphery.kv.high"]
+        for cell, before in zip(gain_cell_layers(evaluator.model), trained, strict=True):
+            # the map onto [0, 1] (q) and [0, 0.9] (k, v) moved onto the point's range, same relative place:
+            # (a'x + b' - low') / (high' - low') = (a x + b - low) / (high - low)
+            q_scale, kv_scale = (1.0 - q_low) / 1.0, kv_high / 0.9
+            expected = {
+                "a_q": before["a_q"] * q_scale, "b_q": q_low + before["b_q"] * q_scale,
+                "a_k": before["a_k"] * kv_scale, "b_k": before["b_k"] * kv_scale,
+                "a_v": before["a_v"] * kv_scale, "b_v": before["b_v"] * kv_scale,
+                "a_o": before["a_o"], "b_o": before["b_o"],
+            }  # fmt: skip
+            for name, value in expected.items():
+                torch.testing.assert_close(getattr(cell.scalers, name).detach(), value, rtol=1e-6, atol=1e-7)
+        assert record["own_hardware"] == (index == 0)
+
+
+def test_the_model_s_own_hardware_point_reproduces_the_reference_before_its_distillation(files, tmp_path):
+    adapted_base(files, tmp_path / "adapted")
+    data = adapted(files, tmp_path / "o", model=str(tmp_path / "adapted"), context=32, stride=16)
+    data["grid"] = {"adc_levels": [8, 32]}
+    data["base"] = {"token_rate": 1.25e6, "retention_time": 5e-3}  # ε = 0.8 µs / 5 ms = 1.6e-4, the preset's, rounded
+    summary = run_sweep(spec_from_dict(data), progress=False)
+    reference, low, own = summary["rows"]
+    assert (low["own_hardware"], own["own_hardware"]) == (False, True)
+    assert own["adaptation"][0]["ppl_start"] == pytest.approx(reference["ppl_mean"], rel=1e-6)
+    assert own["adaptation"][0]["distill_steps"] > 0 and own["ppl_mean"] != pytest.approx(reference["ppl_mean"])
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "- consistency check: point 1 is the model's own hardware; before its distillation it scores" in report
+    assert "reproduces it" in report and "DIFFERS" not in report
+
+
+@pytest.mark.parametrize(
+    ("scalers", "plain", "message"),
+    [
+        ("remap", True, "adapt.scalers: 'remap' re-expresses an adapted model's trained scalers, but the sweep's model"),
+        ("stats", False, "adapt.scalers must be one of auto, statistics, remap, got 'stats'"),
+    ],
+)
+def test_a_scaler_start_that_cannot_apply_is_refused(files, tmp_path, scalers, plain, message):
+    model = files / "model" if plain else tmp_path / "adapted"
+    if not plain:
+        adapted_base(files, model)
+    data = adapted(files, tmp_path / "o", adapt=adapt_table(files, distilled=False, scalers=scalers), model=str(model))
+    with pytest.raises(GainCellError, match=message.replace("(", r"\(").replace("'", ".")):
+        spec_from_dict(data)

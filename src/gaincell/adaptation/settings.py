@@ -98,6 +98,7 @@ class TrainConfig:
     log_jsonl: str | None = "metrics.jsonl"
     report_to: tuple[str, ...] = ()
     progress_bar: bool = True
+    position_offset: int = 0  # each micro-batch's positions shifted by a random 0 … this (batches.offset_positions)
 
     def __post_init__(self) -> None:
         check_positive("lr", self.lr)
@@ -113,6 +114,7 @@ class TrainConfig:
             ("keep_checkpoints", 1),
             ("log_every", 1),
             ("seed", 0),
+            ("position_offset", 0),
         ):
             check_int(name, getattr(self, name), minimum)
         if self.warmup_steps > self.max_steps:

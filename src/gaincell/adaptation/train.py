@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from gaincell.adaptation.batches import BatchOrder, block_rows, check_blocks
+from gaincell.adaptation.batches import BatchOrder, block_rows, check_blocks, offset_positions
+from gaincell.adaptation.data import check_context
 from gaincell.adaptation.settings import TrainConfig
 from gaincell.adaptation.state import (
     CHECKPOINT_DIR,
@@ -249,6 +250,7 @@ def _starting_point(accelerator, model, train_data, eval_data, config: TrainConf
     """Check the data and the checkpoint folder; returns (the resumed state or {}, the latest checkpoint)."""
     world = accelerator.num_processes
     check_blocks(train_data, "train_data", model, config.batch_size * world)
+    check_context(model, int(train_data.shape[1]) + config.position_offset, "position_offset + block size")
     if eval_data is not None:
         check_blocks(eval_data, "eval_data", model, world)
     if accelerator.is_main_process:
@@ -298,8 +300,10 @@ def _optimiser_step(model, optimizer, scheduler, run: _Run, step: int) -> tuple[
     for micro in range(config.grad_accum):
         index = step * config.grad_accum + micro
         input_ids = block_rows(run.train_data, run.order.indices(index)).to(accelerator.device)
+        positions = offset_positions(config.position_offset, config.seed, index, accelerator.process_index, input_ids.shape)
+        extra = {} if positions is None else {"position_ids": positions.to(accelerator.device)}
         with accelerator.accumulate(model):
-            micro_loss = model(input_ids=input_ids, labels=input_ids).loss
+            micro_loss = model(input_ids=input_ids, labels=input_ids, **extra).loss
             accelerator.backward(micro_loss)
         micro_losses.append(micro_loss.detach().float())
     grad_norm = None
@@ -328,10 +332,11 @@ class _Run:
         self.log_path = output_dir / config.log_jsonl if config.log_jsonl else None
         self.unwrapped = None
         self.objects: TrainingState | None = None
-        accelerator.print(
-            f"{output_dir.name}: {self.tokens_per_step:,} tokens per optimiser step (batch_size {config.batch_size} "
-            f"per process x grad_accum {config.grad_accum} x {self.world} process(es) x block {self.block_size})"
-        )
+        if config.progress_bar:  # a run without a bar (a sweep point) stays quiet
+            accelerator.print(
+                f"{output_dir.name}: {self.tokens_per_step:,} tokens per optimiser step (batch_size {config.batch_size} "
+                f"per process x grad_accum {config.grad_accum} x {self.world} process(es) x block {self.block_size})"
+            )
 
     def open_log(self, resume: bool, step: int) -> None:
         if self.accelerator.is_main_process and self.log_path is not None:

@@ -69,10 +69,10 @@ class AttentionTransfer(nn.Module):
         self.config = student.config
         self.layer_losses: list[float] = []
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **_) -> SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, labels=None, position_ids=None, **_) -> SimpleNamespace:
         teacher = self.teacher.on(input_ids.device)
-        with torch.no_grad(), capture_attention_io(teacher) as calls:
-            teacher.base_model(input_ids=input_ids, use_cache=False)  # the layers only: no logits needed
+        with torch.no_grad(), capture_attention_io(teacher) as calls:  # the layers only: no logits needed
+            teacher.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
         losses = []
         for module, call in zip(attention_modules(self.student), calls, strict=True):
             output = replay(module, call)
@@ -92,13 +92,14 @@ class Distillation(nn.Module):
         self.config = student.config
         self.weights = (config.kd_weight, config.lm_weight, config.temperature)
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **_) -> SimpleNamespace:
-        output = self.student(input_ids=input_ids, labels=labels)
+    def forward(self, input_ids: torch.Tensor, labels=None, position_ids=None, **_) -> SimpleNamespace:
+        output = self.student(input_ids=input_ids, labels=labels, position_ids=position_ids)
         if not self.training:
             return output
         kd_weight, lm_weight, temperature = self.weights
         with torch.no_grad():
-            target = self.teacher.on(input_ids.device)(input_ids=input_ids, use_cache=False).logits
+            target = self.teacher.on(input_ids.device)(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+            target = target.logits
         log_student = torch.log_softmax(output.logits.float() / temperature, dim=-1)
         log_teacher = torch.log_softmax(target.float() / temperature, dim=-1)
         kd = (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean() * temperature**2
