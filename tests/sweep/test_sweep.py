@@ -91,10 +91,12 @@ def test_cost_scales_with_window_and_adc_levels(files):
     assert fixed["energy_per_token_j"] > cost[(8, 16, 0.0)]["energy_per_token_j"]  # the preset's 32-level ADC
 
 
-def test_pareto_front():
-    rows = [{"cost": {"energy_per_token_j": e}, "ppl_mean": p} for e, p in [(1, 9), (2, 5), (3, 6), (4, 4), (2, 7)]]
+def test_pareto_fronts_against_energy_and_area():
+    costs = [(1, 5, 9), (2, 4, 5), (3, 3, 6), (4, 2, 4), (2, 1, 7)]  # energy, area, perplexity
+    rows = [{"cost": {"energy_per_token_j": e, "area_m2": a}, "ppl_mean": p} for e, a, p in costs]
     mark_pareto(rows)
     assert [row["pareto"] for row in rows] == [True, True, False, True, False]
+    assert [row["pareto_area"] for row in rows] == [False, False, False, True, True]
 
 
 # -- running ----------------------------------------------------------------------------------------
@@ -136,7 +138,7 @@ def test_killed_sweep_resumes_to_the_same_json(files, tmp_path, monkeypatch):
     assert lines("killed") == lines("whole")
     report = (tmp_path / "killed" / "report.md").read_text()
     assert "| 0 | 8 | 16 | 0 |" in report and "![pareto.png](pareto.png)" in report
-    for plot in ("ppl_vs_adc_levels.png", "ppl_vs_window.png", "ppl_vs_read_noise.png", "pareto.png"):
+    for plot in ("ppl_vs_adc_levels.png", "ppl_vs_window.png", "ppl_vs_read_noise.png", "pareto.png", "pareto_area.png"):
         assert (tmp_path / "killed" / plot).stat().st_size > 1000
 
 

@@ -2,8 +2,8 @@
 
 - ``ppl_vs_<knob>.png`` for each swept knob: perplexity against the knob, one line per setting of
   the other knobs (mean over chip seeds, error bars = std when several);
-- ``pareto.png``: perplexity against energy per generated token, every point, the Pareto front
-  (no other point is both cheaper and better) joined and labelled.
+- ``pareto.png`` and ``pareto_area.png``: perplexity against energy per generated token and against
+  chip area, every point, the Pareto front (no other point is both cheaper and better) joined and labelled.
 
 Everything is written atomically (:mod:`gaincell.atomic`), so a reader never sees half a report.
 """
@@ -70,7 +70,8 @@ def markdown(spec, summary: dict, plots: list[str], run_note: str = "", adapt_se
         lines.append(f"- time: {run_note}")
     leakage = any(knob in LEAKAGE_KNOBS for knob in knobs)  # the ε each retention / token rate gives
     header = ["#", *knobs, *(["leakage ε"] if leakage else []), "perplexity", "vs ref.", "energy / token"]
-    header += ["latency / token", "area", "Pareto", *(["adaptation tokens", "adaptation time"] if spec.adapt else [])]
+    header += ["latency / token", "area", "Pareto: energy", "Pareto: area"]
+    header += ["adaptation tokens", "adaptation time"] if spec.adapt else []
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         if row["index"] < 0:
@@ -80,7 +81,8 @@ def markdown(spec, summary: dict, plots: list[str], run_note: str = "", adapt_se
         cells = [str(row["index"]), *(_value(row["point"].get(k, "")) for k in knobs)]
         cells += [f"{row['leakage']:.3g}"] * leakage + [_ppl(row), ratio]
         cells += [si(cost.get("energy_per_token_j"), "J"), si(cost.get("latency_per_token_s"), "s")]
-        cells += [f"{cost['area_m2'] * 1e6:.4g} mm²" if cost else "n/a", "✓" if row.get("pareto") else ""]
+        cells += [f"{cost['area_m2'] * 1e6:.4g} mm²" if cost else "n/a"]
+        cells += ["✓" if row.get(key) else "" for key in ("pareto", "pareto_area")]
         if spec.adapt:
             tokens = sum(a["tokens"] for a in row["adaptation"] or [] if a)
             cells += [f"{tokens:,}", f"{(adapt_seconds or {}).get(row['index'], 0.0):.1f} s"]
@@ -137,7 +139,7 @@ def write_plots(summary: dict, out: Path) -> list[Path]:
     reference = next((row["ppl_mean"] for row in summary["rows"] if row["index"] < 0), None)
     written = [_knob_plot(rows, summary["knobs"], knob, out, reference) for knob in summary["knobs"]]
     if any(row["cost"] for row in rows):
-        written.append(_pareto_plot(rows, summary["knobs"], out, reference))
+        written += [_pareto_plot(rows, summary["knobs"], out, reference, front) for front in PARETO_PLOTS]
     return written
 
 
@@ -181,12 +183,16 @@ def _knob_plot(rows: list[dict], knobs: list[str], knob: str, out: Path, referen
             x = [position[r["point"].get(knob)] for r in group]
             axes.errorbar(x, [r["ppl_mean"] for r in group], yerr=[r["ppl_std"] for r in group], marker="o", label=label)
         axes.legend(fontsize=7, loc="best")
-    else:
-        x = [position[v] for v in values]
-        means = [[r["ppl_mean"] for r in rows if r["point"].get(knob) == v] for v in values]
-        axes.plot(x, [sum(m) / len(m) for m in means], "k-o", label=f"mean over {len(groups)} settings")
-        axes.fill_between(x, [min(m) for m in means], [max(m) for m in means], alpha=0.2, label="min–max")
-        axes.legend(fontsize=8)
+    else:  # too many settings: a line per value of one other knob, the mean over the rest
+        split = max(others, key=lambda k: (len({_value(r["point"].get(k)) for r in rows}) <= MAX_LINES,
+                                           len({_value(r["point"].get(k)) for r in rows})))  # fmt: skip
+        for setting in dict.fromkeys(row["point"].get(split) for row in rows):
+            chosen = [r for r in rows if r["point"].get(split) == setting]
+            means = {v: [r["ppl_mean"] for r in chosen if r["point"].get(knob) == v] for v in values}
+            means = {v: sum(m) / len(m) for v, m in means.items() if m}  # a failed point is left out
+            label = f"{split}={_value(setting)} (mean over the other knobs)"
+            axes.plot([position[v] for v in means], list(means.values()), marker="o", label=label)
+        axes.legend(fontsize=7)
     if numeric and min(values) > 0 and max(values) / min(values) >= 8:
         axes.set_xscale("log", base=10 if knob in LEAKAGE_KNOBS else 2)  # retention over decades: 0.1 ms to 1 s
     if not numeric:
@@ -199,27 +205,35 @@ def _knob_plot(rows: list[dict], knobs: list[str], knob: str, out: Path, referen
     return _save(figure, out / f"ppl_vs_{knob.replace('.', '_')}.png")
 
 
-def _pareto_plot(rows: list[dict], knobs: list[str], out: Path, reference: float | None) -> Path:
-    """Perplexity against energy per token, the Pareto front joined and each front point labelled."""
+#: Pareto plots: front key -> (cost, its scale to the axis unit, axis label, file).
+PARETO_PLOTS = {
+    "pareto": ("energy_per_token_j", 1e9, "attention energy per generated token, all layers (nJ)", "pareto.png"),
+    "pareto_area": ("area_m2", 1e6, "attention area, all layers (mm²)", "pareto_area.png"),
+}
+
+
+def _pareto_plot(rows: list[dict], knobs: list[str], out: Path, reference: float | None, key: str) -> Path:
+    """Perplexity against a cost (energy per token or area), the Pareto front joined and each front point labelled."""
     import matplotlib.pyplot as plt
 
+    cost, scale, xlabel, name = PARETO_PLOTS[key]
     costed = [row for row in rows if row["cost"]]
     figure, axes = plt.subplots(figsize=(7.5, 5))
     _reference_line(axes, reference)
-    energy = [row["cost"]["energy_per_token_j"] * 1e9 for row in costed]
-    axes.scatter(energy, [row["ppl_mean"] for row in costed], c="0.6", s=18, label="points")
-    front = sorted((row for row in costed if row.get("pareto")), key=lambda r: r["cost"]["energy_per_token_j"])
-    fx = [row["cost"]["energy_per_token_j"] * 1e9 for row in front]
+    costs = [row["cost"][cost] * scale for row in costed]
+    axes.scatter(costs, [row["ppl_mean"] for row in costed], c="0.6", s=18, label="points")
+    front = sorted((row for row in costed if row.get(key)), key=lambda r: r["cost"][cost])
+    fx = [row["cost"][cost] * scale for row in front]
     axes.plot(fx, [row["ppl_mean"] for row in front], "r-o", label="Pareto front")
     for row, x in zip(front, fx, strict=True):
         label = ", ".join(f"{k}={_value(row['point'].get(k))}" for k in knobs)
         axes.annotate(label, (x, row["ppl_mean"]), fontsize=6, xytext=(4, 4), textcoords="offset points")
-    if max(energy) / min(energy) >= 3:
+    if max(costs) / min(costs) >= 3:
         axes.set_xscale("log")
     _log_if_wide(axes, [row["ppl_mean"] for row in costed] + ([reference] if reference else []))
-    axes.set_xlabel("attention energy per generated token, all layers (nJ)")
+    axes.set_xlabel(xlabel)
     axes.set_ylabel("perplexity")
-    axes.set_title("perplexity vs energy per token")
+    axes.set_title(f"perplexity vs {xlabel.split(',')[0]}")
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
-    return _save(figure, out / "pareto.png")
+    return _save(figure, out / name)

@@ -137,6 +137,8 @@ def run_sweep(
         f"this run measured {measured} in {wall:.1f} s wall with {_where(engine, jobs, scheduler)}"
     )
     write_outputs(spec, summary, out, note, adaptation_seconds(records))
+    if (out / "adapt").is_dir() and not any((out / "adapt").iterdir()):
+        (out / "adapt").rmdir()  # every point's checkpoints went when it was measured
     return {**summary, "wall_seconds_this_run": wall, "jobs": jobs}
 
 
@@ -212,10 +214,15 @@ def adaptation_seconds(records: list[dict]) -> dict[int, float]:
     return seconds
 
 
+#: The fronts a sweep marks: the row key set, and the cost it is traded against.
+PARETO_COSTS = {"pareto": "energy_per_token_j", "pareto_area": "area_m2"}
+
+
 def mark_pareto(rows: list[dict]) -> None:
-    """Mark rows no other row beats in both energy per token and perplexity (lower is better)."""
-    ordered = sorted(rows, key=lambda r: (r["cost"]["energy_per_token_j"], r["ppl_mean"]))
-    best = math.inf
-    for row in ordered:
-        row["pareto"] = row["ppl_mean"] < best
-        best = min(best, row["ppl_mean"])
+    """Mark rows no other row beats in both perplexity and a cost (lower is better): energy per token
+    (``pareto``) and chip area (``pareto_area``)."""
+    for key, cost in PARETO_COSTS.items():
+        best = math.inf
+        for row in sorted(rows, key=lambda r: (r["cost"][cost], r["ppl_mean"])):
+            row[key] = row["ppl_mean"] < best
+            best = min(best, row["ppl_mean"])
