@@ -132,9 +132,10 @@ def run_sweep(
     summary = summarise(spec, records)
     wall = time.perf_counter() - start
     total = sum(record.get("seconds", 0.0) for record in records)
-    note = (
-        f"{len(records)} units took {total:.1f} s in all (summed over processes); "
+    note = f"{len(records)} units took {total:.1f} s in all (summed over processes); " + (
         f"this run measured {measured} in {wall:.1f} s wall with {_where(engine, jobs, scheduler)}"
+        if measured
+        else "this run measured none (the report is re-rendered from results.jsonl)"
     )
     write_outputs(spec, summary, out, note, adaptation_seconds(records))
     if (out / "adapt").is_dir() and not any((out / "adapt").iterdir()):
