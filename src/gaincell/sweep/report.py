@@ -63,13 +63,21 @@ def markdown(spec, summary: dict, plots: list[str], run_note: str = "", adapt_se
     ]
     if spec.adapt:
         lines.append(_adapt_line(spec.adapt))
+    if spec.tasks:
+        limit = f"first {spec.tasks['limit']} items per task" if spec.tasks["limit"] else "every item"
+        lines.append(f"- downstream tasks (lm-eval, local files, {limit}): accuracy in % (length-normalised for ARC, "
+                     "HellaSwag, PIQA), WikiText-2 word perplexity")  # fmt: skip
+    if reference is not None and spec.tasks:
+        scores = ", ".join(f"{t} {_task_value(t, (reference.get('tasks') or {}).get(t))}" for t in spec.tasks["names"])
+        lines.append(f"- reference on the tasks: {scores}")
     if reference is not None:
         lines.append(f"- reference (the model as loaded): perplexity **{reference['ppl_mean']:.3f}**")
     lines += _consistency_lines(rows, reference)
     if run_note:
         lines.append(f"- time: {run_note}")
     leakage = any(knob in LEAKAGE_KNOBS for knob in knobs)  # the ε each retention / token rate gives
-    header = ["#", *knobs, *(["leakage ε"] if leakage else []), "perplexity", "vs ref.", "energy / token"]
+    tasks = spec.tasks["names"] if spec.tasks else []
+    header = ["#", *knobs, *(["leakage ε"] if leakage else []), "perplexity", "vs ref.", *tasks, "energy / token"]
     header += ["latency / token", "area", "Pareto: energy", "Pareto: area"]
     header += ["adaptation tokens", "adaptation time"] if spec.adapt else []
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -80,6 +88,7 @@ def markdown(spec, summary: dict, plots: list[str], run_note: str = "", adapt_se
         ratio = f"{row['ppl_mean'] / reference['ppl_mean']:.2f}×" if reference and not row.get("failed") else ""
         cells = [str(row["index"]), *(_value(row["point"].get(k, "")) for k in knobs)]
         cells += [f"{row['leakage']:.3g}"] * leakage + [_ppl(row), ratio]
+        cells += [_task_value(task, (row.get("tasks") or {}).get(task)) for task in tasks]
         cells += [si(cost.get("energy_per_token_j"), "J"), si(cost.get("latency_per_token_s"), "s")]
         cells += [f"{cost['area_m2'] * 1e6:.4g} mm²" if cost else "n/a"]
         cells += ["✓" if row.get(key) else "" for key in ("pareto", "pareto_area")]
@@ -106,6 +115,12 @@ def _consistency_lines(rows: list[dict], reference: dict | None) -> list[str]:
                      f"it scores {value:.3f} against the reference's {reference['ppl_mean']:.3f} "
                      f"({difference:+.2%}: {verdict})" + (f"; after it, {row['ppl_mean']:.3f}" if when else ""))  # fmt: skip
     return lines
+
+
+def _task_value(task: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" if task == "wikitext" else f"{100 * value:.1f}"
 
 
 def _adapt_line(adapt: dict) -> str:

@@ -195,6 +195,7 @@ def summarise(spec: SweepSpec, records: list[dict]) -> dict:
                 "cost": first["cost"],
                 "calibration": [r["calibration"] for r in group] if spec.calibrate and index >= 0 else None,
                 "adaptation": _adaptations(group) if spec.adapt and index >= 0 else None,
+                "tasks": _task_means(group) if spec.tasks else None,
             }
         )
     mark_pareto([row for row in rows if row["index"] >= 0 and row["cost"] is not None and not row["failed"]])
@@ -204,6 +205,14 @@ def summarise(spec: SweepSpec, records: list[dict]) -> dict:
 def _adaptations(group: list[dict]) -> list[dict | None]:
     """What each seed's adaptation took, less its time (results.json is the same for any run)."""
     return [{k: v for k, v in (r.get("adaptation") or {}).items() if k != "seconds"} or None for r in group]
+
+
+def _task_means(group: list[dict]) -> dict[str, float | None]:
+    """Each task's main metric, the mean over the point's chip seeds (None where a seed has none)."""
+    scores = [record["tasks"]["scores"] for record in group if record.get("tasks")]
+    names = list(dict.fromkeys(name for score in scores for name in score))
+    values = {name: [score.get(name) for score in scores] for name in names}
+    return {name: None if None in v or not v else sum(v) / len(v) for name, v in values.items()}
 
 
 def adaptation_seconds(records: list[dict]) -> dict[int, float]:

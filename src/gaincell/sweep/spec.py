@@ -32,6 +32,7 @@ from gaincell.errors import GainCellError, first_line
 from gaincell.hardware.constants import load_technology
 from gaincell.hardware.gaincell_model import AttentionShape, estimate
 from gaincell.sweep.adapt import adapt_from_dict
+from gaincell.sweep.downstream import tasks_from_dict
 from gaincell.sweep.inputs import check_model_dir, check_text
 from gaincell.sweep.knobs import KNOB_ALIASES, LEAKAGE_KNOBS, point_dict
 from gaincell.tomlfile import parse_override, read_toml, set_nested
@@ -53,7 +54,7 @@ ADC_COSTS = ("scaled", "fixed")
 
 _TOP_LEVEL = {
     "model", "text", "output_dir", "preset", "context", "stride", "max_tokens", "batch_size", "seeds",
-    "calibrate", "calibration_text", "calibration", "tech", "adc_cost", "jobs", "base", "grid", "points", "adapt",
+    "calibrate", "calibration_text", "calibration", "tech", "adc_cost", "jobs", "base", "grid", "points", "adapt", "tasks",
 }  # fmt: skip
 
 
@@ -80,14 +81,16 @@ class SweepSpec:
     points: tuple[dict, ...] = ()
     knobs: tuple[str, ...] = ()  # the swept ones, in the order the file gives them
     adapt: dict | None = None  # the [adapt] section (gaincell.sweep.adapt): per-point initialisation, distillation
+    tasks: dict | None = None  # the [tasks] section (gaincell.sweep.downstream): lm-eval tasks per point
 
     def fingerprint(self) -> str:
         """What the results depend on (not where they go, nor how many processes make them)."""
         data = dataclasses.asdict(self)
         for name in ("output_dir", "jobs"):
             data.pop(name)
-        if data["adapt"] is None:  # a sweep without [adapt] keeps the fingerprint it had before the section existed
-            data.pop("adapt")
+        for section in ("adapt", "tasks"):  # a sweep without one keeps the fingerprint it had before it existed
+            if data[section] is None:
+                data.pop(section)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -105,7 +108,7 @@ def read_spec(path: str | os.PathLike, overrides: list[str] = ()) -> SweepSpec:
 def _apply_override(data: dict, override: str) -> None:
     key, value = parse_override(override)
     section, dot, rest = key.partition(".")
-    if dot and section in ("grid", "base", "calibration"):  # grid.adc_levels=[8,16]: the knob keeps its dots
+    if dot and section in ("grid", "base", "calibration", "tasks"):  # grid.adc_levels=[8,16]: the knob keeps its dots
         table = data.setdefault(section, {})
         if not isinstance(table, dict):
             raise GainCellError(f"--set {key}: {section} is not a table")
@@ -138,6 +141,7 @@ def spec_from_dict(data: dict) -> SweepSpec:
         calibration_text=data.get("calibration_text"),
         calibration=_calibration(data.get("calibration", {})),
         adapt=adapt_from_dict(data.get("adapt"), gain_cell=saved is not None and saved.get("attention") != "softmax"),
+        tasks=tasks_from_dict(data.get("tasks")),
         **_scalars(data),
     )
     check_choice("adc_cost", spec.adc_cost, ADC_COSTS)

@@ -28,6 +28,7 @@ from gaincell.hf.convert import convert, model_config
 from gaincell.hf.layer import gain_cell_layers
 from gaincell.hf.pretrained import load, load_tokenizer
 from gaincell.sweep.adapter import PointAdapter
+from gaincell.sweep.downstream import score_tasks
 from gaincell.sweep.inputs import read_text
 from gaincell.sweep.spec import SweepSpec, Unit, point_config, point_cost
 
@@ -117,6 +118,7 @@ class Evaluator:
             "stride": self.stride,
             "calibration": calibration,
             "adaptation": adaptation,
+            "tasks": score_tasks(self.model, self.tokenizer, self.spec.tasks) if self.spec.tasks else None,
             "cost": None if config is None else point_cost(self.shape, config, self.tech, self.spec.adc_cost),
             "seconds": time.perf_counter() - start,  # with adaptation.seconds, what differs between runs
         }

@@ -1,0 +1,70 @@
+"""A sweep's ``[tasks]`` section: the downstream tasks ``gaincell eval`` runs, scored at every point.
+
+Perplexity alone may hide what a chip costs a model that is big enough to answer questions; the
+paper reads its Table 1 (SPEC §5). Per point, after the perplexity, the point's model runs the
+named lm-eval tasks from the local task files (:mod:`gaincell.evaluation.harness`)::
+
+    [tasks]
+    names = "paper"                       # a group (paper, table1), a task, or a list of them
+    limit = 200                           # items per task (default: all); the report states it
+    task_data = "$GAINCELL_DATA/tasks"    # default: $GAINCELL_DATA/tasks, else ../shared/data/tasks
+    batch_size = 8                        # requests per forward (scores equal batch size 1)
+
+The table is checked here without torch or lm-eval; the worker runs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gaincell.datadir import expand_data_path
+from gaincell.errors import GainCellError
+from gaincell.evaluation.tasks import check_task_data, resolve_tasks, task_data_folder
+from gaincell.validation import check_int, check_table, fail, reject_unknown
+
+TASK_KEYS = ("names", "limit", "task_data", "batch_size")
+#: The metric each task's column shows: length-normalised accuracy where lm-eval offers it (the
+#: paper's Table 1 choice for ARC, HellaSwag, PIQA), else accuracy; WikiText-2 its word perplexity.
+MAIN_METRICS = {
+    "arc_easy": "acc_norm,none", "arc_challenge": "acc_norm,none", "hellaswag": "acc_norm,none",
+    "piqa": "acc_norm,none", "winogrande": "acc,none", "lambada_openai": "acc,none",
+    "wikitext": "word_perplexity,none",
+}  # fmt: skip
+
+
+def tasks_from_dict(value: Any) -> dict | None:
+    """The checked ``[tasks]`` table (names resolved, the data folder found and complete), or None."""
+    if value is None:
+        return None
+    check_table("tasks", value)
+    reject_unknown("tasks", value, TASK_KEYS)
+    names = value.get("names")
+    if not (isinstance(names, str) or (isinstance(names, list) and all(isinstance(n, str) for n in names))):
+        fail("tasks.names", 'a task or group name, or a list of them (e.g. "paper")', names)
+    resolved = resolve_tasks(names)
+    try:
+        folder = task_data_folder(expand_data_path(value["task_data"], "tasks.task_data") if "task_data" in value else None)
+        check_task_data(resolved, folder)
+    except GainCellError as error:
+        raise GainCellError(f"tasks.task_data: {error}") from None
+    table = {"names": resolved, "limit": value.get("limit"), "task_data": str(folder)}
+    table["batch_size"] = value.get("batch_size", 8)
+    if table["limit"] is not None:
+        check_int("tasks.limit", table["limit"], 1)
+    check_int("tasks.batch_size", table["batch_size"], 1)
+    return table
+
+
+def main_metric(task: str, metrics: dict) -> float | None:
+    """The number a task's column shows (see :data:`MAIN_METRICS`; else its accuracy)."""
+    return metrics.get(MAIN_METRICS.get(task, "acc,none"))
+
+
+def score_tasks(model, tokenizer, tasks: dict) -> dict:
+    """Run the tasks on ``model``: per task its main metric, and the items and seconds it took."""
+    from gaincell.evaluation.harness import plan_tasks, run_tasks
+
+    plan = plan_tasks(tasks["names"], task_data=tasks["task_data"])
+    table = run_tasks(model, tokenizer, plan, limit=tasks["limit"], batch_size=tasks["batch_size"])
+    scores = {task: main_metric(task, metrics) for task, metrics in table["tasks"].items()}
+    return {"scores": scores, "samples": table["samples"], "seconds": sum(table["seconds"].values())}
