@@ -226,7 +226,7 @@ def test_cli_runs_tasks_from_the_local_files_and_states_the_limit(model_dir, tas
     argv = ["eval", str(model_dir), "--tasks", "arc_challenge,wikitext", "--task-data", str(task_data)]
     assert main([*argv, "--limit", "3", "--batch-size", "4", "--output", str(output)]) == 0
     printed = capsys.readouterr()
-    assert "lm-eval tasks (--limit 3, batch size 4, 0-shot)" in printed.out
+    assert "lm-eval tasks (--limit 3, batch size 4, 0-shot, max length 96)" in printed.out  # the model's positions
     assert re.search(r"gaincell eval: arc_challenge: 3 items in [\d.]+ s", printed.err)
     written = json.loads(output.read_text())
     assert (written["limit"], written["batch_size"], written["task_data"]) == (3, 4, str(task_data))
@@ -234,6 +234,11 @@ def test_cli_runs_tasks_from_the_local_files_and_states_the_limit(model_dir, tas
     assert 0 <= written["tasks"]["arc_challenge"]["acc,none"] <= 1
     assert set(written["tasks"]["wikitext"]) == {"word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"}
     assert written["seconds"]["wikitext"] > 0
+    shorter = tmp_path / "short.json"
+    wikitext = ["eval", str(model_dir), "--tasks", "wikitext", "--task-data", str(task_data)]
+    assert main([*wikitext, "--limit", "3", "--max-length", "32", "--output", str(shorter)]) == 0
+    short = json.loads(shorter.read_text())
+    assert short["max_length"] == 32 and short["tasks"]["wikitext"] != written["tasks"]["wikitext"]  # more, shorter windows
 
 
 def _fails_with_one_line(argv: list[str], tmp_path, capsys) -> str:

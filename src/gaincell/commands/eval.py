@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     tasks.add_argument("--limit", type=float, metavar="N", help="items per task (a fraction if < 1; default: all)")
     tasks.add_argument("--num-fewshot", type=int, metavar="N", help="few-shot examples per item")
+    tasks.add_argument(
+        "--max-length", type=int, metavar="N",
+        help="longest request in tokens (default: the model's positions); an adapted RoPE model holds up only "
+        "at positions it was trained at (docs/real-models.md, Positions)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="windows or requests per forward")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -90,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             limit=limit,
             num_fewshot=args.num_fewshot,
             batch_size=args.batch_size,
+            max_length=args.max_length,
             on_task=_print_task_time,
         )
     strict = json_ready(results)  # NaN / inf -> null, with the reason under "non_finite"
@@ -119,7 +125,8 @@ def _table(results: dict) -> str:
         ]
     if "tasks" in results:
         limit = "all items" if results["limit"] is None else f"--limit {results['limit']}"
-        lines += ["", f"lm-eval tasks ({limit}, batch size {results['batch_size']}, {results['num_fewshot'] or 0}-shot)"]
+        lines += ["", f"lm-eval tasks ({limit}, batch size {results['batch_size']}, {results['num_fewshot'] or 0}-shot, "
+                      f"max length {results['max_length']})"]  # fmt: skip
         lines += [f"{'task':<24} {'metric':<20} {'value':>10} {'stderr':>8} {'items':>6} {'seconds':>8}"]
         for task, metrics in results["tasks"].items():
             items, seconds = results["samples"][task], results["seconds"][task]

@@ -19,6 +19,7 @@ from pathlib import Path
 from gaincell.errors import GainCellError
 from gaincell.evaluation.lm_eval_model import lm_eval_model_class
 from gaincell.evaluation.tasks import LOCAL_TASKS, check_task_data, local_task_definitions, resolve_tasks, task_data_folder
+from gaincell.validation import check_int
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def run_tasks(
     limit: int | float | None = None,
     num_fewshot: int | None = None,
     batch_size: int = 1,
+    max_length: int | None = None,
     on_task: Callable[[str, dict], None] | None = None,
 ) -> dict:
     """Run the plan's tasks on ``model`` and return the table: ``limit``, ``batch_size``,
@@ -73,16 +75,21 @@ def run_tasks(
 
     ``batch_size`` requests share a forward: lm-eval pads them on the right and passes no attention
     mask, which a causal op never attends to, so the scores equal batch size 1. ``on_task(name,
-    row)`` is called as each task finishes (for printing its time).
+    row)`` is called as each task finishes (for printing its time). ``max_length`` caps a request's
+    tokens (lm-eval truncates the context on the left; default: the model's positions).
     """
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     if not isinstance(plan, TaskPlan):
         plan = plan_tasks(plan)
-    adapter = lm_eval_model_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    if max_length is not None:
+        check_int("max_length", max_length, 2)
+    sizes = {"batch_size": batch_size} | ({} if max_length is None else {"max_length": max_length})
+    adapter = lm_eval_model_class()(pretrained=model, tokenizer=tokenizer, **sizes)
     task_data = None if plan.task_data is None else str(plan.task_data)
-    table: dict = {"limit": limit, "batch_size": batch_size, "num_fewshot": num_fewshot, "task_data": task_data}
+    table: dict = {"limit": limit, "batch_size": batch_size, "num_fewshot": num_fewshot, "task_data": task_data,
+                   "max_length": adapter.max_length}  # fmt: skip
     table |= {"tasks": {}, "samples": {}, "seconds": {}}
     generated = local_task_definitions(plan.local, plan.task_data) if plan.local else nullcontext(None)
     with generated as folder:
