@@ -124,17 +124,19 @@ TABLE1 = {"arc_easy": "acc_norm,none", "arc_challenge": "acc_norm,none", "winogr
           "hellaswag": "acc_norm,none", "lambada_openai": "acc,none", "piqa": "acc_norm,none"}  # fmt: skip
 
 
-def table1(model, tokenizer, args) -> dict:
-    """lm-eval's six tasks (and WikiText-2 word perplexity when ``--tasks table1``), from the shared files."""
+def table1(model, tokenizer, args, max_length: int) -> dict:
+    """lm-eval's six tasks (and WikiText-2 word perplexity when ``--tasks table1``), from the shared files,
+    every request at most ``max_length`` tokens: the training blocks' length, past which every fine-tuned
+    row, softmax ones included, degrades (docs/real-models.md, "Positions")."""
     from gaincell.evaluation.harness import run_tasks
 
-    table = run_tasks(model, tokenizer, args.tasks, limit=args.task_limit, batch_size=8)
+    table = run_tasks(model, tokenizer, args.tasks, limit=args.task_limit, batch_size=8, max_length=max_length)
     row = {task: table["tasks"][task][metric] for task, metric in TABLE1.items() if task in table["tasks"]}
     if len(row) == len(TABLE1):
         row["average"] = sum(row.values()) / len(TABLE1)
     if "wikitext" in table["tasks"]:
         row["wikitext_word_ppl"] = table["tasks"]["wikitext"]["word_perplexity,none"]
-    return {"limit": args.task_limit, "columns": row, "seconds": table["seconds"]}
+    return {"limit": args.task_limit, "max_length": max_length, "columns": row, "seconds": table["seconds"]}
 
 
 def perplexities(model, setup) -> dict[str, float]:
@@ -297,7 +299,7 @@ def run(args) -> None:
         result = {"row": row, "what": what, "tokens": tokens, "wall_s": round(wall, 1), "ppl": perplexities(model, setup),
                   "sample": text, "curve": curve or []}  # fmt: skip
         if args.tasks:
-            result["table1"] = table1(model, tokenizer, args)
+            result["table1"] = table1(model, tokenizer, args, setup["block_size"])
         if row == "a":  # the curves' reference: the original on the recipes' held-out blocks
             result["held_out_ppl"] = held_out_perplexity(model, recipe_table["e-transfer"])
         print(json.dumps(result), flush=True)
