@@ -332,11 +332,10 @@ class _Run:
         self.log_path = output_dir / config.log_jsonl if config.log_jsonl else None
         self.unwrapped = None
         self.objects: TrainingState | None = None
-        if config.progress_bar:  # a run without a bar (a sweep point) stays quiet
-            accelerator.print(
-                f"{output_dir.name}: {self.tokens_per_step:,} tokens per optimiser step (batch_size {config.batch_size} "
-                f"per process x grad_accum {config.grad_accum} x {self.world} process(es) x block {self.block_size})"
-            )
+        accelerator.print(
+            f"{output_dir.name}: {self.tokens_per_step:,} tokens per optimiser step (batch_size {config.batch_size} "
+            f"per process x grad_accum {config.grad_accum} x {self.world} process(es) x block {self.block_size})"
+        )
 
     def open_log(self, resume: bool, step: int) -> None:
         if self.accelerator.is_main_process and self.log_path is not None:

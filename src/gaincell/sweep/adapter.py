@@ -9,7 +9,9 @@ loop resumes exactly, :mod:`gaincell.adaptation.train`); the folder is removed o
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import math
 import shutil
 import time
@@ -85,9 +87,9 @@ class PointAdapter:
             settings, train_blocks = self.distill
             folder = self.folder(unit)
             resume = latest_checkpoint(folder) is not None
-            result = distill_stage(
-                model, self._teacher(settings.teacher, config), train_blocks, None, settings, config, folder, resume=resume
-            )
+            teacher = self._teacher(settings.teacher, config)
+            with contextlib.redirect_stdout(io.StringIO()):  # its start line would break the sweep's progress bar
+                result = distill_stage(model, teacher, train_blocks, None, settings, config, folder, resume=resume)
             tokens = result.step * settings.batch_size * settings.grad_accum * int(train_blocks.shape[1])
             record |= {"distill_steps": result.step, "distill_tokens": tokens, "distill_loss": result.loss}
         record["tokens"] = record["statistics_tokens"] + record["distill_tokens"]
