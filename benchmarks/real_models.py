@@ -399,11 +399,11 @@ def write(args, setup, result: dict, total: float) -> None:
         path.write_text(json.dumps({**meta, "notes": notes, "rows": rows}, indent=1) + "\n")
     title = f"# {args.model}: {setup['eval_text']}, context {setup['context']}, stride {setup['stride']}"
     lines = [f"{title}, M = {setup['window']}", ""]
-    texts = list(setup["texts"])
+    texts = list(dict.fromkeys(name for r in rows for name in r["ppl"]))  # --long-context adds in-domain@N
     lines += ["Perplexity on each text (in-domain: " + setup["eval_text"] + "; the others no recipe trained on).", ""]
     lines += ["| row | what | tokens | wall (s) | " + " | ".join(texts) + " |", "|---|---|---:|---:|" + "---:|" * len(texts)]
     for r in rows:
-        cells = [r["row"], r["what"], f"{r['tokens']:,}", str(r["wall_s"])] + [f"{r['ppl'][name]:,.2f}" for name in texts]
+        cells = [r["row"], r["what"], f"{r['tokens']:,}", str(r["wall_s"])] + [_number(r["ppl"].get(name)) for name in texts]
         lines.append("| " + " | ".join(cells) + " |")
     lines += table1_lines(rows)
     lines += ["", "Greedy samples (the gain-cell rows generate through their memory):", ""]
@@ -411,6 +411,10 @@ def write(args, setup, result: dict, total: float) -> None:
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     plot_curves(rows, args.out / f"{name}-curve.png", setup)
     print("\n".join(lines))
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.2f}"
 
 
 def table1_lines(rows: list[dict]) -> list[str]:
