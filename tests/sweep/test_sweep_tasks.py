@@ -38,6 +38,7 @@ def test_every_point_and_the_reference_run_the_tasks(files, tmp_path, shared_dat
         ({"names": ["arc_eesy"]}, "tasks: unknown task 'arc_eesy'"),
         ({"names": 3}, "tasks.names must be a task or group name, or a list of them"),
         ({"limit": 0}, "tasks.limit must be an integer >= 1, got 0"),
+        ({"max_length": 1}, "tasks.max_length must be an integer >= 2, got 1"),
         ({"task_data": "no/such/folder"}, "tasks.task_data: task data: no such folder"),
         ({"limt": 3}, "tasks: unknown key 'limt' (expected one of: "),
     ],

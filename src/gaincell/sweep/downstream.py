@@ -9,6 +9,7 @@ named lm-eval tasks from the local task files (:mod:`gaincell.evaluation.harness
     limit = 200                           # items per task (default: all); the report states it
     task_data = "$GAINCELL_DATA/tasks"    # default: $GAINCELL_DATA/tasks, else ../shared/data/tasks
     batch_size = 8                        # requests per forward (scores equal batch size 1)
+    max_length = 512                      # longest request (default: the model's positions)
 
 The table is checked here without torch or lm-eval; the worker runs it.
 """
@@ -22,7 +23,7 @@ from gaincell.errors import GainCellError
 from gaincell.evaluation.tasks import check_task_data, resolve_tasks, task_data_folder
 from gaincell.validation import check_int, check_table, fail, reject_unknown
 
-TASK_KEYS = ("names", "limit", "task_data", "batch_size")
+TASK_KEYS = ("names", "limit", "task_data", "batch_size", "max_length")
 #: The metric each task's column shows: length-normalised accuracy where lm-eval offers it (the
 #: paper's Table 1 choice for ARC, HellaSwag, PIQA), else accuracy; WikiText-2 its word perplexity.
 MAIN_METRICS = {
@@ -48,7 +49,9 @@ def tasks_from_dict(value: Any) -> dict | None:
     except GainCellError as error:
         raise GainCellError(f"tasks.task_data: {error}") from None
     table = {"names": resolved, "limit": value.get("limit"), "task_data": str(folder)}
-    table["batch_size"] = value.get("batch_size", 8)
+    table["batch_size"], table["max_length"] = value.get("batch_size", 8), value.get("max_length")
+    if table["max_length"] is not None:
+        check_int("tasks.max_length", table["max_length"], 2)
     if table["limit"] is not None:
         check_int("tasks.limit", table["limit"], 1)
     check_int("tasks.batch_size", table["batch_size"], 1)
@@ -65,6 +68,7 @@ def score_tasks(model, tokenizer, tasks: dict) -> dict:
     from gaincell.evaluation.harness import plan_tasks, run_tasks
 
     plan = plan_tasks(tasks["names"], task_data=tasks["task_data"])
-    table = run_tasks(model, tokenizer, plan, limit=tasks["limit"], batch_size=tasks["batch_size"])
+    sizes = {"batch_size": tasks["batch_size"], "max_length": tasks.get("max_length")}
+    table = run_tasks(model, tokenizer, plan, limit=tasks["limit"], **sizes)
     scores = {task: main_metric(task, metrics) for task, metrics in table["tasks"].items()}
     return {"scores": scores, "samples": table["samples"], "seconds": sum(table["seconds"].values())}
