@@ -40,6 +40,7 @@ from gaincell.adaptation.settings import CalibrationConfig
 from gaincell.adaptation.stages import adapt, linear_config
 from gaincell.datadir import data_dir
 from gaincell.evaluation.perplexity import strided_perplexity
+from gaincell.evaluation.tasks import MAIN_METRICS, PAPER_TASKS
 from gaincell.hf.convert import convert
 from gaincell.hf.layer import gain_cell_layers
 from gaincell.hf.pretrained import load_pretrained, load_pretrained_tokenizer
@@ -120,8 +121,7 @@ def evaluation_texts(args, setup, tokenizer) -> dict[str, torch.Tensor]:
 
 
 #: Table 1's columns: the metric each task is read by (length-normalised where lm-eval offers it), then WikiText-2.
-TABLE1 = {"arc_easy": "acc_norm,none", "arc_challenge": "acc_norm,none", "winogrande": "acc,none",
-          "hellaswag": "acc_norm,none", "lambada_openai": "acc,none", "piqa": "acc_norm,none"}  # fmt: skip
+TABLE1 = {task: MAIN_METRICS[task] for task in PAPER_TASKS}
 
 
 def table1(model, tokenizer, args, max_length: int) -> dict:

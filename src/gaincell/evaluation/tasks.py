@@ -28,6 +28,13 @@ from gaincell.errors import GainCellError
 #: The downstream tasks of the paper's Table 1, in its column order.
 PAPER_TASKS = ("arc_easy", "arc_challenge", "winogrande", "hellaswag", "lambada_openai", "piqa")
 GROUPS = {"paper": PAPER_TASKS, "table1": (*PAPER_TASKS, "wikitext")}
+#: The metric each task's column shows: length-normalised accuracy where lm-eval offers it (the
+#: paper's Table 1 choice for ARC, HellaSwag, PIQA), else accuracy; WikiText-2 its word perplexity.
+MAIN_METRICS = {
+    "arc_easy": "acc_norm,none", "arc_challenge": "acc_norm,none", "hellaswag": "acc_norm,none",
+    "piqa": "acc_norm,none", "winogrande": "acc,none", "lambada_openai": "acc,none",
+    "wikitext": "word_perplexity,none",
+}  # fmt: skip
 #: The task-config key naming each split.
 SPLIT_KEYS = {"train": "training_split", "validation": "validation_split", "test": "test_split"}
 WIKITEXT_DOCUMENTS = "wikitext-2-raw-test-documents.jsonl"

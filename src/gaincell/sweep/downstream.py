@@ -20,17 +20,10 @@ from typing import Any
 
 from gaincell.datadir import expand_data_path
 from gaincell.errors import GainCellError
-from gaincell.evaluation.tasks import check_task_data, resolve_tasks, task_data_folder
+from gaincell.evaluation.tasks import MAIN_METRICS, check_task_data, resolve_tasks, task_data_folder
 from gaincell.validation import check_int, check_table, fail, reject_unknown
 
 TASK_KEYS = ("names", "limit", "task_data", "batch_size", "max_length")
-#: The metric each task's column shows: length-normalised accuracy where lm-eval offers it (the
-#: paper's Table 1 choice for ARC, HellaSwag, PIQA), else accuracy; WikiText-2 its word perplexity.
-MAIN_METRICS = {
-    "arc_easy": "acc_norm,none", "arc_challenge": "acc_norm,none", "hellaswag": "acc_norm,none",
-    "piqa": "acc_norm,none", "winogrande": "acc,none", "lambada_openai": "acc,none",
-    "wikitext": "word_perplexity,none",
-}  # fmt: skip
 
 
 def tasks_from_dict(value: Any) -> dict | None:
