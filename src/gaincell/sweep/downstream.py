@@ -36,18 +36,17 @@ def tasks_from_dict(value: Any) -> dict | None:
     if not (isinstance(names, str) or (isinstance(names, list) and all(isinstance(n, str) for n in names))):
         fail("tasks.names", 'a task or group name, or a list of them (e.g. "paper")', names)
     resolved = resolve_tasks(names)
-    try:
+    table = {"names": resolved, "limit": value.get("limit"), "batch_size": value.get("batch_size", 8)}
+    table["max_length"] = value.get("max_length")
+    for name, minimum in (("limit", 1), ("batch_size", 1), ("max_length", 2)):
+        if table[name] is not None or name == "batch_size":
+            check_int(f"tasks.{name}", table[name], minimum)
+    try:  # last: every other mistake is named even where the task data is missing
         folder = task_data_folder(expand_data_path(value["task_data"], "tasks.task_data") if "task_data" in value else None)
         check_task_data(resolved, folder)
     except GainCellError as error:
         raise GainCellError(f"tasks.task_data: {error}") from None
-    table = {"names": resolved, "limit": value.get("limit"), "task_data": str(folder)}
-    table["batch_size"], table["max_length"] = value.get("batch_size", 8), value.get("max_length")
-    if table["max_length"] is not None:
-        check_int("tasks.max_length", table["max_length"], 2)
-    if table["limit"] is not None:
-        check_int("tasks.limit", table["limit"], 1)
-    check_int("tasks.batch_size", table["batch_size"], 1)
+    table["task_data"] = str(folder)
     return table
 
 
