@@ -25,7 +25,6 @@ from gaincell.adaptation.state import latest_checkpoint
 from gaincell.adaptation.transfer import distill_stage, make_teacher
 from gaincell.chip.config import GainCellConfig
 from gaincell.errors import GainCellError
-from gaincell.hf.convert import model_config
 from gaincell.hf.pretrained import load
 from gaincell.sweep.adapt import distill_config, initialise_config
 from gaincell.sweep.inputs import read_text
@@ -35,20 +34,23 @@ from gaincell.sweep.spec import SweepSpec, Unit
 class PointAdapter:
     """The teacher, the adaptation text's blocks and settings of one sweep, ready for any point."""
 
-    def __init__(self, spec: SweepSpec, tokenizer, model, context: int):
+    def __init__(self, spec: SweepSpec, tokenizer, model, context: int, trained: GainCellConfig | None = None):
+        """``trained``: the adapted model's own hardware, which its scalers were trained for (``remap``)."""
         adapt = spec.adapt
         self.output = Path(spec.output_dir) / "adapt"
         self.teacher = make_teacher(load(adapt["teacher"]), "full", None)  # plain: the statistics' reference
         self.windowed = None  # the sliding-window softmax teacher of a distillation, made on first use
         block_size = adapt["block_size"] or context
         check_context(model, block_size, "adapt.block_size")
-        self.blocks = self._blocks(tokenizer, adapt["text"], block_size, "adapt.text")
         self.initialise = initialise_config(adapt)
-        # an adapted model's own hardware, which its trained scalers were trained for (scalers = "remap")
-        self.trained = model_config(model) if adapt["scalers"] == "remap" else None
+        self.trained = trained if adapt["scalers"] == "remap" else None
+        # statistics blocks only where the scalers start from statistics; each text tokenised once
+        self.blocks = None if self.trained is not None else self._blocks(tokenizer, adapt["text"], block_size, "adapt.text")
         self.distill = None
         if adapt["distill_tokens"] > 0:
-            train_blocks = self._blocks(tokenizer, adapt.get("distill_text", adapt["text"]), block_size, "adapt.text")
+            distill_text = adapt.get("distill_text", adapt["text"])
+            reuse = self.blocks is not None and distill_text == adapt["text"]
+            train_blocks = self.blocks if reuse else self._blocks(tokenizer, distill_text, block_size, "adapt.text")
             batch = distill_config(adapt, 1).batch_size
             steps = math.ceil(adapt["distill_tokens"] / (batch * block_size))
             self.distill = (distill_config(adapt, steps), train_blocks)

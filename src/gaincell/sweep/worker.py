@@ -55,7 +55,7 @@ class Evaluator:
         self.tech = load_technology(spec.tech)
         self.initial: dict[str, torch.Tensor] | None = None
         self.own = model_config(self.model) if self.converted else None  # the hardware an adapted model was saved for
-        self.adapter = PointAdapter(spec, self.tokenizer, self.model, self.context) if spec.adapt else None
+        self.adapter = PointAdapter(spec, self.tokenizer, self.model, self.context, self.own) if spec.adapt else None
         self.calibration_batch = self._calibration_batch(tokens) if spec.calibrate else None
 
     def _tokens(self, path: str) -> torch.Tensor:
