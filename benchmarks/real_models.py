@@ -38,6 +38,7 @@ from gaincell.adaptation.data import default_corpus_text
 from gaincell.adaptation.recipe import recipe_from_dict
 from gaincell.adaptation.settings import CalibrationConfig
 from gaincell.adaptation.stages import adapt, linear_config
+from gaincell.atomic import atomic_file
 from gaincell.datadir import data_dir
 from gaincell.evaluation.perplexity import strided_perplexity
 from gaincell.evaluation.tasks import MAIN_METRICS, PAPER_TASKS
@@ -98,7 +99,10 @@ def own_training_text(args, setup, tokenizer) -> None:
     held = max(8, len(paragraphs) // 10)
     folder = args.work / f"{args.model}-own-text"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "train.txt").write_text("\n\n".join(paragraphs[held:]))
+    train = "\n\n".join(paragraphs[held:])
+    if not (folder / "train.txt").is_file() or (folder / "train.txt").read_text() != train:
+        with atomic_file(folder / "train.txt") as handle:  # processes side by side may be reading it
+            handle.write(train)
     ids = tokenizer("\n\n".join(paragraphs[:held]), add_special_tokens=False)["input_ids"][: args.eval_tokens]
     setup.update(train_text=str(folder / "train.txt"), eval_ids=torch.tensor(ids),
                  eval_text=f"{len(ids)} held-out tokens of {args.train_text.name} (90/10 paragraph split)")  # fmt: skip
