@@ -168,7 +168,9 @@ def softmax_fine_tuned(pretrained, recipe: dict, output: Path, args):
     config = TrainConfig(**stage_settings(steps, args.batch, lr=args.lr, position_offset=args.position_offset))
     result = train(copy.deepcopy(pretrained), train_blocks, eval_blocks, config, output / "a-prime",
                    resume=latest_checkpoint(output / "a-prime") is not None)  # fmt: skip
-    return result.model.eval(), result.step * args.batch * int(train_blocks.shape[1])
+    log = [json.loads(line) for line in (output / "a-prime" / config.log_jsonl).read_text().splitlines() if line.strip()]
+    wall = max((entry.get("elapsed", 0.0) for entry in log), default=0.0)  # train keeps it across resumes
+    return result.model.eval(), result.step * args.batch * int(train_blocks.shape[1]), wall
 
 
 def sample(model, tokenizer, prompt: str, tokens: int = 40) -> str:
@@ -325,9 +327,8 @@ def run(args) -> None:
             measure(row, what, build())
             continue
         if row == "a-prime":
-            began = time.perf_counter()
-            model, tokens = softmax_fine_tuned(pretrained, recipe_table["e-transfer"], args.work / args.model, args)
-            measure(row, "original fine-tuned (softmax), same tokens", model, tokens, time.perf_counter() - began,
+            model, tokens, wall = softmax_fine_tuned(pretrained, recipe_table["e-transfer"], args.work / args.model, args)
+            measure(row, "original fine-tuned (softmax), same tokens", model, tokens, wall,
                     sample(model, tokenizer, setup["prompt"]))  # fmt: skip
             continue
         recipe, output = recipe_table[row], args.work / f"{args.model}-{row}"
