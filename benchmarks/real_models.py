@@ -168,7 +168,7 @@ def softmax_fine_tuned(pretrained, recipe: dict, output: Path, args):
     config = TrainConfig(**stage_settings(steps, args.batch, lr=args.lr, position_offset=args.position_offset))
     result = train(copy.deepcopy(pretrained), train_blocks, eval_blocks, config, output / "a-prime",
                    resume=latest_checkpoint(output / "a-prime") is not None)  # fmt: skip
-    log = [json.loads(line) for line in (output / "a-prime" / config.log_jsonl).read_text().splitlines() if line.strip()]
+    log = log_entries(output / "a-prime" / config.log_jsonl)
     wall = max((entry.get("elapsed", 0.0) for entry in log), default=0.0)  # train keeps it across resumes
     return result.model.eval(), result.step * args.batch * int(train_blocks.shape[1]), wall
 
@@ -360,6 +360,11 @@ def held_out_perplexity(model, recipe: dict) -> float:
     return float(torch.tensor(losses).mean().exp())
 
 
+def log_entries(path: Path) -> list[dict]:
+    """A training stage's metrics.jsonl, one dict per line."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def held_out_curve(output: Path, stages: list[str]) -> list[dict]:
     """Each training stage's evaluations on the held-out blocks, against the recipe's tokens so far:
     the transfer stage's relative MSE, the other stages' perplexity (the linear stage's is the linear model's)."""
@@ -370,7 +375,7 @@ def held_out_curve(output: Path, stages: list[str]) -> list[dict]:
         log = output / stage / "metrics.jsonl"
         if not log.is_file():
             continue
-        entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        entries = log_entries(log)
         for entry in entries:
             if entry.get("eval_loss") is None or "tokens" not in entry:
                 continue
