@@ -15,6 +15,7 @@ from gaincell.chip.config import GainCellConfig
 from gaincell.errors import GainCellError
 from gaincell.op.equations import front_end
 from gaincell.op.kernels.banded import banded_readout
+from gaincell.op.kernels.dispatch import choose_kernel
 from gaincell.op.kernels.softmax import sliding_window_softmax
 from gaincell.op.scalers import Scalers
 
@@ -46,6 +47,7 @@ def gain_cell_attention(
     *,
     gains: CellGains | None = None,
     noise_seed: int | None = None,
+    kernel: str | None = None,
 ) -> torch.Tensor:
     """Causal sliding-window attention of SPEC §3 on (B, H, T, D) tensors; returns (B, H, T, D).
 
@@ -53,12 +55,14 @@ def gain_cell_attention(
     the gain-cell model (§3.2–3.5) with ``config.cell`` (linear §3.3, paper polynomial §3.4, …).
     ``gains`` is a chip's cell variability; ``noise_seed`` fixes read noise (drawn from torch's
     RNG when None, so each call gets fresh noise reproducible under ``torch.manual_seed``).
+    ``kernel``: ``auto`` | ``torch`` | ``triton`` (:mod:`gaincell.op.kernels.dispatch`; None: the process default).
     """
     check_qkv(q, k, v, None if scalers is None else scalers.n_heads)
     if config.attention == "softmax":
         return sliding_window_softmax(q, k, v, config.window, config.block_size)
     if scalers is None:
         raise GainCellError("scalers are required for gain-cell attention (use Scalers(n_heads))")
+    choose_kernel(kernel, q.device, gains=gains is not None, read_noise=config.noise.read_noise)
     dtype = q.dtype
     compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     pulses, keys, values = front_end(q.to(compute), k.to(compute), v.to(compute), scalers, config)
