@@ -40,6 +40,7 @@ from gaincell.adaptation.settings import CalibrationConfig
 from gaincell.adaptation.stages import adapt, linear_config
 from gaincell.atomic import atomic_file
 from gaincell.datadir import data_dir
+from gaincell.devices import model_device
 from gaincell.evaluation.perplexity import strided_perplexity
 from gaincell.evaluation.tasks import MAIN_METRICS, PAPER_TASKS
 from gaincell.hf.convert import convert
@@ -174,7 +175,7 @@ def softmax_fine_tuned(pretrained, recipe: dict, output: Path, args):
 
 
 def sample(model, tokenizer, prompt: str, tokens: int = 40) -> str:
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model_device(model))
     torch.manual_seed(0)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False)
     return tokenizer.decode(out[0], skip_special_tokens=True)
@@ -228,7 +229,7 @@ def calibration_only(pretrained, setup, hardware, args):
         cell.recording = True
     with torch.no_grad():
         for start in range(0, 4 * args.batch, args.batch):
-            model(input_ids=blocks[start : start + args.batch])
+            model(input_ids=blocks[start : start + args.batch].to(model_device(model)))
     for cell in gain_cell_layers(model):
         cell.recording = False
     calibration = CalibrationConfig(batch_size=args.batch, max_iterations=args.calibration_iterations)
@@ -356,6 +357,7 @@ def held_out_perplexity(model, recipe: dict) -> float:
     from gaincell.adaptation.stages import recipe_blocks
 
     _, blocks = recipe_blocks(recipe_from_dict(recipe), load_pretrained_tokenizer(recipe["model"]))
+    blocks = blocks.to(model_device(model))  # a model fine-tuned here may be on the GPU accelerate chose
     losses = [float(model(input_ids=block[None], labels=block[None]).loss) for block in blocks]
     return float(torch.tensor(losses).mean().exp())
 

@@ -56,7 +56,11 @@ def fail(argv: list[str], capsys) -> str:
         (["{corrupt}", "--text", "{corpus}"], "MODEL_DIR: cannot load a model from .*corrupt"),
         (["{untokenized}", "--text", "{corpus}"], "MODEL_DIR: .*untokenized has no tokenizer"),
         (["{model}", "--text", "{corpus}", "--context", "64"], "context of 64 tokens is longer than the model's 32"),
-        (["{model}", "--text", "{corpus}", "--device", "abacus"], "device: cannot use 'abacus'"),
+        (
+            ["{model}", "--text", "{corpus}", "--device", "abacus"],
+            "--device must be auto, cpu, cuda or cuda:N, got 'abacus'",
+        ),
+        (["{model}", "--text", "{corpus}", "--dtype", "int8"], "--dtype must be one of float32, bfloat16, .*got 'int8'"),
         (["{model}"], "give --text FILE"),
     ],
 )
@@ -83,7 +87,8 @@ def test_eval_errors(files, argv, message, capsys):
         (["{model}", "--prompt", "hello", "--temperature", "0"], "--temperature must be a number > 0"),
         (["{model}", "--prompt", "hello", "--temperature", "nan"], "--temperature must be a number > 0"),
         (["{model}", "--prompt", "hello", "--top-k", "-1"], "--top-k must be >= 0"),
-        (["{model}", "--prompt", "hello", "--device", "abacus"], "device: cannot use 'abacus'"),
+        (["{model}", "--prompt", "hello", "--device", "abacus"], "--device must be auto, cpu, cuda or cuda:N, got 'abacus'"),
+        (["{model}", "--prompt", "hello", "--dtype", "double"], "--dtype must be one of float32, .*got 'double'"),
     ],
 )
 def test_generate_errors(files, argv, message, capsys):

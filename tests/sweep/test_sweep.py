@@ -44,6 +44,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
         ({"calibration": {"max_iter": 3}}, "calibration: unknown key 'max_iter' (expected one of: batch_size, "),
         ({"calibration": {"tolerance": 0}}, "calibration.tolerance must be a finite number > 0, got 0"),
         ({"adc_cost": "free"}, "adc_cost must be one of scaled, fixed, got 'free'"),
+        ({"device": "abacus"}, "device must be auto, cpu, cuda or cuda:N, got 'abacus'"),
+        ({"dtype": "int8"}, "dtype must be one of float32, bfloat16, float16, fp32, bf16, fp16, got 'int8'"),
     ],
 )
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(files, tmp_path, capsys, change, message):
@@ -196,6 +198,19 @@ def test_overrides_from_the_command_line(files, tmp_path):
     spec = read_spec(config, ["grid.window=[16]", "max_tokens=200", "calibration.max_iterations=3"])
     assert spec.points[0]["window"] == 16 and len(spec.points) == 4 and spec.max_tokens == 200
     assert spec.calibration == {"max_iterations": 3}
+
+
+def test_device_and_dtype_from_the_command_line(files, tmp_path, monkeypatch):
+    """--device / --dtype are the file's fields: the model loads there and so; where is not in the fingerprint."""
+    config = write_toml(tmp_path / "s.toml", spec_dict(files, output_dir=str(tmp_path / "o")))
+    seen = []
+    done = {"rows": [], "wall_seconds_this_run": 0.0}
+    monkeypatch.setattr("gaincell.commands.sweep.run_sweep", lambda spec, **kwargs: seen.append(spec) or done)
+    assert main(["sweep", config, "--device", "cpu", "--dtype", "bf16"]) == 0
+    assert (seen[0].device, seen[0].dtype) == ("cpu", "bf16")
+    plain = read_spec(config)
+    assert plain.fingerprint() == dataclasses.replace(plain, device="cpu").fingerprint() != seen[0].fingerprint()
+    assert {p.dtype for p in Evaluator(seen[0]).model.parameters()} == {torch.bfloat16}
 
 
 @pytest.mark.slow

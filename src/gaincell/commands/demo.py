@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from gaincell import devices
 from gaincell.adaptation.data import default_corpus_text, load_text_corpus
 from gaincell.demo.experiment import QUICK, DemoConfig, run_demo
 from gaincell.errors import GainCellError
@@ -40,18 +41,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="gaincell-demo", help="output folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a smaller run of about 2 minutes")
     parser.add_argument("--seed", type=int, default=0)
+    devices.add_arguments(
+        parser, "the training runs' autocast precision: float32 (none) | bfloat16 | float16 (default: bfloat16 on a GPU)"
+    )
     for name in ("pretrain_steps", "linear_steps", "nonlinear_steps", "window", "context"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"override {name}")
 
 
 def run(args: argparse.Namespace) -> int:
+    device, precision = devices.parse_device(args.device), devices.mixed_precision(args.dtype)
     config = QUICK if args.quick else DemoConfig()
     names = ("pretrain_steps", "linear_steps", "nonlinear_steps", "window", "context")
     changes = {name: getattr(args, name) for name in names}
     config = replace(config, seed=args.seed, **{k: v for k, v in changes.items() if v is not None})
     text, corpus_name, eval_text = _texts(args)
     output = Path(args.output)
-    results = run_demo(config, output, text, corpus_name, eval_text)
+    with devices.accelerate_on(device):
+        results = run_demo(config, output, text, corpus_name, eval_text, precision=precision)
     _print_table(results)
     print(f"report: {output / 'report.md'}   model: {output / 'model'}")
     return 0

@@ -11,13 +11,13 @@ import json
 import sys
 from pathlib import Path
 
+from gaincell import devices
 from gaincell.atomic import atomic_file
 from gaincell.errors import GainCellError
 from gaincell.evaluation.harness import plan_tasks, run_tasks
 from gaincell.evaluation.lm_eval_model import load_model_dir, load_tokenizer_dir
 from gaincell.evaluation.perplexity import text_perplexity
 from gaincell.evaluation.tasks import GROUPS
-from gaincell.hf.pretrained import torch_device
 from gaincell.validation import json_ready
 
 
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "at positions it was trained at (docs/real-models.md, Positions)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="windows or requests per forward")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    devices.add_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
@@ -66,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
     plan = None
     if args.tasks is not None:
         plan = plan_tasks(args.tasks, task_data=args.task_data, include_path=args.include_path)
-    device = torch_device(args.device)
+    device, dtype = devices.parse_device(args.device), devices.parse_dtype(args.dtype)
     tokenizer = load_tokenizer_dir(args.model_dir, args.gguf_file)
-    model = load_model_dir(args.model_dir, args.gguf_file).to(device)
+    model = load_model_dir(args.model_dir, args.gguf_file).to(device=device, dtype=dtype)
     results: dict = {"model": str(args.model_dir)}
     if args.text is not None or args.dataset is not None:
         results["perplexity"] = {

@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from gaincell import devices
 from gaincell.adaptation.data import model_max_positions
 from gaincell.errors import GainCellError
 from gaincell.hf.pretrained import (
@@ -16,7 +17,6 @@ from gaincell.hf.pretrained import (
     load_pretrained,
     load_pretrained_tokenizer,
     load_tokenizer,
-    torch_device,
 )
 
 
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--top-k", type=int, default=50, metavar="K", help="sample among the K most likely tokens, 0 for all (default: 50)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    devices.add_arguments(parser)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -54,13 +54,13 @@ def run(args: argparse.Namespace) -> int:
     """``gaincell generate``: continue a prompt with a saved model; a gain-cell model generates
     through its analog memories (SPEC §3.6), a plain one as transformers does."""
     _check_arguments(args)
-    device = torch_device(args.device)
+    device, dtype = devices.parse_device(args.device), devices.parse_dtype(args.dtype)
     if is_saved_directory(args.model_dir, args.gguf_file):
         tokenizer = load_tokenizer(args.model_dir)
-        model = load(args.model_dir, device=device)
+        model = load(args.model_dir, device=device, dtype=dtype)
     else:
         tokenizer = load_pretrained_tokenizer(args.model_dir, args.gguf_file)
-        model = load_pretrained(args.model_dir, args.gguf_file).to(device)
+        model = load_pretrained(args.model_dir, args.gguf_file, dtype=dtype).to(device)
     input_ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
     prompt_tokens = input_ids.shape[1]
     if prompt_tokens == 0:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
+from gaincell import devices
 from gaincell.errors import GainCellError
 from gaincell.sweep.run import read_spec, run_sweep
 
@@ -32,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --engine dask: a running Dask scheduler (tcp://host:8786); default: a local cluster of --jobs workers",
     )
     parser.add_argument("--output", metavar="DIR", help="output folder (default: the file's output_dir)")
+    devices.add_arguments(parser, f"the model's weights: {' | '.join(devices.DTYPES)} (default: the file's, else float32)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -39,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     """Validate the whole sweep first (nothing is written if it is wrong), then run and report."""
     import dataclasses
 
-    spec = read_spec(args.config, args.set)
+    overrides = list(args.set)  # --device / --dtype are the file's device / dtype, checked with the rest
+    overrides += [f"{name}={json.dumps(getattr(args, name))}" for name in ("device", "dtype") if getattr(args, name)]
+    spec = read_spec(args.config, overrides)
     if args.jobs is not None and args.jobs < 1:
         raise GainCellError(f"--jobs: an integer >= 1, got {args.jobs}")
     if args.scheduler is not None and args.engine != "dask":

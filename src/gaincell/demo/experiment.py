@@ -39,6 +39,7 @@ from gaincell.adaptation.stages import linear_config, linear_stage, nonlinear_st
 from gaincell.adaptation.train import train
 from gaincell.atomic import atomic_file, check_replaceable
 from gaincell.chip.config import preset
+from gaincell.devices import model_device
 from gaincell.errors import GainCellError
 from gaincell.evaluation.perplexity import strided_perplexity
 from gaincell.hardware.render import summary_lines
@@ -93,10 +94,11 @@ QUICK = DemoConfig(
 # -- pieces -----------------------------------------------------------------------------------------
 
 
-def _train_config(steps: int, lr: float, config: DemoConfig, warmup: int):
+def _train_config(steps: int, lr: float, config: DemoConfig, warmup: int, precision: str):
     return TrainConfig(
         lr=lr, min_lr=lr / 10, warmup_steps=min(warmup, steps), max_steps=steps, batch_size=config.batch_size,
         eval_every=0, eval_batches=4, checkpoint_every=0, keep_checkpoints=1, log_every=5, seed=config.seed,
+        mixed_precision=precision,
     )  # fmt: skip
 
 
@@ -163,15 +165,19 @@ def _fresh_output(path: Path) -> None:
     (path / MARKER).write_text("written by gaincell demo; replaced by the next run\n")
 
 
-def run_demo(config: DemoConfig, output: Path, text: str, corpus_name: str, eval_text: str | None, *, echo=print) -> dict:
+def run_demo(
+    config: DemoConfig, output: Path, text: str, corpus_name: str, eval_text: str | None, *, echo=print, precision="auto"
+) -> dict:
     """Run the whole demo into ``output`` and return the results (also in ``results.json``).
 
     ``output`` may be new, empty or a previous demo's folder; it is replaced only once the corpus has given
-    the data the run needs, so a bad size or a short text leaves the previous demo as it was.
+    the data the run needs, so a bad size or a short text leaves the previous demo as it was. Models train
+    where accelerate puts them (:func:`gaincell.devices.accelerate_on`), in autocast ``precision``
+    (``TrainConfig.mixed_precision``), and are measured where training left them.
     """
     started = time.perf_counter()
     output = check_replaceable("--output", output, _is_demo_folder, "a previous demo folder")
-    demo = _Demo(config, output, echo)
+    demo = _Demo(config, output, echo, precision)
     demo.prepare_data(text, corpus_name, eval_text)
     _fresh_output(output)
     pretrained = demo.pretrain_and_swap()
@@ -198,6 +204,7 @@ def run_demo(config: DemoConfig, output: Path, text: str, corpus_name: str, eval
         "sample": demo.sample(adapted),
         "hardware_summary": _hardware_lines(config),
         "seconds": time.perf_counter() - started,
+        "device": {"device": str(model_device(adapted)), "mixed_precision": precision},
     }
     plots = _plots(output, demo.curves, demo.rows)
     with atomic_file(output / "results.json") as handle:
@@ -210,8 +217,8 @@ def run_demo(config: DemoConfig, output: Path, text: str, corpus_name: str, eval
 class _Demo:
     """The demo's shared state (corpus, models' configs, result rows, loss curves) and its steps."""
 
-    def __init__(self, config: DemoConfig, output: Path, echo) -> None:
-        self.config, self.output, self.echo = config, output, echo
+    def __init__(self, config: DemoConfig, output: Path, echo, precision: str) -> None:
+        self.config, self.output, self.echo, self.precision = config, output, echo, precision
         self.hardware = preset("paper", window=config.window, subtile_rows=config.subtile_rows)
         self.sliding = preset("softmax", window=config.window, subtile_rows=config.subtile_rows)
         self.curves: dict[str, list[tuple[int, float]]] = {}
@@ -256,7 +263,7 @@ class _Demo:
     def fit(self, name: str, model, steps: int, lr: float, warmup: int, stage=None):
         """Train ``model`` (through an adaptation ``stage`` if given) and keep its loss curve."""
         directory = self.output / "runs" / name
-        train_config = _train_config(steps, lr, self.config, warmup)
+        train_config = _train_config(steps, lr, self.config, warmup, self.precision)
         if stage is None:
             result = train(model, self.train_blocks, self.monitor, train_config, directory)
         else:
@@ -292,7 +299,7 @@ class _Demo:
         model.train()
         with torch.no_grad():
             for start in range(0, min(len(self.train_blocks), 8 * config.batch_size), config.batch_size):
-                model(input_ids=self.train_blocks[start : start + config.batch_size])
+                model(input_ids=self.train_blocks[start : start + config.batch_size].to(model_device(model)))
         for cell in gain_cell_layers(model):
             cell.recording = False
         calibration = CalibrationConfig(batch_size=config.calibration_batch, seed=config.seed)
@@ -342,7 +349,7 @@ class _Demo:
 
     def sample(self, model) -> dict:
         """A continuation of the held-out text's first 16 tokens, generated through the gain-cell memory."""
-        prompt_ids = self.eval_ids[:16].unsqueeze(0)
+        prompt_ids = self.eval_ids[:16].unsqueeze(0).to(model_device(model))  # training may have left it on a GPU
         torch.manual_seed(self.config.seed)
         with torch.no_grad():
             generated = model.generate(

@@ -55,6 +55,7 @@ ADC_COSTS = ("scaled", "fixed")
 _TOP_LEVEL = {
     "model", "text", "output_dir", "preset", "context", "stride", "max_tokens", "batch_size", "seeds",
     "calibrate", "calibration_text", "calibration", "tech", "adc_cost", "jobs", "base", "grid", "points", "adapt", "tasks",
+    "device", "dtype",
 }  # fmt: skip
 
 
@@ -82,12 +83,16 @@ class SweepSpec:
     knobs: tuple[str, ...] = ()  # the swept ones, in the order the file gives them
     adapt: dict | None = None  # the [adapt] section (gaincell.sweep.adapt): per-point initialisation, distillation
     tasks: dict | None = None  # the [tasks] section (gaincell.sweep.downstream): lm-eval tasks per point
+    device: str = "auto"  # where each process loads the model (gaincell.devices.parse_device)
+    dtype: str = "float32"  # the model's weights (the op computes in float32 whatever they are)
 
     def fingerprint(self) -> str:
         """What the results depend on (not where they go, nor how many processes make them)."""
         data = dataclasses.asdict(self)
-        for name in ("output_dir", "jobs"):
+        for name in ("output_dir", "jobs", "device"):
             data.pop(name)
+        if data["dtype"] == "float32":  # the fingerprint sweeps had before dtype existed
+            data.pop("dtype")
         for section in ("adapt", "tasks"):  # a sweep without one keeps the fingerprint it had before it existed
             if data[section] is None:
                 data.pop(section)
@@ -145,6 +150,10 @@ def spec_from_dict(data: dict) -> SweepSpec:
         **_scalars(data),
     )
     check_choice("adc_cost", spec.adc_cost, ADC_COSTS)
+    from gaincell.devices import parse_device, parse_dtype  # torch, only once a spec is read (this module has none)
+
+    parse_device(spec.device, "device")
+    parse_dtype(spec.dtype, "dtype")
     if spec.context is not None and spec.stride is not None and spec.stride > spec.context:
         fail("stride", f"<= context ({spec.context})", spec.stride)
 
@@ -161,7 +170,14 @@ def spec_from_dict(data: dict) -> SweepSpec:
 
 
 #: The plain settings: strings (name -> default) and integers (name -> default, minimum; None: from the model).
-_STRINGS = {"output_dir": "sweep", "preset": "paper", "tech": "paper", "adc_cost": "scaled"}
+_STRINGS = {
+    "output_dir": "sweep",
+    "preset": "paper",
+    "tech": "paper",
+    "adc_cost": "scaled",
+    "device": "auto",
+    "dtype": "float32",
+}
 _INTEGERS = {"context": (None, 2), "stride": (None, 1), "max_tokens": (8192, 2), "batch_size": (1, 1), "jobs": (1, 1)}
 
 

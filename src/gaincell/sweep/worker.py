@@ -20,6 +20,7 @@ from gaincell.adaptation.calibration import calibrate
 from gaincell.adaptation.data import check_context, model_max_positions
 from gaincell.adaptation.settings import CalibrationConfig
 from gaincell.chip.config import GainCellConfig
+from gaincell.devices import parse_device, parse_dtype
 from gaincell.errors import GainCellError
 from gaincell.evaluation.perplexity import strided_perplexity
 from gaincell.hardware.constants import load_technology
@@ -41,7 +42,7 @@ class Evaluator:
 
         transformers_logging.disable_progress_bar()  # its weight-loading bar would interleave with the sweep's
         self.spec = spec
-        self.model = load(spec.model)
+        self.model = load(spec.model, device=parse_device(spec.device, "device"), dtype=parse_dtype(spec.dtype, "dtype"))
         self.tokenizer = load_tokenizer(spec.model)
         self.converted = getattr(self.model.config, "gaincell", None) is not None
         self.context = spec.context or model_max_positions(self.model) or 1024
