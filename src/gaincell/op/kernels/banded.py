@@ -11,6 +11,8 @@ one byte per sub-tile output, so training memory is O(T·D·M/R bytes + M·D + b
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -114,14 +116,22 @@ class _Blocks:
     whole chunks, n0 counts from t0 rounded down to g (the extra keys are older than the window).
     A group of blocks starting at query a shares the anchor a (``Plan.anchor_span``) and reads the
     union of their bands.
+
+    All of it depends on (plan, length) alone, so it is built once, on the CPU, where the bands' shape
+    facts (edges, fold, occupancy) cost no device round trip, and copied once to each device
+    (:func:`blocks_on`): a forward or backward on a GPU then reads no value back from it.
     """
 
-    def __init__(self, plan: Plan, length: int, device):
-        self.plan, self.length, self.device = plan, length, device
+    def __init__(self, plan: Plan, length: int, device: torch.device):
+        self.plan, self.length = plan, length
         g = plan.chunk
         self.reach = -(-(plan.window - 1) // g) * g
         self.padded = -(-length // g) * g
         self.span = plan.anchor_span
+        self.groups = tuple(
+            (keys, key_age.to(device), tuple((index, t, n, band.to(device)) for index, t, n, band in blocks))
+            for keys, key_age, blocks in self._groups()
+        )
 
     def _key_start(self, t0: int) -> int:
         return max(0, t0 // self.plan.chunk * self.plan.chunk - self.reach)
@@ -129,7 +139,7 @@ class _Blocks:
     def _key_stop(self, t1: int) -> int:
         return min(-(-t1 // self.plan.chunk) * self.plan.chunk, self.padded)
 
-    def groups(self):
+    def _groups(self):
         """Yield ((m0, m1) the group's keys, their ages a − n, its blocks (index, (t0, t1), (n0, n1), band)).
 
         Keys newer than the group's last query are invisible to all of it: their age is clamped
@@ -137,7 +147,7 @@ class _Blocks:
         for anchor in range(0, self.length, self.span):
             stop = min(anchor + self.span, self.length)
             keys = (self._key_start(anchor), self._key_stop(stop))
-            key_age = (anchor - torch.arange(*keys, device=self.device)).clamp_(min=anchor - stop + 1)
+            key_age = (anchor - torch.arange(*keys)).clamp_(min=anchor - stop + 1)
             yield keys, key_age, self._blocks(anchor, stop)
 
     def _blocks(self, anchor: int, stop: int):
@@ -145,10 +155,20 @@ class _Blocks:
         for t0 in range(anchor, stop, plan.block):
             t1 = min(t0 + plan.block, self.length)
             n0, n1 = self._key_start(t0), self._key_stop(t1)
-            keys = torch.arange(n0, n1, device=self.device)
+            keys = torch.arange(n0, n1)
             chunk_subtile = (keys[::g] % plan.window) // plan.subtile_rows
-            band = make_band(plan, torch.arange(t0, t1, device=self.device), keys, anchor, chunk_subtile)
+            band = make_band(plan, torch.arange(t0, t1), keys, anchor, chunk_subtile)
             yield t0 // plan.block, (t0, t1), (n0, n1), band
+
+
+@functools.lru_cache(maxsize=16)
+def blocks_on(plan: Plan, length: int, device: torch.device) -> _Blocks:
+    """The block schedule of a ``length``-token sequence on ``device``, made once per (plan, length, device).
+
+    Its largest part is each band's visibility mask, block × (block + M) bytes: at T = 16384, M = 1024
+    about 19 MB per entry, so the cache holds a handful of lengths (training and evaluation use one or two).
+    """
+    return _Blocks(plan, length, device)
 
 
 def _generator(seed, index, device):
@@ -167,19 +187,41 @@ def _slice(x, keys):
     return None if x is None else x[:, keys[0] : keys[1]]
 
 
+def _outside_autocast(method):
+    """Run a pass of the analog core with autocast off, as ``torch.amp.custom_fwd(cast_inputs=float32)``
+    and ``custom_bwd`` would, on whichever device the tensors are (those decorators fix one device type).
+
+    The core is exact arithmetic of SPEC §3 in its inputs' dtype (float32 for bf16/fp16 models, see
+    :func:`gaincell.op.attention.gain_cell_attention`); under autocast a matmul without ``out=``
+    would run in bf16, and a backward called inside ``torch.autocast`` moved one of them there (0.3–0.5 %
+    gradient error). The inputs are already float32 or float64, so none is cast.
+    """
+
+    @functools.wraps(method)
+    def without_autocast(ctx, first, *args):
+        device_type = first.device.type
+        if not torch.amp.is_autocast_available(device_type):
+            return method(ctx, first, *args)
+        with torch.autocast(device_type, enabled=False):
+            return method(ctx, first, *args)
+
+    return without_autocast
+
+
 class _BandedAnalogCore(torch.autograd.Function):
     """Blocked forward; backward recomputes each block's scores (memory O(T·D + block·M))."""
 
     @staticmethod
+    @_outside_autocast
     def forward(ctx, pulses, keys, values, gain_k, gain_v, plan, noise_seed):
         bh, length, dim = pulses.shape
-        blocks = _Blocks(plan, length, pulses.device)
+        blocks = blocks_on(plan, length, pulses.device)
         keys_p, values_p = _pad(keys, blocks.padded), _pad(values, blocks.padded)
         gain_k_p, gain_v_p = _pad(gain_k, blocks.padded), _pad(gain_v, blocks.padded)
         keep_pass = any(ctx.needs_input_grad[:3])
         out = torch.empty_like(pulses)
         scratch, passes = Scratch(), []
-        for (m0, m1), key_age, group in blocks.groups():
+        for (m0, m1), key_age, group in blocks.groups:
             stored_keys = (keys_p[:, m0:m1], _slice(gain_k_p, (m0, m1)))
             key_columns = stored_columns(plan.features, plan, *stored_keys, key_age, ones=bool(plan.constant))
             value_columns = chunk_value_columns(plan.features, plan, values_p[:, m0:m1], _slice(gain_v_p, (m0, m1)), key_age)
@@ -190,18 +232,19 @@ class _BandedAnalogCore(torch.autograd.Function):
                 widths = scores.clamp_(0.0, plan.s_sat)
                 chunk_range = value_columns[(n0 - m0) // plan.chunk * bh : (n1 - m0) // plan.chunk * bh]
                 readout, occupied = second_product(plan, widths, decays, chunk_range, band, generator, scratch)
-                passes.append(adc_sum(plan, readout, occupied, out[:, t0:t1], scratch, keep_pass))
+                passes.append(adc_sum(plan, readout, occupied, out[:, t0:t1], scratch, keep_pass, band.all_occupied))
         if keep_pass:
             ctx.save_for_backward(pulses, keys, values, gain_k, gain_v, *passes)
             ctx.plan, ctx.noise_seed = plan, noise_seed
         return out
 
     @staticmethod
+    @_outside_autocast
     def backward(ctx, grad_out):
         pulses, keys, values, gain_k, gain_v, *passes = ctx.saved_tensors
         plan, features = ctx.plan, ctx.plan.grad_features
         bh, length, dim = pulses.shape
-        blocks = _Blocks(plan, length, pulses.device)
+        blocks = blocks_on(plan, length, pulses.device)
         keys_p, values_p = _pad(keys, blocks.padded), _pad(values, blocks.padded)
         gain_k_p, gain_v_p = _pad(gain_k, blocks.padded), _pad(gain_v, blocks.padded)
         grad_pulses = torch.empty_like(pulses)
@@ -209,7 +252,7 @@ class _BandedAnalogCore(torch.autograd.Function):
         grad_values = torch.zeros_like(values_p)
         grad_out = grad_out.contiguous()
         scratch = Scratch()
-        for (m0, m1), key_age, group in blocks.groups():
+        for (m0, m1), key_age, group in blocks.groups:
             stored = [(keys_p[:, m0:m1], _slice(gain_k_p, (m0, m1))), (values_p[:, m0:m1], _slice(gain_v_p, (m0, m1)))]
             key_columns = stored_columns(plan.features, plan, *stored[0], key_age, ones=bool(plan.constant))
             grad_key_columns = stored_columns(features, plan, *stored[0], key_age)

@@ -12,6 +12,7 @@ scaling of the second product's pulses and the digital sum (same formulas, fewer
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -44,6 +45,13 @@ class Band:
     occupied: torch.Tensor  # (n_subtiles, queries) bool: the sub-tile holds a visible token
     edges: tuple[tuple[slice, torch.Tensor], ...] = ()  # (key range, its (keys, queries) slice of valid)
     fold: int | None = None
+    all_occupied: bool | None = None  # every sub-tile second_product reads out is occupied (None: not known)
+
+    def to(self, device: torch.device) -> Band:
+        """The same band on ``device`` (shape facts, made once, then read by every forward there)."""
+        tensors = (self.query_age, self.key_age, self.valid, self.chunk_subtile, self.occupied)
+        edges = tuple((rows, visible.to(device)) for rows, visible in self.edges)
+        return Band(*(x.to(device) for x in tensors), edges, self.fold, self.all_occupied)
 
 
 def make_band(plan: Plan, query_positions, key_positions, anchor: int, chunk_subtile) -> Band:
@@ -58,6 +66,8 @@ def make_band(plan: Plan, query_positions, key_positions, anchor: int, chunk_sub
     key_age = (anchor - key_positions).clamp(min=anchor - int(query_positions.max()))
     band = Band(query_positions - anchor, key_age, valid, chunk_subtile, occupied > 0)
     band.edges, band.fold = _edges(valid), band_fold(chunk_subtile.tolist())
+    in_order = band.occupied if band.fold is None else band.occupied[chunk_subtile[: band.fold]]  # as second_product
+    band.all_occupied = bool(in_order.all())
     return band
 
 
@@ -83,8 +93,15 @@ def band_fold(chunk_subtile: list[int]) -> int | None:
 
 def feature_decays(features, plan: Plan, age: torch.Tensor, dtype) -> torch.Tensor:
     """λ^(p_f·age) for every feature: (len(age), F); exactly 1 without leakage or for p = 0."""
-    powers = torch.tensor([float(f.power) for f in features], dtype=torch.float64, device=age.device)
+    powers = _powers(tuple(f.power for f in features), age.device)
     return torch.exp(-plan.leakage * powers * age.to(torch.float64)[:, None]).to(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _powers(powers: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The features' powers as a float64 tensor on ``device``, made once: a tensor built from a Python
+    list is a host-to-device copy, and this runs for every block of every layer."""
+    return torch.tensor([float(p) for p in powers], dtype=torch.float64, device=device)
 
 
 def query_rows(features, plan: Plan, pulses, query_age, constant: float = 0.0):
@@ -218,7 +235,8 @@ def adc_sum(plan: Plan, readout, occupied, out, scratch: Scratch, keep_pass: boo
 
     Σ_s (origin + step·k_s) is computed as step·Σ_s k_s + origin·(number of occupied sub-tiles);
     on SPEC's grid the origin is 0. With ``keep_pass`` returns where each ADC passes its input
-    (uint8, the STE derivative). ``all_occupied``: ``occupied.all()`` when the caller knows it.
+    (uint8, the STE derivative). ``all_occupied``: ``occupied.all()`` when the caller knows it (asking the
+    tensor waits for the device).
     """
     adc = plan.adc
     levels = torch.clamp(readout, adc.low, adc.high, out=scratch("levels", readout, *readout.shape))
@@ -260,7 +278,7 @@ def analog_read(plan: Plan, pulses, keys, values, gain_k, gain_v, band: Band, ge
     widths = scores.clamp_(0.0, plan.s_sat)
     readout, occupied = second_product(plan, widths, decays, value_columns, band, generator, scratch)
     digital = pulses.new_empty(pulses.shape)
-    adc_sum(plan, readout, occupied, digital, scratch)
+    adc_sum(plan, readout, occupied, digital, scratch, all_occupied=band.all_occupied)
     if keep:
         in_order = band.fold is None
         subtiles = torch.arange(plan.n_subtiles, device=readout.device) if in_order else band.chunk_subtile[: band.fold]
