@@ -111,7 +111,8 @@ class GainCellMemory:
         if self.config.attention == "softmax":
             self._write(k[:, :, -keep:], v[:, :, -keep:])
         else:
-            _, keys, values = front_end(q[:, :, -keep:], k[:, :, -keep:], v[:, :, -keep:], self.scalers, self.config)
+            recent = (x[:, :, -keep:].to(self.keys.dtype) for x in (q, k, v))  # as the op: float32 for bf16 inputs
+            _, keys, values = front_end(*recent, self.scalers, self.config)
             self._write(keys, values)
         return out
 
@@ -128,10 +129,13 @@ class GainCellMemory:
         if self.config.attention == "softmax":
             self._write(k, v)
             return sliding_window_softmax_step(q, self.keys, self.values, self.positions)
+        dtype = q.dtype
+        if dtype != self.keys.dtype:  # bf16/fp16 inputs: the chip in the memory's float32, as the parallel op does
+            q, k, v = (x.to(self.keys.dtype) for x in (q, k, v))
         with torch.inference_mode():  # a step is ~40 tiny ops: skip autograd's bookkeeping on each
             readout, a, b = self._write_and_read(q, k, v)
         out = torch.addcmul(b[3], a[3], readout)  # outside inference mode: an ordinary tensor for the caller
-        return out if out.dtype == q.dtype else out.to(q.dtype)
+        return out if out.dtype == dtype else out.to(dtype)
 
     def _write_and_read(self, q, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The chip's step: front end, write into slot t mod M, both products, ADCs. Returns the digital
