@@ -9,7 +9,7 @@ is clean: peak RSS during the timed calls minus RSS once the inputs exist (CPU),
   T×T leakage matrix, one matmul per polynomial order, per-sub-tile ADC on T×T weights, autograd;
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with a T×T sliding-window mask.
 
-Usage: ``python benchmarks/bench_attention.py [--quick] [--device cpu|cuda] [--repeats 3]``.
+Usage: ``python benchmarks/bench_attention.py [--quick] [--device cpu|cuda] [--dtype bfloat16] [--repeats 3]``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from gaincell import Scalers, gain_cell_attention, preset
 from gaincell.chip.cells import build_cell
 from gaincell.chip.periphery import quantize_ste
+from gaincell.devices import parse_device, parse_dtype, synchronize
 from gaincell.op.equations import front_end
 
 
@@ -56,9 +57,9 @@ def dense_gain_cell_attention(q, k, v, scalers, config):
     subtile = (torch.arange(chunks, device=q.device) * rows % config.window) // rows
     occupied = mask.view(length, 1, length) if pad == 0 else F.pad(mask, (0, pad)).view(length, 1, -1)
     occupied = occupied.unflatten(-1, (chunks, rows)).any(-1).squeeze(1).T  # (C, T)
-    readout = torch.zeros(*partial.shape[:2], config.n_subtiles, length, q.shape[-1], dtype=q.dtype)
+    readout = torch.zeros(*partial.shape[:2], config.n_subtiles, length, q.shape[-1], dtype=q.dtype, device=q.device)
     readout = readout.index_add(2, subtile, partial) * config.periphery.readout_gain
-    tile_occupied = torch.zeros(config.n_subtiles, length).index_add(0, subtile, occupied.float()) > 0
+    tile_occupied = torch.zeros(config.n_subtiles, length, device=q.device).index_add(0, subtile, occupied.float()) > 0
     out = (quantize_ste(readout, config.periphery.adc) * tile_occupied[:, :, None]).sum(2)
     return scalers.apply("o", out)
 
@@ -74,12 +75,15 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * resource.getpagesize()
 
 
-def run_case(method: str, length: int, backward: bool, repeats: int, device: str, heads, dim, window) -> dict:
+def run_case(
+    method: str, length: int, backward: bool, repeats: int, device: str, heads, dim, window, dtype: str = "float32"
+) -> dict:
     torch.manual_seed(0)
     torch.set_grad_enabled(backward)
     config = preset("paper", window=window)
     shape = (1, heads, length, dim)
-    q, k, v = (torch.rand(shape, device=device, requires_grad=backward) for _ in range(3))
+    device = parse_device(device)
+    q, k, v = (torch.rand(shape, device=device).to(parse_dtype(dtype)).requires_grad_(backward) for _ in range(3))
     scalers = Scalers(heads).to(device)
     call = {
         "gaincell": lambda: gain_cell_attention(q, k, v, scalers, config),
@@ -88,7 +92,7 @@ def run_case(method: str, length: int, backward: bool, repeats: int, device: str
     }[method]
     times = []
     base = _rss_bytes()
-    if device == "cuda":
+    if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -97,13 +101,12 @@ def run_case(method: str, length: int, backward: bool, repeats: int, device: str
         out = call()
         if backward:
             out.sum().backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
         del out
         for x in (q, k, v):
             x.grad = None
-    if device == "cuda":
+    if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
@@ -116,7 +119,8 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="*", help="sequence lengths (default 512..4096)")
     parser.add_argument("--methods", nargs="*", default=["gaincell", "dense", "sdpa"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
+    parser.add_argument("--dtype", default="float32", help="the inputs' dtype: float32 | bfloat16 | float16")
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--window", type=int, default=1024)
@@ -127,8 +131,9 @@ def main() -> None:
         method, length, which = args.case
         if which not in ("fwd", "fwd+bwd", "fwdbwd"):
             parser.error(f"--case PASS must be fwd or fwd+bwd (alias fwdbwd), got {which!r}")
-        print(json.dumps(run_case(method, int(length), which != "fwd", args.repeats, args.device, *shape)))
+        print(json.dumps(run_case(method, int(length), which != "fwd", args.repeats, args.device, *shape, args.dtype)))
         return
+    parse_device(args.device), parse_dtype(args.dtype)  # a device this machine lacks: one line, before any case runs
     lengths = args.lengths or ([512, 1024] if args.quick else [512, 1024, 2048, 4096])
     results = {}
     for length in lengths:
@@ -145,6 +150,8 @@ def main() -> None:
                     str(args.repeats),
                     "--device",
                     args.device,
+                    "--dtype",
+                    args.dtype,
                     "--heads",
                     str(args.heads),
                     "--head-dim",
@@ -187,6 +194,7 @@ def main() -> None:
                     "batch": 1,
                     "preset": "paper",
                     "device": args.device,
+                    "dtype": args.dtype,
                     "repeats": args.repeats,
                     "threads": torch.get_num_threads(),
                     "torch": torch.__version__,

@@ -18,7 +18,7 @@ and ``gpt2-shape`` (GPT-2 small's shape, 12 layers, 12 heads, D = 64, random wei
 reports tokens/s over its first and last 64 tokens (per-step timestamps): with a full window the
 gain-cell memory's cost per token must not grow.
 
-Usage: ``python benchmarks/bench_generate.py [--quick] [--threads 2] [--long 2048]``.
+Usage: ``python benchmarks/bench_generate.py [--quick] [--threads 2] [--long 2048] [--device cuda --dtype bfloat16]``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from gaincell.devices import parse_device, parse_dtype, synchronize
 
 
 def _default_stories() -> Path | None:
@@ -78,17 +80,22 @@ class _PeakRss:
 
 
 class _StepClock:
-    """A logits processor that only records when each new token's logits arrive."""
+    """A logits processor that only records when each new token's logits arrive (on a GPU, once they are
+    computed: it synchronises the device first)."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device):
         self.times: list[float] = []
+        self.device = device
 
     def __call__(self, input_ids, scores):
+        synchronize(self.device)
         self.times.append(time.perf_counter())
         return scores
 
 
-def build_model(name: str, attention: str, window: int, stories: str):
+def build_model(name: str, attention: str, window: int, stories: str, shape: dict | None = None):
+    """``stories260K`` from ``stories``, or a GPT-2-architecture model of random weights (``GPT2_SHAPE``,
+    or ``shape``'s fields over it), converted to the ``paper`` chip for ``gaincell``."""
     from transformers import AutoModelForCausalLM, GPT2Config
 
     import gaincell
@@ -97,7 +104,7 @@ def build_model(name: str, attention: str, window: int, stories: str):
         model = AutoModelForCausalLM.from_pretrained(stories)
     else:
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(GPT2Config(**GPT2_SHAPE))
+        model = AutoModelForCausalLM.from_config(GPT2Config(**{**GPT2_SHAPE, **(shape or {})}))
     model.eval()
     if attention == "gaincell":
         gaincell.convert(model, "paper", window=window)
@@ -105,28 +112,36 @@ def build_model(name: str, attention: str, window: int, stories: str):
 
 
 def run_case(
-    name: str, attention: str, prompt: int, batch: int, new: int, window: int, stories: str, repeats: int = 1
-) -> dict:
-    """One model: a warm-up, one generation under the RSS sampler (peak memory), then ``repeats``
-    timed generations without it (a thread waking every millisecond would tax the timings); the
-    fastest is reported."""
+    name: str, attention: str, prompt: int, batch: int, new: int, window: int, stories: str, repeats: int = 1,
+    device: str = "cpu", dtype: str = "float32", shape: dict | None = None,
+) -> dict:  # fmt: skip
+    """One model: a warm-up, one generation under the RSS sampler (peak memory; on CUDA the allocator's
+    peak), then ``repeats`` timed generations without it (a thread waking every millisecond would tax
+    the timings); the fastest is reported. On CUDA each timing ends with a device synchronisation."""
     from transformers import LogitsProcessorList
 
-    model = build_model(name, attention, window, stories)
+    place = parse_device(device)
+    model = build_model(name, attention, window, stories, shape).to(device=place, dtype=parse_dtype(dtype))
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, model.config.vocab_size, (batch, prompt), generator=generator)
+    ids = torch.randint(3, model.config.vocab_size, (batch, prompt), generator=generator).to(place)
     options = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(ids))
     runs = []
     with torch.no_grad():
         model.generate(ids[:, :16], max_new_tokens=4, min_new_tokens=4, **options)  # warm-up
+        synchronize(place)
+        if place.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(place)
+            base = torch.cuda.memory_allocated(place)
         with _PeakRss() as rss:
             model.generate(ids, max_new_tokens=new, min_new_tokens=new, **options)
+        growth = torch.cuda.max_memory_allocated(place) - base if place.type == "cuda" else rss.growth
         for _ in range(repeats):
-            clock = _StepClock()
+            clock = _StepClock(place)
             start, cpu_start = time.perf_counter(), time.process_time()
             model.generate(
                 ids, max_new_tokens=new, min_new_tokens=new, logits_processor=LogitsProcessorList([clock]), **options
             )
+            synchronize(place)
             runs.append((time.perf_counter() - start, time.process_time() - cpu_start, clock.times))
     seconds, cpu_seconds, steps = min(runs, key=lambda run: run[0])
     result = {
@@ -141,7 +156,9 @@ def run_case(
         "cpu_seconds": cpu_seconds,  # on a shared machine: compute spent, less what waiting for a core adds
         "tokens_per_cpu_s": batch * new / cpu_seconds,
         "decode_tokens_per_s": batch * (len(steps) - 1) / (steps[-1] - steps[0]),
-        "peak_memory_growth_mb": rss.growth / 2**20,
+        "peak_memory_growth_mb": growth / 2**20,
+        "device": str(place),
+        "dtype": dtype,
         "repeats": repeats,
         "tokens_per_s_all": [round(batch * new / run[0], 2) for run in runs],
     }
@@ -164,7 +181,7 @@ def cases(args: argparse.Namespace) -> list[dict]:
     prompts, batches, new = ((128,), (1,), 64) if args.quick else ((128, 1024), (1, 8), args.new_tokens)
     prompts, batches = args.prompts or prompts, args.batches or batches
     models = args.models
-    common = dict(window=args.window, stories=str(args.stories), repeats=args.repeats)
+    common = dict(window=args.window, stories=str(args.stories), repeats=args.repeats, device=args.device, dtype=args.dtype)
     grid = [
         dict(name=m, attention=a, prompt=p, batch=b, new=new, **common)
         for m in models
@@ -214,12 +231,15 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: 1 8)")
     parser.add_argument("--stories", type=Path, help="the stories260K model directory (default: the shared data folder's)")
     parser.add_argument("--repeats", type=int, default=1, help="generations per case, the fastest kept (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
+    parser.add_argument("--dtype", default="float32", help="the models' weights: float32 | bfloat16 | float16")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.case:
         print(json.dumps(run_case(**json.loads(args.case))))
         return
+    parse_device(args.device), parse_dtype(args.dtype)  # a device this machine lacks: one line, before any case
     args.stories = args.stories or _default_stories()
     if args.stories is None and "stories260K" in args.models:
         parser.error("--stories: no stories260K here; set GAINCELL_DATA to the shared data folder or pass --stories DIR")
