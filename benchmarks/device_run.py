@@ -1,0 +1,552 @@
+"""The prepared run for a lent GPU (issue 23): one command, a global time budget, one JSON and one table.
+
+A session lent one H200 has 15 minutes of device time for all its tries together, so this script is
+made to run once, unattended, within 8 minutes, and to bring something back whatever fails:
+
+- every part, and every case inside a part, runs in its own ``try``; an error is recorded (type, first
+  line, the end of the traceback) and the run goes on;
+- ``--budget-s`` bounds the whole run; each part gets a share of what is left (time a part does not
+  use flows to the next), and a case that would not fit is skipped and recorded as skipped, with why;
+- ``device_run.json`` and ``device_run.md`` are rewritten (atomically) after every case.
+
+Parts (``--parts a,b,c,d,e``; their results are keyed by these letters):
+
+- ``a`` the GPU test subset: the op on the device through each kernel (``torch``; ``triton`` where the
+  dispatcher offers it, else the reason) against ``op/equations.py`` by the rule of
+  :mod:`gaincell.op.agreement`, values and gradients, at small shapes; the torch path on the device
+  against the CPU; generation (prefill + steps) against the parallel op;
+- ``b`` the op's forward and forward+backward time and peak memory at B ∈ {1, 8}, H = 12, D = 64,
+  M = 1024, T ∈ {1024, 4096, 16384}, bf16 inputs: gain-cell (paper preset with and without leakage)
+  through each kernel, SDPA's flash backend (causal) and ``flex_attention`` with a sliding window of
+  M (compiled); the priority case (T = M = 1024, B = 8) first;
+- ``c`` decode tokens/s at batch 1 and 64 of a GPT-2-shaped model (random weights) converted to the
+  chip against the same model with softmax and transformers' cache (``bench_generate.run_case``);
+- ``d`` training tokens/s of a SmolLM2-shaped Llama (random init: 30 layers, width 576, 9 heads / 3
+  kv heads, head dim 64, vocabulary 49152), softmax against gain-cell, bf16 autocast, AdamW;
+- ``e`` ``gaincell hw --measure`` on the device (decode attention latency, NVML energy) beside the
+  paper's GPU figures.
+
+A new part (issue 24's training run, say) is a function ``part_x(run) -> dict`` added to ``PARTS``
+with its share of the budget; it records cases with ``run.case(...)`` and reads ``run.dry``.
+
+How gaincell is found: the script puts this checkout's ``src`` first on ``sys.path``, so the device
+machine needs no install and no network (its image has torch, transformers, accelerate, triton and
+nvidia-ml-py; lm-eval, gguf and datasets, which it lacks, are imported by no part). With the device
+tool (docs/benchmarks.md)::
+
+    run(command="PYTHONUNBUFFERED=1 python3 benchmarks/device_run.py --out $OUT 2>&1 | tee $OUT/log.txt",
+        timeout_s=560)
+
+``--dry-run`` runs every part at tiny sizes on the CPU in well under a minute (a CI test:
+tests/benchmarks/test_device_run.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # this checkout's gaincell, installed or not
+sys.path.insert(1, str(ROOT / "benchmarks"))
+
+import torch  # noqa: E402
+
+from gaincell.atomic import atomic_file  # noqa: E402
+from gaincell.devices import parse_device, synchronize  # noqa: E402
+
+
+class Run:
+    """The run's state: where it writes, its device, its clock, and the results so far."""
+
+    def __init__(self, out: Path, device: torch.device, budget_s: float, dry: bool):
+        self.out, self.device, self.dry = out, device, dry
+        self.results: dict = {"environment": environment(device, dry), "budget_s": budget_s, "parts": {}}
+        self.started = time.monotonic()  # the budget counts from here (reading versions above takes seconds)
+        self.deadline = self.started + budget_s
+        self.part_deadline = self.deadline
+        self.part: dict = {}
+
+    def left(self) -> float:
+        """Seconds left to the current part (never past the whole run's deadline)."""
+        return min(self.part_deadline, self.deadline) - time.monotonic()
+
+    def case(self, key: str, work, need_s: float = 0.0) -> dict:
+        """Run one case into the current part: skipped if ``need_s`` does not fit, stopped (an alarm) when
+        the part's time is up, its error recorded if it fails; the files are rewritten after it either way."""
+        if need_s > self.left() or self.left() < 1:
+            result = {"skipped": f"needs about {need_s:.0f} s, {max(self.left(), 0):.0f} s left in this part"}
+        else:
+            start = time.monotonic()
+            signal.setitimer(signal.ITIMER_REAL, self.left())
+            try:
+                result = work()
+            except Exception as error:  # recorded, and the run goes on
+                result = failure(error)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            result["wall_s"] = round(time.monotonic() - start, 2)
+        self.part.setdefault("cases", {})[key] = result
+        print(f"  {key}: {short(result)}", flush=True)
+        self.save()
+        return result
+
+    def save(self) -> None:
+        self.results["elapsed_s"] = round(time.monotonic() - self.started, 1)
+        with atomic_file(self.out / "device_run.json") as handle:
+            json.dump(self.results, handle, indent=1, default=str)
+        with atomic_file(self.out / "device_run.md") as handle:
+            handle.write(markdown(self.results))
+
+
+class OutOfTime(Exception):
+    """Raised by the alarm inside a case that ran past its part's share of the budget."""
+
+
+def _out_of_time(signum, frame):
+    raise OutOfTime("the part's share of --budget-s ran out during this case")
+
+
+def failure(error: BaseException) -> dict:
+    lines = traceback.format_exception(type(error), error, error.__traceback__)
+    message = str(error).strip().splitlines()
+    return {"error": f"{type(error).__name__}: {message[0] if message else ''}", "traceback": "".join(lines)[-1500:]}
+
+
+def short(result: dict) -> str:
+    return json.dumps({k: v for k, v in result.items() if k != "traceback"}, default=str)[:300]
+
+
+def environment(device: torch.device, dry: bool) -> dict:
+    info = {"dry_run": dry, "device": str(device), "torch": torch.__version__, "python": platform.python_version()}
+    info["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs"
+    for name in ("transformers", "triton", "accelerate"):
+        try:
+            info[name] = __import__(name).__version__
+        except Exception as error:
+            info[name] = f"unavailable: {type(error).__name__}"
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        info["gpu"] = (
+            f"{properties.name}, {properties.total_memory / 2**30:.0f} GiB, sm_{properties.major}{properties.minor}"
+        )
+        info["cuda"] = torch.version.cuda
+    try:
+        info["commit"] = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except Exception:
+        info["commit"] = "unknown (no git here)"
+    return info
+
+
+def timed(call, device: torch.device, repeats: int) -> dict:
+    """Median milliseconds of ``call`` after two untimed warm-ups (the first compiles and allocates; the
+    second says how long a call takes, so ``repeats`` shrinks to what fits in about 1.5 s); CUDA events on
+    a GPU, else a host clock."""
+    lengths = []
+    for _ in range(2):
+        start = time.perf_counter()
+        call()
+        synchronize(device)
+        lengths.append(time.perf_counter() - start)
+    first = lengths[0]
+    repeats = max(1, min(repeats, int(1.5 / max(lengths[1], 1e-4))))
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            call()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            call()
+            times.append(1e3 * (time.perf_counter() - begin))
+    return {"ms": statistics.median(times), "ms_all": [round(t, 3) for t in times], "first_call_s": round(first, 3)}
+
+
+def peak_bytes(call, device: torch.device) -> int | None:
+    """The allocator's peak during one call above what was allocated before it (CUDA only)."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    call()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+# -- a: the GPU test subset ----------------------------------------------------------------------------
+
+
+def part_a(run: Run) -> None:
+    from gaincell import GainCellError, GainCellMemory, Scalers, gain_cell_attention, preset
+    from gaincell.op.agreement import agreement
+    from gaincell.op.equations import gain_cell_attention_equations
+
+    geometries = [(37, 64, 16, 16), (157, 48, 16, 32), (300, 128, 32, 128)]  # T < M, T > M (wraps), R ≠ M
+    for name in ("paper", "linear"):
+        for leakage in (None, 0.0):
+            for length, window, rows, block in geometries:
+                config = preset(name, window=window, subtile_rows=rows, block_size=block)
+                config = config if leakage is None else config.replace(leakage=leakage)
+                key = f"{name}/{'leak' if leakage is None else 'noleak'}/T={length},M={window},R={rows}"
+                for kernel in ("torch", "triton"):
+
+                    def check(config=config, kernel=kernel, length=length):
+                        generator = torch.Generator().manual_seed(length)
+                        q, k, v = (torch.rand(2, 3, length, 16, generator=generator) - 0.2 for _ in range(3))
+                        scalers = Scalers(3)
+                        on = [x.to(run.device).requires_grad_() for x in (q, k, v)]
+                        device_scalers = Scalers(3).to(run.device)
+                        try:
+                            out = gain_cell_attention(*on, device_scalers, config, kernel=kernel)
+                        except GainCellError as error:
+                            return {"unavailable": str(error)}
+                        reference_leaves = [x.detach().clone().requires_grad_() for x in on]
+                        reference = gain_cell_attention_equations(*reference_leaves, device_scalers, config)
+                        weight = torch.randn(out.shape, generator=generator).to(run.device)
+                        (out * weight).sum().backward()
+                        (reference * weight).sum().backward()
+                        values = agreement(out.detach(), reference.detach(), config)
+                        gradient = max(
+                            ((a.grad - b.grad).abs().max() / b.grad.abs().max().clamp(min=1e-12)).item()
+                            for a, b in zip(on, reference_leaves, strict=True)
+                        )
+                        with torch.no_grad():
+                            cpu = gain_cell_attention(q, k, v, scalers, config, kernel="torch")
+                            memory = GainCellMemory(config, device_scalers, 2, 3, 16, device=run.device)
+                            cut = length // 3
+                            prompt = memory.prefill(*(x[:, :, :cut].detach() for x in on))
+                            steps = [memory.step(*(x[:, :, t : t + 1].detach() for x in on)) for t in range(cut, length)]
+                        generation = agreement(torch.cat([prompt, *steps], 2), out.detach(), config)
+                        versus_cpu = agreement(out.detach().cpu(), cpu, config)
+                        passed = values.passed and gradient <= 1e-3 and generation.passed and versus_cpu.passed
+                        return {
+                            "passed": passed,
+                            "vs_equations": values.summary(),
+                            "gradient_max_relative": gradient,
+                            "generation_vs_parallel": generation.summary(),
+                            "device_vs_cpu": versus_cpu.summary(),
+                            "rule": values.rule + "; gradients ≤ 1e-3 relative",
+                        }
+
+                    run.case(f"{key}/{kernel}", check)
+
+
+# -- b: op speed and memory ----------------------------------------------------------------------------
+
+
+def part_b(run: Run) -> None:
+    from gaincell import GainCellError, Scalers, gain_cell_attention, preset
+
+    heads, dim, window = 12, 64, 1024
+    lengths, batches = (1024, 4096, 16384), (8, 1)
+    if run.dry:
+        heads, dim, window, lengths, batches = 2, 16, 32, (32, 64), (2, 1)
+    paper = preset("paper", window=window)
+    methods = {
+        "gaincell-torch": lambda q, k, v, s: gain_cell_attention(q, k, v, s, paper, kernel="torch"),
+        "gaincell-torch-noleak": lambda q, k, v, s: gain_cell_attention(
+            q, k, v, s, paper.replace(leakage=0.0), kernel="torch"
+        ),
+        "gaincell-triton": lambda q, k, v, s: gain_cell_attention(q, k, v, s, paper, kernel="triton"),
+        "gaincell-triton-noleak": lambda q, k, v, s: gain_cell_attention(
+            q, k, v, s, paper.replace(leakage=0.0), kernel="triton"
+        ),
+        "sdpa-flash-causal": lambda q, k, v, s: sdpa_flash(q, k, v),
+        "flex-sliding-window": flex_sliding_window(window, compiled=not run.dry),
+    }
+    seen: dict[str, tuple[float, float]] = {}  # method -> (s per batch·token of a fwd+bwd call, first-call s)
+    for length in lengths:
+        for batch in batches:
+            torch.manual_seed(0)
+            inputs = [torch.rand(batch, heads, length, dim, device=run.device, dtype=torch.bfloat16) for _ in range(3)]
+            scalers = Scalers(heads).to(run.device)
+            for method, op in methods.items():
+                per_token, first = seen.get(method, (0.0, 0.0))  # both passes: 2 warm-ups, ≤ 1.5 s timed, 1 peak
+                estimate = 2 * first + 2 * (3 * per_token * batch * length + 1.5)
+
+                def measure(op=op, method=method, batch=batch, length=length, inputs=inputs, scalers=scalers):
+                    try:
+                        with torch.no_grad():
+                            op(*inputs, scalers)
+                    except GainCellError as error:
+                        return {"unavailable": str(error)}
+                    result = {}
+                    for which, backward in (("fwd", False), ("fwd+bwd", True)):
+                        leaves = [x.detach().requires_grad_(backward) for x in inputs]
+
+                        def call(leaves=leaves, backward=backward, op=op, scalers=scalers):
+                            with torch.set_grad_enabled(backward):
+                                out = op(*leaves, scalers)
+                                if backward:
+                                    out.backward(torch.ones_like(out))
+                            for leaf in leaves:
+                                leaf.grad = None
+
+                        try:
+                            result[which] = {**timed(call, run.device, 10), "peak_bytes": peak_bytes(call, run.device)}
+                        except OutOfTime:
+                            raise
+                        except Exception as error:  # e.g. flex_attention has no backward on the CPU
+                            result[which] = failure(error)
+                            return result
+                    first = result["fwd"]["first_call_s"] + result["fwd+bwd"]["first_call_s"]
+                    seen[method] = (result["fwd+bwd"]["ms"] / 1e3 / (batch * length), first)
+                    return result
+
+                run.case(f"B={batch}/T={length}/{method}", measure, need_s=estimate)
+    run.part["ratios"] = ratios(run.part.get("cases", {}))
+
+
+def sdpa_flash(q, k, v):
+    """SDPA restricted to the flash backend, causal (what a softmax model's training calls)."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def flex_sliding_window(window: int, compiled: bool):
+    """``flex_attention`` with a causal sliding window of ``window`` keys (softmax over it), compiled once
+    per shape as it must be to run fast; the block mask is made once per length."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    for limit in ("cache_size_limit", "recompile_limit"):  # one compiled graph per shape and pass: 12 here
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, 64)
+    attend = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+    masks: dict = {}
+
+    def sliding(batch, head, query, key):
+        return (query >= key) & (query - key < window)
+
+    def call(q, k, v, scalers):
+        length = q.shape[2]
+        if length not in masks:
+            masks[length] = create_block_mask(sliding, None, None, length, length, device=q.device)
+        return attend(q, k, v, block_mask=masks[length])
+
+    return call
+
+
+def ratios(cases: dict) -> dict:
+    """Each gain-cell row's time over SDPA flash's at the same (B, T, pass): the issue's targets."""
+    out = {}
+    for key, result in cases.items():
+        prefix, method = key.rsplit("/", 1)
+        flash = cases.get(f"{prefix}/sdpa-flash-causal", {})
+        if not method.startswith("gaincell"):
+            continue
+        for which in ("fwd", "fwd+bwd"):
+            if "ms" in result.get(which, {}) and "ms" in flash.get(which, {}):
+                out[f"{key}/{which}/over_sdpa_flash"] = round(result[which]["ms"] / flash[which]["ms"], 2)
+        torch_path = cases.get(f"{prefix}/{method.replace('triton', 'torch')}", {}).get("fwd+bwd", {})
+        if "triton" in method and "ms" in torch_path and "ms" in result.get("fwd+bwd", {}):
+            out[f"{key}/fwd+bwd/speedup_over_torch_path"] = round(torch_path["ms"] / result["fwd+bwd"]["ms"], 2)
+    return out
+
+
+# -- c: decode --------------------------------------------------------------------------------------------
+
+
+def part_c(run: Run) -> None:
+    from bench_generate import run_case
+
+    shape, prompt, new, window = {}, 128, 256, 256
+    if run.dry:
+        shape, prompt, new, window = {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 512}, 16, 8, 16
+    dtype = "float32" if run.dry else "bfloat16"
+    for batch in (1, 64):
+        for attention in ("gaincell", "softmax"):
+            case = dict(name="gpt2-shape", attention=attention, prompt=prompt, batch=batch, new=new, window=window)
+            case |= dict(stories="", repeats=1, device=str(run.device), dtype=dtype, shape=shape)
+            run.case(f"gpt2-shape/batch={batch}/{attention}", lambda case=case: run_case(**case))
+    cases = run.part.get("cases", {})
+    run.part["softmax_over_gaincell_tokens_per_s"] = {
+        f"batch={batch}": round(soft["tokens_per_s"] / gain["tokens_per_s"], 2)
+        for batch in (1, 64)
+        if "tokens_per_s" in (gain := cases.get(f"gpt2-shape/batch={batch}/gaincell", {}))
+        and "tokens_per_s" in (soft := cases.get(f"gpt2-shape/batch={batch}/softmax", {}))
+    }
+
+
+# -- d: training ------------------------------------------------------------------------------------------
+
+
+def part_d(run: Run) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import gaincell
+
+    sizes = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9)
+    sizes |= dict(num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=2048)
+    batch, length, steps = 8, 1024, 5
+    if run.dry:
+        sizes |= dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+        sizes |= dict(num_key_value_heads=1, head_dim=32, vocab_size=512)
+        batch, length, steps = 2, 64, 2
+    for attention in ("softmax", "gaincell"):
+
+        def train(attention=attention):
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(LlamaConfig(**sizes, attn_implementation="sdpa"))
+            if attention == "gaincell":
+                gaincell.convert(model, "paper", window=length)
+            model.to(run.device).train()
+            optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            ids = torch.randint(0, sizes["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(0))
+            ids = ids.to(run.device)
+
+            def step():
+                with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=not run.dry):
+                    loss = model(input_ids=ids, labels=ids).loss
+                loss.backward()
+                optimiser.step()
+                optimiser.zero_grad(set_to_none=True)
+                return loss
+
+            loss = step()  # warm-up
+            synchronize(run.device)
+            start, done = time.perf_counter(), 0
+            while done < steps and (done == 0 or run.left() > 3 * (time.perf_counter() - start) / done):
+                loss = step()
+                synchronize(run.device)
+                done += 1
+            seconds = time.perf_counter() - start
+            peak = torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None
+            return {"tokens_per_s": batch * length * done / seconds, "step_s": seconds / done, "steps": done,
+                    "loss": loss.item(), "batch": batch, "length": length, "layers": sizes["num_hidden_layers"],
+                    "peak_bytes": peak}  # fmt: skip
+
+        run.case(f"smollm2-shape/{attention}", train)
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(run.device)
+
+
+# -- e: gaincell hw --measure -----------------------------------------------------------------------------
+
+
+def part_e(run: Run) -> None:
+    from gaincell.hardware.report import HardwareQuery, build_report
+
+    sizes = dict(measure_steps=20, measure_repeats=5, measure_warmup=5)  # gaincell hw's defaults: GPT-2, batch 64
+    if run.dry:
+        sizes = dict(measure_steps=2, measure_repeats=1, measure_warmup=1, batch=2, window=64)
+
+    def measure():
+        query = HardwareQuery(measure=True, measure_device=run.device.type, gpus=("a100", "h100", "h200"), **sizes)
+        report = build_report(query)
+        return {"measured": report.get("measured"), "paper_gpus": report.get("gpus"), "workload": report.get("workload")}
+
+    run.case(f"gpt2/batch={sizes.get('batch', 64)}/M={sizes.get('window', 1024)}", measure)
+
+
+PARTS = {  # letter -> (title, share of the budget, function)
+    "a": ("GPU test subset: op, gradients and generation against op/equations.py", 0.08, part_a),
+    "b": ("op forward and forward+backward: time and peak memory (bf16 inputs)", 0.47, part_b),
+    "c": ("decode tokens/s: gain-cell memory against softmax with transformers' cache", 0.15, part_c),
+    "d": ("training tokens/s: SmolLM2-shaped Llama, softmax against gain-cell, bf16 autocast", 0.22, part_d),
+    "e": ("gaincell hw --measure on this device beside the paper's GPU figures", 0.08, part_e),
+}
+
+
+def markdown(results: dict) -> str:
+    """One table per part: each case's main numbers (the JSON has everything)."""
+    env = results["environment"]
+    lines = ["# gaincell device run", "", f"{env.get('gpu', env['device'])}; torch {env['torch']}, "
+             f"transformers {env['transformers']}, triton {env['triton']}; commit {env['commit']}; dry run: "
+             f"{env['dry_run']}; {results.get('elapsed_s', 0)} s of a {results['budget_s']} s budget", ""]  # fmt: skip
+    for letter, part in results["parts"].items():
+        lines += [f"## {letter}: {part['title']} ({part.get('wall_s', '…')} s)", "", "| case | result |", "| --- | --- |"]
+        for key, result in part.get("cases", {}).items():
+            lines.append(f"| {key} | {cell(result)} |")
+        for name in ("ratios", "softmax_over_gaincell_tokens_per_s", "error", "skipped"):
+            if part.get(name):
+                lines += ["", f"{name}: `{json.dumps(part[name])}`"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cell(result: dict) -> str:
+    """A case's headline: skipped/error/unavailable, else the fields a reader compares."""
+    for name in ("skipped", "error", "unavailable"):
+        if name in result:
+            return f"{name}: {str(result[name])[:160]}".replace("|", "/")
+    if "fwd" in result:
+        passes = []
+        for which in ("fwd", "fwd+bwd"):
+            if "ms" not in result.get(which, {}):
+                passes.append(f"{which} {result.get(which, {}).get('error', 'not run')[:100]}".replace("|", "/"))
+                continue
+            peak = result[which]["peak_bytes"]
+            passes.append(f"{which} {result[which]['ms']:.3f} ms" + ("" if peak is None else f", {peak / 2**20:.0f} MiB"))
+        return " · ".join(passes)
+    keys = ("passed", "vs_equations", "gradient_max_relative", "generation_vs_parallel", "tokens_per_s", "step_s", "loss")
+    shown = {key: result[key] for key in keys if key in result}
+    if "measured" in result and result["measured"]:
+        measured = result["measured"]
+        shown = {key: measured.get(key) for key in ("device", "latency_step_s", "energy_step_j", "energy_method")}
+    return ", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in shown.items())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for device_run.json and device_run.md")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)} (default: all)")
+    parser.add_argument("--budget-s", type=float, default=450.0, help="wall-time budget of the whole run (default 450)")
+    parser.add_argument("--device", help="default: cuda when available, else cpu (--dry-run: cpu)")
+    parser.add_argument("--dry-run", action="store_true", help="every part at tiny sizes on the CPU (a CI test)")
+    args = parser.parse_args()
+    parts = [name.strip() for name in args.parts.split(",") if name.strip()]
+    unknown = [name for name in parts if name not in PARTS]
+    if unknown:
+        parser.error(f"--parts: unknown {', '.join(unknown)} (expected some of {', '.join(PARTS)})")
+    device = parse_device("cpu" if args.dry_run and args.device is None else args.device)
+    if args.dry_run:
+        torch.set_num_threads(1)  # tiny sizes: more threads only contend on a shared CI machine
+    args.out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGALRM, _out_of_time)
+    run = Run(args.out, device, args.budget_s, args.dry_run)
+    print(f"device run on {run.results['environment'].get('gpu', device)}, parts {','.join(parts)}, "
+          f"budget {args.budget_s:.0f} s", flush=True)  # fmt: skip
+    for index, name in enumerate(parts):
+        title, share, function = PARTS[name]
+        remaining = run.deadline - time.monotonic()
+        shares = sum(PARTS[later][1] for later in parts[index:])
+        run.part_deadline = time.monotonic() + remaining * share / shares
+        run.part = run.results["parts"][name] = {"title": title}
+        print(f"part {name}: {title} ({max(run.left(), 0):.0f} s)", flush=True)
+        start = time.monotonic()
+        if remaining <= 0:
+            run.part["skipped"] = "the run's budget is spent"
+        else:
+            try:
+                function(run)
+            except Exception as error:  # a part that fails outside its cases: recorded, the next part runs
+                run.part.update(failure(error))
+                print(f"  error: {run.part['error']}", flush=True)
+        run.part["wall_s"] = round(time.monotonic() - start, 1)
+        run.save()
+    print(markdown(run.results), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The prepared device run (benchmarks/device_run.py) in its ``--dry-run``: every part at tiny sizes on
+the CPU, as the device machine would run it, with the packages that machine lacks (lm-eval, gguf,
+datasets) made unimportable. A GPU session then runs the same code at full size."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "device_run.py"
+#: What a CPU cannot do, recorded as such rather than failing the run.
+EXPECTED_ON_CPU = ("FlexAttention does not support backward on CPU",)
+
+
+def _run(out: Path, *options: str) -> dict:
+    blocked = "import sys, runpy; sys.modules.update(dict.fromkeys(('lm_eval', 'gguf', 'datasets')))"
+    command = f"{blocked}; sys.argv = {[str(SCRIPT), *options]!r}; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "device_run.json").read_text())
+
+
+def _problems(case: dict) -> list[str]:
+    found = [case["error"]] if "error" in case else []
+    found += [case[which]["error"] for which in ("fwd", "fwd+bwd") if "error" in case.get(which, {})]
+    return [problem for problem in found if not any(expected in problem for expected in EXPECTED_ON_CPU)]
+
+
+def test_the_dry_run_runs_every_part_and_writes_the_json_and_table(tmp_path):
+    results = _run(tmp_path, "--dry-run", "--out", str(tmp_path))
+    assert list(results["parts"]) == ["a", "b", "c", "d", "e"]
+    assert results["environment"]["dry_run"] and results["environment"]["device"] == "cpu"
+    for letter, part in results["parts"].items():
+        assert "error" not in part and "skipped" not in part, (letter, part)
+        assert part["cases"], letter
+        for key, case in part["cases"].items():
+            assert "skipped" not in case and not _problems(case), (letter, key, case)
+    checks = [case for case in results["parts"]["a"]["cases"].values() if "passed" in case]
+    assert checks and all(case["passed"] for case in checks)
+    assert all("ms" in case["fwd"] for key, case in results["parts"]["b"]["cases"].items() if "unavailable" not in case)
+    assert results["parts"]["b"]["ratios"]  # gain-cell over SDPA at each (B, T, pass)
+    assert all(case["tokens_per_s"] > 0 for case in results["parts"]["c"]["cases"].values())
+    assert set(results["parts"]["d"]["cases"]) == {"smollm2-shape/softmax", "smollm2-shape/gaincell"}
+    assert next(iter(results["parts"]["e"]["cases"].values()))["measured"]["latency_step_s"] > 0
+    table = (tmp_path / "device_run.md").read_text()
+    assert table.startswith("# gaincell device run") and table.count("## ") == 5
+    assert results["elapsed_s"] < results["budget_s"]  # about 15 s on one busy core
+
+
+def test_a_spent_budget_skips_cases_and_says_why(tmp_path):
+    results = _run(tmp_path, "--dry-run", "--out", str(tmp_path), "--parts", "b,e", "--budget-s", "2")
+    cases = results["parts"]["b"]["cases"]
+    assert cases and all("skipped" in case for case in cases.values() if "unavailable" not in case)
+    assert "needs about" in next(iter(cases.values()))["skipped"]
