@@ -17,7 +17,7 @@ from gaincell.errors import GainCellError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("gaincell.commands.demo", "train, adapt and evaluate a small gain-cell GPT-2 end to end, offline"),
-    "selfcheck": ("gaincell.commands.selfcheck", "check the attention op against SPEC's equations and time it"),
+    "selfcheck": ("gaincell.commands.selfcheck", "check every fast form of the op against SPEC's equations, and time it"),
     "adapt": ("gaincell.commands.adapt", "adapt a pre-trained model to gain-cell attention (SPEC §4 recipe)"),
     "eval": ("gaincell.commands.eval", "perplexity and lm-eval tasks of a saved model"),
     "generate": ("gaincell.commands.generate", "continue a prompt with a saved model, through its gain-cell memories"),

@@ -10,6 +10,12 @@ from gaincell.adaptation.stages import adapt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Device and precision come from accelerate, which runs every stage: the GPU when there is one "
+        "(accelerate launch --cpu, or ACCELERATE_USE_CPU=1, for the CPU; accelerate launch for several GPUs), and "
+        "each stage's mixed_precision (auto: bf16 autocast on a GPU that has it, fp16 on others, none on the CPU; "
+        "--set linear.mixed_precision=no for float32). See docs/gpu.md."
+    )
     parser.add_argument("config", metavar="CONFIG", help="recipe TOML file (see examples/adapt.toml)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
