@@ -34,8 +34,8 @@ machine needs no install and no network (its image has torch, transformers, acce
 nvidia-ml-py; lm-eval, gguf and datasets, which it lacks, are imported by no part). With the device
 tool (docs/benchmarks.md)::
 
-    run(command="PYTHONUNBUFFERED=1 python3 benchmarks/device_run.py --out $OUT 2>&1 | tee $OUT/log.txt",
-        timeout_s=560)
+    run(command="GAINCELL_COMMIT=<commit> PYTHONUNBUFFERED=1 python3 benchmarks/device_run.py --out $OUT "
+                "--budget-s 420 2>&1 | tee $OUT/log.txt", timeout_s=540)
 
 ``--dry-run`` runs every part at tiny sizes on the CPU in well under a minute (a CI test:
 tests/benchmarks/test_device_run.py).
@@ -140,13 +140,17 @@ def environment(device: torch.device, dry: bool) -> dict:
             f"{properties.name}, {properties.total_memory / 2**30:.0f} GiB, sm_{properties.major}{properties.minor}"
         )
         info["cuda"] = torch.version.cuda
-    try:
-        info["commit"] = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except Exception:
-        info["commit"] = "unknown (no git here)"
+    info["commit"] = os.environ.get("GAINCELL_COMMIT") or _git_commit() or "unknown (set GAINCELL_COMMIT)"
     return info
+
+
+def _git_commit() -> str | None:
+    """This checkout's commit; the device machine gets a copy of the working tree, maybe without .git."""
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def timed(call, device: torch.device, repeats: int) -> dict:

@@ -41,7 +41,9 @@ def test_demo_writes_the_report_the_results_and_a_loadable_model(tmp_path, pydoc
     model = gaincell.load(output / "model")
     assert model_config(model).window == 16 and model_config(model).attention == "gaincell"
     assert "held-out perplexity" in capsys.readouterr().out
-    assert main(["demo", "--text", str(corpus), "--output", str(output), *TOY]) == 0  # a demo folder is replaced
+    options = ["--device", "cpu", "--dtype", "fp32"]  # the device accelerate trains on, and no autocast
+    assert main(["demo", "--text", str(corpus), "--output", str(output), *TOY, *options]) == 0  # a demo folder is replaced
+    assert json.loads((output / "results.json").read_text())["device"] == {"device": "cpu", "mixed_precision": "no"}
 
 
 def test_demo_refuses_a_foreign_output_folder_and_bad_sizes(tmp_path, capsys):
