@@ -16,7 +16,7 @@ SMALL = ["selfcheck", "--length", "40", "--window", "16", "--heads", "2", "--hea
 def test_every_form_passes_and_the_tolerance_is_printed(capsys):
     assert main(SMALL) == 0
     out = capsys.readouterr().out
-    assert re.search(r"selfcheck: PASS: 7 forms agree with the SPEC equations", out), out
+    assert re.search(r"selfcheck: PASS: ([7-9]|1[0-9]) forms agree with the SPEC equations", out), out  # 7 without triton
     assert "tolerance: ADC grid: ≤ 0.1 % of outputs ≥ ½ step apart" in out
     assert "tolerance: no ADC grid: max |diff| ≤ 1e-05 × max |reference|" in out
     for preset in ("linear", "paper", "ideal"):
