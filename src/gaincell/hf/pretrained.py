@@ -20,6 +20,7 @@ from huggingface_hub import ModelCard
 
 from gaincell.atomic import atomic_directory, check_replaceable
 from gaincell.chip.config import GainCellConfig
+from gaincell.devices import parse_device
 from gaincell.errors import GainCellError, first_line
 from gaincell.hf.card import CARD_FILE, model_card
 from gaincell.hf.convert import convert
@@ -75,14 +76,7 @@ def _quiet_transformers():
 
 def torch_device(name: str | torch.device | None = None) -> torch.device:
     """``name`` as a torch device that exists on this machine; None: the GPU when there is one, else the CPU."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-        torch.empty(0, device=device)  # a device type torch knows but this machine lacks fails here
-    except Exception as error:
-        raise GainCellError(f"device: cannot use {str(name)!r}: {first_line(error)}") from error
-    return device
+    return parse_device(name, "device")
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
