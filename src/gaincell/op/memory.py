@@ -111,7 +111,7 @@ class GainCellMemory:
         if self.config.attention == "softmax":
             self._write(k[:, :, -keep:], v[:, :, -keep:])
         else:
-            recent = (x[:, :, -keep:].to(self.keys.dtype) for x in (q, k, v))  # as the op: float32 for bf16 inputs
+            recent = (_compute_dtype(x[:, :, -keep:]) for x in (q, k, v))
             _, keys, values = front_end(*recent, self.scalers, self.config)
             self._write(keys, values)
         return out
@@ -130,8 +130,7 @@ class GainCellMemory:
             self._write(k, v)
             return sliding_window_softmax_step(q, self.keys, self.values, self.positions)
         dtype = q.dtype
-        if dtype != self.keys.dtype:  # bf16/fp16 inputs: the chip in the memory's float32, as the parallel op does
-            q, k, v = (x.to(self.keys.dtype) for x in (q, k, v))
+        q, k, v = (_compute_dtype(x) for x in (q, k, v))
         with torch.inference_mode():  # a step is ~40 tiny ops: skip autograd's bookkeeping on each
             readout, a, b = self._write_and_read(q, k, v)
         out = torch.addcmul(b[3], a[3], readout)  # outside inference mode: an ordinary tensor for the caller
@@ -179,3 +178,9 @@ class GainCellMemory:
         """Have the kernel rebuild the stored side of every slot, decayed to ``anchor`` (kept until it moves)."""
         self.kernel.build(self.keys, self.values, self.positions, anchor)
         self._anchor = anchor
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 inputs as float32, as :func:`~gaincell.op.attention.gain_cell_attention` computes them: the
+    quantisers and the ADC round, so the chip's arithmetic must be exact to a step (others as they are)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
