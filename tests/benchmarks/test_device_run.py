@@ -2,11 +2,16 @@
 the CPU, as the device machine would run it, with the packages that machine lacks (lm-eval, gguf,
 datasets) made unimportable. A GPU session then runs the same code at full size."""
 
+import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "device_run.py"
 #: What a CPU cannot do, recorded as such rather than failing the run.
@@ -54,3 +59,21 @@ def test_a_spent_budget_skips_cases_and_says_why(tmp_path):
     cases = results["parts"]["b"]["cases"]
     assert cases and all("skipped" in case for case in cases.values() if "unavailable" not in case)
     assert "needs about" in next(iter(cases.values()))["skipped"]
+
+
+def test_a_case_past_its_parts_time_is_stopped_and_recorded(tmp_path):
+    spec = importlib.util.spec_from_file_location("device_run", SCRIPT)
+    device_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(device_run)
+    previous = signal.signal(signal.SIGALRM, device_run._out_of_time)
+    try:
+        run = device_run.Run(tmp_path, torch.device("cpu"), budget_s=2.0, dry=True)
+        run.part = run.results["parts"]["x"] = {"title": "a part whose case hangs"}
+        result = run.case("hangs", lambda: time.sleep(30) or {})
+        after = run.case("after", lambda: {"done": True})
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert result["error"].startswith("OutOfTime") and result["wall_s"] < 5
+    assert "skipped" in after  # nothing left of the part's time
+    saved = json.loads((tmp_path / "device_run.json").read_text())
+    assert set(saved["parts"]["x"]["cases"]) == {"hangs", "after"}
