@@ -486,7 +486,8 @@ def markdown(results: dict) -> str:
     for letter, part in results["parts"].items():
         lines += [f"## {letter}: {part['title']} ({part.get('wall_s', '…')} s)", "", "| case | result |", "| --- | --- |"]
         for key, result in part.get("cases", {}).items():
-            lines.append(f"| {key} | {cell(result)} |")
+            escaped = cell(result).replace("|", "\\|")  # "mean |diff|" inside a table cell
+            lines.append(f"| {key} | {escaped} |")
         for name in ("ratios", "softmax_over_gaincell_tokens_per_s", "error", "skipped"):
             if part.get(name):
                 lines += ["", f"{name}: `{json.dumps(part[name])}`"]
@@ -498,12 +499,12 @@ def cell(result: dict) -> str:
     """A case's headline: skipped/error/unavailable, else the fields a reader compares."""
     for name in ("skipped", "error", "unavailable"):
         if name in result:
-            return f"{name}: {str(result[name])[:160]}".replace("|", "/")
+            return f"{name}: {str(result[name])[:160]}"
     if "fwd" in result:
         passes = []
         for which in ("fwd", "fwd+bwd"):
             if "ms" not in result.get(which, {}):
-                passes.append(f"{which} {result.get(which, {}).get('error', 'not run')[:100]}".replace("|", "/"))
+                passes.append(f"{which} {result.get(which, {}).get('error', 'not run')[:100]}")
                 continue
             peak = result[which]["peak_bytes"]
             passes.append(f"{which} {result[which]['ms']:.3f} ms" + ("" if peak is None else f", {peak / 2**20:.0f} MiB"))
