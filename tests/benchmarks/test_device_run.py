@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "device_run.py"
@@ -54,26 +55,36 @@ def test_the_dry_run_runs_every_part_and_writes_the_json_and_table(tmp_path):
     assert results["elapsed_s"] < results["budget_s"]  # about 15 s on one busy core
 
 
-def test_a_spent_budget_skips_cases_and_says_why(tmp_path):
-    results = _run(tmp_path, "--dry-run", "--out", str(tmp_path), "--parts", "b,e", "--budget-s", "2")
-    cases = results["parts"]["b"]["cases"]
-    assert cases and all("skipped" in case for case in cases.values() if "unavailable" not in case)
+@pytest.fixture(scope="module")
+def device_run():
+    """The script as a module, its alarm handler installed (as its main does) for the module's tests."""
+    spec = importlib.util.spec_from_file_location("device_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    previous = signal.signal(signal.SIGALRM, module._out_of_time)
+    yield module
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _part(device_run, tmp_path, budget_s: float):
+    run = device_run.Run(tmp_path, torch.device("cpu"), budget_s=budget_s, dry=True)
+    run.part = run.results["parts"]["b"] = {"title": "a part"}
+    return run
+
+
+def test_a_spent_budget_skips_cases_and_says_why(device_run, tmp_path):
+    run = _part(device_run, tmp_path, budget_s=0.5)
+    device_run.part_b(run)
+    cases = run.part["cases"]
+    assert cases and all("skipped" in case for case in cases.values())
     assert "needs about" in next(iter(cases.values()))["skipped"]
 
 
-def test_a_case_past_its_parts_time_is_stopped_and_recorded(tmp_path):
-    spec = importlib.util.spec_from_file_location("device_run", SCRIPT)
-    device_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(device_run)
-    previous = signal.signal(signal.SIGALRM, device_run._out_of_time)
-    try:
-        run = device_run.Run(tmp_path, torch.device("cpu"), budget_s=2.0, dry=True)
-        run.part = run.results["parts"]["x"] = {"title": "a part whose case hangs"}
-        result = run.case("hangs", lambda: time.sleep(30) or {})
-        after = run.case("after", lambda: {"done": True})
-    finally:
-        signal.signal(signal.SIGALRM, previous)
+def test_a_case_past_its_parts_time_is_stopped_and_recorded(device_run, tmp_path):
+    run = _part(device_run, tmp_path, budget_s=2.0)
+    result = run.case("hangs", lambda: time.sleep(30) or {})
+    after = run.case("after", lambda: {"done": True})
     assert result["error"].startswith("OutOfTime") and result["wall_s"] < 5
     assert "skipped" in after  # nothing left of the part's time
     saved = json.loads((tmp_path / "device_run.json").read_text())
-    assert set(saved["parts"]["x"]["cases"]) == {"hangs", "after"}
+    assert set(saved["parts"]["b"]["cases"]) == {"hangs", "after"}
