@@ -169,6 +169,39 @@ def run_case(
     return result
 
 
+def ops_per_token(
+    name: str, attention: str, window: int, stories: str, shape: dict | None = None, prompt: int = 16,
+    device: str = "cpu", dtype: str = "float32",
+) -> dict:  # fmt: skip
+    """Tensor operations per generated token (aten calls; on a GPU each is one or more kernel launches,
+    the cost of a decode step at small batch): a generation of 3 new tokens minus one of 2, counted by a
+    dispatch mode, so prefill and set-up cancel and one decode step remains."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    place = parse_device(device)
+    model = build_model(name, attention, window, stories, shape).to(device=place, dtype=parse_dtype(dtype))
+    ids = torch.randint(3, model.config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(0)).to(place)
+    options = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(ids))
+    counts = []
+    with torch.no_grad():
+        for new in (2, 3):
+            with Count() as count:
+                model.generate(ids, max_new_tokens=new, min_new_tokens=new, **options)
+            counts.append(count.calls)
+    layers = model.config.num_hidden_layers
+    return {"model": name, "attention": attention, "ops_per_token": counts[1] - counts[0], "layers": layers,
+            "ops_per_token_per_layer": (counts[1] - counts[0]) / layers}  # fmt: skip
+
+
 def _subprocess(case: dict, threads: int) -> dict:
     argv = [sys.executable, __file__, "--case", json.dumps(case), "--threads", str(threads)]
     out = subprocess.run(argv, capture_output=True, text=True, check=False)

@@ -379,7 +379,7 @@ def ratios(cases: dict) -> dict:
 
 
 def part_c(run: Run) -> None:
-    from bench_generate import run_case
+    from bench_generate import ops_per_token, run_case
 
     shape, prompt, new, window = {}, 128, 256, 256
     if run.dry:
@@ -390,6 +390,10 @@ def part_c(run: Run) -> None:
             case = dict(name="gpt2-shape", attention=attention, prompt=prompt, batch=batch, new=new, window=window)
             case |= dict(stories="", repeats=1, device=str(run.device), dtype=dtype, shape=shape)
             run.case(f"gpt2-shape/batch={batch}/{attention}", lambda case=case: run_case(**case))
+    for attention in ("gaincell", "softmax"):  # what a decode step costs in launches, the GPU's unit at batch 1
+        case = dict(name="gpt2-shape", attention=attention, window=window, stories="", shape=shape)
+        case |= dict(device=str(run.device), dtype=dtype)
+        run.case(f"gpt2-shape/ops-per-token/{attention}", lambda case=case: ops_per_token(**case))
     cases = run.part.get("cases", {})
     run.part["softmax_over_gaincell_tokens_per_s"] = {
         f"batch={batch}": round(soft["tokens_per_s"] / gain["tokens_per_s"], 2)
@@ -513,6 +517,7 @@ def cell(result: dict) -> str:
             passes.append(f"{which} {result[which]['ms']:.3f} ms" + ("" if peak is None else f", {peak / 2**20:.0f} MiB"))
         return " · ".join(passes)
     keys = ("passed", "vs_equations", "gradient_max_relative", "generation_vs_parallel", "tokens_per_s", "step_s", "loss")
+    keys += ("ops_per_token", "ops_per_token_per_layer")
     shown = {key: result[key] for key in keys if key in result}
     if "measured" in result and result["measured"]:
         measured = result["measured"]
