@@ -173,18 +173,22 @@ def ops_per_token(
     name: str, attention: str, window: int, stories: str, shape: dict | None = None, prompt: int = 16,
     device: str = "cpu", dtype: str = "float32",
 ) -> dict:  # fmt: skip
-    """Tensor operations per generated token (aten calls; on a GPU each is one or more kernel launches,
-    the cost of a decode step at small batch): a generation of 3 new tokens minus one of 2, counted by a
-    dispatch mode, so prefill and set-up cancel and one decode step remains."""
+    """Tensor operations per generated token: a generation of 3 new tokens minus one of 2, counted by a
+    dispatch mode, so prefill and set-up cancel and one decode step remains. ``computing_ops`` leaves out
+    views and allocations (no kernel): on a GPU each of the rest is at least one kernel launch, the cost
+    of a decode step at small batch."""
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    free = {"empty", "new_empty", "empty_like", "empty_strided", "detach", "lift_fresh", "alias"}
 
     class Count(TorchDispatchMode):
         def __init__(self):
             super().__init__()
-            self.calls = 0
+            self.calls = self.computing = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.calls += 1
+            self.computing += not (func.is_view or func.overloadpacket.__name__ in free)
             return func(*args, **(kwargs or {}))
 
     place = parse_device(device)
@@ -196,10 +200,9 @@ def ops_per_token(
         for new in (2, 3):
             with Count() as count:
                 model.generate(ids, max_new_tokens=new, min_new_tokens=new, **options)
-            counts.append(count.calls)
-    layers = model.config.num_hidden_layers
-    return {"model": name, "attention": attention, "ops_per_token": counts[1] - counts[0], "layers": layers,
-            "ops_per_token_per_layer": (counts[1] - counts[0]) / layers}  # fmt: skip
+            counts.append((count.calls, count.computing))
+    return {"model": name, "attention": attention, "ops_per_token": counts[1][0] - counts[0][0],
+            "computing_ops_per_token": counts[1][1] - counts[0][1], "layers": model.config.num_hidden_layers}  # fmt: skip
 
 
 def _subprocess(case: dict, threads: int) -> dict:

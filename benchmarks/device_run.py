@@ -517,7 +517,7 @@ def cell(result: dict) -> str:
             passes.append(f"{which} {result[which]['ms']:.3f} ms" + ("" if peak is None else f", {peak / 2**20:.0f} MiB"))
         return " · ".join(passes)
     keys = ("passed", "vs_equations", "gradient_max_relative", "generation_vs_parallel", "tokens_per_s", "step_s", "loss")
-    keys += ("ops_per_token", "ops_per_token_per_layer")
+    keys += ("ops_per_token", "computing_ops_per_token")
     shown = {key: result[key] for key in keys if key in result}
     if "measured" in result and result["measured"]:
         measured = result["measured"]
