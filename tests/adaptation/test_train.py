@@ -293,7 +293,7 @@ def test_resume_restores_stateful_callbacks_and_extends_a_finished_run(blocks, t
     )
     assert second.steps == list(range(1, 10))
     assert result.step == 9 and result.eval_loss is not None
-    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["step-00000006", "step-00000009"]
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["step-00000009"]  # the last, also the best
 
 
 # -- errors ---------------------------------------------------------------------------------------
