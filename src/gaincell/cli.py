@@ -29,10 +29,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "gaincell.commands.convert",
         "swap a Hugging Face model's attention for a chip preset and save it (no adaptation)",
     ),
-    "convert": (
-        "gaincell.commands.convert",
-        "swap a Hugging Face model's attention for a chip preset and save it (no adaptation)",
-    ),
     "eval": ("gaincell.commands.eval", "perplexity and lm-eval tasks of a saved model"),
     "generate": ("gaincell.commands.generate", "continue a prompt with a saved model, through its gain-cell memories"),
     "hw": ("gaincell.commands.hw", "area, latency and energy of gain-cell attention vs GPUs"),
