@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset-config", help="the hub dataset's config name")
     parser.add_argument("--eval-text", help="held-out text for perplexity (default: the corpus's last 10%%)")
     parser.add_argument("--output", default="gaincell-demo", help="output folder (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="a smaller run of about 2 minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smaller run of about a minute on 2 CPU cores (checks the install)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     for name in ("pretrain_steps", "linear_steps", "nonlinear_steps", "window", "context"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"override {name}")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     results = run_demo(config, output, text, corpus_name, eval_text)
     _print_table(results)
-    print(f"report: {output / 'report.md'}   model: {output / 'model'}")
+    print(f"report: {output / 'report.md'}   models: {output / 'pretrained'} (a, softmax), {output / 'model'} (e, adapted)")
     return 0
 
 

@@ -51,7 +51,8 @@ from gaincell.validation import check_int
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of one demo run. The defaults take about 10–15 minutes on 2 CPU cores; QUICK about 2."""
+    """Sizes of one demo run. The defaults take about 20–25 minutes on 2 quiet CPU cores (docs/demo.md);
+    QUICK about a minute."""
 
     context: int = 256
     window: int = 128
@@ -127,28 +128,34 @@ def _plots(folder: Path, curves: dict[str, list[tuple[int, float]]], rows: list[
     figure.savefig(folder / "loss_curves.png", dpi=120)
     plt.close(figure)
 
+    # Bars compare magnitudes, so the axis is linear from zero: a bar twice as tall is twice the perplexity.
     figure, axis = plt.subplots(figsize=(8, 4))
-    labels = [row["key"] for row in rows]
-    values = [row["ppl"] for row in rows]
-    bars = axis.bar(labels, values, color=["#4c72b0" if row["key"][0] in "ab" else "#dd8452" for row in rows])
-    axis.bar_label(bars, fmt="%.1f", fontsize=8)
-    axis.set(ylabel="perplexity (held-out)", title="Perplexity per stage", yscale="log")
+    for kind, colour, keys in (("softmax", "#4c72b0", "ab"), ("gain cells", "#dd8452", "cdef")):
+        chosen = [row for row in rows if row["key"][0] in keys]
+        bars = axis.bar([row["key"] for row in chosen], [row["ppl"] for row in chosen], color=colour, label=kind)
+        axis.bar_label(bars, fmt="%.1f", fontsize=8)
+    axis.set_xticks(range(len(rows)), [row["key"] for row in rows])
+    axis.set(ylabel="perplexity (held-out, lower is better)", title="Perplexity per row of the table", ylim=(0, None))
+    axis.legend(title="attention")
     figure.tight_layout()
     figure.savefig(folder / "perplexity.png", dpi=120)
     plt.close(figure)
     return ["loss_curves.png", "perplexity.png"]
 
 
-def _hardware_lines(config: DemoConfig) -> list[str]:
-    head_dim = config.embedding // config.heads
-    query = HardwareQuery(model="gpt2", heads=config.heads, head_dim=head_dim, layers=config.layers, window=config.window)
-    return summary_lines(build_report(query))
+def _hardware_lines(config: DemoConfig, pretrained_dir: Path, leakage: float) -> list[str]:
+    """The cost model for the demo's own model (its config.json: width, layers, vocabulary, MLP), so the
+    rest-of-model time on a GPU, and hence the hybrid retention check, is this model's and not GPT-2's."""
+    query = HardwareQuery(model=str(pretrained_dir), window=config.window, subtile_rows=config.subtile_rows)
+    return summary_lines(build_report(query), simulated_leakage=leakage)
 
 
 # -- the run ------------------------------------------------------------------------------------------
 
 #: The file that makes a folder a demo's: only such a folder (or an empty one) is replaced by the next run.
 MARKER = ".gaincell-demo"
+#: Subfolders: the pre-trained softmax model (a) and the adapted gain-cell model (e).
+PRETRAINED, ADAPTED = "pretrained", "model"
 
 
 def _is_demo_folder(path: Path) -> bool:
@@ -175,12 +182,13 @@ def run_demo(config: DemoConfig, output: Path, text: str, corpus_name: str, eval
     demo.prepare_data(text, corpus_name, eval_text)
     _fresh_output(output)
     pretrained = demo.pretrain_and_swap()
+    save(pretrained, output / PRETRAINED, demo.tokenizer)  # (a): a plain softmax GPT-2, any HF tool loads it
     only = demo.calibration_only(pretrained)
     adapted, recipe_calibration = demo.recipe(pretrained)
     demo.from_scratch()
     demo.equal_budget_baselines(pretrained)
     echo("6/6 generating through the gain-cell memory, costing the chip, writing the report")
-    save(adapted, output / "model", demo.tokenizer)
+    save(adapted, output / ADAPTED, demo.tokenizer)
     ppl = {row["key"]: row["ppl"] for row in demo.rows}
     results = {
         "config": asdict(config),
@@ -196,7 +204,7 @@ def run_demo(config: DemoConfig, output: Path, text: str, corpus_name: str, eval
             "e_within_25_percent_of_b_prime": ppl["e"] <= 1.25 * ppl["b'"],
         },
         "sample": demo.sample(adapted),
-        "hardware_summary": _hardware_lines(config),
+        "hardware_summary": _hardware_lines(config, output / PRETRAINED, demo.hardware.leakage),
         "seconds": time.perf_counter() - started,
     }
     plots = _plots(output, demo.curves, demo.rows)
@@ -353,6 +361,15 @@ class _Demo:
         return {"prompt": self.tokenizer.decode(prompt_ids[0]), "continuation": self.tokenizer.decode(continuation)}
 
 
+def _verbatim(text: str) -> list[str]:
+    """``text`` as a fenced block: generated text has newlines, ``*`` and ``>`` that would break a quote or
+    turn into markup; the fence is longer than any run of backticks inside it."""
+    ticks = 3
+    while "`" * ticks in text:
+        ticks += 1
+    return ["`" * ticks + "text", *text.splitlines(), "`" * ticks]
+
+
 def _markdown(results: dict, plots: list[str]) -> str:
     config = results["config"]
     lines = [
@@ -379,6 +396,8 @@ def _markdown(results: dict, plots: list[str]) -> str:
     ]
     lines += [f"![{name}]({name})" for name in plots]
     sample = results["sample"]
-    lines += ["", "## Generated through the gain-cell memory", "", f"> **{sample['prompt']}**{sample['continuation']}", ""]
+    lines += ["", "## Generated through the gain-cell memory", "", "Prompt (the held-out text's first 16 tokens):", ""]
+    lines += [*_verbatim(sample["prompt"]), "", "Continuation, sampled by the adapted model (e):", ""]
+    lines += [*_verbatim(sample["continuation"]), ""]
     lines += ["## Cost model (SPEC §6) for this attention shape", ""] + [f"- {line}" for line in results["hardware_summary"]]
     return "\n".join(lines) + "\n"
