@@ -366,6 +366,13 @@ def test_bad_training_data_is_refused_before_anything_is_written(blocks, tmp_pat
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_too_little_eval_data_names_the_settings_that_set_it():
+    from gaincell.adaptation.batches import check_blocks
+
+    with pytest.raises(GainCellError, match=r"eval_data has 1 blocks; need at least 2 .*data\.eval_fraction"):
+        check_blocks(torch.zeros(1, 8, dtype=torch.long), "eval_data", tiny_gpt2(300), 2)
+
+
 # -- what a checkpoint folder may hold: nothing that runs, nothing changed ------------------------
 
 
