@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from gaincell.errors import GainCellError
@@ -67,6 +68,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def launched_rank() -> int:
+    """This process's rank under ``torchrun`` / ``accelerate launch`` (their ``RANK`` variable), else 0."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = chosen_command(argv)
@@ -78,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             quiet_loading_bars()
         return int(module.run(args) or 0)
     except GainCellError as error:
-        print(f"gaincell {args.command}: error: {error}", file=sys.stderr)
+        if launched_rank() == 0:  # every process of torchrun / accelerate launch checks the same input: say it once
+            print(f"gaincell {args.command}: error: {error}", file=sys.stderr)
         return 2
     except FileNotFoundError as error:
         print(f"gaincell {args.command}: error: file not found: {error.filename}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from gaincell.adaptation.distributed import rank
 from gaincell.adaptation.recipe import read_recipe
 from gaincell.adaptation.stages import adapt
 
@@ -25,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")
     recipe = read_recipe(args.config, overrides)
     summary = adapt(recipe, resume=args.resume)
+    if rank() != 0:  # one summary for a run of many processes
+        return 0
     for name in recipe.stages:
         print(f"{name:>11}: {stage_line(summary[name])}")
     print(f"models and summary in {recipe.output_dir} (each stage's in STAGE/model, STAGE/summary.json)")

@@ -39,6 +39,7 @@ from gaincell.adaptation.stages import linear_config, linear_stage, nonlinear_st
 from gaincell.adaptation.train import train
 from gaincell.atomic import atomic_file, check_replaceable
 from gaincell.chip.config import preset
+from gaincell.demo.report import markdown, plots
 from gaincell.errors import GainCellError
 from gaincell.evaluation.perplexity import strided_perplexity
 from gaincell.hardware.render import summary_lines
@@ -110,39 +111,6 @@ def _history(result) -> list[tuple[int, float]]:
     return [(row["step"], row["loss"]) for row in result.history if row.get("loss") is not None]
 
 
-def _plots(folder: Path, curves: dict[str, list[tuple[int, float]]], rows: list[dict]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for label, points in curves.items():
-        if points:
-            steps, losses = zip(*points, strict=True)
-            axis.plot(steps, losses, label=label)
-    axis.set(xlabel="optimizer step (of that run)", ylabel="training loss (nats/token)", title="Training runs")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(folder / "loss_curves.png", dpi=120)
-    plt.close(figure)
-
-    # Bars compare magnitudes, so the axis is linear from zero: a bar twice as tall is twice the perplexity.
-    figure, axis = plt.subplots(figsize=(8, 4))
-    for kind, colour, keys in (("softmax", "#4c72b0", "ab"), ("gain cells", "#dd8452", "cdef")):
-        chosen = [row for row in rows if row["key"][0] in keys]
-        bars = axis.bar([row["key"] for row in chosen], [row["ppl"] for row in chosen], color=colour, label=kind)
-        axis.bar_label(bars, fmt="%.1f", fontsize=8)
-    axis.set_xticks(range(len(rows)), [row["key"] for row in rows])
-    axis.set(ylabel="perplexity (held-out, lower is better)", title="Perplexity per row of the table", ylim=(0, None))
-    axis.legend(title="attention")
-    figure.tight_layout()
-    figure.savefig(folder / "perplexity.png", dpi=120)
-    plt.close(figure)
-    return ["loss_curves.png", "perplexity.png"]
-
-
 def _hardware_lines(config: DemoConfig, pretrained_dir: Path, leakage: float) -> list[str]:
     """The cost model for the demo's own model (its config.json: width, layers, vocabulary, MLP), so the
     rest-of-model time on a GPU, and hence the hybrid retention check, is this model's and not GPT-2's."""
@@ -207,11 +175,11 @@ def run_demo(config: DemoConfig, output: Path, text: str, corpus_name: str, eval
         "hardware_summary": _hardware_lines(config, output / PRETRAINED, demo.hardware.leakage),
         "seconds": time.perf_counter() - started,
     }
-    plots = _plots(output, demo.curves, demo.rows)
+    written = plots(output, demo.curves, demo.rows)
     with atomic_file(output / "results.json") as handle:
         json.dump(results, handle, indent=1)
     with atomic_file(output / "report.md") as handle:
-        handle.write(_markdown(results, plots))
+        handle.write(markdown(results, written))
     return results
 
 
@@ -359,45 +327,3 @@ class _Demo:
             )  # fmt: skip
         continuation = generated[0, prompt_ids.shape[1] :]
         return {"prompt": self.tokenizer.decode(prompt_ids[0]), "continuation": self.tokenizer.decode(continuation)}
-
-
-def _verbatim(text: str) -> list[str]:
-    """``text`` as a fenced block: generated text has newlines, ``*`` and ``>`` that would break a quote or
-    turn into markup; the fence is longer than any run of backticks inside it."""
-    ticks = 3
-    while "`" * ticks in text:
-        ticks += 1
-    return ["`" * ticks + "text", *text.splitlines(), "`" * ticks]
-
-
-def _markdown(results: dict, plots: list[str]) -> str:
-    config = results["config"]
-    lines = [
-        "# gaincell demo",
-        "",
-        f"Corpus: {results['corpus']} — {results['train_tokens']:,} training tokens, "
-        f"{results['eval_tokens']:,} held-out tokens. Model: GPT-2 architecture, {config['layers']} layers, "
-        f"{config['heads']} heads of {config['embedding'] // config['heads']}, context {config['context']}; "
-        f"gain-cell window M = {config['window']}, `paper` preset (SPEC §3.4). Run time {results['seconds'] / 60:.1f} min.",
-        "",
-        "| | model | perplexity |",
-        "|---|---|---:|",
-    ]
-    lines += [f"| ({row['key']}) | {row['label']} | {row['ppl']:.2f} |" for row in results["perplexity"]]
-    lines += ["", "Between (c) and (e):", ""]
-    lines += [f"- {row['label']}: {row['ppl']:.2f}" for row in results["diagnostics"]]
-    checks = results["checks"]
-    lines += [
-        "",
-        f"- (e) better than (c), (d) and (f): **{'yes' if checks['e_better_than_c_d_f'] else 'no'}**",
-        f"- (e) within 25% of (b′), the sliding-window model given the same fine-tuning budget: "
-        f"**{'yes' if checks['e_within_25_percent_of_b_prime'] else 'no'}**",
-        "",
-    ]
-    lines += [f"![{name}]({name})" for name in plots]
-    sample = results["sample"]
-    lines += ["", "## Generated through the gain-cell memory", "", "Prompt (the held-out text's first 16 tokens):", ""]
-    lines += [*_verbatim(sample["prompt"]), "", "Continuation, sampled by the adapted model (e):", ""]
-    lines += [*_verbatim(sample["continuation"]), ""]
-    lines += ["## Cost model (SPEC §6) for this attention shape", ""] + [f"- {line}" for line in results["hardware_summary"]]
-    return "\n".join(lines) + "\n"
