@@ -53,3 +53,13 @@ def test_the_known_loss_type_warning_is_filtered_and_nothing_else():
                               "but it is unrecognized. Using the default loss: `ForCausalLMLoss`.", None, None)  # fmt: skip
     other = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "Some weights were not initialized", None, None)
     assert not logger.filter(known) and logger.filter(other)
+
+
+def test_under_a_launcher_only_rank_0_prints_an_input_error(softmax_dir, tmp_path, monkeypatch, capsys):
+    """torchrun / accelerate launch run ``main`` in every process; each checks the same input, one says so."""
+    monkeypatch.setenv("RANK", "1")
+    assert main(["convert", str(softmax_dir), str(tmp_path / "out"), "--set", "windw=16"]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(["convert", str(softmax_dir), str(tmp_path / "out"), "--set", "windw=16"]) == 2
+    assert "unknown key 'windw'" in capsys.readouterr().err
