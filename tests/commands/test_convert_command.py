@@ -63,3 +63,10 @@ def test_under_a_launcher_only_rank_0_prints_an_input_error(softmax_dir, tmp_pat
     monkeypatch.setenv("RANK", "0")
     assert main(["convert", str(softmax_dir), str(tmp_path / "out"), "--set", "windw=16"]) == 2
     assert "unknown key 'windw'" in capsys.readouterr().err
+
+
+def test_a_hub_id_offline_says_what_can_be_had_offline(tmp_path, capsys):
+    """Tests run with HF_HUB_OFFLINE=1, as a machine without internet: the hub id cannot come."""
+    assert main(["convert", "gpt2", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'gpt2'" in err[0] and "`gaincell fetch`" in err[0] and "gaincell-demo/pretrained" in err[0]
