@@ -26,11 +26,13 @@ def test_demo_writes_the_report_the_results_and_a_loadable_model(tmp_path, pydoc
     monkeypatch.setattr("gaincell.commands.demo.DemoConfig", lambda: toy)
     from matplotlib.figure import Figure
 
-    axes, savefig = {}, Figure.savefig
+    axes, bars, savefig = {}, {}, Figure.savefig
 
     def record(figure, path, **kwargs):  # how each plot's axis was set, read before it is written
         axis = figure.axes[0]
         axes[Path(path).name] = (axis.get_yscale(), axis.get_ylim()[0], axis.get_legend() is not None)
+        ticks = dict(zip(axis.get_xticks(), (label.get_text() for label in axis.get_xticklabels()), strict=True))
+        bars[Path(path).name] = {ticks[bar.get_x() + bar.get_width() / 2]: bar.get_height() for bar in axis.patches}
         return savefig(figure, path, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", record)
@@ -62,6 +64,7 @@ def test_demo_writes_the_report_the_results_and_a_loadable_model(tmp_path, pydoc
     assert any("simulated at ε = 0.00016" in line and "ε = Δt/τ" in line for line in summary)
     # bars that compare perplexities start at zero on a linear axis, with a legend for their colours
     assert axes["perplexity.png"] == ("linear", 0.0, True)
+    assert bars["perplexity.png"] == pytest.approx({row["key"]: row["ppl"] for row in results["perplexity"]})
     # the generated sample sits in fenced blocks: its newlines and markup cannot break the page
     assert "```text" in report and not any(line.startswith("> **") for line in report.splitlines())
     assert main(["demo", "--text", str(corpus), "--output", str(output), *TOY]) == 0  # a demo folder is replaced

@@ -25,9 +25,10 @@ def plots(folder: Path, curves: dict[str, list[tuple[int, float]]], rows: list[d
 
     # Bars compare magnitudes, so the axis is linear from zero: a bar twice as tall is twice the perplexity.
     figure, axis = plt.subplots(figsize=(8, 4))
+    position = {row["key"]: index for index, row in enumerate(rows)}  # the table's order, whatever the colour
     for kind, colour, keys in (("softmax", "#4c72b0", "ab"), ("gain cells", "#dd8452", "cdef")):
         chosen = [row for row in rows if row["key"][0] in keys]
-        bars = axis.bar([row["key"] for row in chosen], [row["ppl"] for row in chosen], color=colour, label=kind)
+        bars = axis.bar([position[row["key"]] for row in chosen], [row["ppl"] for row in chosen], color=colour, label=kind)
         axis.bar_label(bars, fmt="%.1f", fontsize=8)
     axis.set_xticks(range(len(rows)), [row["key"] for row in rows])
     axis.set(ylabel="perplexity (held-out, lower is better)", title="Perplexity per row of the table", ylim=(0, None))
