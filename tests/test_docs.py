@@ -68,3 +68,116 @@ def test_the_readme_is_short():
 
 def test_the_command_finder_sees_the_readme_commands():
     assert {"demo", "adapt", "eval", "generate", "hw", "sweep"} <= _commands((ROOT / "README.md").read_text())
+
+
+# -- every README command, run as a user with only the repository would run it ------------------------------
+
+#: How each command of the README's code blocks is exercised here, quickly and without ../shared (the shared
+#: data folder points at an empty one): extra arguments that shrink it, or the test that runs it instead.
+QUICK = {
+    "gaincell demo": "tests/demo/test_demo.py",  # the whole experiment at toy size, no data needed
+    "gaincell convert gaincell-demo/pretrained runs/converted --window 64": [],
+    "gaincell eval runs/converted --text docs/spec.md": ["--max-tokens", "128"],
+    'gaincell generate gaincell-demo/model --prompt "The function"': ["--max-new-tokens", "4"],
+    "gaincell adapt examples/adapt-demo.toml": [
+        "--set",
+        "linear.max_steps=2",
+        "--set",
+        "linear.warmup_steps=1",
+        "--set",
+        "nonlinear.max_steps=2",
+        "--set",
+        "nonlinear.warmup_steps=1",
+        "--set",
+        "calibration.max_iterations=2",
+        "--set",
+        "linear.progress_bar=false",
+        "--set",
+        "nonlinear.progress_bar=false",
+    ],  # fmt: skip
+    "gaincell sweep examples/sweep-demo.toml": ["--set", "grid.adc_levels=[8]", "--set", "max_tokens=256", "--no-progress"],
+    "gaincell hw --model gpt2 --window 1024": [],
+    "gaincell selfcheck": ["--length", "40", "--window", "16"],
+    "gaincell fetch": "tests/test_fetch.py",  # the registry download, with the network replaced
+    "accelerate launch -m gaincell.cli adapt examples/adapt.toml": "offline: one line naming the model",
+}
+
+
+def _readme_commands() -> list[str]:
+    """The commands a reader types from the README's bash blocks after installing (not the install lines)."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = [line.split("  #")[0] for block in blocks for line in block.splitlines() if not line.startswith("#")]
+    steps = [step.strip() for line in lines for step in line.split("&&")]
+    return [step for step in steps if step.startswith(("gaincell ", "accelerate "))]
+
+
+def _readme_snippet() -> str:
+    return re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S).group(1)
+
+
+def test_every_readme_command_has_a_quick_variant_here():
+    commands = _readme_commands()
+    assert "gaincell demo" in commands and len(commands) >= 9
+    assert sorted(set(commands)) == sorted(QUICK), "a README command is not exercised by test_docs.py"
+
+
+@pytest.fixture(scope="module")
+def fresh_clone(tmp_path_factory, tiny_gpt2, tokenizer):
+    """What a user has after ``gaincell demo --quick`` in a clone: the repository's docs and examples and the demo's
+    two models (tiny ones here, with the quick demo's context), and no shared data folder."""
+    import gaincell
+
+    root = tmp_path_factory.mktemp("clone")
+    for name in ("docs", "examples"):
+        (root / name).symlink_to(ROOT / name)
+    pretrained = tiny_gpt2(vocab_size=len(tokenizer), n_positions=128)
+    gaincell.save(pretrained, root / "gaincell-demo" / "pretrained", tokenizer)
+    adapted = gaincell.convert(tiny_gpt2(vocab_size=len(tokenizer), n_positions=128), "paper", window=64)
+    gaincell.save(adapted, root / "gaincell-demo" / "model", tokenizer)
+    (root / "empty-data").mkdir()
+    return root
+
+
+@pytest.fixture
+def as_a_new_user(fresh_clone, monkeypatch):
+    monkeypatch.chdir(fresh_clone)
+    monkeypatch.setenv("GAINCELL_DATA", str(fresh_clone / "empty-data"))
+    return fresh_clone
+
+
+def _argv(command: str) -> list[str]:
+    import shlex
+
+    return shlex.split(command)[1:]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("command", [command for command, how in QUICK.items() if isinstance(how, list)])
+def test_a_readme_command_runs_without_shared_data(command, as_a_new_user, capsys):
+    from gaincell.cli import main
+
+    assert main([*_argv(command), *QUICK[command]]) == 0, capsys.readouterr().err[-2000:]
+
+
+def test_the_commands_run_elsewhere_are_run_there():
+    for command, how in QUICK.items():
+        if isinstance(how, str) and how.startswith("tests/"):
+            assert f'"{_argv(command)[0]}"' in (ROOT / how).read_text(), f"{how} does not run {command}"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_readme_snippet_runs_on_the_demos_model(as_a_new_user, capsys):
+    exec(compile(_readme_snippet(), "README.md", "exec"), {})
+    assert capsys.readouterr().out.startswith("The function")
+    assert (as_a_new_user / "runs" / "snippet-gaincell" / "config.json").is_file()
+
+
+def test_the_many_gpu_line_offline_is_one_line_naming_the_model(as_a_new_user, capsys):
+    """``accelerate launch`` runs the same ``main``; offline (as every test is), GPT-2 cannot be fetched."""
+    from gaincell.cli import main
+
+    command = "accelerate launch -m gaincell.cli adapt examples/adapt.toml"
+    assert main(_argv(command)[3:]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("gaincell adapt: error:") and "gpt2" in err[0]

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import importlib
 
+from gaincell.noise import filter_known_warnings
+
 __version__ = "0.1.0"
+filter_known_warnings()
 
 #: Public name -> the module that defines it.
 _EXPORTS = {

@@ -179,6 +179,17 @@ def test_recipe_overrides_parse_as_toml(tmp_path):
     assert config.window == 64 and config.noise.read_noise == 0.01 and config.cell == preset("paper").cell
 
 
+def test_set_switches_the_example_recipe_to_a_local_text_and_back():
+    """``examples/adapt.toml`` reads a hub dataset; ``--set data.text=FILE`` replaces that source (it used to
+    leave two and fail with "needs exactly one"), and ``--set data.dataset=NAME`` switches a text recipe back."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "adapt.toml"
+    local = read_recipe(example, ["data.text=corpus.txt"]).data
+    assert (local.text, local.dataset, local.dataset_config) == ("corpus.txt", None, None)
+    assert local.block_size == 1024 and local.eval_blocks == 200  # the rest of [data] is kept
+    hub = read_recipe(example, ["data.text=corpus.txt", "data.dataset=wikitext", "data.dataset_config=x"]).data
+    assert (hub.text, hub.dataset, hub.dataset_config) == (None, "wikitext", "x")
+
+
 def _pretrained_dir(tmp_path, pydoc_text, tokenizer, tiny_gpt2):
     text = pydoc_text[:60_000]
     model = tiny_gpt2()

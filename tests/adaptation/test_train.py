@@ -293,7 +293,7 @@ def test_resume_restores_stateful_callbacks_and_extends_a_finished_run(blocks, t
     )
     assert second.steps == list(range(1, 10))
     assert result.step == 9 and result.eval_loss is not None
-    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["step-00000006", "step-00000009"]
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["step-00000009"]  # the last, also the best
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -364,6 +364,13 @@ def test_bad_training_data_is_refused_before_anything_is_written(blocks, tmp_pat
     with pytest.raises(GainCellError, match=message):
         train(tiny_gpt2(vocab_size), make_data(train_blocks), None, quick_config(), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_too_little_eval_data_names_the_settings_that_set_it():
+    from gaincell.adaptation.batches import check_blocks
+
+    with pytest.raises(GainCellError, match=r"eval_data has 1 blocks; need at least 2 .*data\.eval_fraction"):
+        check_blocks(torch.zeros(1, 8, dtype=torch.long), "eval_data", tiny_gpt2(300), 2)
 
 
 # -- what a checkpoint folder may hold: nothing that runs, nothing changed ------------------------

@@ -1,8 +1,10 @@
 """``gaincell demo`` end to end at toy size: every stage runs, every artefact is written."""
 
 import json
+from pathlib import Path
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 import gaincell
 from gaincell.cli import main
@@ -22,6 +24,18 @@ def test_demo_writes_the_report_the_results_and_a_loadable_model(tmp_path, pydoc
         pretrain_steps=6, linear_steps=3, nonlinear_steps=3, calibration_batch=4, eval_blocks=4, sample_tokens=8,
     )  # fmt: skip
     monkeypatch.setattr("gaincell.commands.demo.DemoConfig", lambda: toy)
+    from matplotlib.figure import Figure
+
+    axes, bars, savefig = {}, {}, Figure.savefig
+
+    def record(figure, path, **kwargs):  # how each plot's axis was set, read before it is written
+        axis = figure.axes[0]
+        axes[Path(path).name] = (axis.get_yscale(), axis.get_ylim()[0], axis.get_legend() is not None)
+        ticks = dict(zip(axis.get_xticks(), (label.get_text() for label in axis.get_xticklabels()), strict=True))
+        bars[Path(path).name] = {ticks[bar.get_x() + bar.get_width() / 2]: bar.get_height() for bar in axis.patches}
+        return savefig(figure, path, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(pydoc_text[-40_000:])
     output = tmp_path / "demo"
@@ -41,6 +55,18 @@ def test_demo_writes_the_report_the_results_and_a_loadable_model(tmp_path, pydoc
     model = gaincell.load(output / "model")
     assert model_config(model).window == 16 and model_config(model).attention == "gaincell"
     assert "held-out perplexity" in capsys.readouterr().out
+    # (a) is saved too, a plain softmax GPT-2 any Hugging Face tool loads (the README's snippet starts from it)
+    pretrained = AutoModelForCausalLM.from_pretrained(output / "pretrained")
+    assert type(pretrained).__name__ == "GPT2LMHeadModel" and "gaincell" not in pretrained.config.to_dict()
+    # the cost model is the demo model's own shape, and the one leakage simulated is stated with its origin
+    summary = results["hardware_summary"]
+    assert summary[0].startswith("gain-cell attention (paper), H=2 D=16 M=16:")
+    assert any("simulated at ε = 0.00016" in line and "ε = Δt/τ" in line for line in summary)
+    # bars that compare perplexities start at zero on a linear axis, with a legend for their colours
+    assert axes["perplexity.png"] == ("linear", 0.0, True)
+    assert bars["perplexity.png"] == pytest.approx({row["key"]: row["ppl"] for row in results["perplexity"]})
+    # the generated sample sits in fenced blocks: its newlines and markup cannot break the page
+    assert "```text" in report and not any(line.startswith("> **") for line in report.splitlines())
     options = ["--device", "cpu", "--dtype", "fp32"]  # the device accelerate trains on, and no autocast
     assert main(["demo", "--text", str(corpus), "--output", str(output), *TOY, *options]) == 0  # a demo folder is replaced
     assert json.loads((output / "results.json").read_text())["device"] == {"device": "cpu", "mixed_precision": "no"}

@@ -256,6 +256,39 @@ def test_summary_lines_for_other_reports(gpt2_report):
     assert any("per sequence-token" in line for line in lines)
 
 
+def test_summary_states_the_simulated_leakage_beside_the_paced_one(gpt2_report):
+    """The demo simulates at the preset's ε; the cost model's ε = Δt/τ is a different number, and the line
+    says which is which and how far apart they are (1.6e-4 against 1.56e-4 for GPT-2 at the chip's pace)."""
+    line = next(line for line in summary_lines(gpt2_report, simulated_leakage=1.6e-4) if "leakage" in line)
+    assert "simulated at ε = 0.00016" in line and "ε = Δt/τ = 0.000156" in line and "1.03x more" in line
+
+
+def _rendered(report, width: int) -> str:
+    import io
+
+    from rich.console import Console
+
+    from gaincell.hardware.render import render
+
+    buffer = io.StringIO()
+    render(report, Console(file=buffer, width=width))
+    return buffer.getvalue()
+
+
+def test_a_narrow_terminal_wraps_numbers_and_never_cuts_them(gpt2_report):
+    text = _rendered(gpt2_report, 100)
+    assert "…" not in text
+    assert "6,938,258" in text  # the RTX 4090's energy ratio per step, cut to "6,938,25…" before
+
+
+def test_the_whole_model_table_shows_equal_speed_ups_once_with_the_reason(gpt2_report):
+    text = _rendered(gpt2_report, 250)
+    assert "speed-up, latency = energy" in text and "energy reduction" not in text
+    assert "share of energy equals its share of time" in text and "of the limit" in text
+    row = next(line for line in text.splitlines() if line.startswith("│ gpt2 "))
+    assert row.count("30.5x") == 2  # the speed-up and its Amdahl limit, each once
+
+
 def test_cli_module_is_cheap_to_import():
     """`gaincell hw --help` imports gaincell.commands.hw: no matplotlib or rich there."""
     code = (

@@ -294,3 +294,31 @@ def test_a_point_whose_perplexity_is_not_finite_is_a_failed_point(files, tmp_pat
     assert failed["failed"] == "perplexity is nan (not a finite number)" and failed["ppl_mean"] is None
     assert not failed.get("pareto") and fine["failed"] is None and fine["ppl_mean"] > 1
     assert "failed: perplexity is nan" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_pareto_plot_numbers_crowded_front_points_and_lists_them_beside_the_axes(monkeypatch, tmp_path):
+    """Front points a hair apart (as near ppl 6.5 in the committed example) used to get overlapping text labels;
+    now each gets a number and the settings are listed, once each, to the right of the axes. The committed
+    examples/sweep-stories260K plots are re-rendered from their results.json with this code."""
+    from matplotlib.figure import Figure
+
+    from gaincell.sweep.report import write_plots
+
+    drawn = {}
+    savefig = Figure.savefig
+
+    def record(figure, handle, **kwargs):
+        drawn[len(drawn)] = ([text.get_text() for text in figure.axes[0].texts], [text.get_text() for text in figure.texts])
+        return savefig(figure, handle, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    rows = [
+        {"index": i, "point": {"adc_levels": levels}, "ppl_mean": ppl, "ppl_std": 0.0, "pareto": True, "pareto_area": True,
+         "cost": {"energy_per_token_j": energy, "area_m2": energy * 1e-6}}
+        for i, (levels, ppl, energy) in enumerate([(16, 6.55, 141.3e-9), (32, 6.47, 141.31e-9), (64, 6.41, 141.32e-9)])
+    ]  # fmt: skip
+    written = write_plots({"rows": rows, "knobs": ["adc_levels"]}, tmp_path)
+    assert [path.name for path in written][-2:] == ["pareto.png", "pareto_area.png"]
+    labels, listing = drawn[len(drawn) - 1]
+    assert labels == ["1", "2", "3"]
+    assert listing == ["Pareto front\n1: adc_levels=16 (ppl 6.55)\n2: adc_levels=32 (ppl 6.47)\n3: adc_levels=64 (ppl 6.41)"]

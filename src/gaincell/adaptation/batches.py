@@ -25,7 +25,12 @@ def check_blocks(blocks, name: str, model, minimum: int) -> None:
     if not integer or blocks.dtype == torch.bool:
         raise GainCellError(f"{name} must hold integer token ids, got dtype {blocks.dtype}")
     if len(blocks) < minimum:
-        raise GainCellError(f"{name} has {len(blocks)} blocks; need at least {minimum} (one per process and batch row)")
+        # the recipe settings that set each count, so the user knows what to change
+        remedy = {"eval_data": "; raise data.eval_fraction or data.eval_blocks, or give data.eval_text",
+                  "train_data": "; give more text or lower batch_size"}.get(name, "")  # fmt: skip
+        raise GainCellError(
+            f"{name} has {len(blocks)} blocks; need at least {minimum} (one per process and batch row){remedy}"
+        )
     check_context(model, int(blocks.shape[1]), name)
 
 

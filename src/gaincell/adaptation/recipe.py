@@ -178,5 +178,21 @@ def read_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read a TOML recipe; ``overrides`` are ``section.key=value`` strings (values parsed as TOML)."""
     data = read_toml(path)
     for override in overrides:
-        set_nested(data, *parse_override(override, "section.key=value"))
+        key, value = parse_override(override, "section.key=value")
+        _switch_source(data, key)
+        set_nested(data, key, value)
     return recipe_from_dict(data)
+
+
+#: ``[data]`` keys that only mean something for one source: setting the other source drops them.
+_SOURCE_KEYS = {"text": ("dataset", "dataset_config", "split", "text_column"), "dataset": ("text",)}
+
+
+def _switch_source(data: dict, key: str) -> None:
+    """``--set data.text=FILE`` on a recipe that reads a hub dataset (or ``data.dataset=NAME`` on one that
+    reads a text) replaces the source instead of leaving the recipe with two: the other source's keys go."""
+    section, _, name = key.partition(".")
+    if section != "data" or name not in _SOURCE_KEYS or not isinstance(data.get("data"), dict):
+        return
+    for other in _SOURCE_KEYS[name]:
+        data["data"].pop(other, None)

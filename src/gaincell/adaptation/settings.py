@@ -92,7 +92,8 @@ class TrainConfig:
     eval_every: int = 100
     eval_batches: int | None = 20
     checkpoint_every: int = 500
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 1  # the last N checkpoints are kept ...
+    keep_best_checkpoint: bool = True  # ... and the one with the lowest eval loss
     log_every: int = 10
     seed: int = 0
     log_jsonl: str | None = "metrics.jsonl"
@@ -136,6 +137,7 @@ class TrainConfig:
             fail("report_to", f"a subset of {', '.join(TRACKERS)}", self.report_to)
         object.__setattr__(self, "report_to", tuple(report_to))
         check_bool("progress_bar", self.progress_bar)
+        check_bool("keep_best_checkpoint", self.keep_best_checkpoint)
 
 
 @dataclass(frozen=True)

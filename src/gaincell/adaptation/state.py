@@ -33,7 +33,7 @@ MODEL_FILE = "model.safetensors"
 _CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 #: Settings a resumed run may change: none of them changes a step's update.
 _FREE_ON_RESUME = ("max_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
-                   "log_jsonl", "report_to", "progress_bar")  # fmt: skip
+                   "keep_best_checkpoint", "log_jsonl", "report_to", "progress_bar")  # fmt: skip
 
 
 def checkpoint_path(output_dir: str | Path, step: int) -> Path:
@@ -98,17 +98,36 @@ def remove_partial_checkpoints(output_dir: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _prune_checkpoints(output_dir: Path, keep: int) -> None:
+def _prune_checkpoints(output_dir: Path, keep: int, keep_best: bool = True) -> None:
+    """Delete all checkpoints but the last ``keep`` and, with ``keep_best``, the one with the lowest finite
+    eval loss: a real model's checkpoint holds weights and two optimiser moments (1.6 GB for a 135M model),
+    so keeping every one fills a disk in a few steps."""
     folder = output_dir / CHECKPOINT_DIR
     found = sorted(
         (int(match.group(1)), path)
         for path in folder.iterdir()
         if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name))
     )
-    for _, path in found[:-keep]:
+    kept = {path for _, path in found[-keep:]}
+    if keep_best:
+        best = min(((loss, path) for _, path in found if (loss := _eval_loss(path)) is not None), default=None)
+        if best is not None:
+            kept.add(best[1])
+    for _, path in found:
+        if path in kept:
+            continue
         doomed = path.with_name(f".{path.name}.deleting")
         path.rename(doomed)  # atomic: a checkpoint folder is either complete or hidden
         shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _eval_loss(path: Path) -> float | None:
+    """The checkpoint's eval loss when it has a finite one (a missing or damaged state file has none)."""
+    try:
+        loss = json.loads((path / STATE_FILE).read_text()).get("eval_loss")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return float(loss) if isinstance(loss, (int, float)) and loss == loss and abs(loss) != float("inf") else None
 
 
 @dataclass
@@ -154,7 +173,8 @@ def save_checkpoint(accelerator, objects: TrainingState, output_dir: Path, step:
             (temporary / STATE_FILE).write_text(json.dumps(state, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _prune_checkpoints(output_dir, state["config"]["keep_checkpoints"])
+        config = state["config"]
+        _prune_checkpoints(output_dir, config["keep_checkpoints"], config.get("keep_best_checkpoint", True))
     return target
 
 

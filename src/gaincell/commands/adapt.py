@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from gaincell.adaptation.distributed import rank
 from gaincell.adaptation.recipe import read_recipe
 from gaincell.adaptation.stages import adapt
 
@@ -31,7 +32,27 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")
     recipe = read_recipe(args.config, overrides)
     summary = adapt(recipe, resume=args.resume)
+    if rank() != 0:  # one summary for a run of many processes
+        return 0
     for name in recipe.stages:
-        print(f"{name:>11}: {json.dumps(summary[name])[:200]}")
-    print(f"models and summary in {recipe.output_dir}")
+        print(f"{name:>11}: {stage_line(summary[name])}")
+    print(f"models and summary in {recipe.output_dir} (each stage's in STAGE/model, STAGE/summary.json)")
     return 0
+
+
+def stage_line(summary: dict) -> str:
+    """One short line of a stage's summary: its numbers and words; lists and tables (the initialise stage's
+    per-layer statistics, kilobytes of JSON) only counted, as they are whole in the stage's summary.json."""
+    parts = []
+    for key, value in summary.items():
+        if isinstance(value, bool) or value is None:
+            parts.append(f"{key} {value}")
+        elif isinstance(value, int):
+            parts.append(f"{key} {value:,}")
+        elif isinstance(value, float):
+            parts.append(f"{key} {value:.4g}")
+        elif isinstance(value, str):
+            parts.append(f"{key} {value if len(value) <= 60 else value[:57] + '...'}")
+        elif isinstance(value, (list, tuple, dict)):
+            parts.append(f"{key} [{len(value)}]")
+    return ", ".join(parts)

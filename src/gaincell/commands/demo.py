@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset-config", help="the hub dataset's config name")
     parser.add_argument("--eval-text", help="held-out text for perplexity (default: the corpus's last 10%%)")
     parser.add_argument("--output", default="gaincell-demo", help="output folder (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="a smaller run of about 2 minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smaller run of about a minute on 2 CPU cores (checks the install)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     devices.add_arguments(
         parser, "the training runs' autocast precision: float32 (none) | bfloat16 | float16 (default: bfloat16 on a GPU)"
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     with devices.accelerate_on(device):
         results = run_demo(config, output, text, corpus_name, eval_text, precision=precision)
     _print_table(results)
-    print(f"report: {output / 'report.md'}   model: {output / 'model'}")
+    print(f"report: {output / 'report.md'}   models: {output / 'pretrained'} (a, softmax), {output / 'model'} (e, adapted)")
     return 0
 
 

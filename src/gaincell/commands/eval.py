@@ -1,7 +1,8 @@
 """``gaincell eval MODEL``: perplexity on a text and/or lm-eval tasks (:mod:`gaincell.evaluation`).
 
-``--tasks paper`` (or ``table1``, a task name, a comma list) runs the paper's Table 1 offline from
-the task-data folder; names and data are checked before the model is loaded.
+``--tasks paper`` (or ``table1``, a task name, a comma list) runs the paper's Table 1: offline from the
+task-data folder (``--task-data DIR`` or ``$GAINCELL_DATA/tasks``), else through lm-eval's own download
+from the hub; names and data are checked before the model is loaded.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     groups = "; ".join(f"{name} = {', '.join(members)}" for name, members in GROUPS.items())
     tasks.add_argument("--tasks", metavar="LIST", help=f"comma-separated tasks or groups ({groups})")
     tasks.add_argument(
-        "--task-data", metavar="DIR", help="the task-data folder (default: $GAINCELL_DATA/tasks, else ../shared/data/tasks)"
+        "--task-data",
+        metavar="DIR",
+        help="the local task-data folder, for offline use (default: $GAINCELL_DATA/tasks, else ../shared/data/tasks "
+        "when it exists, else lm-eval downloads the tasks from the Hugging Face hub)",
     )
     tasks.add_argument(
         "--include-path", metavar="DIR",
@@ -66,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     plan = None
     if args.tasks is not None:
         plan = plan_tasks(args.tasks, task_data=args.task_data, include_path=args.include_path)
+        where = "lm-eval's own download from the Hugging Face hub" if plan.hub else plan.task_data
+        if plan.local:
+            print(f"gaincell eval: task data: {where}", file=sys.stderr, flush=True)
     device, dtype = devices.parse_device(args.device), devices.parse_dtype(args.dtype)
     tokenizer = load_tokenizer_dir(args.model_dir, args.gguf_file)
     model = load_model_dir(args.model_dir, args.gguf_file).to(device=device, dtype=dtype)

@@ -39,6 +39,7 @@ from gaincell.adaptation.stages import linear_config, linear_stage, nonlinear_st
 from gaincell.adaptation.train import train
 from gaincell.atomic import atomic_file, check_replaceable
 from gaincell.chip.config import preset
+from gaincell.demo.report import markdown, plots
 from gaincell.devices import model_device
 from gaincell.errors import GainCellError
 from gaincell.evaluation.perplexity import strided_perplexity
@@ -52,7 +53,8 @@ from gaincell.validation import check_int
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of one demo run. The defaults take about 10–15 minutes on 2 CPU cores; QUICK about 2."""
+    """Sizes of one demo run. The defaults take about 20–25 minutes on 2 quiet CPU cores (docs/demo.md);
+    QUICK about a minute."""
 
     context: int = 256
     window: int = 128
@@ -111,46 +113,19 @@ def _history(result) -> list[tuple[int, float]]:
     return [(row["step"], row["loss"]) for row in result.history if row.get("loss") is not None]
 
 
-def _plots(folder: Path, curves: dict[str, list[tuple[int, float]]], rows: list[dict]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for label, points in curves.items():
-        if points:
-            steps, losses = zip(*points, strict=True)
-            axis.plot(steps, losses, label=label)
-    axis.set(xlabel="optimizer step (of that run)", ylabel="training loss (nats/token)", title="Training runs")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(folder / "loss_curves.png", dpi=120)
-    plt.close(figure)
-
-    figure, axis = plt.subplots(figsize=(8, 4))
-    labels = [row["key"] for row in rows]
-    values = [row["ppl"] for row in rows]
-    bars = axis.bar(labels, values, color=["#4c72b0" if row["key"][0] in "ab" else "#dd8452" for row in rows])
-    axis.bar_label(bars, fmt="%.1f", fontsize=8)
-    axis.set(ylabel="perplexity (held-out)", title="Perplexity per stage", yscale="log")
-    figure.tight_layout()
-    figure.savefig(folder / "perplexity.png", dpi=120)
-    plt.close(figure)
-    return ["loss_curves.png", "perplexity.png"]
-
-
-def _hardware_lines(config: DemoConfig) -> list[str]:
-    head_dim = config.embedding // config.heads
-    query = HardwareQuery(model="gpt2", heads=config.heads, head_dim=head_dim, layers=config.layers, window=config.window)
-    return summary_lines(build_report(query))
+def _hardware_lines(config: DemoConfig, pretrained_dir: Path, leakage: float) -> list[str]:
+    """The cost model for the demo's own model (its config.json: width, layers, vocabulary, MLP), so the
+    rest-of-model time on a GPU, and hence the hybrid retention check, is this model's and not GPT-2's."""
+    query = HardwareQuery(model=str(pretrained_dir), window=config.window, subtile_rows=config.subtile_rows)
+    return summary_lines(build_report(query), simulated_leakage=leakage)
 
 
 # -- the run ------------------------------------------------------------------------------------------
 
 #: The file that makes a folder a demo's: only such a folder (or an empty one) is replaced by the next run.
 MARKER = ".gaincell-demo"
+#: Subfolders: the pre-trained softmax model (a) and the adapted gain-cell model (e).
+PRETRAINED, ADAPTED = "pretrained", "model"
 
 
 def _is_demo_folder(path: Path) -> bool:
@@ -181,12 +156,13 @@ def run_demo(
     demo.prepare_data(text, corpus_name, eval_text)
     _fresh_output(output)
     pretrained = demo.pretrain_and_swap()
+    save(pretrained, output / PRETRAINED, demo.tokenizer)  # (a): a plain softmax GPT-2, any HF tool loads it
     only = demo.calibration_only(pretrained)
     adapted, recipe_calibration = demo.recipe(pretrained)
     demo.from_scratch()
     demo.equal_budget_baselines(pretrained)
     echo("6/6 generating through the gain-cell memory, costing the chip, writing the report")
-    save(adapted, output / "model", demo.tokenizer)
+    save(adapted, output / ADAPTED, demo.tokenizer)
     ppl = {row["key"]: row["ppl"] for row in demo.rows}
     results = {
         "config": asdict(config),
@@ -202,15 +178,15 @@ def run_demo(
             "e_within_25_percent_of_b_prime": ppl["e"] <= 1.25 * ppl["b'"],
         },
         "sample": demo.sample(adapted),
-        "hardware_summary": _hardware_lines(config),
+        "hardware_summary": _hardware_lines(config, output / PRETRAINED, demo.hardware.leakage),
         "seconds": time.perf_counter() - started,
         "device": {"device": str(model_device(adapted)), "mixed_precision": precision},
     }
-    plots = _plots(output, demo.curves, demo.rows)
+    written = plots(output, demo.curves, demo.rows)
     with atomic_file(output / "results.json") as handle:
         json.dump(results, handle, indent=1)
     with atomic_file(output / "report.md") as handle:
-        handle.write(_markdown(results, plots))
+        handle.write(markdown(results, written))
     return results
 
 
@@ -358,34 +334,3 @@ class _Demo:
             )  # fmt: skip
         continuation = generated[0, prompt_ids.shape[1] :]
         return {"prompt": self.tokenizer.decode(prompt_ids[0]), "continuation": self.tokenizer.decode(continuation)}
-
-
-def _markdown(results: dict, plots: list[str]) -> str:
-    config = results["config"]
-    lines = [
-        "# gaincell demo",
-        "",
-        f"Corpus: {results['corpus']} — {results['train_tokens']:,} training tokens, "
-        f"{results['eval_tokens']:,} held-out tokens. Model: GPT-2 architecture, {config['layers']} layers, "
-        f"{config['heads']} heads of {config['embedding'] // config['heads']}, context {config['context']}; "
-        f"gain-cell window M = {config['window']}, `paper` preset (SPEC §3.4). Run time {results['seconds'] / 60:.1f} min.",
-        "",
-        "| | model | perplexity |",
-        "|---|---|---:|",
-    ]
-    lines += [f"| ({row['key']}) | {row['label']} | {row['ppl']:.2f} |" for row in results["perplexity"]]
-    lines += ["", "Between (c) and (e):", ""]
-    lines += [f"- {row['label']}: {row['ppl']:.2f}" for row in results["diagnostics"]]
-    checks = results["checks"]
-    lines += [
-        "",
-        f"- (e) better than (c), (d) and (f): **{'yes' if checks['e_better_than_c_d_f'] else 'no'}**",
-        f"- (e) within 25% of (b′), the sliding-window model given the same fine-tuning budget: "
-        f"**{'yes' if checks['e_within_25_percent_of_b_prime'] else 'no'}**",
-        "",
-    ]
-    lines += [f"![{name}]({name})" for name in plots]
-    sample = results["sample"]
-    lines += ["", "## Generated through the gain-cell memory", "", f"> **{sample['prompt']}**{sample['continuation']}", ""]
-    lines += ["## Cost model (SPEC §6) for this attention shape", ""] + [f"- {line}" for line in results["hardware_summary"]]
-    return "\n".join(lines) + "\n"

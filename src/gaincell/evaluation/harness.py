@@ -16,16 +16,24 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from gaincell.errors import GainCellError
+from gaincell.errors import GainCellError, first_line
 from gaincell.evaluation.lm_eval_model import lm_eval_model_class
-from gaincell.evaluation.tasks import LOCAL_TASKS, check_task_data, local_task_definitions, resolve_tasks, task_data_folder
+from gaincell.evaluation.tasks import (
+    BOTH_WAYS,
+    LOCAL_TASKS,
+    check_hub_reachable,
+    check_task_data,
+    find_task_data,
+    local_task_definitions,
+    resolve_tasks,
+)
 from gaincell.validation import check_int
 
 
 @dataclass(frozen=True)
 class TaskPlan:
-    """What :func:`run_tasks` will run: task names in order, where local tasks read their data
-    (None when no task needs it) and an extra folder of task YAMLs."""
+    """What :func:`run_tasks` will run: task names in order, where the paper's tasks read their data (a
+    local folder; None: lm-eval's own download, see :attr:`hub`) and an extra folder of task YAMLs."""
 
     names: tuple[str, ...]
     task_data: Path | None = None
@@ -34,6 +42,11 @@ class TaskPlan:
     @property
     def local(self) -> tuple[str, ...]:
         return tuple(name for name in self.names if name in LOCAL_TASKS)
+
+    @property
+    def hub(self) -> bool:
+        """The paper's tasks come from lm-eval's download (no local task data chosen or found)."""
+        return bool(self.local) and self.task_data is None
 
 
 def plan_tasks(
@@ -52,9 +65,11 @@ def plan_tasks(
         extra = TaskManager(include_path=str(include_path), include_defaults=False).all_tasks
     names = tuple(resolve_tasks(spec, extra))
     local = [name for name in names if name in LOCAL_TASKS]
-    folder = task_data_folder(task_data) if local else None
+    folder = find_task_data(task_data) if local else None
     if folder is not None:
         check_task_data(local, folder)
+    elif local:
+        check_hub_reachable(local)
     return TaskPlan(names, folder, include_path)
 
 
@@ -87,16 +102,18 @@ def run_tasks(
         check_int("max_length", max_length, 2)
     sizes = {"batch_size": batch_size} | ({} if max_length is None else {"max_length": max_length})
     adapter = lm_eval_model_class()(pretrained=model, tokenizer=tokenizer, **sizes)
-    task_data = None if plan.task_data is None else str(plan.task_data)
+    task_data = "hub (lm-eval's own download)" if plan.hub else None if plan.task_data is None else str(plan.task_data)
     table: dict = {"limit": limit, "batch_size": batch_size, "num_fewshot": num_fewshot, "task_data": task_data,
                    "max_length": adapter.max_length}  # fmt: skip
     table |= {"tasks": {}, "samples": {}, "seconds": {}}
-    generated = local_task_definitions(plan.local, plan.task_data) if plan.local else nullcontext(None)
+    generated = local_task_definitions(plan.local, plan.task_data) if plan.local and not plan.hub else nullcontext(None)
     with generated as folder:
         paths = [str(path) for path in (folder, plan.include_path) if path is not None]
-        manager = TaskManager(include_path=paths, include_defaults=False)
+        manager = TaskManager(include_path=paths or None, include_defaults=plan.hub)
         for name in plan.names:
             start = time.perf_counter()
+            if plan.hub and name in LOCAL_TASKS:
+                _download(manager, name)
             output = simple_evaluate(
                 model=adapter, tasks=[name], task_manager=manager, limit=limit, num_fewshot=num_fewshot, log_samples=False
             )
@@ -108,6 +125,15 @@ def run_tasks(
             if on_task is not None:
                 on_task(name, {key: table[key].get(name) for key in ("tasks", "samples", "seconds")})
     return table
+
+
+def _download(manager, name: str) -> None:
+    """Load task ``name`` through lm-eval (which downloads and caches its data), so that a failed download is
+    one line naming both ways to get the data rather than a traceback from inside ``simple_evaluate``."""
+    try:
+        manager.load([name])
+    except Exception as error:  # network, hub or dataset-script failures all mean: no data for this task
+        raise GainCellError(f"task data: lm-eval could not download {name}: {first_line(error)}; {BOTH_WAYS}") from None
 
 
 def _numbers(metrics: dict) -> dict[str, float]:

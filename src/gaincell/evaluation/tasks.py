@@ -1,7 +1,8 @@
 """The paper's Table 1 offline (SPEC §5): lm-eval's own task definitions, reading local files.
 
-lm-eval downloads each task's data from the Hugging Face hub; these machines read the task-data
-folder instead (``data/tasks/``, described in its README). For every task a generated YAML
+lm-eval downloads each task's data from the Hugging Face hub; that stays the route with internet
+(:func:`find_task_data` returns None). Offline, the task-data folder is read instead (``--task-data DIR``
+or ``$GAINCELL_DATA/tasks``). For every task a generated YAML
 ``include:``s the installed harness file by its absolute path and overrides only where the data
 comes from (``dataset_path: json``, ``data_files``, the splits), so the prompts, metrics and
 ``!function`` helpers are lm-eval's own. WikiText-2 is lm-eval's ``wikitext`` task on the raw test
@@ -42,6 +43,12 @@ HOW_TO_POINT = (
     f"pass --task-data DIR (the folder holding arc_easy/, hellaswag/, ...) or set {ENVIRONMENT_VARIABLE} "
     "to the shared data folder (its tasks/ is read)"
 )
+#: Both ways to get task data, for the error a user without either meets.
+BOTH_WAYS = (
+    "with internet, leave out --task-data and unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE (lm-eval downloads each "
+    f"task from the Hugging Face hub); offline, {HOW_TO_POINT}"
+)
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,27 @@ def task_data_folder(folder: str | os.PathLike | None = None) -> Path:
     if not (shared / "tasks").is_dir():
         raise GainCellError(f"task data: no folder {shared / 'tasks'}; {HOW_TO_POINT}")
     return (shared / "tasks").resolve()
+
+
+def find_task_data(folder: str | os.PathLike | None = None) -> Path | None:
+    """The local task-data folder when one is chosen (``folder``) or found (``tasks/`` in the shared data
+    folder); None means lm-eval's own download from the hub (a user with internet and no local copy)."""
+    if folder is not None:
+        return task_data_folder(folder)
+    shared = data_dir()
+    if shared is not None and (shared / "tasks").is_dir():
+        return (shared / "tasks").resolve()
+    return None
+
+
+def check_hub_reachable(names: Sequence[str]) -> None:
+    """Fail before the model loads when lm-eval would have to download ``names`` but the hub is switched off."""
+    offline = [name for name in OFFLINE_VARIABLES if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")]
+    if offline:
+        raise GainCellError(
+            f"task data: no local task data (no --task-data, no ${ENVIRONMENT_VARIABLE}/tasks) and {'/'.join(offline)} "
+            f"is set, so lm-eval cannot download {', '.join(names)}; {BOTH_WAYS}"
+        )
 
 
 def check_task_data(names: Iterable[str], folder: Path) -> None:

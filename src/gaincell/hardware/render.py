@@ -7,6 +7,7 @@ other reports (``gaincell demo``), and :func:`si` formats a quantity for any rep
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -48,8 +49,10 @@ def _pair(first: float | None, second: float | None, unit: str | None = None) ->
     return f"{si(first, unit)}, {si(second, 'J')}"
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    """A few plain lines for another command's report (``gaincell demo``)."""
+def summary_lines(report: dict[str, Any], simulated_leakage: float | None = None) -> list[str]:
+    """A few plain lines for another command's report (``gaincell demo``). ``simulated_leakage``: the ε the
+    caller's simulation used, stated beside the cost model's ε = Δt/τ so a reader sees one leakage and where
+    the other comes from, not two unexplained numbers."""
     w, layer = report["workload"], report["gain_cell"]["per_layer"]
     lines = [
         f"gain-cell attention ({w['technology']}), H={w['heads']} D={w['head_dim']} M={w['window']}: "
@@ -63,16 +66,33 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"latency {_ratio(r['latency_ratio'])}, energy {_ratio(r['energy_ratio'])}"
         )
     retention = report["retention"]
-    lines.append(f"leakage ε = {retention['epsilon']:.3g} per step ({retention['scenario']})")
+    if simulated_leakage is None:
+        lines.append(f"leakage ε = {retention['epsilon']:.3g} per step ({retention['scenario']})")
+    else:
+        epsilon = retention["epsilon"]
+        lines.append(
+            f"leakage: simulated at ε = {simulated_leakage:.3g} per token step (the chip config's value); this shape "
+            f"at the cost model's pace ({retention['scenario']}) would leak ε = Δt/τ = {epsilon:.3g} "
+            f"({_leakage_comparison(simulated_leakage, epsilon)})"
+        )
     return lines + list(retention["warnings"])
+
+
+def _leakage_comparison(simulated: float, paced: float) -> str:
+    if simulated == paced:
+        return "the same"
+    if paced == 0 or simulated == 0:
+        return "the simulation assumes no leakage" if simulated == 0 else "the cells would not leak"
+    factor = simulated / paced
+    return f"the simulation assumes {factor:.3g}x more" if factor > 1 else f"the simulation assumes {1 / factor:.3g}x less"
 
 
 def _table(title: str, columns: tuple[str, ...]) -> Any:
     from rich.table import Table
 
     table = Table(title=title)
-    for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
+    for i, column in enumerate(columns):  # fold, never cut: a narrow terminal wraps a number, it does not lose digits
+        table.add_column(column, justify="left" if i == 0 else "right", overflow="fold")
     return table
 
 
@@ -165,28 +185,34 @@ def _render_measured(measured: dict[str, Any], console: Any) -> None:
 
 
 def _render_whole_model(view: dict[str, Any], console: Any) -> None:
+    """One column for the speed-up when latency and energy agree (they do by construction in the roofline:
+    every GPU part is charged the same power, so attention's share of energy is its share of time), two
+    when they do not; the Amdahl limit beside it with the fraction of it reached."""
+    rows = view["rows"]
+    same = all(math.isclose(row["latency_speedup"], row["energy_reduction"], rel_tol=5e-3) for row in rows)
+    speedups = ("speed-up, latency = energy",) if same else ("latency speed-up", "energy reduction")
     table = _table(
         f"Whole model per decode step on {view['gpu']} ({view['kernel']}, {view['dtype']}): "
         "attention on gain cells, the rest on the GPU (Amdahl)",
-        (
-            "model",
-            "attention share",
-            "latency speed-up",
-            "energy reduction",
-            "Amdahl limit",
-            "chip area / seq.",
-        ),
+        ("model", "attention share", *speedups, "Amdahl limit", "of the limit", "chip area / seq."),
     )
-    for row in view["rows"]:
+    for row in rows:
+        reductions = (row["latency_speedup"],) if same else (row["latency_speedup"], row["energy_reduction"])
         table.add_row(
             f"[bold]{row['model']}[/bold]" if row["selected"] else row["model"],
             f"{row['attention_latency_fraction']:.1%}",
-            _ratio(row["latency_speedup"]),
-            _ratio(row["energy_reduction"]),
+            *(_ratio(value) for value in reductions),
             _ratio(row["latency_bound"]),
+            f"{row['latency_speedup'] / row['latency_bound']:.1%}",
             _area(row["chip_area_per_sequence_m2"]),
         )
     console.print(table)
+    if same:
+        console.print(
+            "[dim]latency and energy agree within 0.5 %: the roofline charges each GPU part (TDP − idle) x its "
+            "time, so attention's share of energy equals its share of time; the Amdahl limit is 1 / (1 − share), "
+            "attention made free[/dim]"
+        )
 
 
 def _render_retention(retention: dict[str, Any], console: Any) -> None:

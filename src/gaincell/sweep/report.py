@@ -240,9 +240,17 @@ def _pareto_plot(rows: list[dict], knobs: list[str], out: Path, reference: float
     front = sorted((row for row in costed if row.get(key)), key=lambda r: r["cost"][cost])
     fx = [row["cost"][cost] * scale for row in front]
     axes.plot(fx, [row["ppl_mean"] for row in front], "r-o", label="Pareto front")
-    for row, x in zip(front, fx, strict=True):
-        label = ", ".join(f"{k}={_value(row['point'].get(k))}" for k in knobs)
-        axes.annotate(label, (x, row["ppl_mean"]), fontsize=6, xytext=(4, 4), textcoords="offset points")
+    # Front points crowd together near the best perplexity: each gets a number beside it and its settings in a
+    # numbered list to the right of the axes, so no two labels overlap however close the points are.
+    legend_lines = []
+    for number, (row, x) in enumerate(zip(front, fx, strict=True), start=1):
+        offset = (3, 3) if number % 2 else (3, -10)  # neighbours alternate above and below the front
+        axes.annotate(str(number), (x, row["ppl_mean"]), fontsize=7, color="r", xytext=offset, textcoords="offset points")
+        settings = ", ".join(f"{k}={_value(row['point'].get(k))}" for k in knobs)
+        legend_lines.append(f"{number}: {settings} (ppl {row['ppl_mean']:.3g})")
+    if legend_lines:
+        figure.text(1.02, 0.5, "Pareto front\n" + "\n".join(legend_lines), fontsize=7, va="center", ha="left",
+                    transform=axes.transAxes, family="monospace")  # fmt: skip
     if max(costs) / min(costs) >= 3:
         axes.set_xscale("log")
     _log_if_wide(axes, [row["ppl_mean"] for row in costed] + ([reference] if reference else []))
