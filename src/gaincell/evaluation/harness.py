@@ -16,6 +16,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from gaincell.adaptation.data import check_context
 from gaincell.errors import GainCellError
 from gaincell.evaluation.lm_eval_model import lm_eval_model_class
 from gaincell.evaluation.tasks import LOCAL_TASKS, check_task_data, local_task_definitions, resolve_tasks, task_data_folder
@@ -76,7 +77,7 @@ def run_tasks(
     ``batch_size`` requests share a forward: lm-eval pads them on the right and passes no attention
     mask, which a causal op never attends to, so the scores equal batch size 1. ``on_task(name,
     row)`` is called as each task finishes (for printing its time). ``max_length`` caps a request's
-    tokens (lm-eval truncates the context on the left; default: the model's positions).
+    tokens (lm-eval truncates the context on the left; default and most: the model's positions).
     """
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -85,6 +86,7 @@ def run_tasks(
         plan = plan_tasks(plan)
     if max_length is not None:
         check_int("max_length", max_length, 2)
+        check_context(model, max_length, "max_length")  # past its positions a model scores garbage, not an error
     sizes = {"batch_size": batch_size} | ({} if max_length is None else {"max_length": max_length})
     adapter = lm_eval_model_class()(pretrained=model, tokenizer=tokenizer, **sizes)
     task_data = None if plan.task_data is None else str(plan.task_data)
