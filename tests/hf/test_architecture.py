@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Pr
 
 import gaincell
 from gaincell import GainCellError
-from gaincell.hf.architecture import REMOTE_CODE_FILE, GainCellForCausalLM
+from gaincell.hf.architecture import REMOTE_CODE_FILE
+from gaincell.hf.auto import GainCellForCausalLM  # registers the architecture with the Auto classes
 from gaincell.hf.layer import GainCellAttention, gain_cell_layers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -66,7 +67,7 @@ def test_the_folder_names_the_gaincell_architecture_and_its_base_model(saved, co
     assert gaincell.GainCellConfig.from_dict(config["gaincell"]) == gaincell.GainCellConfig.from_dict(
         converted.config.gaincell
     )
-    assert "from gaincell.hf.architecture import" in (saved / REMOTE_CODE_FILE).read_text()
+    assert "from gaincell.hf.auto import" in (saved / REMOTE_CODE_FILE).read_text()
     loaded = gaincell.load(saved)
     assert type(loaded).__name__ == "LlamaForCausalLM" and len(gain_cell_layers(loaded)) == 2
     torch.testing.assert_close(_logits(loaded, token_ids), _logits(converted, token_ids), rtol=0, atol=0)

@@ -22,12 +22,11 @@ from huggingface_hub import ModelCard
 from gaincell.atomic import atomic_directory, check_replaceable
 from gaincell.chip.config import GainCellConfig
 from gaincell.errors import GainCellError, first_line
-from gaincell.hf.architecture import base_config, is_architecture, register
+from gaincell.hf.architecture import base_config, is_architecture
 from gaincell.hf.card import CARD_FILE, model_card
 from gaincell.hf.convert import convert
 
 GAIN_CELL_KEY = ".gaincell."
-register()  # in this process, transformers' Auto classes load a saved gain-cell folder as gaincell does
 
 #: Files of which a saved tokenizer has at least one (``AutoTokenizer`` would otherwise build an
 #: empty tokenizer from ``config.json`` alone, and every text would encode to nothing).
