@@ -15,8 +15,6 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Pr
 
 import gaincell
 from gaincell import GainCellError
-from gaincell.hf.architecture import REMOTE_CODE_FILE
-from gaincell.hf.auto import GainCellForCausalLM  # registers the architecture with the Auto classes
 from gaincell.hf.layer import GainCellAttention, gain_cell_layers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,7 +65,7 @@ def test_the_folder_names_the_gaincell_architecture_and_its_base_model(saved, co
     assert gaincell.GainCellConfig.from_dict(config["gaincell"]) == gaincell.GainCellConfig.from_dict(
         converted.config.gaincell
     )
-    assert "from gaincell.hf.auto import" in (saved / REMOTE_CODE_FILE).read_text()
+    assert "from gaincell.hf.auto import" in (saved / "modeling_gaincell.py").read_text()
     loaded = gaincell.load(saved)
     assert type(loaded).__name__ == "LlamaForCausalLM" and len(gain_cell_layers(loaded)) == 2
     torch.testing.assert_close(_logits(loaded, token_ids), _logits(converted, token_ids), rtol=0, atol=0)
@@ -120,6 +118,7 @@ def test_lm_evals_own_hf_model_scores_the_folder_as_gaincell_eval_does(saved):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
+    import gaincell.hf.auto  # noqa: F401
     from gaincell.evaluation.lm_eval_model import lm_eval_model_class
 
     requests = [Instance("loglikelihood", {}, ("def f(x):", " return x"), 0), Instance("loglikelihood", {}, ("a", " b"), 1)]
@@ -131,6 +130,8 @@ def test_lm_evals_own_hf_model_scores_the_folder_as_gaincell_eval_does(saved):
 
 
 def test_in_a_process_that_imported_gaincell_auto_model_loads_it_converted(saved, converted, token_ids):
+    import gaincell.hf.auto  # noqa: F401  registers the architecture with the Auto classes
+
     model = AutoModelForCausalLM.from_pretrained(saved)  # registered: no remote code runs
     assert len(gain_cell_layers(model)) == 2
     torch.testing.assert_close(_logits(model, token_ids), _logits(converted, token_ids), rtol=0, atol=0)
@@ -147,11 +148,15 @@ def test_in_a_process_that_imported_gaincell_auto_model_loads_it_converted(saved
     ],
 )
 def test_arguments_that_would_change_the_model_are_refused_by_name(saved, kwargs, message):
+    from gaincell.hf.auto import GainCellForCausalLM
+
     with pytest.raises(GainCellError, match=message):
         GainCellForCausalLM.from_pretrained(saved, **kwargs)
 
 
 def test_from_config_builds_a_fresh_converted_base_model(saved):
+    import gaincell.hf.auto  # noqa: F401
+
     config = AutoModelForCausalLM.from_pretrained(saved).config
     from transformers import AutoConfig
 
