@@ -208,3 +208,16 @@ def test_the_cost_model_reads_the_base_model_of_a_saved_folder(saved):
     shape = load_shape(str(saved))
     assert shape.layers == 2 and shape.heads == 4 and shape.kv_heads == 2
     assert shape.mlp_matrices == 3  # Llama's gated MLP, read through base_model_type
+
+
+def test_gaincell_reads_the_tokenizer_without_asking_to_run_the_folders_code(saved, tokenizer, monkeypatch):
+    """AutoTokenizer reads config.json through AutoConfig, which asks (in a terminal, for 15 s) whether to run
+    the folder's code; gaincell hands it the base model's config instead."""
+    from transformers import AutoConfig
+
+    def asked(*args, **kwargs):
+        pytest.fail("AutoConfig read the gain-cell folder")
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", asked)
+    loaded = gaincell.hf.pretrained.load_tokenizer(saved)
+    assert loaded("def f(x):")["input_ids"] == tokenizer("def f(x):")["input_ids"]

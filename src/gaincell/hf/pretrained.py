@@ -167,9 +167,19 @@ def load_tokenizer(path: str | os.PathLike):
             "save the model with its tokenizer: gaincell.save(model, path, tokenizer)"
         )
     try:
-        return AutoTokenizer.from_pretrained(directory)
+        return AutoTokenizer.from_pretrained(directory, **_tokenizer_config(directory))
     except Exception as error:  # corrupt tokenizer files are a user input problem
         raise GainCellError(f"MODEL_DIR: cannot load a tokenizer from {directory}: {first_line(error)}") from error
+
+
+def _tokenizer_config(directory: Path) -> dict:
+    """``AutoTokenizer`` reads ``config.json`` through ``AutoConfig`` first, which for the gain-cell
+    architecture asks whether to run the folder's code; it is given the base model's config instead."""
+    try:
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {"config": base_config(raw)} if isinstance(raw, dict) and is_architecture(raw) else {}
 
 
 def _weight_files(directory: Path) -> list[Path]:
