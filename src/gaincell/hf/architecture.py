@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-from transformers import PreTrainedConfig
+from typing import TYPE_CHECKING, Any
 
 from gaincell.atomic import atomic_file
 from gaincell.errors import GainCellError
+
+if TYPE_CHECKING:  # transformers is imported only when a config is built (`gaincell sweep --help` starts without it)
+    from transformers import PreTrainedConfig
 
 ARCHITECTURE = "gaincell"
 MODEL_CLASS = "GainCellForCausalLM"

@@ -10,7 +10,6 @@ generation step) checks them here first.
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessor
 
 from gaincell.errors import NonFiniteError
 
@@ -27,9 +26,11 @@ def check_finite_logits(logits: torch.Tensor, what: str) -> None:
     )
 
 
-class FiniteLogits(LogitsProcessor):
+class FiniteLogits:
     """A ``generate`` logits processor that stops generation at the first step whose scores hold a NaN or +inf,
-    or a row with no finite score. Sampling's own filters (top-k) set some scores to -inf; that is allowed."""
+    or a row with no finite score. Sampling's own filters (top-k) set some scores to -inf; that is allowed.
+    (A plain callable, as ``LogitsProcessorList`` takes: importing transformers here would slow every command
+    that imports the evaluation code, ``gaincell sweep --help`` among them.)"""
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if bool(torch.isnan(scores).any() | torch.isposinf(scores).any()):
