@@ -3,6 +3,7 @@ recipe stages that run them (resumable after a kill, like the paper's stages).""
 
 import json
 import math
+import os
 import shutil
 
 import pytest
@@ -218,3 +219,19 @@ def test_the_card_says_what_each_held_out_number_measured():
         "held-out perplexity of the model after distill": round(math.exp(6.5), 3),
         "held-out loss (nats/token) of the model after nonlinear": 800.0,  # its exp overflows: the loss alone
     }
+
+
+def test_a_second_adapt_on_a_folder_in_use_is_refused_and_writes_nothing(pretrained_dir, tmp_path, capsys):
+    """Two runs on one fresh folder both found it empty; the second replaced the first's stage models."""
+    from gaincell.lock import folder_lock
+
+    run = tmp_path / "run"
+    with folder_lock(run, "output_dir", "gaincell adapt"):  # the first run, still running
+        assert main(_recipe(pretrained_dir, run)) == 2
+        assert main([*_recipe(pretrained_dir, run), "--resume"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == (
+        f"gaincell adapt: error: output_dir: {run} is in use by another gaincell adapt (process {os.getpid()}); "
+        "wait for it to end or choose another folder"
+    )
+    assert [path.name for path in run.iterdir()] == [".gaincell.lock"]  # no run.json, no stage

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from gaincell.hf.card import model_card
 from gaincell.hf.convert import convert
 from gaincell.hf.layer import gain_cell_layers
 from gaincell.hf.pretrained import load, load_pretrained, load_pretrained_tokenizer, save
+from gaincell.lock import LOCK_FILE, folder_lock
 from gaincell.validation import as_json, first_difference
 
 
@@ -114,11 +116,20 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
     check_context(model, recipe.data.block_size, "data.block_size")
     train_blocks, eval_blocks = recipe_blocks(recipe, tokenizer)
     _check_batches(recipe, train_blocks)
-    if rank() == 0 and not (output / RUN_FILE).is_file():  # everything checked: the folder becomes a run
-        output.mkdir(parents=True, exist_ok=True)
-        with atomic_file(output / RUN_FILE) as handle:
-            json.dump({"written_by": "gaincell adapt", "recipe": run_settings(recipe)}, handle, indent=1)
-    barrier()
+    with ExitStack() as claimed:
+        if rank() == 0:  # everything checked: the folder becomes this run's, and no other process's while it runs
+            claimed.enter_context(folder_lock(output, "output_dir", "gaincell adapt"))
+            _check_output(recipe, output, resume)  # again, now that no other run can write it
+            if not (output / RUN_FILE).is_file():
+                with atomic_file(output / RUN_FILE) as handle:
+                    json.dump({"written_by": "gaincell adapt", "recipe": run_settings(recipe)}, handle, indent=1)
+        barrier()
+        return _run_stages(recipe, hardware, output, model, tokenizer, train_blocks, eval_blocks, resume)
+
+
+def _run_stages(recipe: Recipe, hardware: GainCellConfig, output: Path, model, tokenizer, train_blocks, eval_blocks,
+                resume: bool) -> dict:  # fmt: skip
+    """Each stage in turn (or, resumed, its saved model once checked), saved under ``output/<stage>/model``."""
     summary: dict[str, Any] = {"model": recipe.model, "stages": list(recipe.stages), "hardware": hardware.to_dict()}
     runner = _StageRunner(recipe, hardware, output, train_blocks, eval_blocks, resume)
     for name in recipe.stages:
@@ -180,7 +191,7 @@ def _check_output(recipe: Recipe, output: Path, resume: bool) -> None:
     """A new run needs an empty or absent folder; ``resume`` a folder this command started with the same recipe."""
     if output.exists() and not output.is_dir():
         raise GainCellError(f"output_dir: {output} exists and is not a directory")
-    if not output.exists() or not any(output.iterdir()):
+    if not output.exists() or not any(path.name != LOCK_FILE for path in output.iterdir()):
         return
     if not resume:
         raise GainCellError(f"output_dir: {output} is not empty; use --resume to continue or choose another directory")
