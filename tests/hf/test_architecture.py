@@ -71,6 +71,14 @@ def test_the_folder_names_the_gaincell_architecture_and_its_base_model(saved, co
     torch.testing.assert_close(_logits(loaded, token_ids), _logits(converted, token_ids), rtol=0, atol=0)
 
 
+def test_save_pretrained_of_a_converted_model_writes_the_same_architecture(converted, token_ids, tmp_path):
+    converted.save_pretrained(tmp_path / "direct")  # not through gaincell.save: still not loadable as softmax Llama
+    assert json.loads((tmp_path / "direct" / "config.json").read_text())["model_type"] == "gaincell"
+    assert (tmp_path / "direct" / "modeling_gaincell.py").is_file()
+    loaded = gaincell.load(tmp_path / "direct")
+    torch.testing.assert_close(_logits(loaded, token_ids), _logits(converted, token_ids), rtol=0, atol=0)
+
+
 FRESH_PROCESS = textwrap.dedent(
     """
     import json, sys

@@ -34,10 +34,6 @@ class GainCellLMConfig(PreTrainedConfig):
 
     model_type = ARCHITECTURE
 
-    def base_config(self) -> PreTrainedConfig:
-        """The config of the model this one was converted from (a ``LlamaConfig``, ...), gain-cell config kept."""
-        return base_config(self.to_dict())
-
 
 class GainCellForCausalLM(PreTrainedModel):
     """The name a saved gain-cell model goes by in transformers; building it gives the converted base model.
