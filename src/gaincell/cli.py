@@ -4,7 +4,8 @@ Each sub-command is a module of :mod:`gaincell.commands` with two functions, ``a
 and ``run(args) -> int``; this module only lists them in :data:`COMMANDS`, imports
 the one that was asked for (so ``gaincell hw`` and ``gaincell hw --help`` never import transformers
 or datasets, which other commands' modules do at import) and turns a
-:class:`~gaincell.errors.GainCellError` into one line on stderr and exit code 2.
+:class:`~gaincell.errors.GainCellError` into one line on stderr and its exit code (2; 1 for a model that
+computed NaN).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except GainCellError as error:
         if launched_rank() == 0:  # every process of torchrun / accelerate launch checks the same input: say it once
             print(f"gaincell {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except FileNotFoundError as error:
         print(f"gaincell {args.command}: error: file not found: {error.filename}", file=sys.stderr)
         return 2

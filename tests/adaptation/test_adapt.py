@@ -230,7 +230,7 @@ def test_adapt_cli_runs_the_three_stages_and_resumes(tmp_path, pydoc_text, token
     assert (
         "896 training tokens in all" in card.text
         and '"s_sat": 80.0' in card.text
-        and "held-out perplexity after" in card.text
+        and "held-out perplexity of the model after nonlinear" in card.text
     )
     assert main(["adapt", str(recipe)]) == 2  # refuses to overwrite
     assert "not empty" in capsys.readouterr().err

@@ -2,6 +2,9 @@
 recipe stages that run them (resumable after a kill, like the paper's stages)."""
 
 import json
+import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -184,3 +187,51 @@ def _is(args, stage: str) -> bool:
     from gaincell.adaptation.transfer import AttentionTransfer, Distillation
 
     return isinstance(args[0], AttentionTransfer if stage == "transfer" else Distillation)
+
+
+def test_a_stage_model_changed_after_it_was_saved_is_refused_on_resume(pretrained_dir, tmp_path, capsys):
+    """Checkpoints were checksummed, stage models not: 1,000 zeroed bytes in the transfer model were resumed from."""
+    run = tmp_path / "run"
+    assert main(_recipe(pretrained_dir, run)) == 0
+    card = (run / "transfer" / "model" / "README.md").read_text()
+    assert "held-out attention error after transfer (relative MSE" in card and "perplexity after transfer" not in card
+    shutil.rmtree(run / "distill")  # transfer done, distill not started
+    weights = run / "transfer" / "model" / "model.safetensors"
+    with weights.open("r+b") as handle:
+        handle.seek(weights.stat().st_size // 2)
+        handle.write(bytes(1000))
+    capsys.readouterr()
+    assert main([*_recipe(pretrained_dir, run), "--resume"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"gaincell adapt: error: cannot resume {run}: the transfer stage's saved model {run / 'transfer' / 'model'}: "
+        "model.safetensors does not match its sha256 (the file changed)"
+    )
+    assert not (run / "distill").exists()
+
+
+def test_the_card_says_what_each_held_out_number_measured():
+    from gaincell.adaptation.stages import held_out_results
+
+    stages = {"transfer": {"eval_loss": 0.998}, "distill": {"eval_loss": 6.5}, "nonlinear": {"eval_loss": 800.0}}
+    assert held_out_results(stages) == {
+        "held-out attention error after transfer (relative MSE per layer, mean over layers)": 0.998,
+        "held-out loss (nats/token) of the model after distill": 6.5,
+        "held-out perplexity of the model after distill": round(math.exp(6.5), 3),
+        "held-out loss (nats/token) of the model after nonlinear": 800.0,  # its exp overflows: the loss alone
+    }
+
+
+def test_a_second_adapt_on_a_folder_in_use_is_refused_and_writes_nothing(pretrained_dir, tmp_path, capsys):
+    """Two runs on one fresh folder both found it empty; the second replaced the first's stage models."""
+    from gaincell.lock import folder_lock
+
+    run = tmp_path / "run"
+    with folder_lock(run, "output_dir", "gaincell adapt"):  # the first run, still running
+        assert main(_recipe(pretrained_dir, run)) == 2
+        assert main([*_recipe(pretrained_dir, run), "--resume"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == (
+        f"gaincell adapt: error: output_dir: {run} is in use by another gaincell adapt (process {os.getpid()}); "
+        "wait for it to end or choose another folder"
+    )
+    assert [path.name for path in run.iterdir()] == [".gaincell.lock"]  # no run.json, no stage

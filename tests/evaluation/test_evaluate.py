@@ -267,21 +267,51 @@ def test_cli_prints_perplexity_as_a_table_and_as_json(model_dir, text, tmp_path,
     assert result["ppl"] == pytest.approx(math.exp(result["nll"]))
 
 
-def test_cli_json_is_strict_when_a_number_is_not_finite(tokenizer, tiny_gpt2, text, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def broken_dir(tokenizer, tiny_gpt2, tmp_path_factory) -> Path:
+    """A saved model with one NaN weight: every logit it computes is NaN."""
+    directory = tmp_path_factory.mktemp("broken")
     model = tiny_gpt2(vocab_size=len(tokenizer), n_positions=64)
     with torch.no_grad():
-        model.transformer.ln_f.weight.fill_(float("nan"))  # every logit NaN
-    model.save_pretrained(tmp_path / "broken")
-    tokenizer.save_pretrained(tmp_path / "broken")
+        model.transformer.ln_f.weight[3] = float("nan")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_a_nan_model_gives_no_perplexity_and_no_output_file(broken_dir, text, tmp_path, capsys):
+    from gaincell.cli import main
+
     (tmp_path / "sample.txt").write_text(text[:4000])
     output = tmp_path / "out.json"
-    argv = [str(tmp_path / "broken"), "--text", str(tmp_path / "sample.txt"), "--json", "--output", str(output)]
-    assert eval_command.run(parse(argv)) == 1  # a NaN score is a failed evaluation
+    argv = ["eval", str(broken_dir), "--text", str(tmp_path / "sample.txt"), "--json", "--output", str(output)]
+    assert main(argv) == 1  # a NaN score is a failed evaluation
     out, err = capsys.readouterr()
-    assert err.strip().splitlines()[-1] == "gaincell eval: not finite: perplexity.ppl, perplexity.nll"
-    printed = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
-    assert printed["perplexity"]["ppl"] is None and "perplexity.ppl" in printed["non_finite"]
-    assert json.loads(output.read_text(), parse_constant=lambda name: pytest.fail(name)) == printed
+    assert out == "" and not output.exists()
+    assert err.strip().splitlines()[-1] == (
+        "gaincell eval: error: the model gives NaN logits, so no perplexity is reported: its weights or settings "
+        "are broken (a NaN or infinite weight, or an overflowing dtype)"
+    )
+
+
+def test_a_nan_model_gives_no_task_score(broken_dir, tasks_dir, capsys, monkeypatch):
+    """lm-eval compares NaN log-likelihoods without a word: acc 0.5 on a two-way task, from nothing."""
+    from gaincell.cli import main
+
+    monkeypatch.chdir(tasks_dir)
+    argv = ["eval", str(broken_dir), "--tasks", "gaincell_tiny_mc", "--include-path", str(tasks_dir), "--limit", "2"]
+    assert main([*argv, "--json"]) == 1
+    out, err = capsys.readouterr()
+    errors = [line[line.index("gaincell eval: error:") :] for line in err.splitlines() if "gaincell eval: error:" in line]
+    assert out == "" and len(errors) == 1  # on the line of lm-eval's progress bar, which has no newline yet
+    assert errors[0].startswith("gaincell eval: error: the model gives NaN logits, so no log-likelihood is reported")
+
+
+def test_max_length_past_the_models_positions_is_refused(model_dir, tasks_dir, monkeypatch):
+    monkeypatch.chdir(tasks_dir)
+    argv = [str(model_dir), "--tasks", "gaincell_tiny_mc", "--include-path", str(tasks_dir), "--max-length", "2000"]
+    with pytest.raises(GainCellError, match="^max_length: context of 2000 tokens is longer than the model's 64 positions$"):
+        eval_command.run(parse(argv))
 
 
 def test_cli_runs_lm_eval_tasks(model_dir, tasks_dir, capsys, monkeypatch):

@@ -1,5 +1,7 @@
 """`gaincell generate`: a saved gain-cell model continues a prompt through its analog memories."""
 
+import copy
+
 import pytest
 import torch
 
@@ -63,3 +65,18 @@ def test_sampling_is_seeded(model_dir, capsys):
     assert generate(model_dir, capsys, "--seed", "3", "--temperature", "1.5", "--top-k", "0") == first
     assert generate(model_dir, capsys, "--seed", "4", "--temperature", "1.5", "--top-k", "0") != first
     assert first.startswith(PROMPT)
+
+
+@pytest.mark.parametrize("sampling", [["--greedy"], []])
+def test_a_nan_model_generates_nothing_and_says_why(converted, tokenizer, tmp_path, capsys, sampling):
+    """Greedy decoding of NaN logits is token 0 again and again; sampling them fails inside torch."""
+    broken = copy.deepcopy(converted)
+    with torch.no_grad():
+        broken.transformer.wte.weight[:, 0] = float("nan")
+    gaincell.save(broken, tmp_path / "broken", tokenizer)
+    assert main(["generate", str(tmp_path / "broken"), "--prompt", PROMPT, "--max-new-tokens", "5", *sampling]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().splitlines()[-1] == (
+        "gaincell generate: error: the model gives NaN logits, so no generated token is reported: its weights or "
+        "settings are broken (a NaN or infinite weight, or an overflowing dtype)"
+    )

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from gaincell.adaptation.distributed import barrier, broadcast_scalers, rank
 from gaincell.adaptation.initialise import initialise_scalers
 from gaincell.adaptation.recipe import Recipe
 from gaincell.adaptation.settings import TrainConfig
-from gaincell.adaptation.state import latest_checkpoint
+from gaincell.adaptation.state import check_files, digest_pairs, file_digests, latest_checkpoint
 from gaincell.adaptation.train import TrainResult, train
 from gaincell.adaptation.transfer import distill_stage, make_teacher, transfer_stage
 from gaincell.atomic import atomic_file
@@ -39,6 +40,7 @@ from gaincell.hf.card import model_card
 from gaincell.hf.convert import convert
 from gaincell.hf.layer import gain_cell_layers
 from gaincell.hf.pretrained import load, load_pretrained, load_pretrained_tokenizer, save
+from gaincell.lock import LOCK_FILE, folder_lock
 from gaincell.validation import as_json, first_difference
 
 
@@ -114,30 +116,59 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
     check_context(model, recipe.data.block_size, "data.block_size")
     train_blocks, eval_blocks = recipe_blocks(recipe, tokenizer)
     _check_batches(recipe, train_blocks)
-    if rank() == 0 and not (output / RUN_FILE).is_file():  # everything checked: the folder becomes a run
-        output.mkdir(parents=True, exist_ok=True)
-        with atomic_file(output / RUN_FILE) as handle:
-            json.dump({"written_by": "gaincell adapt", "recipe": run_settings(recipe)}, handle, indent=1)
-    barrier()
+    with ExitStack() as claimed:
+        if rank() == 0:  # everything checked: the folder becomes this run's, and no other process's while it runs
+            claimed.enter_context(folder_lock(output, "output_dir", "gaincell adapt"))
+            _check_output(recipe, output, resume)  # again, now that no other run can write it
+            if not (output / RUN_FILE).is_file():
+                with atomic_file(output / RUN_FILE) as handle:
+                    json.dump({"written_by": "gaincell adapt", "recipe": run_settings(recipe)}, handle, indent=1)
+        barrier()
+        return _run_stages(recipe, hardware, output, model, tokenizer, train_blocks, eval_blocks, resume)
+
+
+def _run_stages(recipe: Recipe, hardware: GainCellConfig, output: Path, model, tokenizer, train_blocks, eval_blocks,
+                resume: bool) -> dict:  # fmt: skip
+    """Each stage in turn (or, resumed, its saved model once checked), saved under ``output/<stage>/model``."""
     summary: dict[str, Any] = {"model": recipe.model, "stages": list(recipe.stages), "hardware": hardware.to_dict()}
     runner = _StageRunner(recipe, hardware, output, train_blocks, eval_blocks, resume)
     for name in recipe.stages:
         saved, stage_summary = output / name / "model", output / name / "summary.json"
         if resume and saved.is_dir() and stage_summary.is_file():  # the summary is written last
+            summary[name] = _resumed_stage(output, name)
             model = load(saved)
-            summary[name] = json.loads(stage_summary.read_text())
             continue
         summary[name] = getattr(runner, f"run_{name}")(model)
         if rank() == 0:  # one writer: every process holds the same model after a stage
             save(model, saved, tokenizer, card=_card(recipe, summary, hardware))
-            with atomic_file(stage_summary) as handle:
-                handle.write(json.dumps(summary[name], indent=1))
+            with atomic_file(stage_summary) as handle:  # with the model's checksums, checked on resume
+                handle.write(json.dumps({**summary[name], MODEL_FILES: file_digests(saved)}, indent=1))
         barrier()
     if rank() == 0:
         with atomic_file(output / "summary.json") as handle:
             handle.write(json.dumps(summary, indent=1))
     barrier()
     return summary
+
+
+#: The key of a stage's ``summary.json`` that holds the size and sha256 of each file of its saved model.
+MODEL_FILES = "model_files"
+
+
+def _resumed_stage(output: Path, name: str) -> dict:
+    """The summary of a stage saved before, once its model is checked whole against the checksums saved with
+    it: resuming from an altered model would build every later stage on it. (Runs from before the checksums
+    were kept have none to check.)"""
+    what = f"cannot resume {output}: the {name} stage's saved model {output / name / 'model'}"
+    try:
+        stored = json.loads((output / name / "summary.json").read_text())
+        files = stored.pop(MODEL_FILES, None)
+        files = None if files is None else digest_pairs(files)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise GainCellError(f"{what}: unreadable {name}/summary.json ({type(error).__name__})") from error
+    if files is not None:
+        check_files(output / name / "model", files, what)
+    return stored
 
 
 #: The file that makes a folder an adaptation run: the settings it was started with. ``--resume`` needs it.
@@ -160,7 +191,7 @@ def _check_output(recipe: Recipe, output: Path, resume: bool) -> None:
     """A new run needs an empty or absent folder; ``resume`` a folder this command started with the same recipe."""
     if output.exists() and not output.is_dir():
         raise GainCellError(f"output_dir: {output} exists and is not a directory")
-    if not output.exists() or not any(output.iterdir()):
+    if not output.exists() or not any(path.name != LOCK_FILE for path in output.iterdir()):
         return
     if not resume:
         raise GainCellError(f"output_dir: {output} is not empty; use --resume to continue or choose another directory")
@@ -179,18 +210,41 @@ def _check_output(recipe: Recipe, output: Path, resume: bool) -> None:
         )
 
 
+#: What each training stage's held-out ``eval_loss`` measures (the stage's own objective in evaluation mode,
+#: :mod:`gaincell.adaptation.transfer`): a language-model cross-entropy, or attention transfer's layer error.
+LM_LOSS_STAGES = {
+    "linear": "the model with linear cells (SPEC §3.3)",
+    "nonlinear": "the model",
+    "distill": "the model",
+}
+
+
+def held_out_results(stages: dict[str, dict]) -> dict[str, float]:
+    """The card's measured results, each labelled with what it measured: perplexity (exp of the held-out LM
+    loss) where the stage's eval loss is one, attention transfer's relative MSE as that, never its exp."""
+    results: dict[str, float] = {}
+    for name, stage in stages.items():
+        loss = stage.get("eval_loss")
+        if not isinstance(loss, float) or not math.isfinite(loss):
+            continue
+        if name == "transfer":
+            results["held-out attention error after transfer (relative MSE per layer, mean over layers)"] = round(loss, 4)
+        elif name in LM_LOSS_STAGES:
+            label = f"held-out {{}} of {LM_LOSS_STAGES[name]} after {name}"
+            results[label.format("loss (nats/token)")] = round(loss, 4)
+            if loss < 700:  # exp overflows a float near 709.8: the loss is the measurement, its exp a convenience
+                results[label.format("perplexity")] = round(math.exp(loss), 3)
+    return results
+
+
 def _card(recipe: Recipe, summary: dict, hardware: GainCellConfig):
-    """The saved model's card: the chip, the recipe, the stages run so far with their tokens, the held-out
-    perplexity each training stage ended at."""
+    """The saved model's card: the chip, the recipe, the stages run so far with their tokens, and what each
+    training stage measured on held-out text (:func:`held_out_results`)."""
     stages = {
         name: summary[name] for name in recipe.stages if isinstance(summary.get(name), dict) and "tokens" in summary[name]
     }
-    results = {
-        f"held-out perplexity after {name}": round(math.exp(stage["eval_loss"]), 3)
-        for name, stage in stages.items()
-        if stage.get("eval_loss") is not None and math.isfinite(stage["eval_loss"])
-    }
     recipe_tables = dataclasses.asdict(recipe)
+    results = held_out_results(stages)
     return model_card(hardware.to_dict(), base_model=recipe.model, recipe=recipe_tables, stages=stages, results=results)
 
 

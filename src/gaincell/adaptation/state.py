@@ -63,22 +63,42 @@ def read_checkpoint_state(path: str | Path) -> dict:
     try:
         state = json.loads((path / STATE_FILE).read_text())
         step = int(state["step"])
-        files = {str(name): (int(entry["size"]), str(entry["sha256"])) for name, entry in dict(state["files"]).items()}
+        files = digest_pairs(state["files"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise GainCellError(f"corrupt checkpoint {path}: unreadable {STATE_FILE} ({type(error).__name__})") from error
-    present = {str(file.relative_to(path)) for file in path.rglob("*") if file.is_file()} - {STATE_FILE}
-    planted = sorted(present - set(files))
-    if planted:
-        raise GainCellError(f"corrupt checkpoint {path}: {planted[0]} is not one of the files it was written with")
-    for name, (size, digest) in files.items():
-        file = path / name
-        if not file.is_file() or file.stat().st_size != size:
-            raise GainCellError(f"corrupt checkpoint {path}: {name} is missing or has the wrong size")
-        if _sha256(file) != digest:
-            raise GainCellError(f"corrupt checkpoint {path}: {name} does not match its sha256 (the file changed)")
+    check_files(path, files, f"corrupt checkpoint {path}", ignore=(STATE_FILE,))
     if step < 0:
         raise GainCellError(f"corrupt checkpoint {path}: negative step {step}")
     return state
+
+
+def file_digests(folder: Path) -> dict[str, dict[str, Any]]:
+    """The size and sha256 of every file under ``folder``, by path relative to it (what :func:`check_files` checks)."""
+    return {
+        str(file.relative_to(folder)): {"size": file.stat().st_size, "sha256": _sha256(file)}
+        for file in sorted(folder.rglob("*"))
+        if file.is_file()
+    }
+
+
+def digest_pairs(files: dict) -> dict[str, tuple[int, str]]:
+    """:func:`file_digests`' entries as ``name -> (size, sha256)`` (a malformed one raises KeyError or ValueError)."""
+    return {str(name): (int(entry["size"]), str(entry["sha256"])) for name, entry in dict(files).items()}
+
+
+def check_files(folder: Path, files: dict[str, tuple[int, str]], what: str, ignore: tuple[str, ...] = ()) -> None:
+    """Raise one line starting with ``what`` unless ``folder`` holds exactly ``files`` (``name -> (size, sha256)``),
+    each whole: a missing, changed or planted file is named."""
+    present = {str(file.relative_to(folder)) for file in folder.rglob("*") if file.is_file()} - set(ignore)
+    planted = sorted(present - set(files))
+    if planted:
+        raise GainCellError(f"{what}: {planted[0]} is not one of the files it was written with")
+    for name, (size, digest) in files.items():
+        file = folder / name
+        if not file.is_file() or file.stat().st_size != size:
+            raise GainCellError(f"{what}: {name} is missing or has the wrong size")
+        if _sha256(file) != digest:
+            raise GainCellError(f"{what}: {name} does not match its sha256 (the file changed)")
 
 
 def _sha256(file: Path) -> str:
@@ -164,12 +184,7 @@ def save_checkpoint(accelerator, objects: TrainingState, output_dir: Path, step:
                 write_state(temporary, "grad-scaler", accelerator.scaler.state_dict())
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            files = {
-                str(file.relative_to(temporary)): {"size": file.stat().st_size, "sha256": _sha256(file)}
-                for file in sorted(temporary.rglob("*"))
-                if file.is_file()
-            }
-            state = {**state, "accelerator_step": accelerator.step, "files": files}
+            state = {**state, "accelerator_step": accelerator.step, "files": file_digests(temporary)}
             (temporary / STATE_FILE).write_text(json.dumps(state, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -7,10 +7,12 @@ import argparse
 import math
 
 import torch
+from transformers import LogitsProcessorList
 
 from gaincell import devices
 from gaincell.adaptation.data import model_max_positions
 from gaincell.errors import GainCellError
+from gaincell.hf.finite import FiniteLogits
 from gaincell.hf.pretrained import (
     is_saved_directory,
     load,
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         attention_mask=torch.ones_like(input_ids, device=device),
         max_new_tokens=args.max_new_tokens,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        logits_processor=LogitsProcessorList([FiniteLogits()]),  # a NaN model stops here, not after appending token 0
         **sampling,
     )
     print(tokenizer.decode(output[0], skip_special_tokens=True))

@@ -16,6 +16,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from gaincell.adaptation.data import check_context
 from gaincell.errors import GainCellError, first_line
 from gaincell.evaluation.lm_eval_model import lm_eval_model_class
 from gaincell.evaluation.tasks import (
@@ -91,7 +92,7 @@ def run_tasks(
     ``batch_size`` requests share a forward: lm-eval pads them on the right and passes no attention
     mask, which a causal op never attends to, so the scores equal batch size 1. ``on_task(name,
     row)`` is called as each task finishes (for printing its time). ``max_length`` caps a request's
-    tokens (lm-eval truncates the context on the left; default: the model's positions).
+    tokens (lm-eval truncates the context on the left; default and most: the model's positions).
     """
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -100,6 +101,7 @@ def run_tasks(
         plan = plan_tasks(plan)
     if max_length is not None:
         check_int("max_length", max_length, 2)
+        check_context(model, max_length, "max_length")  # past its positions a model scores garbage, not an error
     sizes = {"batch_size": batch_size} | ({} if max_length is None else {"max_length": max_length})
     adapter = lm_eval_model_class()(pretrained=model, tokenizer=tokenizer, **sizes)
     task_data = "hub (lm-eval's own download)" if plan.hub else None if plan.task_data is None else str(plan.task_data)

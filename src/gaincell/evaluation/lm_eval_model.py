@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from gaincell.errors import GainCellError
+from gaincell.hf.finite import FiniteLogits, check_finite_logits
 from gaincell.hf.pretrained import is_saved_directory, load, load_pretrained, load_pretrained_tokenizer, load_tokenizer
 
 
@@ -50,6 +51,7 @@ def lm_eval_model_class() -> type:
     try:
         from lm_eval.api.registry import register_model
         from lm_eval.models.huggingface import HFLM
+        from transformers import LogitsProcessorList
     except ImportError as error:
         raise GainCellError("lm-eval tasks need the lm-eval package: pip install 'gaincell[eval]'") from error
 
@@ -80,6 +82,17 @@ def lm_eval_model_class() -> type:
             if device:
                 pretrained = pretrained.to(device)
             super().__init__(pretrained=pretrained, tokenizer=tokenizer, backend="causal", **kwargs)
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            """lm-eval's forward, whose logits become every log-likelihood: a NaN model stops here."""
+            logits = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+            check_finite_logits(logits, "log-likelihood")
+            return logits
+
+        def _model_generate(self, context, max_length, stop, **generation_kwargs):
+            """lm-eval's generation, stopped at the first step with NaN logits (greedy would emit token 0)."""
+            processors = LogitsProcessorList([*(generation_kwargs.pop("logits_processor", None) or []), FiniteLogits()])
+            return super()._model_generate(context, max_length, stop, logits_processor=processors, **generation_kwargs)
 
     GainCellLM.__qualname__ = "GainCellLM"
     return GainCellLM

@@ -15,6 +15,7 @@ import torch
 
 from gaincell.adaptation.data import check_context, load_text_corpus, model_max_positions
 from gaincell.errors import GainCellError
+from gaincell.hf.finite import check_finite_logits
 from gaincell.validation import check_int
 
 
@@ -75,6 +76,7 @@ def strided_perplexity(
             scored[row, scored_from - begin - 1 : end - begin - 1] = True
         input_ids, scored = input_ids.to(device), scored.to(device)
         logits = model(input_ids=input_ids).logits[:, :-1].float()
+        check_finite_logits(logits, "perplexity")
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
         total_nll += float(nll[scored].double().sum())
         total_tokens += int(scored.sum())

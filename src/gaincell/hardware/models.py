@@ -106,7 +106,8 @@ def shape_from_config(config: dict[str, Any], name: str, source: str) -> Decoder
     if heads % kv_heads:
         raise GainCellError(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
     ffn = config.get("intermediate_size") or config.get("n_inner") or 4 * d_model
-    gated = config.get("model_type") in GATED_MLP_TYPES
+    # A saved gain-cell model names its own architecture; its MLP is the base model's (gaincell.hf.architecture).
+    gated = config.get("base_model_type", config.get("model_type")) in GATED_MLP_TYPES
     return DecoderShape(name, layers, d_model, heads, int(head_dim), int(ffn), 3 if gated else 2, vocab, source, kv_heads)
 
 

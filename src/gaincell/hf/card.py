@@ -26,7 +26,7 @@ def model_card(
     results: dict[str, Any] | None = None,
 ) -> ModelCard:
     """A card from what is known: the chip's config, the recipe (as its TOML tables), each stage's summary
-    (tokens, steps, losses) and any measured results (``name -> value``)."""
+    (tokens, steps, losses) and any measured results (``name -> value``, the name saying what was measured)."""
     data = ModelCardData(
         library_name="gaincell",
         base_model=base_model if base_model and "/" in base_model and not base_model.startswith((".", "/")) else None,
@@ -34,8 +34,12 @@ def model_card(
     )
     sections = [
         "# Gain-cell attention model\n",
-        f"Attention simulated on analog gain-cell memories ({PAPER}), saved by gaincell; "
-        "`gaincell.load(folder)` gives it back, `gaincell eval` and `gaincell generate` read it.\n",
+        f"Attention simulated on analog gain-cell memories ({PAPER}), saved by gaincell as its own "
+        "architecture (`model_type` `gaincell`). `gaincell.load(folder)` gives it back, `gaincell eval` and "
+        "`gaincell generate` read it; with gaincell installed, `AutoModelForCausalLM.from_pretrained(folder, "
+        "trust_remote_code=True)` and `lm_eval --model hf --model_args pretrained=FOLDER,trust_remote_code=True` "
+        "load the same model (the folder's `modeling_gaincell.py` imports gaincell); without `trust_remote_code` "
+        "transformers refuses the folder.\n",
     ]
     if base_model:
         sections.append(f"Adapted from `{base_model}`.\n")
@@ -56,7 +60,10 @@ def _stage_table(stages: dict[str, dict]) -> str:
         cells = [summary.get(key) for key in ("steps", "tokens", "loss", "eval_loss")]
         rows.append(f"| {name} | " + " | ".join(_cell(value) for value in cells) + " |")
     total = sum(summary.get("tokens") or 0 for summary in stages.values())
-    return "\n".join(rows) + f"\n\n{total:,} training tokens in all.\n"
+    return "\n".join(rows) + (
+        f"\n\n{total:,} training tokens in all. The eval loss is each stage's own objective on held-out text "
+        "(attention transfer: its layer error; the others: language-model cross-entropy, nats per token).\n"
+    )
 
 
 def _cell(value: Any) -> str:

@@ -99,11 +99,21 @@ def _register() -> None:
 
 
 class GainCellGeneration:
-    """Mixed into a converted model's class so ``generate`` runs through the gain-cell memory.
+    """Mixed into a converted model's class so ``generate`` runs through the gain-cell memory and
+    ``save_pretrained`` writes a folder of the gain-cell architecture (:mod:`gaincell.hf.architecture`).
 
     Only the default cache changes: unless a cache is passed or ``use_cache=False``, generation
     gets a fresh :class:`~gaincell.hf.cache.GainCellCache` (one memory of M slots per layer).
     """
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Saved as the base model's type, the folder would load everywhere as that model with softmax attention.
+        from gaincell.hf.architecture import write_architecture
+
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_architecture(save_directory)
+        return result
 
     def generate(self, *args, **kwargs):
         # Imported here, not at the top, only so that `import gaincell` stays free of transformers'

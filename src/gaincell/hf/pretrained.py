@@ -1,10 +1,11 @@
-"""Save and load gain-cell models as ordinary ``save_pretrained`` directories.
+"""Save and load gain-cell models as ``save_pretrained`` directories of their own architecture.
 
-Everything lives in one directory: ``config.json`` carries the model's config with the gain-cell
-config under ``"gaincell"``; the safetensors weights carry the scalers and calibration targets
-beside the model's own tensors (``…attn.gaincell.scalers.a_q``, ``…gaincell.target_mean``). A
-plain transformers loader still reads the model; :func:`load` also restores the gain-cell part, and
-:func:`load_tokenizer` reads the tokenizer saved beside it.
+Everything lives in one directory: ``config.json`` names the ``gaincell`` architecture and carries the
+base model's config with the gain-cell config under ``"gaincell"`` (:mod:`gaincell.hf.architecture`);
+the safetensors weights carry the scalers and calibration targets beside the model's own tensors
+(``…attn.gaincell.scalers.a_q``, ``…gaincell.target_mean``). :func:`load` gives the model back converted
+(as does transformers with ``trust_remote_code=True``), and :func:`load_tokenizer` reads the tokenizer
+saved beside it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gaincell.atomic import atomic_directory, check_replaceable
 from gaincell.chip.config import GainCellConfig
 from gaincell.devices import parse_device
 from gaincell.errors import GainCellError, first_line
+from gaincell.hf.architecture import base_config, is_architecture
 from gaincell.hf.card import CARD_FILE, model_card
 from gaincell.hf.convert import convert
 
@@ -82,8 +84,10 @@ def torch_device(name: str | torch.device | None = None) -> torch.device:
 def load(path: str | os.PathLike, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """Load a model saved by :func:`save` (or any ``save_pretrained`` causal LM directory).
 
-    A directory with a gain-cell config comes back converted, with its scalers and targets; one
-    without comes back as the plain transformers model.
+    A folder of the gain-cell architecture (:mod:`gaincell.hf.architecture`), or one saved before it
+    existed (the base model's type with a gain-cell config), comes back converted, with its scalers and
+    targets; a folder without a gain-cell config comes back as the plain transformers model, unless its
+    weights hold gain-cell tensors: then its config lost the gain-cell part and it is refused.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -95,8 +99,13 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None, d
     if not (directory / "config.json").is_file():
         raise GainCellError(f"MODEL_DIR: {directory} has no config.json (not a save_pretrained directory)")
     try:
-        config = AutoConfig.from_pretrained(directory)
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise GainCellError("config.json must hold a JSON object")
+        config = base_config(raw) if is_architecture(raw) else AutoConfig.from_pretrained(directory)
         gain_cell = getattr(config, "gaincell", None)
+        if gain_cell is None:
+            _refuse_lost_config(directory, is_architecture(raw))
         gain_cell_config = None if gain_cell is None else GainCellConfig.from_dict(gain_cell)
         with _quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=dtype or torch.float32)
@@ -112,6 +121,33 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = None, d
     return model.eval()
 
 
+def _refuse_lost_config(directory: Path, named_gain_cell: bool) -> None:
+    """A folder whose config has no gain-cell config would load as the softmax base model: refused when the
+    folder says it is a gain-cell model (its architecture, or gain-cell tensors in its weights)."""
+    tensors = [key for key in _tensor_names(directory) if GAIN_CELL_KEY in key]
+    if named_gain_cell or tensors:
+        held = f"holds gain-cell tensors ({tensors[0]}, ...)" if tensors else "names the gaincell architecture"
+        raise GainCellError(
+            f"{held} but config.json has no gain-cell config (the 'gaincell' key is missing or null), so it "
+            "would load as the softmax model; restore config.json from where the model was saved"
+        )
+
+
+def _tensor_names(directory: Path) -> list[str]:
+    """The tensor names in the folder's safetensors files (headers only); none when it has no such file."""
+    from safetensors import safe_open
+
+    try:
+        files = _weight_files(directory)
+    except GainCellError:
+        return []
+    names: list[str] = []
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            names += list(handle.keys())
+    return names
+
+
 def load_tokenizer(path: str | os.PathLike):
     """The tokenizer saved beside a model by :func:`save` (read with ``AutoTokenizer``)."""
     from transformers import AutoTokenizer
@@ -125,9 +161,19 @@ def load_tokenizer(path: str | os.PathLike):
             "save the model with its tokenizer: gaincell.save(model, path, tokenizer)"
         )
     try:
-        return AutoTokenizer.from_pretrained(directory)
+        return AutoTokenizer.from_pretrained(directory, **_tokenizer_config(directory))
     except Exception as error:  # corrupt tokenizer files are a user input problem
         raise GainCellError(f"MODEL_DIR: cannot load a tokenizer from {directory}: {first_line(error)}") from error
+
+
+def _tokenizer_config(directory: Path) -> dict:
+    """``AutoTokenizer`` reads ``config.json`` through ``AutoConfig`` first, which for the gain-cell
+    architecture asks whether to run the folder's code; it is given the base model's config instead."""
+    try:
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {"config": base_config(raw)} if isinstance(raw, dict) and is_architecture(raw) else {}
 
 
 def _weight_files(directory: Path) -> list[Path]:
