@@ -1,0 +1,206 @@
+"""The fused form of the parallel analog core: three Triton kernels, no T×T tensor, no band in memory.
+
+It computes what :func:`~gaincell.op.kernels.banded.banded_readout` computes (and
+:mod:`gaincell.op.equations` writes out) for front-end outputs (Q, k~, v~): the first product with
+leakage, the charge-to-pulse converter, the second product per physical sub-tile, one ADC per
+occupied sub-tile, the digital sum. Why a kernel: on a GPU the banded form is dozens of small
+launches per block of queries; here one launch per pass holds each sub-tile's partial sum in
+registers until its ADC (the source is :mod:`~gaincell.op.kernels.fused_kernels`).
+
+- Forward: grid (query blocks, B·H). It writes the readout and, when a gradient is needed, the ADC
+  pass mask of every sub-tile (uint8, (sub-tiles, B·H, T, D): the banded form keeps the same).
+- Backward: STE through the ADC (where its input was inside [low, high]) and through the converter
+  (where 0 ≤ S ≤ S_sat), with the config's gradient model (surrogate: the linear cell α·y~, SPEC §3.4;
+  or exact). One kernel for the pulses over query blocks, one for k~ and v~ over chunks of keys that
+  each lie in one sub-tile, looping over the queries that see them; S is recomputed, not stored.
+- Precision: fp32 products and accumulation by default (``ieee``); ``tf32`` and ``tf32x3`` are the
+  named faster dot modes (:func:`set_precision`, ``$GAINCELL_TRITON_PRECISION``). The ADC rounds, so
+  a dot's rounding can move an output by one ADC step; the tests bound how often.
+- Not here (the dispatcher falls back to the banded form): read noise, cell variability, float64,
+  cells whose polynomial has degree > :data:`MAX_DEGREE` (the fitted sigmoid and exp cells).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from gaincell.chip.cells import build_cell
+from gaincell.chip.config import GainCellConfig
+from gaincell.errors import GainCellError
+
+#: Highest power of the cell polynomial the kernels unroll (linear 1, paper 3, cubic 3, quintic 5).
+MAX_DEGREE = 5
+#: Dot precisions: ``ieee`` (fp32, the default), ``tf32`` and ``tf32x3`` (tensor cores, faster).
+PRECISIONS = ("ieee", "tf32", "tf32x3")
+
+_precision = os.environ.get("GAINCELL_TRITON_PRECISION", "ieee") or "ieee"
+
+
+def set_precision(name: str) -> None:
+    """Set the dot precision of the fused kernels for every later call (``ieee`` | ``tf32`` | ``tf32x3``)."""
+    global _precision
+    _precision = _check_precision(name, "precision")
+
+
+def _check_precision(name, where: str) -> str:
+    if name not in PRECISIONS:
+        raise GainCellError(f"{where} must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    return name
+
+
+def kernels():
+    """The kernels module (:mod:`~gaincell.op.kernels.fused_kernels`), imported on first use so that
+    gaincell imports without triton.
+
+    Triton decides when it is first imported whether ``@triton.jit`` gives compiled or interpreted
+    functions (``TRITON_INTERPRET=1``: CPU tensors, slow, how the tests run the kernels), so one
+    process runs the kernels in one mode only; the tests use a worker process per mode.
+    """
+    return importlib.import_module("gaincell.op.kernels.fused_kernels")
+
+
+@dataclass(frozen=True)
+class FusedPlan:
+    """What the kernels need from a config: coefficients (tensors built per device), structure (constexprs)."""
+
+    coefficients: tuple[float, ...]  # β_0..β_NP of g
+    grad_coefficients: tuple[float, ...]  # of the gradient model: g itself (exact) or (0, α) (surrogate)
+    leakage: float
+    window: int
+    subtile_rows: int
+    n_subtiles: int
+    s_sat: float
+    read_scale: float  # readout gain / S_sat: Y = read_scale · Σ_n (S_sat·P_tn) h(v~_n)
+    adc_low: float
+    adc_high: float
+    adc_step: float | None
+    adc_origin: float
+
+    @staticmethod
+    def _structure(coefficients) -> dict:
+        powers = sum(1 << p for p, c in enumerate(coefficients) if p and c)
+        return {"POWERS": powers, "NP": max(powers.bit_length() - 1, 1), "CONST": bool(coefficients[0])}
+
+    def constexprs(self) -> dict:
+        grad = {f"G{key}": value for key, value in self._structure(self.grad_coefficients).items()}
+        return {**self._structure(self.coefficients), **grad, "LEAK": bool(self.leakage)}
+
+
+def unsupported(config: GainCellConfig) -> str | None:
+    """Why the fused kernels cannot compute ``config`` (a sentence), or None (noise and gains are the dispatcher's)."""
+    degree = build_cell(config.cell).degree
+    if degree > MAX_DEGREE:
+        return f"the {config.cell.kind} cell is a polynomial of degree {degree}; the fused kernels unroll up to {MAX_DEGREE}"
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def make_fused_plan(config: GainCellConfig) -> FusedPlan:
+    cell, periphery, adc = build_cell(config.cell), config.periphery, config.periphery.adc
+    coefficients = tuple(float(c) for c in cell.coefficients)
+    surrogate = config.gradient == "surrogate" and not cell.is_linear
+    return FusedPlan(
+        coefficients=coefficients,
+        grad_coefficients=(0.0, float(cell.alpha)) if surrogate else coefficients,
+        leakage=float(config.leakage),
+        window=config.window,
+        subtile_rows=config.subtile_rows,
+        n_subtiles=config.n_subtiles,
+        s_sat=float(periphery.s_sat),
+        read_scale=float(periphery.readout_gain / periphery.s_sat),
+        adc_low=float(adc.low),
+        adc_high=float(adc.high),
+        adc_step=None if adc.levels is None else float(adc.step),
+        adc_origin=float(adc.origin),
+    )
+
+
+def _pow2(n: int, least: int = 16) -> int:
+    return max(least, 1 << max(n - 1, 0).bit_length())
+
+
+def block_sizes(plan: FusedPlan, dim: int, interpret: bool) -> dict:
+    """BT queries × BN keys × BD features per tile; tl.dot needs every side ≥ 16 on the GPU."""
+    keys = min(64, _pow2(plan.subtile_rows))
+    return {"BT": 16 if interpret else 64, "BN": 16 if interpret else keys, "BD": _pow2(dim)}
+
+
+def _scalars(plan: FusedPlan, length: int, dim: int) -> tuple:
+    return (length, dim, plan.window, plan.subtile_rows, plan.n_subtiles)
+
+
+def fused_readout(pulses, keys, values, config: GainCellConfig, precision: str | None = None) -> torch.Tensor:
+    """The digital sum of the sub-tile ADC outputs for front-end outputs (Q, k~, v~), each (B, H, T, D),
+    like :func:`~gaincell.op.kernels.banded.banded_readout` (without noise or gains)."""
+    why = unsupported(config)
+    if why is not None:
+        raise GainCellError(f"kernel='triton' cannot run: {why}")
+    if pulses.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise GainCellError(f"kernel='triton' cannot run: it needs CUDA tensors, got {pulses.device.type}")
+    if pulses.dtype == torch.float64:
+        raise GainCellError("kernel='triton' cannot run: float64 inputs (the kernels compute in float32)")
+    precision = _check_precision(_precision if precision is None else precision, "$GAINCELL_TRITON_PRECISION")
+    batch, heads, length, dim = pulses.shape
+    flat = [x.reshape(batch * heads, length, dim).contiguous() for x in (pulses, keys, values)]
+    readout = _FusedAnalogCore.apply(*flat, make_fused_plan(config), precision)
+    return readout.view(batch, heads, length, dim).to(pulses.dtype)
+
+
+class _FusedAnalogCore(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pulses, keys, values, plan: FusedPlan, precision: str):
+        bh, length, dim = pulses.shape
+        interpret = pulses.device.type != "cuda"
+        module, blocks = kernels(), block_sizes(plan, dim, interpret)
+        save = any(ctx.needs_input_grad[:3])
+        out = torch.empty(bh, length, dim, dtype=torch.float32, device=pulses.device)
+        passes = torch.empty((plan.n_subtiles if save else 1, bh, length, dim), dtype=torch.uint8, device=pulses.device)
+        coefficients = torch.tensor(plan.coefficients, dtype=torch.float32, device=pulses.device)
+        grid = (-(-length // blocks["BT"]), bh)
+        structure = plan.constexprs()
+        module.forward_kernel[grid](
+            pulses, keys, values, out, passes, coefficients,
+            *_scalars(plan, length, dim),
+            plan.leakage, plan.s_sat, plan.read_scale, plan.adc_low, plan.adc_high,
+            plan.adc_step or 1.0, plan.adc_origin,
+            POWERS=structure["POWERS"], NP=structure["NP"], CONST=structure["CONST"], LEAK=structure["LEAK"],
+            QUANT=plan.adc_step is not None, SAVE=save, DOT=precision, **blocks,
+        )  # fmt: skip
+        if save:
+            ctx.save_for_backward(pulses, keys, values, passes)
+            ctx.plan, ctx.precision = plan, precision
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        pulses, keys, values, passes = ctx.saved_tensors
+        plan, precision = ctx.plan, ctx.precision
+        bh, length, dim = pulses.shape
+        interpret = pulses.device.type != "cuda"
+        module, blocks = kernels(), block_sizes(plan, dim, interpret)
+        grad_out = grad_out.contiguous().float()
+        device = pulses.device
+        coefficients = torch.tensor(plan.coefficients, dtype=torch.float32, device=device)
+        grad_coefficients = torch.tensor(plan.grad_coefficients, dtype=torch.float32, device=device)
+        structure = plan.constexprs()
+        grad_pulses = torch.empty(bh, length, dim, dtype=torch.float32, device=device)
+        grad_keys = torch.zeros(bh, length, dim, dtype=torch.float32, device=device)
+        grad_values = torch.zeros(bh, length, dim, dtype=torch.float32, device=device)
+        common = (plan.leakage, plan.s_sat, plan.read_scale)
+        module.grad_queries_kernel[(-(-length // blocks["BT"]), bh)](
+            pulses, keys, values, grad_out, passes, grad_pulses, coefficients, grad_coefficients,
+            *_scalars(plan, length, dim), *common, DOT=precision, **structure, **blocks,
+        )  # fmt: skip
+        chunks = -(-plan.subtile_rows // blocks["BN"])
+        rounds = -(-length // plan.window)
+        module.grad_stored_kernel[(rounds * plan.n_subtiles * chunks, bh)](
+            pulses, keys, values, grad_out, passes, grad_keys, grad_values, coefficients, grad_coefficients,
+            *_scalars(plan, length, dim), chunks, *common, DOT=precision, **structure, **blocks,
+        )  # fmt: skip
+        cast = [g.to(x.dtype) for g, x in ((grad_pulses, pulses), (grad_keys, keys), (grad_values, values))]
+        return *cast, None, None

@@ -1,0 +1,179 @@
+"""The fused Triton kernels, without a GPU.
+
+Run by the Triton interpreter on CPU tensors against the dense SPEC reference (tests/reference.py),
+the equations module and the torch banded form, values and gradients, over a grid of configs; and
+compiled ahead of time for sm_90 on the CPU (code generation errors the interpreter accepts, e.g. a
+dot smaller than 16, and shared memory beyond an H100/H200's). Triton picks its mode when first
+imported, so the kernels run in two spawned worker processes (tests/op/triton_worker.py), one per
+mode; this process only checks the dispatcher's decisions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+import torch
+import triton_worker
+
+from gaincell import CellGains, GainCellError, Scalers, gain_cell_attention, preset
+from gaincell.chip.config import CellConfig
+from gaincell.op.kernels import dispatch, fused
+
+pytest.importorskip("triton", reason="triton is not installed (pip install gaincell[gpu])")
+
+#: (id, preset, T, window M, sub-tile rows R, leakage, gradient, other config changes)
+CASES = [
+    ("paper T<M leak surrogate", "paper", 37, 48, 16, 3e-3, "surrogate", {}),
+    ("paper T>M M%R!=0 exact", "paper", 40, 24, 16, 0.0, "exact", {}),
+    ("paper T>M R<M leak exact", "paper", 33, 20, 8, 0.01, "exact", {}),
+    ("linear T>M R=M leak", "linear", 40, 16, 16, 0.05, "surrogate", {}),
+    ("linear T<M no leak exact", "linear", 20, 32, 8, 0.0, "exact", {}),
+    ("ideal no ADC grid", "ideal", 30, 16, 8, 0.02, "surrogate", {}),
+    ("quintic cell leak", "paper", 29, 16, 8, 0.02, "exact", {"cell": CellConfig(kind="quintic")}),
+]
+#: Larger grid (minutes in the interpreter): every cell the kernel takes × gradient × leakage × geometry.
+SLOW_CASES = [
+    (f"{cell} {gradient} eps={leakage} T={length} M={window} R={rows}", "paper", length, window, rows, leakage, gradient,
+     {"cell": CellConfig(kind=cell)})
+    for cell, gradient, leakage, (length, window, rows) in itertools.product(
+        ("linear", "polynomial", "cubic", "quintic"), ("surrogate", "exact"), (0.0, 0.05),
+        ((40, 64, 16), (61, 24, 16), (50, 17, 4)),
+    )
+]  # fmt: skip
+#: Every structure the dispatcher can hand the kernels: (cell, gradient) pairs with distinct power sets.
+STRUCTURES = [
+    ("linear", "surrogate"),
+    ("polynomial", "surrogate"),
+    ("polynomial", "exact"),
+    ("cubic", "surrogate"),
+    ("cubic", "exact"),
+    ("quintic", "surrogate"),
+    ("quintic", "exact"),
+]
+
+
+def _worker(initializer):
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=initializer)
+    yield pool
+    pool.shutdown(cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def interpreter():
+    """A process whose triton interprets kernels on CPU tensors (``TRITON_INTERPRET=1``)."""
+    yield from _worker(triton_worker.start_interpreter)
+
+
+@pytest.fixture(scope="module")
+def compiler():
+    """A process whose triton compiles kernels (no ``TRITON_INTERPRET``), for sm_90 here."""
+    yield from _worker(triton_worker.start_compiler)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_fused_equals_reference_equations_and_torch_form(interpreter, case):
+    interpreter.submit(triton_worker.check_case, case).result()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SLOW_CASES, ids=[c[0] for c in SLOW_CASES])
+def test_fused_equals_references_over_cells_and_geometries(interpreter, case):
+    interpreter.submit(triton_worker.check_case, case, 1, 16).result()
+
+
+def test_adc_on_the_ends_grid(interpreter):
+    interpreter.submit(triton_worker.check_ends_grid).result()
+
+
+def test_adc_ties_round_half_to_even(interpreter):
+    interpreter.submit(triton_worker.check_ties).result()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_inputs_compute_in_float32(interpreter, dtype):
+    interpreter.submit(triton_worker.check_half_precision, dtype).result()
+
+
+def test_triton_refuses_what_it_does_not_compute(monkeypatch):
+    """Each refusal names its reason; none of these checks runs a kernel."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU tensors pass the device check
+    q, k, v = torch.rand(3, 1, 2, 12, 4).unbind(0)
+    scalers = Scalers(2)
+    config = preset("paper", window=8, subtile_rows=4)
+    noisy = config.replace(noise=dataclasses.replace(config.noise, read_noise=0.01))
+    with pytest.raises(GainCellError, match="kernel='triton' cannot run: read noise"):
+        gain_cell_attention(q, k, v, scalers, noisy, kernel="triton")
+    gains = CellGains.sample(config.replace(noise=dataclasses.replace(config.noise, variability=0.1)), 2, 4)
+    with pytest.raises(GainCellError, match="cell variability"):
+        gain_cell_attention(q, k, v, scalers, config, gains=gains, kernel="triton")
+    with pytest.raises(GainCellError, match="degree 15"):
+        gain_cell_attention(q, k, v, scalers, config.replace(cell=CellConfig(kind="sigmoid")), kernel="triton")
+    with pytest.raises(GainCellError, match="float64"):
+        gain_cell_attention(q.double(), k.double(), v.double(), scalers.double(), config, kernel="triton")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(GainCellError, match="needs CUDA tensors, got cpu"):
+        gain_cell_attention(q, k, v, scalers, config, kernel="triton")
+
+
+def test_auto_picks_triton_on_cuda_only_where_supported():
+    config, cuda = preset("paper"), torch.device("cuda")
+
+    def choose(requested="auto", device=cuda, gains=False, read_noise=0.0, config=config, dtype=torch.float32):
+        return dispatch.choose_kernel(requested, device, gains=gains, read_noise=read_noise, config=config, dtype=dtype)
+
+    assert choose() == "triton"
+    assert choose(dtype=torch.bfloat16) == "triton"
+    assert choose(read_noise=0.01) == "torch"
+    assert choose(gains=True) == "torch"
+    assert choose(config=config.replace(cell=CellConfig(kind="exp"))) == "torch"
+    assert choose(dtype=torch.float64) == "torch"
+    assert choose(device=torch.device("cpu")) == "torch"  # the interpreter is for tests, never picked by auto
+    assert choose("torch") == "torch"
+
+
+def test_precision_is_one_of_the_named_modes():
+    with pytest.raises(GainCellError, match="precision must be one of ieee, tf32, tf32x3"):
+        fused.set_precision("fp8")
+
+
+@pytest.mark.parametrize(
+    ("kernel", "cell", "gradient", "leakage", "precision", "quantise", "save"),
+    [
+        ("forward_kernel", "polynomial", "surrogate", 1.6e-4, "ieee", True, True),
+        ("forward_kernel", "linear", "surrogate", 0.0, "tf32", False, False),
+        ("grad_queries_kernel", "polynomial", "surrogate", 1.6e-4, "ieee", True, True),
+        ("grad_queries_kernel", "quintic", "exact", 0.0, "tf32x3", True, True),
+        ("grad_stored_kernel", "polynomial", "exact", 1.6e-4, "ieee", True, True),
+        ("grad_stored_kernel", "cubic", "surrogate", 0.0, "tf32", True, True),
+    ],
+)
+def test_kernels_compile_for_sm90(compiler, kernel, cell, gradient, leakage, precision, quantise, save):
+    """Each kernel, each constexpr value at least once, at the smallest tiles (seconds each)."""
+    config = triton_worker.structure_config(cell, gradient, leakage)
+    compiler.submit(triton_worker.compile_sm90, kernel, config, 8, precision, quantise, save, True).result()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["forward_kernel", "grad_queries_kernel", "grad_stored_kernel"])
+@pytest.mark.parametrize("structure", STRUCTURES, ids=["-".join(s) for s in STRUCTURES])
+@pytest.mark.parametrize("leakage", [0.0, 1.6e-4])
+@pytest.mark.parametrize("precision", fused.PRECISIONS)
+def test_every_kernel_configuration_compiles_for_sm90(compiler, kernel, structure, leakage, precision):
+    """Every configuration the dispatcher can pick, at the GPU tiles for D = 64, fits an H100/H200."""
+    config = triton_worker.structure_config(*structure, leakage)
+    modes = itertools.product((True, False), (True, False)) if kernel == "forward_kernel" else [(True, True)]
+    for quantise, save in modes:
+        compiler.submit(triton_worker.compile_sm90, kernel, config, 64, precision, quantise, save).result()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dim", [16, 32, 64, 128])
+@pytest.mark.parametrize("rows", [16, 32, 64])
+def test_head_dims_and_subtile_rows_compile_for_sm90(compiler, dim, rows):
+    config = triton_worker.structure_config("polynomial", "surrogate", 1.6e-4, rows)
+    for kernel in ("forward_kernel", "grad_queries_kernel", "grad_stored_kernel"):
+        compiler.submit(triton_worker.compile_sm90, kernel, config, dim, "ieee").result()
