@@ -20,11 +20,14 @@ import torch
 import triton_worker
 
 from gaincell import CellGains, GainCellError, Scalers, gain_cell_attention, preset
-from gaincell.chip.config import CellConfig
+from gaincell.chip.config import CellConfig, PeripheryConfig
 from gaincell.op.kernels import dispatch, fused
 
 pytest.importorskip("triton", reason="triton is not installed (pip install gaincell[gpu])")
 
+#: A converter that saturates at a fifth of the paper's charge and a read-out gain 8× the paper's:
+#: some S > S_sat and some read-outs beyond the ADC's range, so both gradient masks matter.
+SATURATING = PeripheryConfig(s_sat=16.0, readout_gain=0.2)
 #: (id, preset, T, window M, sub-tile rows R, leakage, gradient, other config changes)
 CASES = [
     ("paper T<M leak surrogate", "paper", 37, 48, 16, 3e-3, "surrogate", {}),
@@ -34,6 +37,9 @@ CASES = [
     ("linear T<M no leak exact", "linear", 20, 32, 8, 0.0, "exact", {}),
     ("ideal no ADC grid", "ideal", 30, 16, 8, 0.02, "surrogate", {}),
     ("quintic cell leak", "paper", 29, 16, 8, 0.02, "exact", {"cell": CellConfig(kind="quintic")}),
+    ("paper S and ADC saturate", "paper", 36, 16, 8, 0.01, "exact", {"periphery": SATURATING}),
+    ("linear S and ADC saturate", "linear", 30, 12, 8, 0.0, "surrogate", {"periphery": SATURATING}),
+    ("paper large leakage", "paper", 24, 16, 8, 12.0, "exact", {}),
 ]
 #: Larger grid (minutes in the interpreter): every cell the kernel takes × gradient × leakage × geometry.
 SLOW_CASES = [

@@ -91,6 +91,7 @@ class FusedPlan:
         return {**self._structure(self.coefficients), **grad, "LEAK": bool(self.leakage)}
 
 
+@functools.lru_cache(maxsize=64)
 def unsupported(config: GainCellConfig) -> str | None:
     """Why the fused kernels cannot compute ``config`` (a sentence), or None (noise and gains are the dispatcher's)."""
     degree = build_cell(config.cell).degree
@@ -130,6 +131,12 @@ def block_sizes(plan: FusedPlan, dim: int, interpret: bool) -> dict:
     return {"BT": 16 if interpret else 64, "BN": 16 if interpret else keys, "BD": _pow2(dim)}
 
 
+@functools.lru_cache(maxsize=64)
+def _coefficients(coefficients: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """β_p as the kernels load them (index p), built once per device instead of a copy per call."""
+    return torch.tensor(coefficients, dtype=torch.float32, device=device)
+
+
 def _scalars(plan: FusedPlan, length: int, dim: int) -> tuple:
     return (length, dim, plan.window, plan.subtile_rows, plan.n_subtiles)
 
@@ -159,8 +166,9 @@ class _FusedAnalogCore(torch.autograd.Function):
         module, blocks = kernels(), block_sizes(plan, dim, interpret)
         save = any(ctx.needs_input_grad[:3])
         out = torch.empty(bh, length, dim, dtype=torch.float32, device=pulses.device)
-        passes = torch.empty((plan.n_subtiles if save else 1, bh, length, dim), dtype=torch.uint8, device=pulses.device)
-        coefficients = torch.tensor(plan.coefficients, dtype=torch.float32, device=pulses.device)
+        shape = (plan.n_subtiles, bh, length, dim) if save else (1,)  # untouched without SAVE
+        passes = torch.empty(shape, dtype=torch.uint8, device=pulses.device)
+        coefficients = _coefficients(plan.coefficients, pulses.device)
         grid = (-(-length // blocks["BT"]), bh)
         structure = plan.constexprs()
         module.forward_kernel[grid](
@@ -185,8 +193,8 @@ class _FusedAnalogCore(torch.autograd.Function):
         module, blocks = kernels(), block_sizes(plan, dim, interpret)
         grad_out = grad_out.contiguous().float()
         device = pulses.device
-        coefficients = torch.tensor(plan.coefficients, dtype=torch.float32, device=device)
-        grad_coefficients = torch.tensor(plan.grad_coefficients, dtype=torch.float32, device=device)
+        coefficients = _coefficients(plan.coefficients, device)
+        grad_coefficients = _coefficients(plan.grad_coefficients, device)
         structure = plan.constexprs()
         grad_pulses = torch.empty(bh, length, dim, dtype=torch.float32, device=device)
         grad_keys = torch.zeros(bh, length, dim, dtype=torch.float32, device=device)
