@@ -167,3 +167,23 @@ def compile_sm90(kernel: str, config, dim: int, precision: str, quantise=True, s
     assert compiled.asm["cubin"], f"{kernel}: no cubin"
     assert compiled.metadata.shared <= SM90_SHARED, f"{kernel}: {compiled.metadata.shared} B of shared memory"
     return compiled.metadata.shared
+
+
+def precision_shares(precision: str, leakage: float, length=40, dim=16) -> dict:
+    """Outputs of the fused kernel in one dot ``precision`` against the torch form: the share one ADC
+    step apart, the largest distance in steps, the worst gradient's relative error."""
+    from gaincell.op.kernels import fused
+
+    config = preset("paper", window=24, subtile_rows=8, leakage=leakage)
+    (q, k, v), scalers = inputs(2, length, dim)
+    weight = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
+    fused.set_precision(precision)
+    try:
+        fast, fast_grads = _run(gain_cell_attention, q, k, v, scalers, config, weight, kernel="triton")
+    finally:
+        fused.set_precision("ieee")
+    ref, ref_grads = _run(gain_cell_attention, q, k, v, scalers, config, weight, kernel="torch")
+    scale = scalers.a_o.detach().abs()[None, :, None, None]
+    steps = ((fast.double() - ref.double()).abs() / (scale * ADC_STEP)).flatten()
+    errors = [((a - b).abs().max() / b.abs().max()).item() for a, b in zip(fast_grads, ref_grads, strict=True)]
+    return {"share": float((steps > 0.5).float().mean()), "max_steps": float(steps.max()), "grad_error": max(errors)}

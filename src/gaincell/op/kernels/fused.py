@@ -13,9 +13,11 @@ registers until its ADC (the source is :mod:`~gaincell.op.kernels.fused_kernels`
   (where 0 ≤ S ≤ S_sat), with the config's gradient model (surrogate: the linear cell α·y~, SPEC §3.4;
   or exact). One kernel for the pulses over query blocks, one for k~ and v~ over chunks of keys that
   each lie in one sub-tile, looping over the queries that see them; S is recomputed, not stored.
-- Precision: fp32 products and accumulation by default (``ieee``); ``tf32`` and ``tf32x3`` are the
-  named faster dot modes (:func:`set_precision`, ``$GAINCELL_TRITON_PRECISION``). The ADC rounds, so
-  a dot's rounding can move an output by one ADC step; the tests bound how often.
+- Precision: fp32 products and accumulation by default (``ieee``); ``tf32``, ``tf32x3``, ``fp16`` and
+  ``bf16`` are the named faster dot modes (:data:`PRECISIONS`, :func:`set_precision`,
+  ``$GAINCELL_TRITON_PRECISION``), all accumulating in fp32. The ADC rounds, so a dot's rounding
+  can move an output by one ADC step; the tests bound how often (``ieee`` within the banded form's
+  rule; the share for ``fp16`` is measured by the tests, the others need a GPU).
 - Not here (the dispatcher falls back to the banded form): read noise, cell variability, float64,
   cells whose polynomial has degree > :data:`MAX_DEGREE` (the fitted sigmoid and exp cells).
 """
@@ -35,14 +37,15 @@ from gaincell.errors import GainCellError
 
 #: Highest power of the cell polynomial the kernels unroll (linear 1, paper 3, cubic 3, quintic 5).
 MAX_DEGREE = 5
-#: Dot precisions: ``ieee`` (fp32, the default), ``tf32`` and ``tf32x3`` (tensor cores, faster).
-PRECISIONS = ("ieee", "tf32", "tf32x3")
+#: Dot precisions: ``ieee`` (fp32 operands, the default), ``tf32``, ``tf32x3`` (tf32 tensor cores, the
+#: latter with error compensation), ``fp16``, ``bf16`` (operands rounded to 16 bits; fp32 accumulation).
+PRECISIONS = ("ieee", "tf32", "tf32x3", "fp16", "bf16")
 
 _precision = os.environ.get("GAINCELL_TRITON_PRECISION", "ieee") or "ieee"
 
 
 def set_precision(name: str) -> None:
-    """Set the dot precision of the fused kernels for every later call (``ieee`` | ``tf32`` | ``tf32x3``)."""
+    """Set the dot precision of the fused kernels for every later call (one of :data:`PRECISIONS`)."""
     global _precision
     _precision = _check_precision(name, "precision")
 

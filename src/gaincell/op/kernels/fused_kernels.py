@@ -31,6 +31,19 @@ def _round_half_even(x):
 
 
 @triton.jit
+def _dot(a, b, DOT: tl.constexpr):
+    """a @ b with fp32 accumulation: operands in fp32 (``ieee``), on tf32 tensor cores (``tf32``,
+    ``tf32x3``), or rounded to fp16 / bf16 first (``fp16``, ``bf16``: the fastest, least exact)."""
+    if DOT == "fp16":
+        out = tl.dot(a.to(tl.float16), b.to(tl.float16), out_dtype=tl.float32)
+    elif DOT == "bf16":
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    else:
+        out = tl.dot(a, b, input_precision=DOT)
+    return out
+
+
+@triton.jit
 def _poly(y, COEF, POWERS: tl.constexpr, NP: tl.constexpr):
     """Σ_{p ≥ 1} β_p y^p elementwise (the folded feature g − β0 used without leakage)."""
     out = tl.zeros_like(y)
@@ -65,9 +78,9 @@ def _scores(q, k, decay, COEF, POWERS: tl.constexpr, NP: tl.constexpr, LEAK: tl.
             power = power * k
             leaked = leaked * decay
             if (POWERS >> p) & 1:
-                scores += (tl.load(COEF + p) * leaked) * tl.dot(q, tl.trans(power), input_precision=DOT)
+                scores += (tl.load(COEF + p) * leaked) * _dot(q, tl.trans(power), DOT)
     else:
-        scores = tl.dot(q, tl.trans(_poly(k, COEF, POWERS, NP)), input_precision=DOT)
+        scores = _dot(q, tl.trans(_poly(k, COEF, POWERS, NP)), DOT)
     return scores
 
 
@@ -82,9 +95,9 @@ def _weighted(w, v, decay, COEF, POWERS: tl.constexpr, NP: tl.constexpr, LEAK: t
             power = power * v
             leaked = leaked * decay
             if (POWERS >> p) & 1:
-                out += tl.dot(w * (tl.load(COEF + p) * leaked), power, input_precision=DOT)
+                out += _dot(w * (tl.load(COEF + p) * leaked), power, DOT)
     else:
-        out = tl.dot(w, _poly(v, COEF, POWERS, NP), input_precision=DOT)
+        out = _dot(w, _poly(v, COEF, POWERS, NP), DOT)
     return out
 
 
@@ -98,10 +111,10 @@ def _transposed(w, x, v, decay, COEF, POWERS: tl.constexpr, NP: tl.constexpr, LE
         for p in tl.static_range(1, NP + 1):
             leaked = leaked * decay
             if (POWERS >> p) & 1:
-                out += ((p * tl.load(COEF + p)) * power) * tl.dot(tl.trans(w * leaked), x, input_precision=DOT)
+                out += ((p * tl.load(COEF + p)) * power) * _dot(tl.trans(w * leaked), x, DOT)
             power = power * v
     else:
-        out = _poly_slope(v, COEF, POWERS, NP) * tl.dot(tl.trans(w), x, input_precision=DOT)
+        out = _poly_slope(v, COEF, POWERS, NP) * _dot(tl.trans(w), x, DOT)
     return out
 
 
@@ -167,9 +180,9 @@ def _grad_widths(
             power = power * v
             leaked = leaked * decay
             if (GPOWERS >> p) & 1:
-                grad += (tl.load(GCOEF + p) * leaked) * tl.dot(g, tl.trans(power), input_precision=DOT)
+                grad += (tl.load(GCOEF + p) * leaked) * _dot(g, tl.trans(power), DOT)
     else:
-        grad = tl.dot(g, tl.trans(_poly(v, GCOEF, GPOWERS, GNP)), input_precision=DOT)
+        grad = _dot(g, tl.trans(_poly(v, GCOEF, GPOWERS, GNP)), DOT)
     if GCONST:
         grad += tl.load(GCOEF) * g_sum[:, None]
     return tl.where(unsaturated, grad * read_scale, 0.0)
