@@ -40,6 +40,7 @@ CASES = [
     ("paper S and ADC saturate", "paper", 36, 16, 8, 0.01, "exact", {"periphery": SATURATING}),
     ("linear S and ADC saturate", "linear", 30, 12, 8, 0.0, "surrogate", {"periphery": SATURATING}),
     ("paper large leakage", "paper", 24, 16, 8, 12.0, "exact", {}),
+    ("one token", "paper", 1, 16, 8, 1.6e-4, "surrogate", {}),
 ]
 #: Larger grid (minutes in the interpreter): every cell the kernel takes × gradient × leakage × geometry.
 SLOW_CASES = [

@@ -148,7 +148,9 @@ def compile_sm90(kernel: str, config, dim: int, precision: str, quantise=True, s
 
     fn = getattr(fused.kernels(), kernel)
     plan = fused.make_fused_plan(config)
-    constexprs = {**plan.constexprs(), **fused.block_sizes(plan, dim, small_tiles), "DOT": precision}
+    blocks = fused.block_sizes(plan, dim, small_tiles, precision)
+    options = {"num_warps": blocks.pop("num_warps")}
+    constexprs = {**plan.constexprs(), **blocks, "DOT": precision}
     if kernel == "forward_kernel":
         constexprs = {key: constexprs[key] for key in ("POWERS", "NP", "CONST", "LEAK", "DOT", "BT", "BN", "BD")}
         constexprs.update(QUANT=quantise, SAVE=save)
@@ -163,7 +165,8 @@ def compile_sm90(kernel: str, config, dim: int, precision: str, quantise=True, s
             signature[arg] = "*u8" if arg == "PASS" else "*fp32"
         else:
             signature[arg] = "fp32"
-    compiled = triton.compile(triton.compiler.ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32))
+    source = triton.compiler.ASTSource(fn, signature, constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     assert compiled.asm["cubin"], f"{kernel}: no cubin"
     assert compiled.metadata.shared <= SM90_SHARED, f"{kernel}: {compiled.metadata.shared} B of shared memory"
     return compiled.metadata.shared

@@ -128,10 +128,22 @@ def _pow2(n: int, least: int = 16) -> int:
     return max(least, 1 << max(n - 1, 0).bit_length())
 
 
-def block_sizes(plan: FusedPlan, dim: int, interpret: bool) -> dict:
-    """BT queries × BN keys × BD features per tile; tl.dot needs every side ≥ 16 on the GPU."""
-    keys = min(64, _pow2(plan.subtile_rows))
-    return {"BT": 16 if interpret else 64, "BN": 16 if interpret else keys, "BD": _pow2(dim)}
+def block_sizes(plan: FusedPlan, dim: int, interpret: bool, precision: str = "ieee") -> dict:
+    """BT queries × BN keys × BD features per tile, and warps per program.
+
+    tl.dot needs every side ≥ 16 on a GPU. fp32 (``ieee``) dots run on FMA units and need their
+    operands replicated across threads, so their tiles stay small (sm_90 builds of 32 × 32 tiles
+    put kilobytes per thread on the stack); tensor-core modes take 64-query tiles and 8 warps. Read
+    from sm_90 builds on a CPU (cuobjdump resource usage), not yet timed on a GPU.
+    """
+    features = _pow2(dim)
+    if interpret:
+        return {"BT": 16, "BN": 16, "BD": features, "num_warps": 4}
+    wide = features >= 128
+    if precision == "ieee":
+        return {"BT": 16 if wide else 32, "BN": 16, "BD": features, "num_warps": 4}
+    keys = min(32 if wide else 64, _pow2(plan.subtile_rows))
+    return {"BT": 32 if wide else 64, "BN": keys, "BD": features, "num_warps": 8}
 
 
 @functools.lru_cache(maxsize=64)
@@ -156,6 +168,8 @@ def fused_readout(pulses, keys, values, config: GainCellConfig, precision: str |
         raise GainCellError("kernel='triton' cannot run: float64 inputs (the kernels compute in float32)")
     precision = _check_precision(_precision if precision is None else precision, "$GAINCELL_TRITON_PRECISION")
     batch, heads, length, dim = pulses.shape
+    if pulses.numel() == 0:  # no program to launch; the graph still connects to the inputs
+        return pulses * 0
     flat = [x.reshape(batch * heads, length, dim).contiguous() for x in (pulses, keys, values)]
     readout = _FusedAnalogCore.apply(*flat, make_fused_plan(config), precision)
     return readout.view(batch, heads, length, dim).to(pulses.dtype)
@@ -166,7 +180,7 @@ class _FusedAnalogCore(torch.autograd.Function):
     def forward(ctx, pulses, keys, values, plan: FusedPlan, precision: str):
         bh, length, dim = pulses.shape
         interpret = pulses.device.type != "cuda"
-        module, blocks = kernels(), block_sizes(plan, dim, interpret)
+        module, blocks = kernels(), block_sizes(plan, dim, interpret, precision)
         save = any(ctx.needs_input_grad[:3])
         out = torch.empty(bh, length, dim, dtype=torch.float32, device=pulses.device)
         shape = (plan.n_subtiles, bh, length, dim) if save else (1,)  # untouched without SAVE
@@ -193,7 +207,7 @@ class _FusedAnalogCore(torch.autograd.Function):
         plan, precision = ctx.plan, ctx.precision
         bh, length, dim = pulses.shape
         interpret = pulses.device.type != "cuda"
-        module, blocks = kernels(), block_sizes(plan, dim, interpret)
+        module, blocks = kernels(), block_sizes(plan, dim, interpret, precision)
         grad_out = grad_out.contiguous().float()
         device = pulses.device
         coefficients = _coefficients(plan.coefficients, device)
