@@ -24,6 +24,7 @@ registers until its ADC (the source is :mod:`~gaincell.op.kernels.fused_kernels`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -171,8 +172,14 @@ def fused_readout(pulses, keys, values, config: GainCellConfig, precision: str |
     if pulses.numel() == 0:  # no program to launch; the graph still connects to the inputs
         return pulses * 0
     flat = [x.reshape(batch * heads, length, dim).contiguous() for x in (pulses, keys, values)]
-    readout = _FusedAnalogCore.apply(*flat, make_fused_plan(config), precision)
+    with _on(pulses.device):
+        readout = _FusedAnalogCore.apply(*flat, make_fused_plan(config), precision)
     return readout.view(batch, heads, length, dim).to(pulses.dtype)
+
+
+def _on(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' (several GPUs in one process)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 class _FusedAnalogCore(torch.autograd.Function):
@@ -204,28 +211,33 @@ class _FusedAnalogCore(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         pulses, keys, values, passes = ctx.saved_tensors
-        plan, precision = ctx.plan, ctx.precision
-        bh, length, dim = pulses.shape
-        interpret = pulses.device.type != "cuda"
-        module, blocks = kernels(), block_sizes(plan, dim, interpret, precision)
-        grad_out = grad_out.contiguous().float()
-        device = pulses.device
-        coefficients = _coefficients(plan.coefficients, device)
-        grad_coefficients = _coefficients(plan.grad_coefficients, device)
-        structure = plan.constexprs()
-        grad_pulses = torch.empty(bh, length, dim, dtype=torch.float32, device=device)
-        grad_keys = torch.zeros(bh, length, dim, dtype=torch.float32, device=device)
-        grad_values = torch.zeros(bh, length, dim, dtype=torch.float32, device=device)
-        common = (plan.leakage, plan.s_sat, plan.read_scale)
-        module.grad_queries_kernel[(-(-length // blocks["BT"]), bh)](
-            pulses, keys, values, grad_out, passes, grad_pulses, coefficients, grad_coefficients,
-            *_scalars(plan, length, dim), *common, DOT=precision, **structure, **blocks,
-        )  # fmt: skip
-        chunks = -(-plan.subtile_rows // blocks["BN"])
-        rounds = -(-length // plan.window)
-        module.grad_stored_kernel[(rounds * plan.n_subtiles * chunks, bh)](
-            pulses, keys, values, grad_out, passes, grad_keys, grad_values, coefficients, grad_coefficients,
-            *_scalars(plan, length, dim), chunks, *common, DOT=precision, **structure, **blocks,
-        )  # fmt: skip
-        cast = [g.to(x.dtype) for g, x in ((grad_pulses, pulses), (grad_keys, keys), (grad_values, values))]
-        return *cast, None, None
+        with _on(pulses.device):
+            grads = _backward(ctx.plan, ctx.precision, pulses, keys, values, passes, grad_out.contiguous().float())
+        return *grads, None, None
+
+
+def _backward(plan: FusedPlan, precision: str, pulses, keys, values, passes, grad_out):
+    """The two gradient kernels: pulses over query blocks, stored k~ and v~ over chunks of keys."""
+    bh, length, dim = pulses.shape
+    module = kernels()
+    blocks = block_sizes(plan, dim, pulses.device.type != "cuda", precision)
+    device = pulses.device
+    coefficients = _coefficients(plan.coefficients, device)
+    grad_coefficients = _coefficients(plan.grad_coefficients, device)
+    structure = plan.constexprs()
+    grad_pulses = torch.empty(bh, length, dim, dtype=torch.float32, device=device)
+    grad_keys = torch.zeros(bh, length, dim, dtype=torch.float32, device=device)
+    grad_values = torch.zeros(bh, length, dim, dtype=torch.float32, device=device)
+    common = (plan.leakage, plan.s_sat, plan.read_scale)
+    module.grad_queries_kernel[(-(-length // blocks["BT"]), bh)](
+        pulses, keys, values, grad_out, passes, grad_pulses, coefficients, grad_coefficients,
+        *_scalars(plan, length, dim), *common, DOT=precision, **structure, **blocks,
+    )  # fmt: skip
+    chunks = -(-plan.subtile_rows // blocks["BN"])
+    rounds = -(-length // plan.window)
+    module.grad_stored_kernel[(rounds * plan.n_subtiles * chunks, bh)](
+        pulses, keys, values, grad_out, passes, grad_keys, grad_values, coefficients, grad_coefficients,
+        *_scalars(plan, length, dim), chunks, *common, DOT=precision, **structure, **blocks,
+    )  # fmt: skip
+    cast = [g.to(x.dtype) for g, x in ((grad_pulses, pulses), (grad_keys, keys), (grad_values, values))]
+    return cast
