@@ -105,6 +105,12 @@ def test_half_precision_inputs_compute_in_float32(interpreter, dtype):
     interpreter.submit(triton_worker.check_half_precision, dtype).result()
 
 
+def test_converted_model_trains_through_the_fused_kernels(interpreter):
+    from conftest import TINY_GPT2
+
+    interpreter.submit(triton_worker.check_model, {**TINY_GPT2, "n_layer": 1}).result()
+
+
 def test_triton_refuses_what_it_does_not_compute(monkeypatch):
     """Each refusal names its reason; none of these checks runs a kernel."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU tensors pass the device check

@@ -190,3 +190,30 @@ def precision_shares(precision: str, leakage: float, length=40, dim=16) -> dict:
     steps = ((fast.double() - ref.double()).abs() / (scale * ADC_STEP)).flatten()
     errors = [((a - b).abs().max() / b.abs().max()).item() for a, b in zip(fast_grads, ref_grads, strict=True)]
     return {"share": float((steps > 0.5).float().mean()), "max_steps": float(steps.max()), "grad_error": max(errors)}
+
+
+def check_model(tiny_config: dict) -> dict:
+    """A converted tiny GPT-2 trains through the fused kernels as through the torch form: same loss,
+    logits and parameter gradients (the layer, the scalers and the kernel choice wired together)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gaincell import convert
+    from gaincell.op.kernels import dispatch
+
+    torch.manual_seed(0)
+    model = convert(GPT2LMHeadModel(GPT2Config(**tiny_config)), "paper", window=16, subtile_rows=8, leakage=0.01)
+    model.eval()  # no dropout: both runs see the same network
+    ids = torch.randint(0, tiny_config["vocab_size"], (1, 20), generator=torch.Generator().manual_seed(2))
+    runs = []
+    for kernel in ("torch", "triton"):
+        dispatch.set_kernel(kernel)
+        model.zero_grad()
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        runs.append((out.loss.item(), out.logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    dispatch.set_kernel("auto")
+    (loss, logits, grads), (fused_loss, fused_logits, fused_grads) = runs
+    assert abs(fused_loss - loss) <= 1e-5 * abs(loss), (fused_loss, loss)
+    assert (fused_logits - logits).abs().max() <= 1e-4 * logits.abs().max()
+    assert_gradients_close(fused_grads, grads, "tiny GPT-2")
+    return {"loss": loss, "fused_loss": fused_loss}
