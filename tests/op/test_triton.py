@@ -92,6 +92,12 @@ def test_fused_equals_references_over_cells_and_geometries(interpreter, case):
     interpreter.submit(triton_worker.check_case, case, 1, 16).result()
 
 
+def test_wide_heads_keep_their_adc_masks_in_several_words(interpreter):
+    """D = 40: 64 feature columns, the pass masks packed in two 32-bit words per row, 24 columns masked."""
+    case = ("paper D=40 saturating", "paper", 20, 12, 8, 0.01, "exact", {"periphery": SATURATING})
+    interpreter.submit(triton_worker.check_case, case, 1, 40).result()
+
+
 def test_adc_on_the_ends_grid(interpreter):
     interpreter.submit(triton_worker.check_ends_grid).result()
 

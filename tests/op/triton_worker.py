@@ -152,7 +152,7 @@ def compile_sm90(kernel: str, config, dim: int, precision: str, quantise=True, s
     options = {"num_warps": blocks.pop("num_warps")}
     constexprs = {**plan.constexprs(), **blocks, "DOT": precision}
     if kernel == "forward_kernel":
-        constexprs = {key: constexprs[key] for key in ("POWERS", "NP", "CONST", "LEAK", "DOT", "BT", "BN", "BD")}
+        constexprs = {key: constexprs[key] for key in ("POWERS", "NP", "CONST", "LEAK", "DOT", "BT", "BN", "BD", "WORD")}
         constexprs.update(QUANT=quantise, SAVE=save)
     integers = {"T", "D", "M", "R", "NSUB", "CHUNKS"}
     signature = {}
@@ -162,7 +162,7 @@ def compile_sm90(kernel: str, config, dim: int, precision: str, quantise=True, s
         elif arg in integers:
             signature[arg] = "i32"
         elif arg.isupper():
-            signature[arg] = "*u8" if arg == "PASS" else "*fp32"
+            signature[arg] = "*i32" if arg == "PASS" else "*fp32"
         else:
             signature[arg] = "fp32"
     source = triton.compiler.ASTSource(fn, signature, constexprs)

@@ -8,7 +8,8 @@ launches per block of queries; here one launch per pass holds each sub-tile's pa
 registers until its ADC (the source is :mod:`~gaincell.op.kernels.fused_kernels`).
 
 - Forward: grid (query blocks, B·H). It writes the readout and, when a gradient is needed, the ADC
-  pass mask of every sub-tile (uint8, (sub-tiles, B·H, T, D): the banded form keeps the same).
+  pass mask of every sub-tile, one bit per output (int32 words, (sub-tiles, B·H, T, D/32): an
+  eighth of the banded form's bytes).
 - Backward: STE through the ADC (where its input was inside [low, high]) and through the converter
   (where 0 ≤ S ≤ S_sat), with the config's gradient model (surrogate: the linear cell α·y~, SPEC §3.4;
   or exact). One kernel for the pulses over query blocks, one for k~ and v~ over chunks of keys that
@@ -138,13 +139,14 @@ def block_sizes(plan: FusedPlan, dim: int, interpret: bool, precision: str = "ie
     from sm_90 builds on a CPU (cuobjdump resource usage), not yet timed on a GPU.
     """
     features = _pow2(dim)
+    word = min(32, features)  # bits per word of the saved ADC pass masks
     if interpret:
-        return {"BT": 16, "BN": 16, "BD": features, "num_warps": 4}
+        return {"BT": 16, "BN": 16, "BD": features, "WORD": word, "num_warps": 4}
     wide = features >= 128
     if precision == "ieee":
-        return {"BT": 16 if wide else 32, "BN": 16, "BD": features, "num_warps": 4}
+        return {"BT": 16 if wide else 32, "BN": 16, "BD": features, "WORD": word, "num_warps": 4}
     keys = min(32 if wide else 64, _pow2(plan.subtile_rows))
-    return {"BT": 32 if wide else 64, "BN": keys, "BD": features, "num_warps": 8}
+    return {"BT": 32 if wide else 64, "BN": keys, "BD": features, "WORD": word, "num_warps": 8}
 
 
 @functools.lru_cache(maxsize=64)
@@ -190,8 +192,8 @@ class _FusedAnalogCore(torch.autograd.Function):
         module, blocks = kernels(), block_sizes(plan, dim, interpret, precision)
         save = any(ctx.needs_input_grad[:3])
         out = torch.empty(bh, length, dim, dtype=torch.float32, device=pulses.device)
-        shape = (plan.n_subtiles, bh, length, dim) if save else (1,)  # untouched without SAVE
-        passes = torch.empty(shape, dtype=torch.uint8, device=pulses.device)
+        shape = (plan.n_subtiles, bh, length, blocks["BD"] // blocks["WORD"]) if save else (1,)  # untouched without SAVE
+        passes = torch.empty(shape, dtype=torch.int32, device=pulses.device)
         coefficients = _coefficients(plan.coefficients, pulses.device)
         grid = (-(-length // blocks["BT"]), bh)
         structure = plan.constexprs()

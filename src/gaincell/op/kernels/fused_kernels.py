@@ -199,6 +199,28 @@ def _adc(y, low, high, step, origin, QUANT: tl.constexpr):
 
 
 @triton.jit
+def _store_passes(PASS, s, bh, t, passed, T, BT: tl.constexpr, BD: tl.constexpr, WORD: tl.constexpr):
+    """Sub-tile s's ADC pass mask for queries t, one bit per output: (NSUB, BH, T, BD/WORD) int32 words."""
+    words_per_row: tl.constexpr = BD // WORD
+    d = tl.arange(0, BD)
+    bits = passed.to(tl.int32) << (d % WORD)[None, :]
+    words = tl.sum(tl.reshape(bits, (BT, words_per_row, WORD)), 2)  # disjoint bits: the sum is their OR
+    w = tl.arange(0, words_per_row)
+    row = (s * tl.num_programs(1).to(tl.int64) + bh) * T * words_per_row
+    tl.store(PASS + row + t[:, None] * words_per_row + w[None, :], words, mask=(t < T)[:, None])
+
+
+@triton.jit
+def _load_passes(PASS, s, bh, t, rows, T, BD: tl.constexpr, WORD: tl.constexpr):
+    """The bits :func:`_store_passes` wrote, back as a (BT, BD) float mask."""
+    words_per_row: tl.constexpr = BD // WORD
+    d = tl.arange(0, BD)
+    row = (s * tl.num_programs(1).to(tl.int64) + bh) * T * words_per_row
+    words = tl.load(PASS + row + t[:, None] * words_per_row + (d // WORD)[None, :], mask=rows, other=0)
+    return ((words >> (d % WORD)[None, :]) & 1).to(tl.float32)
+
+
+@triton.jit
 def forward_kernel(
     Q,
     K,
@@ -228,10 +250,12 @@ def forward_kernel(
     BT: tl.constexpr,
     BN: tl.constexpr,
     BD: tl.constexpr,
+    WORD: tl.constexpr,
 ):
     """Readout of one block of BT queries for one (batch, head): Σ_s ADC(Y_s), Y_s in fp32 registers.
 
-    With SAVE, the ADC pass mask of every sub-tile (0 where it is not occupied) goes to PASS (NSUB, BH, T, D).
+    With SAVE, the ADC pass mask of every sub-tile (0 where it is not occupied) goes to PASS, one bit per
+    output (:func:`_store_passes`).
     """
     block = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -268,8 +292,7 @@ def forward_kernel(
         occupied = (start <= t)[:, None]  # a sub-tile with no visible key for t is not converted
         out += tl.where(occupied, levels, 0.0)
         if SAVE:
-            subtile_pass = PASS + s * (tl.num_programs(1).to(tl.int64) * T * D)
-            tl.store(subtile_pass + offsets, (passed & occupied).to(tl.uint8), mask=rows)
+            _store_passes(PASS, s, bh, t, passed & occupied, T, BT, BD, WORD)
     tl.store(OUT + offsets, out, mask=rows)
 
 
@@ -302,6 +325,7 @@ def grad_queries_kernel(
     BT: tl.constexpr,
     BN: tl.constexpr,
     BD: tl.constexpr,
+    WORD: tl.constexpr,
 ):
     """d loss / d pulses for one block of queries: the forward's loops, S recomputed, the ADC masks read back."""
     block = tl.program_id(0)
@@ -320,8 +344,7 @@ def grad_queries_kernel(
     for s in range(0, NSUB):
         start = s * R
         length = tl.minimum(R, M - start)
-        passed = tl.load(PASS + s * (tl.num_programs(1).to(tl.int64) * T * D) + offsets, mask=rows, other=0)
-        g = grad_out * passed.to(tl.float32)
+        g = grad_out * _load_passes(PASS, s, bh, t, rows, T, BD, WORD)
         g_sum = tl.sum(g, 1)
         for r in range(n_lo // M, (n_hi - 1) // M + 1):
             a = tl.maximum(r * M + start, n_lo)
@@ -375,6 +398,7 @@ def grad_stored_kernel(
     BT: tl.constexpr,
     BN: tl.constexpr,
     BD: tl.constexpr,
+    WORD: tl.constexpr,
 ):
     """d loss / d k~ and d v~ for one chunk of ≤ BN keys inside one physical sub-tile (so one ADC mask),
     looping over the queries that see it; program 0 indexes (round, sub-tile, chunk of CHUNKS per sub-tile)."""
@@ -396,15 +420,14 @@ def grad_stored_kernel(
         v = tl.load(V + key_offsets, mask=stored, other=0.0).to(tl.float32)
         dk = tl.zeros((BN, BD), tl.float32)
         dv = tl.zeros((BN, BD), tl.float32)
-        subtile_pass = PASS + s * (tl.num_programs(1).to(tl.int64) * T * D)
         for t0 in range(n0, tl.minimum(n1 - 1 + M, T), BT):
             t = t0 + tl.arange(0, BT)
             rows = (t < T)[:, None] & (d < D)[None, :]
             offsets = bh * T * D + t[:, None] * D + d[None, :]
             q = tl.load(Q + offsets, mask=rows, other=0.0).to(tl.float32)
             q_sum = tl.sum(q, 1)
-            passed = tl.load(subtile_pass + offsets, mask=rows, other=0)
-            g = tl.load(GRAD + offsets, mask=rows, other=0.0).to(tl.float32) * passed.to(tl.float32)
+            g = tl.load(GRAD + offsets, mask=rows, other=0.0).to(tl.float32)
+            g = g * _load_passes(PASS, s, bh, t, rows, T, BD, WORD)
             g_sum = tl.sum(g, 1)
             visible, decay = _tile(t, n, T, M, eps, LEAK)
             visible = visible & (n < n1)[None, :]
