@@ -1,8 +1,11 @@
 """Which fast form computes the parallel analog core: one place that chooses, one setting that overrides.
 
 ``torch`` is the banded form (:mod:`~gaincell.op.kernels.banded`): every device, every feature, and
-the reference the other forms are tested against. ``triton`` is the fused GPU kernel. ``auto`` picks
-the fused kernel on CUDA tensors when it is installed and supports the config, else the banded form.
+the reference the other forms are tested against. ``triton`` is the fused GPU kernel
+(:mod:`~gaincell.op.kernels.fused`). ``auto`` picks the fused kernel on CUDA tensors when triton
+imports and the kernel computes the config (no read noise, no cell variability, not float64, a cell
+polynomial of degree ≤ 5), else the banded form, quietly; ``triton`` refuses with the reason. CPU
+tensors run the fused kernel only under ``TRITON_INTERPRET=1`` (Triton's interpreter: for tests).
 The process default is ``$GAINCELL_KERNEL`` (else ``auto``); :func:`set_kernel` changes it and a
 ``kernel=`` argument of :func:`gaincell.op.attention.gain_cell_attention` overrides it for one call.
 """
