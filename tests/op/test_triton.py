@@ -193,10 +193,13 @@ def test_every_kernel_configuration_compiles_for_sm90(compiler, kernel, structur
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["forward_kernel", "grad_queries_kernel", "grad_stored_kernel"])
 @pytest.mark.parametrize(("dim", "rows"), [(64, 64), (64, 16), (128, 64), (32, 64)])
-def test_gpu_tiles_compile_for_sm90_within_its_shared_memory(compiler, kernel, dim, rows):
-    """The tiles a GPU run takes (the paper's cell, exact gradient: the most dots) fit an H100/H200."""
+@pytest.mark.parametrize("precision", ["ieee", "tf32"])
+def test_gpu_tiles_compile_for_sm90_within_its_shared_memory(compiler, kernel, dim, rows, precision):
+    """The tiles a GPU run takes (the paper's cell, exact gradient: the most dots) fit an H100/H200;
+    fp16, bf16 and tf32x3 share tf32's tiles (tf32x3's extra dots are the largest of them)."""
     config = triton_worker.structure_config("polynomial", "exact", 1.6e-4, rows)
-    compiler.submit(triton_worker.compile_sm90, kernel, config, dim, "ieee").result()
+    for mode in (precision,) if precision == "ieee" else ("tf32", "tf32x3", "bf16"):
+        compiler.submit(triton_worker.compile_sm90, kernel, config, dim, mode).result()
 
 
 @pytest.mark.parametrize("leakage", [0.0, 1.6e-4])

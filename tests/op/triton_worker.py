@@ -148,7 +148,7 @@ def compile_sm90(kernel: str, config, dim: int, precision: str, quantise=True, s
 
     fn = getattr(fused.kernels(), kernel)
     plan = fused.make_fused_plan(config)
-    blocks = fused.block_sizes(plan, dim, small_tiles, precision)
+    blocks = fused.block_sizes(plan, dim, small_tiles, precision, kernel.removesuffix("_kernel"))
     options = {"num_warps": blocks.pop("num_warps")}
     constexprs = {**plan.constexprs(), **blocks, "DOT": precision}
     if kernel == "forward_kernel":

@@ -130,23 +130,28 @@ def _pow2(n: int, least: int = 16) -> int:
     return max(least, 1 << max(n - 1, 0).bit_length())
 
 
-def block_sizes(plan: FusedPlan, dim: int, interpret: bool, precision: str = "ieee") -> dict:
-    """BT queries × BN keys × BD features per tile, and warps per program.
+#: (BT queries, BN keys, warps) per kernel at D ≤ 64: fp32 (``ieee``) dots run on FMA units with
+#: operands replicated across threads, so their tiles stay small (sm_90 builds of 32 × 32 put
+#: kilobytes per thread on the stack); tensor-core modes take the largest tiles whose sm_90 builds
+#: keep the stack near 150 bytes per thread or less. Read from builds on a CPU (cuobjdump), not timed.
+TILES = {
+    "ieee": {"forward": (32, 16, 4), "grad_queries": (32, 16, 4), "grad_stored": (32, 16, 4)},
+    "tensor cores": {"forward": (64, 32, 8), "grad_queries": (32, 64, 8), "grad_stored": (32, 64, 8)},
+}
 
-    tl.dot needs every side ≥ 16 on a GPU. fp32 (``ieee``) dots run on FMA units and need their
-    operands replicated across threads, so their tiles stay small (sm_90 builds of 32 × 32 tiles
-    put kilobytes per thread on the stack); tensor-core modes take 64-query tiles and 8 warps. Read
-    from sm_90 builds on a CPU (cuobjdump resource usage), not yet timed on a GPU.
-    """
+
+def block_sizes(plan: FusedPlan, dim: int, interpret: bool, precision: str = "ieee", kernel: str = "forward") -> dict:
+    """Tile sizes (BT queries × BN keys × BD features, WORD bits per saved mask word) and warps of
+    ``kernel`` (``forward`` | ``grad_queries`` | ``grad_stored``); tl.dot needs every side ≥ 16 on a GPU."""
     features = _pow2(dim)
-    word = min(32, features)  # bits per word of the saved ADC pass masks
     if interpret:
-        return {"BT": 16, "BN": 16, "BD": features, "WORD": word, "num_warps": 4}
-    wide = features >= 128
-    if precision == "ieee":
-        return {"BT": 16 if wide else 32, "BN": 16, "BD": features, "WORD": word, "num_warps": 4}
-    keys = min(32 if wide else 64, _pow2(plan.subtile_rows))
-    return {"BT": 32 if wide else 64, "BN": keys, "BD": features, "WORD": word, "num_warps": 8}
+        queries, keys, warps = 16, 16, 4
+    else:
+        queries, keys, warps = TILES["ieee" if precision == "ieee" else "tensor cores"][kernel]
+        if features >= 128:  # twice the columns: half the rows
+            queries, keys = max(16, queries // 2), max(16, keys // 2)
+        keys = min(keys, _pow2(plan.subtile_rows))
+    return {"BT": queries, "BN": keys, "BD": features, "WORD": min(32, features), "num_warps": warps}
 
 
 @functools.lru_cache(maxsize=64)
@@ -189,7 +194,7 @@ class _FusedAnalogCore(torch.autograd.Function):
     def forward(ctx, pulses, keys, values, plan: FusedPlan, precision: str):
         bh, length, dim = pulses.shape
         interpret = pulses.device.type != "cuda"
-        module, blocks = kernels(), block_sizes(plan, dim, interpret, precision)
+        module, blocks = kernels(), block_sizes(plan, dim, interpret, precision, "forward")
         save = any(ctx.needs_input_grad[:3])
         out = torch.empty(bh, length, dim, dtype=torch.float32, device=pulses.device)
         shape = (plan.n_subtiles, bh, length, blocks["BD"] // blocks["WORD"]) if save else (1,)  # untouched without SAVE
@@ -222,7 +227,7 @@ def _backward(plan: FusedPlan, precision: str, pulses, keys, values, passes, gra
     """The two gradient kernels: pulses over query blocks, stored k~ and v~ over chunks of keys."""
     bh, length, dim = pulses.shape
     module = kernels()
-    blocks = block_sizes(plan, dim, pulses.device.type != "cuda", precision)
+    interpret = pulses.device.type != "cuda"
     device = pulses.device
     coefficients = _coefficients(plan.coefficients, device)
     grad_coefficients = _coefficients(plan.grad_coefficients, device)
@@ -231,10 +236,12 @@ def _backward(plan: FusedPlan, precision: str, pulses, keys, values, passes, gra
     grad_keys = torch.zeros(bh, length, dim, dtype=torch.float32, device=device)
     grad_values = torch.zeros(bh, length, dim, dtype=torch.float32, device=device)
     common = (plan.leakage, plan.s_sat, plan.read_scale)
+    blocks = block_sizes(plan, dim, interpret, precision, "grad_queries")
     module.grad_queries_kernel[(-(-length // blocks["BT"]), bh)](
         pulses, keys, values, grad_out, passes, grad_pulses, coefficients, grad_coefficients,
         *_scalars(plan, length, dim), *common, DOT=precision, **structure, **blocks,
     )  # fmt: skip
+    blocks = block_sizes(plan, dim, interpret, precision, "grad_stored")
     chunks = -(-plan.subtile_rows // blocks["BN"])
     rounds = -(-length // plan.window)
     module.grad_stored_kernel[(rounds * plan.n_subtiles * chunks, bh)](
