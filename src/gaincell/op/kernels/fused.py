@@ -137,6 +137,8 @@ def _pow2(n: int, least: int = 16) -> int:
 TILES = {
     "ieee": {"forward": (32, 16, 4), "grad_queries": (32, 16, 4), "grad_stored": (32, 16, 4)},
     "tensor cores": {"forward": (64, 32, 8), "grad_queries": (32, 64, 8), "grad_stored": (32, 64, 8)},
+    # three dots per product: 32 × 64 dK/dV tiles need 272 kB of shared memory, sm_90 has 227 kB
+    "tf32x3": {"forward": (64, 32, 8), "grad_queries": (32, 64, 8), "grad_stored": (32, 32, 8)},
 }
 
 
@@ -147,7 +149,7 @@ def block_sizes(plan: FusedPlan, dim: int, interpret: bool, precision: str = "ie
     if interpret:
         queries, keys, warps = 16, 16, 4
     else:
-        queries, keys, warps = TILES["ieee" if precision == "ieee" else "tensor cores"][kernel]
+        queries, keys, warps = TILES[precision if precision in TILES else "tensor cores"][kernel]
         if features >= 128:  # twice the columns: half the rows
             queries, keys = max(16, queries // 2), max(16, keys // 2)
         keys = min(keys, _pow2(plan.subtile_rows))
