@@ -1,17 +1,19 @@
 """The Triton source of the fused analog core (SPEC §3.3–3.5): forward, dQ and dK/dV kernels.
 
-Only ``@triton.jit`` functions live here; :mod:`gaincell.op.kernels.fused` loads this file (once
-compiled for the GPU, once for ``TRITON_INTERPRET=1``, see :func:`~gaincell.op.kernels.fused.kernels`)
-and launches them. Every kernel walks the same loops: for a block of queries, the physical sub-tiles
-s = (n mod M) // R; inside one, the rounds r of the circular array whose keys r·M + [sR, sR + R)
-meet the block's band (a sub-tile receives keys from two rounds once T > M: each query sees one of
-them); inside a round, chunks of BN keys. Per (query, key) tile the decay λ^(p·age) = e^(−ε·age)^p
-is computed directly (age ≥ 0 in the window, so every factor is ≤ 1: no anchor split as in the
-banded form). Each sub-tile's partial sum stays in fp32 registers until its ADC.
+Only ``@triton.jit`` functions live here; :mod:`gaincell.op.kernels.fused` imports this module on
+first use (compiled for the GPU, or interpreted on the CPU under ``TRITON_INTERPRET=1``, as Triton
+decides when first imported) and launches them. Every kernel walks the same loops: for a block of
+queries, the physical sub-tiles s = (n mod M) // R; inside one, the rounds r of the circular array
+whose keys r·M + [sR, sR + R) meet the block's band (a sub-tile receives keys from two rounds once
+T > M: each query sees one of them); inside a round, chunks of BN keys. Per (query, key) tile the
+decay λ^(p·age) = e^(−ε·age)^p is computed directly (age ≥ 0 in the window, so every factor is ≤ 1:
+no anchor split as in the banded form). Each sub-tile's partial sum stays in fp32 registers until
+its ADC.
 
 Constexprs fix the structure (which powers of the cell polynomial g are present, leakage on or off,
 whether the ADC quantises, the dot precision, block sizes); the coefficients themselves are loaded
 from a small fp32 tensor (index p = β_p), so one compiled kernel serves every coefficient value.
+The forward saves each sub-tile's ADC pass mask as bits for the backward (:func:`_store_passes`).
 """
 
 from __future__ import annotations
