@@ -1,9 +1,11 @@
 """The gain-cell attention op (SPEC §3) on (B, H, T, D) tensors: the one function models call.
 
 What it computes is written out equation by equation in :mod:`gaincell.op.equations`. This op takes
-the front end and the output scaler from there and runs the analog core between them in its fast
-banded form (:mod:`gaincell.op.kernels.banded`: O(T·M·D) time, no T×T tensor), which the tests hold
-to the equations.
+the front end and the output scaler from there and runs the analog core between them in a fast
+form the dispatcher (:mod:`gaincell.op.kernels.dispatch`) picks: the banded form
+(:mod:`gaincell.op.kernels.banded`: O(T·M·D) time, no T×T tensor; every device, every feature) or,
+on CUDA, the fused Triton kernels (:mod:`gaincell.op.kernels.fused`); the tests hold both to the
+equations.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from gaincell.errors import GainCellError
 from gaincell.op.equations import front_end
 from gaincell.op.kernels.banded import banded_readout
 from gaincell.op.kernels.dispatch import choose_kernel
+from gaincell.op.kernels.fused import fused_readout
 from gaincell.op.kernels.softmax import sliding_window_softmax
 from gaincell.op.scalers import Scalers
 
@@ -62,9 +65,13 @@ def gain_cell_attention(
         return sliding_window_softmax(q, k, v, config.window, config.block_size)
     if scalers is None:
         raise GainCellError("scalers are required for gain-cell attention (use Scalers(n_heads))")
-    choose_kernel(kernel, q.device, gains=gains is not None, read_noise=config.noise.read_noise)
     dtype = q.dtype
+    read_noise = config.noise.read_noise
+    form = choose_kernel(kernel, q.device, gains=gains is not None, read_noise=read_noise, config=config, dtype=dtype)
     compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     pulses, keys, values = front_end(q.to(compute), k.to(compute), v.to(compute), scalers, config)
-    readout = banded_readout(pulses, keys, values, config, gains=gains, noise_seed=noise_seed)
+    if form == "triton":
+        readout = fused_readout(pulses, keys, values, config)
+    else:
+        readout = banded_readout(pulses, keys, values, config, gains=gains, noise_seed=noise_seed)
     return scalers.apply("o", readout).to(dtype)

@@ -1,4 +1,6 @@
 """Fast forms of the attention op, each tested against :mod:`gaincell.op.equations` (or, for softmax,
 against plain masked softmax): ``banded`` (the parallel analog core, CPU and GPU) and ``step`` (its
 generation step), both built from ``primitives`` and the ``plan`` a config fixes for them (features,
-blocks, decay anchors); ``softmax`` (the sliding-window baseline of SPEC §3.1, both forms)."""
+blocks, decay anchors); ``fused`` (the parallel analog core as Triton kernels for CUDA, source in
+``fused_kernels``); ``dispatch`` (which parallel form runs); ``softmax`` (the sliding-window baseline
+of SPEC §3.1, both forms)."""

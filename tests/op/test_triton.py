@@ -1,0 +1,211 @@
+"""The fused Triton kernels, without a GPU.
+
+Run by the Triton interpreter on CPU tensors against the dense SPEC reference (tests/reference.py),
+the equations module and the torch banded form, values and gradients, over a grid of configs; and
+compiled ahead of time for sm_90 on the CPU (code generation errors the interpreter accepts, e.g. a
+dot smaller than 16, and shared memory beyond an H100/H200's). Triton picks its mode when first
+imported, so the kernels run in two spawned worker processes (tests/op/triton_worker.py), one per
+mode; this process only checks the dispatcher's decisions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+import torch
+import triton_worker
+
+from gaincell import CellGains, GainCellError, Scalers, gain_cell_attention, preset
+from gaincell.chip.config import CellConfig, PeripheryConfig
+from gaincell.op.kernels import dispatch, fused
+
+pytest.importorskip("triton", reason="triton is not installed (pip install gaincell[gpu])")
+
+#: A converter that saturates at a fifth of the paper's charge and a read-out gain 8× the paper's:
+#: some S > S_sat and some read-outs beyond the ADC's range, so both gradient masks matter.
+SATURATING = PeripheryConfig(s_sat=16.0, readout_gain=0.2)
+#: (id, preset, T, window M, sub-tile rows R, leakage, gradient, other config changes)
+CASES = [
+    ("paper T<M leak surrogate", "paper", 37, 48, 16, 3e-3, "surrogate", {}),
+    ("paper T>M M%R!=0 exact", "paper", 40, 24, 16, 0.0, "exact", {}),
+    ("paper T>M R<M leak exact", "paper", 33, 20, 8, 0.01, "exact", {}),
+    ("linear T>M R=M leak", "linear", 40, 16, 16, 0.05, "surrogate", {}),
+    ("linear T<M no leak exact", "linear", 20, 32, 8, 0.0, "exact", {}),
+    ("ideal no ADC grid", "ideal", 30, 16, 8, 0.02, "surrogate", {}),
+    ("quintic cell leak", "paper", 29, 16, 8, 0.02, "exact", {"cell": CellConfig(kind="quintic")}),
+    ("paper S and ADC saturate", "paper", 36, 16, 8, 0.01, "exact", {"periphery": SATURATING}),
+    ("linear S and ADC saturate", "linear", 30, 12, 8, 0.0, "surrogate", {"periphery": SATURATING}),
+    ("paper large leakage", "paper", 24, 16, 8, 12.0, "exact", {}),
+    ("one token", "paper", 1, 16, 8, 1.6e-4, "surrogate", {}),
+]
+#: Larger grid (minutes in the interpreter): every cell the kernel takes × gradient × leakage × geometry.
+SLOW_CASES = [
+    (f"{cell} {gradient} eps={leakage} T={length} M={window} R={rows}", "paper", length, window, rows, leakage, gradient,
+     {"cell": CellConfig(kind=cell)})
+    for cell, gradient, leakage, (length, window, rows) in itertools.product(
+        ("linear", "polynomial", "cubic", "quintic"), ("surrogate", "exact"), (0.0, 0.05),
+        ((40, 64, 16), (61, 24, 16), (50, 17, 4)),
+    )
+]  # fmt: skip
+#: Every structure the dispatcher can hand the kernels: (cell, gradient) pairs with distinct power sets.
+STRUCTURES = [
+    ("linear", "surrogate"),
+    ("polynomial", "surrogate"),
+    ("polynomial", "exact"),
+    ("cubic", "surrogate"),
+    ("cubic", "exact"),
+    ("quintic", "surrogate"),
+    ("quintic", "exact"),
+]
+
+
+def _worker(initializer):
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=initializer)
+    yield pool
+    pool.shutdown(cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def interpreter():
+    """A process whose triton interprets kernels on CPU tensors (``TRITON_INTERPRET=1``)."""
+    yield from _worker(triton_worker.start_interpreter)
+
+
+@pytest.fixture(scope="module")
+def compiler():
+    """A process whose triton compiles kernels (no ``TRITON_INTERPRET``), for sm_90 here."""
+    yield from _worker(triton_worker.start_compiler)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_fused_equals_reference_equations_and_torch_form(interpreter, case):
+    interpreter.submit(triton_worker.check_case, case).result()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SLOW_CASES, ids=[c[0] for c in SLOW_CASES])
+def test_fused_equals_references_over_cells_and_geometries(interpreter, case):
+    interpreter.submit(triton_worker.check_case, case, 1, 16).result()
+
+
+def test_wide_heads_keep_their_adc_masks_in_several_words(interpreter):
+    """D = 40: 64 feature columns, the pass masks packed in two 32-bit words per row, 24 columns masked."""
+    case = ("paper D=40 saturating", "paper", 20, 12, 8, 0.01, "exact", {"periphery": SATURATING})
+    interpreter.submit(triton_worker.check_case, case, 1, 40).result()
+
+
+def test_adc_on_the_ends_grid(interpreter):
+    interpreter.submit(triton_worker.check_ends_grid).result()
+
+
+def test_adc_ties_round_half_to_even(interpreter):
+    interpreter.submit(triton_worker.check_ties).result()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_inputs_compute_in_float32(interpreter, dtype):
+    interpreter.submit(triton_worker.check_half_precision, dtype).result()
+
+
+def test_converted_model_trains_through_the_fused_kernels(interpreter):
+    from conftest import TINY_GPT2
+
+    interpreter.submit(triton_worker.check_model, {**TINY_GPT2, "n_layer": 1}).result()
+
+
+def test_triton_refuses_what_it_does_not_compute(monkeypatch):
+    """Each refusal names its reason; none of these checks runs a kernel."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU tensors pass the device check
+    q, k, v = torch.rand(3, 1, 2, 12, 4).unbind(0)
+    scalers = Scalers(2)
+    config = preset("paper", window=8, subtile_rows=4)
+    noisy = config.replace(noise=dataclasses.replace(config.noise, read_noise=0.01))
+    with pytest.raises(GainCellError, match="kernel='triton' cannot run: read noise"):
+        gain_cell_attention(q, k, v, scalers, noisy, kernel="triton")
+    gains = CellGains.sample(config.replace(noise=dataclasses.replace(config.noise, variability=0.1)), 2, 4)
+    with pytest.raises(GainCellError, match="cell variability"):
+        gain_cell_attention(q, k, v, scalers, config, gains=gains, kernel="triton")
+    with pytest.raises(GainCellError, match="degree 15"):
+        gain_cell_attention(q, k, v, scalers, config.replace(cell=CellConfig(kind="sigmoid")), kernel="triton")
+    with pytest.raises(GainCellError, match="float64"):
+        gain_cell_attention(q.double(), k.double(), v.double(), scalers.double(), config, kernel="triton")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(GainCellError, match="needs CUDA tensors, got cpu"):
+        gain_cell_attention(q, k, v, scalers, config, kernel="triton")
+
+
+def test_auto_picks_triton_on_cuda_only_where_supported():
+    config, cuda = preset("paper"), torch.device("cuda")
+
+    def choose(requested="auto", device=cuda, gains=False, read_noise=0.0, config=config, dtype=torch.float32):
+        return dispatch.choose_kernel(requested, device, gains=gains, read_noise=read_noise, config=config, dtype=dtype)
+
+    assert choose() == "triton"
+    assert choose(dtype=torch.bfloat16) == "triton"
+    assert choose(read_noise=0.01) == "torch"
+    assert choose(gains=True) == "torch"
+    assert choose(config=config.replace(cell=CellConfig(kind="exp"))) == "torch"
+    assert choose(dtype=torch.float64) == "torch"
+    assert choose(device=torch.device("cpu")) == "torch"  # the interpreter is for tests, never picked by auto
+    assert choose("torch") == "torch"
+
+
+def test_precision_is_one_of_the_named_modes():
+    with pytest.raises(GainCellError, match="precision must be one of ieee, tf32, tf32x3, fp16, bf16"):
+        fused.set_precision("fp8")
+
+
+@pytest.mark.parametrize(
+    ("kernel", "cell", "gradient", "leakage", "precision", "quantise", "save"),
+    [
+        ("forward_kernel", "polynomial", "surrogate", 1.6e-4, "ieee", True, True),
+        ("forward_kernel", "linear", "surrogate", 0.0, "tf32", False, False),
+        ("grad_queries_kernel", "polynomial", "surrogate", 1.6e-4, "ieee", True, True),
+        ("grad_queries_kernel", "quintic", "exact", 0.0, "tf32x3", True, True),
+        ("grad_stored_kernel", "polynomial", "exact", 1.6e-4, "ieee", True, True),
+        ("grad_stored_kernel", "cubic", "surrogate", 0.0, "tf32", True, True),
+    ],
+)
+def test_kernels_compile_for_sm90(compiler, kernel, cell, gradient, leakage, precision, quantise, save):
+    """Each kernel, each constexpr value at least once, at the smallest tiles (seconds each)."""
+    config = triton_worker.structure_config(cell, gradient, leakage)
+    compiler.submit(triton_worker.compile_sm90, kernel, config, 8, precision, quantise, save, True).result()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["forward_kernel", "grad_queries_kernel", "grad_stored_kernel"])
+@pytest.mark.parametrize("structure", STRUCTURES, ids=["-".join(s) for s in STRUCTURES])
+@pytest.mark.parametrize("leakage", [0.0, 1.6e-4])
+@pytest.mark.parametrize("precision", fused.PRECISIONS)
+def test_every_kernel_configuration_compiles_for_sm90(compiler, kernel, structure, leakage, precision):
+    """Every structure the dispatcher can pick (cell powers × gradient model × leakage × dot precision,
+    and for the forward ADC rounding × saved masks), at the smallest tiles."""
+    config = triton_worker.structure_config(*structure, leakage)
+    modes = itertools.product((True, False), (True, False)) if kernel == "forward_kernel" else [(True, True)]
+    for quantise, save in modes:
+        compiler.submit(triton_worker.compile_sm90, kernel, config, 8, precision, quantise, save, True).result()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["forward_kernel", "grad_queries_kernel", "grad_stored_kernel"])
+@pytest.mark.parametrize(("dim", "rows"), [(64, 64), (64, 16), (128, 64), (32, 64)])
+@pytest.mark.parametrize("precision", ["ieee", "tf32"])
+def test_gpu_tiles_compile_for_sm90_within_its_shared_memory(compiler, kernel, dim, rows, precision):
+    """The tiles a GPU run takes (the paper's cell, exact gradient: the most dots) fit an H100/H200;
+    fp16, bf16 and tf32x3 share tf32's tiles (tf32x3's extra dots are the largest of them)."""
+    config = triton_worker.structure_config("polynomial", "exact", 1.6e-4, rows)
+    for mode in (precision,) if precision == "ieee" else ("tf32", "tf32x3", "bf16"):
+        compiler.submit(triton_worker.compile_sm90, kernel, config, dim, mode).result()
+
+
+@pytest.mark.parametrize("leakage", [0.0, 1.6e-4])
+def test_fp16_dots_stay_within_one_adc_step(interpreter, leakage):
+    """The fastest named mode rounds the dots' operands to fp16: at most 1 % of outputs one ADC step
+    from the torch form (0 of 1280 measured here), none more, gradients within 0.5 %."""
+    shares = interpreter.submit(triton_worker.precision_shares, "fp16", leakage).result()
+    assert shares["share"] <= 0.01 and shares["max_steps"] <= 1.01, shares
+    assert shares["grad_error"] <= 5e-3, shares

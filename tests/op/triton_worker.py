@@ -1,0 +1,219 @@
+"""What tests/op/test_triton.py runs in worker processes (not collected: no ``test_`` prefix).
+
+Triton fixes, when it is first imported, whether kernels are interpreted on the CPU
+(``TRITON_INTERPRET=1``) or compiled for a GPU, so each mode gets its own spawned process:
+:func:`start_interpreter` / :func:`start_compiler` set the variable before anything imports triton.
+The pytest process itself never runs a kernel, so the rest of the suite is unaffected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+from reference import reference_attention
+
+from gaincell import Scalers, gain_cell_attention, gain_cell_attention_equations, preset
+from gaincell.chip.config import CellConfig, QuantizerConfig
+
+ADC_STEP = 2 / 31
+#: sm_90's shared memory per block (H100, H200): 227 KiB.
+SM90_SHARED = 227 * 1024
+
+
+def start_interpreter() -> None:
+    os.environ["TRITON_INTERPRET"] = "1"
+    torch.set_num_threads(1)
+
+
+def start_compiler() -> None:
+    os.environ.pop("TRITON_INTERPRET", None)
+    torch.set_num_threads(1)
+
+
+def config_for(kind, length, window, rows, leakage, gradient, changes):
+    config = preset(kind, window=window, subtile_rows=rows, block_size=16, leakage=leakage, gradient=gradient)
+    return config.replace(**changes)
+
+
+def inputs(heads, length, dim, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.rand(1, heads, length, dim, generator=generator) * 1.1 - 0.05
+    k = torch.rand(1, heads, length, dim, generator=generator) - 0.5
+    v = torch.rand(1, heads, length, dim, generator=generator) - 0.5
+    scalers = Scalers(heads)
+    with torch.no_grad():
+        for p in scalers.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    return [x.to(dtype).requires_grad_() for x in (q, k, v)], scalers
+
+
+def _run(op, q, k, v, scalers, config, weight, **kwargs):
+    leaves = [q, k, v, *scalers.parameters()]
+    for x in leaves:
+        x.grad = None
+    out = op(q, k, v, scalers, config, **kwargs)
+    (out.float() * weight).sum().backward()
+    return out.detach(), [x.grad.clone() for x in leaves]
+
+
+def assert_within_one_step(fast, ref, scalers, what):
+    """The ADC rounds, so float rounding may move an output by one step: mean difference small, at most
+    0.1 % of outputs one step apart, none more. One step at the output is |a_o|·2/31 (output scaler)."""
+    scale = scalers.a_o.detach().abs()[None, :, None, None]
+    steps = ((fast.double() - ref.double()).abs() / (scale * ADC_STEP)).flatten()
+    off = int((steps > 0.5).sum())
+    assert steps.mean() <= 1e-3, f"{what}: mean difference {steps.mean():.2e} steps"
+    assert off <= 1e-3 * steps.numel(), f"{what}: {off} of {steps.numel()} outputs a step apart"
+    assert steps.max() <= 1.01, f"{what}: an output {steps.max():.2f} steps apart"
+    return off
+
+
+def assert_gradients_close(fast, ref, what, tolerance=1e-4):
+    for index, (a, b) in enumerate(zip(fast, ref, strict=True)):
+        error = ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
+        assert error <= tolerance, f"{what}: gradient {index} relative error {error:.2e}"
+
+
+def check_case(case, heads=2, dim=8) -> dict:
+    """The fused kernel against the SPEC reference, the equations and the torch form: values, gradients."""
+    name, kind, length, window, rows, leakage, gradient, changes = case
+    config = config_for(kind, length, window, rows, leakage, gradient, changes)
+    (q, k, v), scalers = inputs(heads, length, dim)
+    weight = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
+    fused_out, fused_grads = _run(gain_cell_attention, q, k, v, scalers, config, weight, kernel="triton")
+    assert fused_out.abs().max() > 0, f"{name}: the readout is all zero"
+    off = {}
+    for op, what in (
+        (reference_attention, "reference"),
+        (gain_cell_attention_equations, "equations"),
+        (lambda *args: gain_cell_attention(*args, kernel="torch"), "torch"),
+    ):
+        out, grads = _run(op, q, k, v, scalers, config, weight)
+        off[what] = assert_within_one_step(fused_out, out, scalers, f"{name} vs {what}")
+        assert_gradients_close(fused_grads, grads, f"{name} vs {what}")
+    return off
+
+
+def check_ends_grid() -> None:
+    config = preset("paper", window=16, subtile_rows=8, leakage=0.01)
+    ends = dataclasses.replace(config.periphery.adc, grid="ends")
+    config = config.replace(periphery=dataclasses.replace(config.periphery, adc=ends))
+    (q, k, v), scalers = inputs(1, 24, 8)
+    with torch.no_grad():
+        fast = gain_cell_attention(q, k, v, scalers, config, kernel="triton")
+        ref = reference_attention(q, k, v, scalers, config)
+    assert_within_one_step(fast, ref, scalers, "ends grid")
+
+
+def check_ties() -> None:
+    """Read-outs exactly halfway between two ADC levels round to the even level (SPEC: torch.round)."""
+    from gaincell.op.kernels.fused import fused_readout
+
+    # A linear cell of slope 1, ADC step 1 (the levels are the integers) and read-out gain S_sat, so
+    # one query (Q = e_0) on one key (k~ = e_0) gives S = 1 and Y = S·v~ = v~ exactly.
+    config = preset("linear", window=4, subtile_rows=4, leakage=0.0, cell=CellConfig(kind="linear", alpha=1.0))
+    adc = QuantizerConfig(-8.0, 8.0, 17)
+    config = config.replace(periphery=dataclasses.replace(config.periphery, adc=adc, readout_gain=config.periphery.s_sat))
+    halves = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 4.25])
+    basis = torch.zeros(1, 1, 1, 8)
+    basis[..., 0] = 1.0
+    out = fused_readout(basis, basis, halves.view(1, 1, 1, 8), config).flatten()
+    assert out.tolist() == [0.0, 2.0, 2.0, -0.0, -2.0, -2.0, 4.0, 4.0], out.tolist()
+    assert torch.equal(out, torch.round(halves))
+
+
+def check_half_precision(dtype_name: str) -> None:
+    dtype = getattr(torch, dtype_name)
+    config = preset("paper", window=16, subtile_rows=8, leakage=0.01)
+    (q, k, v), scalers = inputs(2, 20, 8, dtype=dtype)
+    with torch.no_grad():
+        fast = gain_cell_attention(q, k, v, scalers, config, kernel="triton")
+        banded = gain_cell_attention(q, k, v, scalers, config, kernel="torch")
+    assert fast.dtype == dtype
+    assert_within_one_step(fast, banded, scalers, dtype_name)
+
+
+def structure_config(cell: str, gradient: str, leakage: float, rows: int = 64):
+    return preset("paper", leakage=leakage, gradient=gradient, cell=CellConfig(kind=cell), subtile_rows=rows)
+
+
+def compile_sm90(kernel: str, config, dim: int, precision: str, quantise=True, save=True, small_tiles=False) -> int:
+    """Compile one kernel configuration for sm_90 (cubin) on this CPU; returns its shared memory in bytes."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from gaincell.op.kernels import fused
+
+    fn = getattr(fused.kernels(), kernel)
+    plan = fused.make_fused_plan(config)
+    blocks = fused.block_sizes(plan, dim, small_tiles, precision, kernel.removesuffix("_kernel"))
+    options = {"num_warps": blocks.pop("num_warps")}
+    constexprs = {**plan.constexprs(), **blocks, "DOT": precision}
+    if kernel == "forward_kernel":
+        constexprs = {key: constexprs[key] for key in ("POWERS", "NP", "CONST", "LEAK", "DOT", "BT", "BN", "BD", "WORD")}
+        constexprs.update(QUANT=quantise, SAVE=save)
+    integers = {"T", "D", "M", "R", "NSUB", "CHUNKS"}
+    signature = {}
+    for arg in fn.arg_names:
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+        elif arg in integers:
+            signature[arg] = "i32"
+        elif arg.isupper():
+            signature[arg] = "*i32" if arg == "PASS" else "*fp32"
+        else:
+            signature[arg] = "fp32"
+    source = triton.compiler.ASTSource(fn, signature, constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    assert compiled.asm["cubin"], f"{kernel}: no cubin"
+    assert compiled.metadata.shared <= SM90_SHARED, f"{kernel}: {compiled.metadata.shared} B of shared memory"
+    return compiled.metadata.shared
+
+
+def precision_shares(precision: str, leakage: float, length=40, dim=16) -> dict:
+    """Outputs of the fused kernel in one dot ``precision`` against the torch form: the share one ADC
+    step apart, the largest distance in steps, the worst gradient's relative error."""
+    from gaincell.op.kernels import fused
+
+    config = preset("paper", window=24, subtile_rows=8, leakage=leakage)
+    (q, k, v), scalers = inputs(2, length, dim)
+    weight = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
+    fused.set_precision(precision)
+    try:
+        fast, fast_grads = _run(gain_cell_attention, q, k, v, scalers, config, weight, kernel="triton")
+    finally:
+        fused.set_precision("ieee")
+    ref, ref_grads = _run(gain_cell_attention, q, k, v, scalers, config, weight, kernel="torch")
+    scale = scalers.a_o.detach().abs()[None, :, None, None]
+    steps = ((fast.double() - ref.double()).abs() / (scale * ADC_STEP)).flatten()
+    errors = [((a - b).abs().max() / b.abs().max()).item() for a, b in zip(fast_grads, ref_grads, strict=True)]
+    return {"share": float((steps > 0.5).float().mean()), "max_steps": float(steps.max()), "grad_error": max(errors)}
+
+
+def check_model(tiny_config: dict) -> dict:
+    """A converted tiny GPT-2 trains through the fused kernels as through the torch form: same loss,
+    logits and parameter gradients (the layer, the scalers and the kernel choice wired together)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gaincell import convert
+    from gaincell.op.kernels import dispatch
+
+    torch.manual_seed(0)
+    model = convert(GPT2LMHeadModel(GPT2Config(**tiny_config)), "paper", window=16, subtile_rows=8, leakage=0.01)
+    model.eval()  # no dropout: both runs see the same network
+    ids = torch.randint(0, tiny_config["vocab_size"], (1, 20), generator=torch.Generator().manual_seed(2))
+    runs = []
+    for kernel in ("torch", "triton"):
+        dispatch.set_kernel(kernel)
+        model.zero_grad()
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        runs.append((out.loss.item(), out.logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    dispatch.set_kernel("auto")
+    (loss, logits, grads), (fused_loss, fused_logits, fused_grads) = runs
+    assert abs(fused_loss - loss) <= 1e-5 * abs(loss), (fused_loss, loss)
+    assert (fused_logits - logits).abs().max() <= 1e-4 * logits.abs().max()
+    assert_gradients_close(fused_grads, grads, "tiny GPT-2")
+    return {"loss": loss, "fused_loss": fused_loss}
