@@ -44,6 +44,7 @@ tests/benchmarks/test_device_run.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -63,6 +64,7 @@ import torch  # noqa: E402
 
 from gaincell.atomic import atomic_file  # noqa: E402
 from gaincell.devices import parse_device, synchronize  # noqa: E402
+from gaincell.op.kernels.fused import PRECISIONS  # noqa: E402  (no triton import: that waits for a launch)
 
 
 class Run:
@@ -196,6 +198,18 @@ def peak_bytes(call, device: torch.device) -> int | None:
 # -- a: the GPU test subset ----------------------------------------------------------------------------
 
 
+def attention(q, k, v, scalers, config, kernel: str):
+    """The op through ``kernel``: ``torch``, or ``triton-PRECISION`` (the fused kernels' dot precision,
+    :data:`PRECISIONS`: ``ieee`` is the exact default, the others the named faster modes)."""
+    from gaincell import gain_cell_attention
+    from gaincell.op.kernels import fused
+
+    if kernel == "torch":
+        return gain_cell_attention(q, k, v, scalers, config, kernel="torch")
+    with fused.precision(kernel.removeprefix("triton-")):
+        return gain_cell_attention(q, k, v, scalers, config, kernel="triton")
+
+
 def part_a(run: Run) -> None:
     from gaincell import GainCellError, GainCellMemory, Scalers, gain_cell_attention, preset
     from gaincell.op.agreement import agreement
@@ -208,7 +222,7 @@ def part_a(run: Run) -> None:
                 config = preset(name, window=window, subtile_rows=rows, block_size=block)
                 config = config if leakage is None else config.replace(leakage=leakage)
                 key = f"{name}/{'leak' if leakage is None else 'noleak'}/T={length},M={window},R={rows}"
-                for kernel in ("torch", "triton"):
+                for kernel in ("torch", *(f"triton-{precision}" for precision in PRECISIONS)):
 
                     def check(config=config, kernel=kernel, length=length):
                         generator = torch.Generator().manual_seed(length)
@@ -217,7 +231,7 @@ def part_a(run: Run) -> None:
                         on = [x.to(run.device).requires_grad_() for x in (q, k, v)]
                         device_scalers = Scalers(3).to(run.device)
                         try:
-                            out = gain_cell_attention(*on, device_scalers, config, kernel=kernel)
+                            out = attention(*on, device_scalers, config, kernel)
                         except GainCellError as error:
                             return {"unavailable": str(error)}
                         reference_leaves = [x.detach().clone().requires_grad_() for x in on]
@@ -267,10 +281,11 @@ def part_b(run: Run) -> None:
         "gaincell-torch-noleak": lambda q, k, v, s: gain_cell_attention(
             q, k, v, s, paper.replace(leakage=0.0), kernel="torch"
         ),
-        "gaincell-triton": lambda q, k, v, s: gain_cell_attention(q, k, v, s, paper, kernel="triton"),
-        "gaincell-triton-noleak": lambda q, k, v, s: gain_cell_attention(
-            q, k, v, s, paper.replace(leakage=0.0), kernel="triton"
-        ),
+        **{
+            f"gaincell-triton-{precision}{suffix}": functools.partial(_fused, config=config, precision=precision)
+            for precision in PRECISIONS
+            for suffix, config in (("", paper), ("-noleak", paper.replace(leakage=0.0)))
+        },
         "sdpa-flash-causal": lambda q, k, v, s: sdpa_flash(q, k, v),
         "flex-sliding-window": flex_sliding_window(window, compiled=not run.dry),
     }
@@ -326,6 +341,10 @@ def part_b(run: Run) -> None:
     run.part["ratios"] = ratios(run.part.get("cases", {}))
 
 
+def _fused(q, k, v, scalers, config, precision):
+    return attention(q, k, v, scalers, config, f"triton-{precision}")
+
+
 def sdpa_flash(q, k, v):
     """SDPA restricted to the flash backend, causal (what a softmax model's training calls)."""
     import torch.nn.functional as F
@@ -369,7 +388,8 @@ def ratios(cases: dict) -> dict:
         for which in ("fwd", "fwd+bwd"):
             if "ms" in result.get(which, {}) and "ms" in flash.get(which, {}):
                 out[f"{key}/{which}/over_sdpa_flash"] = round(result[which]["ms"] / flash[which]["ms"], 2)
-        torch_path = cases.get(f"{prefix}/{method.replace('triton', 'torch')}", {}).get("fwd+bwd", {})
+        torch_method = "gaincell-torch" + ("-noleak" if method.endswith("-noleak") else "")
+        torch_path = cases.get(f"{prefix}/{torch_method}", {}).get("fwd+bwd", {})
         if "triton" in method and "ms" in torch_path and "ms" in result.get("fwd+bwd", {}):
             out[f"{key}/fwd+bwd/speedup_over_torch_path"] = round(torch_path["ms"] / result["fwd+bwd"]["ms"], 2)
     return out

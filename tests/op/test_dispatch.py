@@ -25,3 +25,15 @@ def test_auto_and_torch_agree_on_cpu():
     banded = gain_cell_attention(q, k, v, scalers, config, kernel="torch")
     assert torch.equal(auto, banded)
     assert dispatch.choose_kernel("auto", q.device, gains=False, read_noise=0.0) == "torch"
+
+
+def test_the_fused_precision_is_set_for_a_block_and_restored():
+    from gaincell.op.kernels import fused
+
+    before = fused._precision
+    with fused.precision("tf32x3"):
+        assert fused._precision == "tf32x3"
+    assert fused._precision == before
+    with pytest.raises(GainCellError, match="precision must be one of ieee, tf32, tf32x3, fp16, bf16"):
+        with fused.precision("fp8"):
+            pass

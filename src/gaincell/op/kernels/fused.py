@@ -52,6 +52,17 @@ def set_precision(name: str) -> None:
     _precision = _check_precision(name, "precision")
 
 
+@contextlib.contextmanager
+def precision(name: str):
+    """The fused kernels' dot precision inside a ``with`` block, then the previous one again."""
+    global _precision
+    previous, _precision = _precision, _check_precision(name, "precision")
+    try:
+        yield
+    finally:
+        _precision = previous
+
+
 def _check_precision(name, where: str) -> str:
     if name not in PRECISIONS:
         raise GainCellError(f"{where} must be one of {', '.join(PRECISIONS)}, got {name!r}")
