@@ -120,6 +120,8 @@ LEVERS: dict[str, dict] = {
     "steps-x2": {"steps_scale": 2.0},
     "variance-loss": {"loss": "variance"},
     "channel-affine": {"hardware": {"output_scaler": "channel"}},
+    "sigmas-4": {"init_sigmas": 4.0},
+    "sigmas-3": {"init_sigmas": 3.0},
 }
 
 
@@ -291,12 +293,13 @@ def _run_row(name: str, args, data: dict, teachers: dict, types: list[list[dict]
     hardware, options = row_plan(name, base, data["context"])
     lr = args.lr * options.pop("lr_scale", 1.0)
     steps = round(args.steps * options.pop("steps_scale", 1.0))
+    sigmas = options.pop("init_sigmas", InitialiseConfig.sigmas)
     config = TransferConfig(max_steps=steps, batch_size=args.batch, lr=lr, min_lr=lr / 10, warmup_steps=max(1, steps // 20),
                             weight_decay=0.0, mixed_precision="no", **options)  # fmt: skip
     started = time.perf_counter()
     torch.manual_seed(0)
     student = load_pretrained(data["model"])
-    init = InitialiseConfig(batch_size=args.batch, batches=max(1, args.init_blocks // args.batch))
+    init = InitialiseConfig(batch_size=args.batch, batches=max(1, args.init_blocks // args.batch), sigmas=sigmas)
     initialise_scalers(student, load_pretrained(data["model"]), data["train"], init, hardware)
     prepare_transfer(student, config, hardware)
     student.train()
@@ -341,7 +344,7 @@ def _run_row(name: str, args, data: dict, teachers: dict, types: list[list[dict]
     with torch.no_grad():
         ppl = strided_perplexity(student, data["eval_ids"], data["context"], data["stride"], batch_size=4)["ppl"]
     return {"row": name, "hardware": hardware.to_dict(), "transfer": {k: v for k, v in dataclasses.asdict(config).items()
-            if k in ("lr", "min_lr", "max_steps", "batch_size", "warmup_steps", "loss", "output_bias", "adapter_rank")},
+            if k in ("lr", "min_lr", "max_steps", "batch_size", "warmup_steps", "loss")}, "init_sigmas": sigmas,
             "tokens": steps * args.batch * data["context"], "train_seconds": round(train_seconds, 1),
             "curve": curve, "perplexity": ppl, **measured}  # fmt: skip
 
