@@ -116,6 +116,7 @@ CONSTRAINTS = ("no-kv-quant", "no-q-quant", "no-adc", "linear-cell", "no-window"
 #: Lever rows: the paper's chip, transfer options changed (TransferConfig fields; "lr"/"steps" scale the run's).
 LEVERS: dict[str, dict] = {
     "lr-x3": {"lr_scale": 3.0},
+    "lr-x10": {"lr_scale": 10.0},
     "lr-x0.3": {"lr_scale": 0.3},
     "steps-x2": {"steps_scale": 2.0},
     "variance-loss": {"loss": "variance"},
@@ -396,6 +397,26 @@ def held_out_errors(student, layers: list[int], held: list[dict], types: list[li
 # -- table ------------------------------------------------------------------------------------------
 
 
+def teacher_records(args, data: dict, hardware: GainCellConfig) -> dict:
+    """The teacher's recorded layer calls for training and held-out blocks, kept in --work (a rerun reads them)."""
+    path = args.work / f"teacher-window{hardware.window}-steps{args.steps}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=False)
+    started = time.perf_counter()
+    teacher = make_teacher(load_pretrained(data["model"]), "window", hardware)
+    needed = max(1, min(args.steps, len(data["train"]) // args.batch))
+    train = record_teacher(teacher, data["train"][: needed * args.batch], args.layers, args.batch, False)
+    held = record_teacher(teacher, data["held"], args.layers, 1, True)
+    modules = attention_modules(teacher)
+    for record in held:
+        record["o_proj"] = {i: modules[i].o_proj.weight.detach() for i in args.layers}
+    records = {"train": train, "held": held}
+    with atomic_file(path, "wb") as handle:
+        torch.save(records, handle)
+    print(f"teacher window {hardware.window}: {len(train)} batches in {time.perf_counter() - started:.0f} s", flush=True)
+    return records
+
+
 def write_tables(args, data: dict, types, rows: dict, baseline: dict) -> None:
     stem = args.out / f"transfer-bounds-{args.model}{'-' + args.tag if args.tag else ''}"
     settings = {"model": data["model"], "train_text": data["train_text"], "layers": args.layers, "steps": args.steps,
@@ -477,19 +498,7 @@ def main() -> None:
             continue
         hardware, _ = row_plan(name, preset("paper", window=data["window"]), data["context"])
         if hardware.window not in teachers:
-            started = time.perf_counter()
-            teacher = make_teacher(load_pretrained(data["model"]), "window", hardware)
-            needed = max(1, min(args.steps, len(data["train"]) // args.batch))
-            train = record_teacher(teacher, data["train"][: needed * args.batch], args.layers, args.batch, False)
-            held = record_teacher(teacher, data["held"], args.layers, 1, True)
-            modules = attention_modules(teacher)
-            for record in held:
-                record["o_proj"] = {i: modules[i].o_proj.weight.detach() for i in args.layers}
-            teachers[hardware.window] = {"train": train, "held": held}
-            print(
-                f"teacher window {hardware.window}: {len(train)} batches in {time.perf_counter() - started:.0f} s",
-                flush=True,
-            )
+            teachers[hardware.window] = teacher_records(args, data, hardware)
         print(f"row {name}", flush=True)
         rows[name] = run_row(name, args, data, teachers, types)
         with atomic_file(path) as handle:
