@@ -52,8 +52,11 @@ with φ in place of exp. It is measured here by monkeypatching the op, so only t
 Rows land one by one in ``--work`` (resumable: a finished row is read back, not rerun) and the table
 is rewritten after each: ``benchmarks/transfer-bounds-MODEL[-TAG].{json,md}``.
 
-    python benchmarks/transfer_bounds.py stories                          # all rows
-    python benchmarks/transfer_bounds.py smollm2 --layers 0 5 10 15 20 25 --steps 60 --batch 1
+    python benchmarks/transfer_bounds.py stories --steps 100 --eval-tokens 16384 --rows paper no-adc ...
+    python benchmarks/transfer_bounds.py smollm2 --layers 0 10 20 --steps 24 --batch 1 --init-blocks 2 \
+        --eval-blocks 2 --eval-tokens 2048 --rows paper all-lifted paper+normaliser channel-affine ...
+
+(the recorded runs: docs/real-models.md, "What bounds the attention transfer").
 
 Not run in CI. One thread (``--threads``).
 """
