@@ -27,6 +27,7 @@ TRACKERS = ("tensorboard", "wandb")
 TRANSFER_PARAMETERS = ("attention", "scalers")
 TEACHERS = ("window", "full")
 TRANSFER_CELLS = ("target", "linear")
+TRANSFER_LOSSES = ("relative", "variance")
 
 
 def _inside(path: Any) -> bool:
@@ -164,16 +165,24 @@ class TransferConfig(TrainConfig):
 
     ``teacher = "window"`` imitates softmax restricted to the chip's window M (SPEC §3.1, what the
     student can see); ``"full"`` the original model. ``cells = "linear"`` trains on the linear model
-    (§3.3) when the paper's stages follow; ``"target"`` on the chip itself.
+    (§3.3) when the paper's stages follow; ``"target"`` on the chip itself. ``loss``: each layer's
+    squared error over the teacher output's mean square (``"relative"``) or its per-channel variance
+    (``"variance"``, :func:`gaincell.adaptation.transfer.transfer_loss`).
     """
 
     parameters: str = "attention"
     teacher: str = "window"
     cells: str = "target"
+    loss: str = "relative"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, choices in (("parameters", TRANSFER_PARAMETERS), ("teacher", TEACHERS), ("cells", TRANSFER_CELLS)):
+        for name, choices in (
+            ("parameters", TRANSFER_PARAMETERS),
+            ("teacher", TEACHERS),
+            ("cells", TRANSFER_CELLS),
+            ("loss", TRANSFER_LOSSES),
+        ):
             check_choice(name, getattr(self, name), choices)
 
 

@@ -59,25 +59,34 @@ class _Teacher:
         return self.model
 
 
+def transfer_loss(output: torch.Tensor, target: torch.Tensor, kind: str = "relative") -> torch.Tensor:
+    """One layer's transfer loss: its squared error over the teacher output's mean square (``relative``,
+    the default) or over its variance per channel, the mean over tokens removed (``variance``: a layer
+    whose output is mostly a constant vector is not let off by that constant's size)."""
+    error = (output - target).square().mean()
+    if kind == "variance":
+        flat = target.reshape(-1, target.shape[-1])
+        return error / flat.var(dim=0, unbiased=False).mean().clamp_min(1e-12)
+    return error / target.square().mean().clamp_min(1e-12)
+
+
 class AttentionTransfer(nn.Module):
     """The student's attention layers, trained to reproduce the teacher's on the teacher's inputs."""
 
-    def __init__(self, student, teacher) -> None:
+    def __init__(self, student, teacher, loss: str = "relative") -> None:
         super().__init__()
         self.student = student
         self.teacher = _Teacher(teacher)
         self.config = student.config
+        self.loss = loss
         self.layer_losses: list[float] = []
 
     def forward(self, input_ids: torch.Tensor, labels=None, position_ids=None, **_) -> SimpleNamespace:
         teacher = self.teacher.on(input_ids.device)
         with torch.no_grad(), capture_attention_io(teacher) as calls:  # the layers only: no logits needed
             teacher.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-        losses = []
-        for module, call in zip(attention_modules(self.student), calls, strict=True):
-            output = replay(module, call)
-            losses.append((output - call.output).square().mean() / call.output.square().mean().clamp_min(1e-12))
-        losses = torch.stack(losses)
+        modules = attention_modules(self.student)
+        losses = torch.stack([transfer_loss(replay(m, c), c.output, self.loss) for m, c in zip(modules, calls, strict=True)])
         self.layer_losses = losses.detach().tolist()
         return SimpleNamespace(loss=losses.mean())
 
@@ -128,13 +137,19 @@ def transfer_parameters(student, which: str) -> list[nn.Parameter]:
     return [p for module in modules for p in module.parameters()]
 
 
+def prepare_transfer(student, config: TransferConfig, hardware: GainCellConfig):
+    """The student as attention transfer trains it: on ``hardware`` or its linear model (``config.cells``)."""
+    linear = hardware.replace(attention="gaincell", cell=CellConfig(kind="linear"))  # SPEC §3.3, as adapt.linear_config
+    convert(student, linear if config.cells == "linear" else hardware)
+    return student
+
+
 def transfer_stage(
     student, teacher, train_data, eval_data, config: TransferConfig, hardware: GainCellConfig, output_dir, **kwargs
 ) -> TrainResult:
     """Per-layer attention transfer of ``student`` (converted to ``hardware`` or its linear model)."""
-    linear = hardware.replace(attention="gaincell", cell=CellConfig(kind="linear"))  # SPEC §3.3, as adapt.linear_config
-    convert(student, linear if config.cells == "linear" else hardware)
-    wrapper = AttentionTransfer(student, teacher)
+    prepare_transfer(student, config, hardware)
+    wrapper = AttentionTransfer(student, teacher, config.loss)
     with trainable_only(student, transfer_parameters(student, config.parameters)):
         result = train(wrapper, train_data, eval_data, config, output_dir, **kwargs)
     result.model = student

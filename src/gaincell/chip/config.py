@@ -39,6 +39,9 @@ GRADIENT_MODES = ("surrogate", "exact")
 #: Where a quantiser's levels sit: ``zero`` at k·step (SPEC §3.2–3.3, 0 is a level), ``ends`` at
 #: low + k·step (both range ends are levels; an alternative ADC, nobody's default).
 QUANTIZER_GRIDS = ("zero", "ends")
+#: The digital output scaler after the read-out: one (a_o, b_o) per head (SPEC §3.3, the paper's), or
+#: ``channel``: an extra scale and offset per (head, value column) on top of it (ours, a named deviation).
+OUTPUT_SCALERS = ("head", "channel")
 
 #: The paper's fitted charge polynomial f(x, y~) = sum_ij c_ij 0.9^j x y~^i, keyed (i, j) (SPEC §3.4).
 PAPER_COEFFICIENTS: tuple[tuple[int, int, float], ...] = (
@@ -138,7 +141,13 @@ class CellConfig:
 
 @dataclass(frozen=True)
 class PeripheryConfig:
-    """Everything around the arrays: DAC/ADC ranges and levels, charge-to-pulse, read-out (SPEC §3.2–3.3)."""
+    """Everything around the arrays: DAC/ADC ranges and levels, charge-to-pulse, read-out (SPEC §3.2–3.3).
+
+    ``output_scaler="channel"`` (ours, not the paper's) gives the digital output scaler one gain and one
+    offset per value column of each head besides the per-head pair: the same multiply-add per output,
+    2·D constants per head instead of 2. Attention transfer uses it so that a head can emit a constant
+    vector, as softmax heads that park their mass on a sink token do (docs/real-models.md).
+    """
 
     q: QuantizerConfig = QuantizerConfig(0.0, 1.0, 16)
     kv: QuantizerConfig = QuantizerConfig(0.0, 0.9, 8)
@@ -146,6 +155,7 @@ class PeripheryConfig:
     offset: float = 0.45
     s_sat: float = 80.0
     readout_gain: float = 1.0 / 40.0
+    output_scaler: str = "head"
 
     def validate(self) -> None:
         self.q.validate("periphery.q")
@@ -154,6 +164,7 @@ class PeripheryConfig:
         check_number("periphery.offset", self.offset)
         check_positive("periphery.s_sat", self.s_sat)
         check_positive("periphery.readout_gain", self.readout_gain)
+        check_choice("periphery.output_scaler", self.output_scaler, OUTPUT_SCALERS)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,13 @@ class GainCellAttention(nn.Module):
     def set_config(self, config: GainCellConfig) -> None:
         self.config = config
         self._gains: dict[torch.device, CellGains | None] = {}
+        per_channel = config.periphery.output_scaler == "channel" and config.attention != "softmax"
+        if per_channel and not hasattr(self, "channel_gain"):  # identity at first: a_o, b_o per head as before
+            device = self.scalers.a_o.device
+            self.channel_gain = nn.Parameter(torch.ones(self.n_heads, self.head_dim, device=device))
+            self.channel_offset = nn.Parameter(torch.zeros(self.n_heads, self.head_dim, device=device))
+        elif not per_channel and hasattr(self, "channel_gain"):
+            del self.channel_gain, self.channel_offset
 
     def chip_gains(self, device) -> CellGains | None:
         """This layer's cell variability (SPEC §3.5), sampled once per device from the config's seed."""
@@ -80,6 +87,9 @@ class GainCellAttention(nn.Module):
             output = cache_layer.read(self, query, key, value)
         else:
             output = gain_cell_attention(query, key, value, scalers, self.config, gains=self.chip_gains(query.device))
+        if hasattr(self, "channel_gain"):  # periphery.output_scaler = "channel": per value column, after a_o, b_o
+            gain, offset = self.channel_gain.to(output.dtype), self.channel_offset.to(output.dtype)
+            output = torch.addcmul(offset[None, :, None, :], gain[None, :, None, :], output)
         if not softmax and ((self.recording and self.training) or self.observing):
             self._statistics(query, key, value, output)
         return output
