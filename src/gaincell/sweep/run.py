@@ -28,6 +28,7 @@ from pathlib import Path
 
 from gaincell.atomic import atomic_file
 from gaincell.errors import GainCellError
+from gaincell.jsonl import read_jsonl
 from gaincell.sweep.dask_engine import dask_client, run_dask
 from gaincell.sweep.report import write_outputs
 from gaincell.sweep.spec import (
@@ -46,25 +47,9 @@ __all__ = ["SweepSpec", "Unit", "mark_pareto", "point_config", "point_cost", "re
 
 
 def read_results(path: Path) -> list[dict]:
-    """The complete lines of a results file; a torn last line (a kill mid-write) is dropped and the
-    file rewritten without it."""
-    if not path.is_file():
-        return []
-    text = path.read_text()
-    lines, complete = [], []
-    for line in text.splitlines(keepends=True):
-        try:
-            record = json.loads(line) if line.endswith("\n") else None
-        except json.JSONDecodeError:
-            record = None
-        if record is None:
-            break
-        lines.append(record)
-        complete.append(line)
-    if "".join(complete) != text:
-        with atomic_file(path) as handle:
-            handle.write("".join(complete))
-    return lines
+    """The complete lines of a results file; a torn last line (a kill mid-write) is dropped and cut from the
+    file, a damaged line before it refused (:func:`gaincell.jsonl.read_jsonl`)."""
+    return read_jsonl(path, repair=True)
 
 
 def append_result(path: Path, record: dict) -> None:
