@@ -47,8 +47,8 @@ from gaincell.adaptation.state import (
     save_checkpoint,
 )
 from gaincell.atomic import atomic_file
-from gaincell.jsonl import read_jsonl
 from gaincell.errors import GainCellError
+from gaincell.jsonl import read_jsonl
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:

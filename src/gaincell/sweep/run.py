@@ -34,9 +34,9 @@ from pathlib import Path
 
 from gaincell.adaptation.state import file_digests
 from gaincell.atomic import atomic_file
-from gaincell.lock import LOCK_FILE, folder_lock
 from gaincell.errors import GainCellError
 from gaincell.jsonl import read_jsonl
+from gaincell.lock import LOCK_FILE, folder_lock
 from gaincell.sweep.dask_engine import dask_client, run_dask
 from gaincell.sweep.report import write_outputs
 from gaincell.sweep.spec import (
