@@ -23,7 +23,7 @@ from typing import Any
 
 from gaincell.adaptation.settings import TrainConfig
 from gaincell.adaptation.snapshot import read_state, rng_state, set_rng_state, write_state
-from gaincell.atomic import atomic_directory
+from gaincell.atomic import MANIFEST, atomic_directory
 from gaincell.errors import GainCellError, first_line
 from gaincell.validation import as_json, first_difference
 
@@ -89,7 +89,7 @@ def digest_pairs(files: dict) -> dict[str, tuple[int, str]]:
 def check_files(folder: Path, files: dict[str, tuple[int, str]], what: str, ignore: tuple[str, ...] = ()) -> None:
     """Raise one line starting with ``what`` unless ``folder`` holds exactly ``files`` (``name -> (size, sha256)``),
     each whole: a missing, changed or planted file is named."""
-    present = {str(file.relative_to(folder)) for file in folder.rglob("*") if file.is_file()} - set(ignore)
+    present = {str(file.relative_to(folder)) for file in folder.rglob("*") if file.is_file()} - set(ignore) - {MANIFEST}
     planted = sorted(present - set(files))
     if planted:
         raise GainCellError(f"{what}: {planted[0]} is not one of the files it was written with")
