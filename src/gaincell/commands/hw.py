@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
         fail("--plot", "a folder for the PNG files (new or existing)", f"{args.plot} (an existing file)")
+    if args.plot:
+        from gaincell.hardware.plots import check_plot_folder
+
+        check_plot_folder(args.plot)  # a user's file named like a plot is kept: refused before any work
     device = args.measure_device
     if args.measure and device is None:
         import torch
