@@ -102,3 +102,18 @@ def test_the_local_dask_cluster_is_private(tmp_path):
         for plain in (address, address.replace("tls://", "tcp://")):
             with pytest.raises((OSError, TimeoutError, TypeError, ValueError)):
                 distributed.Client(plain, timeout="3s")
+
+
+def test_adaptation_checkpoints_of_another_model_are_not_resumed(tmp_path):
+    """A point killed mid-adaptation, then the model replaced: its checkpoints (the old model's) are removed."""
+    from gaincell.sweep.run import stale_adaptations
+
+    point = tmp_path / "adapt" / "point-0-seed-0"
+    point.mkdir(parents=True)
+    stale_adaptations(tmp_path, "aaaa")  # from before the digest was recorded: unknown, removed
+    assert not point.exists()
+    point.mkdir()
+    stale_adaptations(tmp_path, "aaaa")  # the same model: kept
+    assert point.is_dir()
+    stale_adaptations(tmp_path, "bbbb")  # another model
+    assert not point.exists() and (tmp_path / "adapt" / ".model-digest").read_text() == "bbbb\n"

@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -128,6 +129,8 @@ def run_sweep(
         model = model_digest(spec.model)
         out = prepare_output(spec)
         stack.enter_context(folder_lock(out, "output_dir", "gaincell sweep"))
+        if spec.adapt:
+            stale_adaptations(out, model)
         results_path = out / "results.jsonl"
         done = {record["key"] for record in read_results(results_path) if record.get("model") == model}
         todo = [unit for unit in work_units(spec) if unit.key not in done]
@@ -148,9 +151,25 @@ def run_sweep(
             else "this run measured none (the report is re-rendered from results.jsonl)"
         )
         write_outputs(spec, summary, out, note, adaptation_seconds(records))
-        if (out / "adapt").is_dir() and not any((out / "adapt").iterdir()):
-            (out / "adapt").rmdir()  # every point's checkpoints went when it was measured
+        if (out / "adapt").is_dir() and not any(p.name != ADAPT_MODEL for p in (out / "adapt").iterdir()):
+            shutil.rmtree(out / "adapt")  # every point's checkpoints went when it was measured
     return {**summary, "wall_seconds_this_run": wall, "jobs": jobs}
+
+
+#: In ``<output_dir>/adapt``: the digest of the model the points' adaptation checkpoints started from.
+ADAPT_MODEL = ".model-digest"
+
+
+def stale_adaptations(out: Path, model: str) -> None:
+    """Remove the killed points' adaptation checkpoints if they were trained from another model (or an
+    unrecorded one), so a resumed point never continues from the old model's weights; record ``model``."""
+    folder = out / "adapt"
+    marker = folder / ADAPT_MODEL
+    if folder.is_dir() and not (marker.is_file() and marker.read_text().strip() == model):
+        shutil.rmtree(folder)
+    folder.mkdir(exist_ok=True)
+    with atomic_file(marker) as handle:
+        handle.write(model + "\n")
 
 
 def current_records(records: list[dict], model: str) -> list[dict]:
