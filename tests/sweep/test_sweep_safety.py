@@ -115,5 +115,7 @@ def test_adaptation_checkpoints_of_another_model_are_not_resumed(tmp_path):
     point.mkdir()
     stale_adaptations(tmp_path, "aaaa")  # the same model: kept
     assert point.is_dir()
+    (tmp_path / "adapt" / "notes.txt").write_text("mine\n")
     stale_adaptations(tmp_path, "bbbb")  # another model
     assert not point.exists() and (tmp_path / "adapt" / ".model-digest").read_text() == "bbbb\n"
+    assert (tmp_path / "adapt" / "notes.txt").read_text() == "mine\n"

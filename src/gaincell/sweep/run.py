@@ -166,7 +166,8 @@ def stale_adaptations(out: Path, model: str) -> None:
     folder = out / "adapt"
     marker = folder / ADAPT_MODEL
     if folder.is_dir() and not (marker.is_file() and marker.read_text().strip() == model):
-        shutil.rmtree(folder)
+        for point in folder.glob("point-*-seed-*"):  # the checkpoints only: anything else there is kept
+            shutil.rmtree(point)
     folder.mkdir(exist_ok=True)
     with atomic_file(marker) as handle:
         handle.write(model + "\n")
