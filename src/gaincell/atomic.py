@@ -127,7 +127,7 @@ def atomic_directory(target: str | os.PathLike, writer: str = "gaincell") -> Ite
         record_written(tmp, written, writer)
         old = None
         if target.exists():
-            _carry_foreign(target, tmp, set(written))
+            _carry_foreign(target, tmp, set(written), writer)
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
         os.replace(tmp, target)
@@ -138,8 +138,9 @@ def atomic_directory(target: str | os.PathLike, writer: str = "gaincell") -> Ite
         raise
 
 
-def _carry_foreign(old: Path, new: Path, written: set[str]) -> None:
-    """Move the files of ``old`` that gaincell did not write into ``new`` (same relative paths)."""
+def _carry_foreign(old: Path, new: Path, written: set[str], writer: str) -> None:
+    """Move the files of ``old`` that ``writer`` did not write into ``new`` (same relative paths), keeping
+    their manifest entries (a file another gaincell command wrote there stays that command's)."""
     manifest = read_manifest(old)
     foreign = []
     for file in sorted(old.rglob("*")):
@@ -151,13 +152,23 @@ def _carry_foreign(old: Path, new: Path, written: set[str]) -> None:
         if manifest is None:  # from before the manifest: what the new version writes was gaincell's
             if name not in written:
                 foreign.append(name)
-        elif name not in manifest:
+        elif manifest.get(name) != writer:
             if name in written:
                 raise GainCellError(
-                    f"{old}: {name} was not written by gaincell and the new version would replace it; nothing was "
+                    f"{old}: {name} was not written by {writer} and the new version would replace it; nothing was "
                     "replaced: move it away and run again"
                 )
             foreign.append(name)
     for name in foreign:
         (new / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(old / name, new / name)
+    kept = {name: manifest[name] for name in foreign if manifest and name in manifest}
+    for other, names in _by_writer(kept).items():
+        record_written(new, names, other)
+
+
+def _by_writer(entries: dict[str, str]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for name, writer in entries.items():
+        grouped.setdefault(writer, []).append(name)
+    return grouped

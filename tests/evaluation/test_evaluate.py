@@ -424,3 +424,23 @@ def test_output_replaces_its_own_file_and_one_eval_writes_it_at_a_time(model_dir
         assert main(argv) == 2
     assert f"--output: {out} is being written by another gaincell eval (process" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+def test_an_eval_output_in_a_saved_folder_survives_saving_it_again(model_dir, text, tmp_path, capsys):
+    """The manifest says who wrote each file: gaincell.save replaces its own files, not eval's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import gaincell
+    from gaincell.cli import main
+
+    saved = tmp_path / "saved"
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    gaincell.save(model, saved, tokenizer)
+    path = tmp_path / "sample.txt"
+    path.write_text(text[:4000])
+    argv = ["eval", str(saved), "--text", str(path), "--max-tokens", "300", "--output", str(saved / "ppl.json")]
+    assert main(argv) == 0
+    result = (saved / "ppl.json").read_text()
+    gaincell.save(model, saved, tokenizer)
+    assert (saved / "ppl.json").read_text() == result
+    assert main(argv) == 0  # still eval's own file

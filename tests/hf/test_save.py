@@ -91,7 +91,7 @@ def test_a_user_file_under_a_name_save_writes_is_refused_and_nothing_replaced(mo
     manifest = (saved / ".gaincell-files").read_text()
     (saved / "README.md").write_text("my own card\n")  # not gaincell's any more: the manifest is older than it
     (saved / ".gaincell-files").write_text(manifest.replace('"README.md": "gaincell.save",', ""))
-    with pytest.raises(GainCellError, match="README.md was not written by gaincell"):
+    with pytest.raises(GainCellError, match="README.md was not written by gaincell.save"):
         gaincell.save(model, saved)
     assert (saved / "README.md").read_text() == "my own card\n" and card
     assert sorted(path.name for path in tmp_path.iterdir()) == ["saved"]
