@@ -89,6 +89,7 @@ def digest_pairs(files: dict) -> dict[str, tuple[int, str]]:
 def check_files(folder: Path, files: dict[str, tuple[int, str]], what: str, ignore: tuple[str, ...] = ()) -> None:
     """Raise one line starting with ``what`` unless ``folder`` holds exactly ``files`` (``name -> (size, sha256)``),
     each whole: a missing, changed or planted file is named."""
+    files = {name: entry for name, entry in files.items() if name != MANIFEST}  # gaincell's note of who wrote what
     present = {str(file.relative_to(folder)) for file in folder.rglob("*") if file.is_file()} - set(ignore) - {MANIFEST}
     planted = sorted(present - set(files))
     if planted:
