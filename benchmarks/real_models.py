@@ -363,8 +363,10 @@ def held_out_perplexity(model, recipe: dict) -> float:
 
 
 def log_entries(path: Path) -> list[dict]:
-    """A training stage's metrics.jsonl, one dict per line."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """A training stage's metrics.jsonl, one dict per line (a torn last line left out, :mod:`gaincell.jsonl`)."""
+    from gaincell.jsonl import read_jsonl
+
+    return read_jsonl(path)
 
 
 def held_out_curve(output: Path, stages: list[str]) -> list[dict]:

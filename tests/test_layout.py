@@ -64,7 +64,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 #: The subpackages from the top down (STYLE.md): a module may import its own subpackage and those below it.
 LAYERS = ("cli", "commands", "demo", "sweep", "evaluation", "adaptation", "hf", "op", "chip", "hardware")
 #: Top-level modules every layer may use; they import only each other.
-UTILITIES = ("errors", "validation", "atomic", "lock", "tomlfile", "datadir", "devices", "fetch", "noise")
+UTILITIES = ("errors", "validation", "atomic", "lock", "jsonl", "tomlfile", "datadir", "devices", "fetch", "noise")
 
 
 def _layer(module: str) -> int:

@@ -4,10 +4,19 @@ replace what gaincell did not write.
 Everything is written to a temporary sibling first and renamed into place at the end; a rename
 within one file system is atomic, so readers see either the old complete version or the new one.
 A folder is replaced only when it is empty or carries gaincell's own marker (:func:`check_replaceable`).
+
+The rule for what is gaincell's: every folder gaincell writes holds a small manifest, ``.gaincell-files``,
+mapping each file it wrote there (relative path) to the writer (``gaincell.save``, ``gaincell demo``,
+``gaincell eval --output``, ``gaincell hw --plot``). gaincell replaces or deletes only files its manifest
+lists for that writer: a folder replaced whole (:func:`atomic_directory`) carries every other file into
+the new version (a user's notes survive a new ``gaincell.save`` or demo); a single file
+(:func:`check_own_file`) is overwritten only if listed, otherwise the command refuses in one line. A
+folder from before the manifest existed keeps every file the new version does not write.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -15,7 +24,47 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from gaincell.errors import GainCellError
 from gaincell.validation import fail
+
+#: The manifest of the files gaincell wrote in a folder: ``{relative path: writer}``.
+MANIFEST = ".gaincell-files"
+#: Files no writer lists but every gaincell folder may hold: the lock (:mod:`gaincell.lock`) and the manifest.
+_OWN = frozenset({MANIFEST, ".gaincell.lock"})
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, str] | None:
+    """``folder``'s manifest (None where there is none or it is unreadable: nothing is known to be gaincell's)."""
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
+
+
+def record_written(folder: str | os.PathLike, names: list[str], writer: str) -> None:
+    """Add ``names`` (relative to ``folder``) to its manifest as written by ``writer``."""
+    folder = Path(folder)
+    manifest = read_manifest(folder) or {}
+    manifest.update({str(name): writer for name in names})
+    with atomic_file(folder / MANIFEST) as handle:
+        json.dump(dict(sorted(manifest.items())), handle, indent=1)
+
+
+def check_own_file(field: str, target: str | os.PathLike, writer: str) -> Path:
+    """``target`` made absolute, if ``writer`` may write it: new, or listed in its folder's manifest as
+    ``writer``'s. A file the user (or another gaincell command) wrote is refused before any work."""
+    path = Path(target).expanduser().absolute()
+    if str(target) == "" or path.is_dir():
+        fail(field, "a file name (new, or one this command wrote before)", f"{target} (a folder)" if str(target) else "''")
+    if path.exists() or path.is_symlink():
+        manifest = read_manifest(path.parent) or {}
+        if manifest.get(path.name) != writer:
+            raise GainCellError(
+                f"{field}: {target} exists and {writer} did not write it, so it is not replaced; choose a new file "
+                "name, or remove it first"
+            )
+    return path
 
 
 def _umask() -> int:
@@ -53,18 +102,20 @@ def check_replaceable(field: str, target: str | os.PathLike, owned: Callable[[Pa
         fail(field, expected, f"{target} (an existing file)")
     if path == Path.cwd().resolve() or path in Path.cwd().resolve().parents:
         fail(field, expected, f"{target} (the current folder or one above it, which gaincell never replaces)")
-    if path.is_dir() and any(path.iterdir()) and not owned(path):
+    if path.is_dir() and any(entry.name not in _OWN for entry in path.iterdir()) and not owned(path):
         held = ", ".join(sorted(entry.name for entry in path.iterdir())[:4])
         fail(field, expected, f"{target} (a folder gaincell did not write, holding {held})")
     return path
 
 
 @contextmanager
-def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside ``target``; on success it replaces ``target`` whole.
+def atomic_directory(target: str | os.PathLike, writer: str = "gaincell") -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; on success it replaces ``target``.
 
-    An existing ``target`` is moved aside first and deleted only after the new one is in place; callers
-    check first that it is theirs to replace (:func:`check_replaceable`).
+    Every file written into it is listed in its manifest as ``writer``'s. Files of an existing ``target``
+    that its manifest does not list (a user's) are carried into the new version; one whose name the new
+    version also writes is refused (nothing replaced). The old ``target`` is moved aside and deleted only
+    after the new one is in place; callers check first that it is theirs to replace (:func:`check_replaceable`).
     """
     target = Path(target).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -72,8 +123,11 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give it the permissions mkdir() would
     try:
         yield tmp
+        written = sorted(str(file.relative_to(tmp)) for file in tmp.rglob("*") if file.is_file() and file.name != MANIFEST)
+        record_written(tmp, written, writer)
         old = None
         if target.exists():
+            _carry_foreign(target, tmp, set(written), writer)
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
         os.replace(tmp, target)
@@ -82,3 +136,39 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _carry_foreign(old: Path, new: Path, written: set[str], writer: str) -> None:
+    """Move the files of ``old`` that ``writer`` did not write into ``new`` (same relative paths), keeping
+    their manifest entries (a file another gaincell command wrote there stays that command's)."""
+    manifest = read_manifest(old)
+    foreign = []
+    for file in sorted(old.rglob("*")):
+        if not (file.is_file() or file.is_symlink()) or file.is_dir():
+            continue
+        name = str(file.relative_to(old))
+        if name == MANIFEST:
+            continue
+        if manifest is None:  # from before the manifest: what the new version writes was gaincell's
+            if name not in written:
+                foreign.append(name)
+        elif manifest.get(name) != writer:
+            if name in written:
+                raise GainCellError(
+                    f"{old}: {name} was not written by {writer} and the new version would replace it; nothing was "
+                    "replaced: move it away and run again"
+                )
+            foreign.append(name)
+    for name in foreign:
+        (new / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(old / name, new / name)
+    kept = {name: manifest[name] for name in foreign if manifest and name in manifest}
+    for other, names in _by_writer(kept).items():
+        record_written(new, names, other)
+
+
+def _by_writer(entries: dict[str, str]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for name, writer in entries.items():
+        grouped.setdefault(writer, []).append(name)
+    return grouped

@@ -23,12 +23,13 @@ LOCK_FILE = ".gaincell.lock"
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, field: str, command: str) -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, field: str, command: str, name: str = LOCK_FILE) -> Iterator[Path]:
     """Hold ``folder``'s lock (creating the folder) while the block runs; if another process holds it, raise
-    :class:`GainCellError` naming ``field`` (the argument that named the folder) and ``command``."""
+    :class:`GainCellError` naming ``field`` (the argument that named the folder) and ``command``. ``name``: the
+    lock file, for a lock on one file in a shared folder (:func:`file_lock`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    descriptor = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         if not _lock(descriptor):
             holder = _holder(descriptor)
@@ -41,6 +42,22 @@ def folder_lock(folder: str | os.PathLike, field: str, command: str) -> Iterator
         yield folder
     finally:
         os.close(descriptor)  # releases the lock
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, field: str, command: str) -> Iterator[Path]:
+    """Hold a lock on one output file (``.NAME.gaincell.lock`` beside it) while the block runs: two commands
+    writing the same file are refused, two writing different files in one folder are not."""
+    path = Path(path)
+    lock = folder_lock(path.parent, field, command, name=f".{path.name}.gaincell.lock")
+    try:
+        lock.__enter__()
+    except GainCellError as error:
+        raise GainCellError(str(error).replace(f"{path.parent} is in use", f"{path} is being written", 1)) from None
+    try:
+        yield path
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _lock(descriptor: int) -> bool:

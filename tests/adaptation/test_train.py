@@ -439,3 +439,40 @@ def test_no_module_unpickles_what_a_user_hands_in():
     pattern = re.compile(r"import pickle|pickle\.load|load_state\(|torch\.load\((?![^)]*weights_only=True)")
     offenders = [str(path.relative_to(package)) for path in package.rglob("*.py") if pattern.search(path.read_text())]
     assert offenders == []
+
+
+# -- issue 25: torn logs, changed data ------------------------------------------------------------
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume_and_the_steps_rerun(blocks, finished_run):
+    """A full disk cut the last metrics line short: resume drops it (only it) and re-runs from the checkpoint."""
+    train_blocks, _, vocab_size = blocks
+    log = finished_run / "metrics.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    assert len(lines) == 5
+    log.write_text("".join(lines) + '{"step": 6, "loss": 4.1')  # torn: no closing brace, no newline
+    result = train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(max_steps=7), finished_run, resume=True)
+    assert result.step == 7
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [record["step"] for record in records] == [1, 2, 3, 4, 5, 6, 7]
+    assert log.read_text().splitlines(keepends=True)[:5] == lines  # the valid lines, byte for byte
+
+
+def test_a_damaged_log_line_before_the_last_is_refused_in_one_line(blocks, finished_run):
+    train_blocks, _, vocab_size = blocks
+    log = finished_run / "metrics.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:2]) + "{garbage\n" + "".join(lines[2:]))
+    before = log.read_bytes()
+    with pytest.raises(GainCellError, match=r"metrics.jsonl: line 3 of 6 is not valid JSON") as raised:
+        train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(max_steps=7), finished_run, resume=True)
+    assert "\n" not in str(raised.value) and log.read_bytes() == before  # no valid line deleted
+
+
+def test_resume_refuses_training_data_that_changed(blocks, finished_run):
+    """As many blocks as before but other tokens: the run would mix two datasets."""
+    train_blocks, _, vocab_size = blocks
+    changed = train_blocks.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % vocab_size
+    with pytest.raises(GainCellError, match="the training data changed"):
+        train(tiny_gpt2(vocab_size), changed, None, quick_config(max_steps=7), finished_run, resume=True)

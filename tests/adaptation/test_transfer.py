@@ -235,3 +235,25 @@ def test_a_second_adapt_on_a_folder_in_use_is_refused_and_writes_nothing(pretrai
         "wait for it to end or choose another folder"
     )
     assert [path.name for path in run.iterdir()] == [".gaincell.lock"]  # no run.json, no stage
+
+
+def test_resume_refuses_a_training_text_that_changed_between_stages(pretrained_dir, tmp_path, capsys):
+    """Issue 25 item 2: transfer done, the corpus edited, distill not started: the run would mix two datasets."""
+    root = tmp_path / "root"
+    shutil.copytree(pretrained_dir, root)
+    run = tmp_path / "run"
+    assert main(_recipe(root, run)) == 0
+    shutil.rmtree(run / "distill")
+    corpus = root / "corpus.txt"
+    corpus.write_text(corpus.read_text().replace("the", "a"))
+    capsys.readouterr()
+    assert main([*_recipe(root, run), "--resume"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"gaincell adapt: error: cannot resume {run}: the training data changed (sha256 of its token blocks was "
+        )
+    )
+    assert not (run / "distill").exists()

@@ -107,3 +107,68 @@ def test_a_refused_run_leaves_the_previous_demo_as_it_was(tmp_path, options, cap
     assert last.startswith("gaincell demo: error: ")
     assert (previous / "report.md").read_text() == "last week's report\n" and (previous / "model" / "config.json").is_file()
     assert short.read_text() == "too short for one block of context"
+
+
+# -- issue 25 item 7: a previous demo's folder --------------------------------------------------------
+
+
+@pytest.fixture
+def toy_demo(monkeypatch):
+    toy = DemoConfig(
+        context=32, window=16, subtile_rows=16, layers=1, embedding=32, heads=2, vocab_size=300, batch_size=4,
+        pretrain_steps=2, linear_steps=1, nonlinear_steps=1, calibration_batch=4, eval_blocks=4, sample_tokens=4,
+    )  # fmt: skip
+    monkeypatch.setattr("gaincell.commands.demo.DemoConfig", lambda: toy)
+
+
+def previous_demo(folder: Path) -> None:
+    """A previous demo's folder (from before the manifest) with a user's notes added."""
+    (folder / "model").mkdir(parents=True)
+    (folder / ".gaincell-demo").write_text("written by gaincell demo\n")
+    (folder / "report.md").write_text("last week's report\n")
+    (folder / "model" / "config.json").write_text("{}")
+    (folder / "notes.txt").write_text("my notes on last week's run\n")
+
+
+def test_a_new_demo_keeps_the_users_notes_in_the_previous_folder(tmp_path, pydoc_text, toy_demo):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(pydoc_text[-40_000:])
+    output = tmp_path / "demo"
+    previous_demo(output)
+    for _ in range(2):  # over the folder of before the manifest, then over its own
+        assert main(["demo", "--text", str(corpus), "--output", str(output), *TOY]) == 0
+        assert (output / "notes.txt").read_text() == "my notes on last week's run\n"
+        assert (output / "report.md").read_text() != "last week's report\n"
+        assert gaincell.load(output / "model") is not None
+        assert all(".demo." not in (output / name).read_text() for name in ("report.md", "results.json"))  # no temp path
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus.txt", "demo"]  # nothing left beside it
+
+
+def test_a_demo_stopped_midway_leaves_the_previous_report_and_model(tmp_path, pydoc_text, toy_demo, monkeypatch):
+    """Killed after its first stages (here: interrupted in the recipe), the previous demo is whole."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(pydoc_text[-40_000:])
+    output = tmp_path / "demo"
+    previous_demo(output)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("gaincell.demo.experiment._Demo.recipe", stop)
+    assert main(["demo", "--text", str(corpus), "--output", str(output), *TOY]) == 130  # "gaincell demo: interrupted"
+    assert (output / "report.md").read_text() == "last week's report\n"
+    assert (output / "model" / "config.json").read_text() == "{}" and (output / "notes.txt").is_file()
+    assert not (output / "pretrained").exists()  # the new run's first model went with its unfinished folder
+
+
+def test_a_second_demo_on_a_folder_in_use_is_refused(tmp_path, pydoc_text, toy_demo, capsys):
+    from gaincell.lock import folder_lock
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(pydoc_text[-40_000:])
+    output = tmp_path / "demo"
+    previous_demo(output)
+    with folder_lock(output, "--output", "gaincell demo"):
+        assert main(["demo", "--text", str(corpus), "--output", str(output), *TOY]) == 2
+    assert "--output: " in capsys.readouterr().err
+    assert (output / "report.md").read_text() == "last week's report\n"

@@ -384,3 +384,63 @@ def test_cli_errors_are_one_line(model_dir, tmp_path, argv, message):
     with pytest.raises(GainCellError, match=message) as raised:
         eval_command.run(parse([arg.format(**names) for arg in argv]))
     assert "\n" not in str(raised.value)
+
+
+# -- issue 25 item 7: --output never replaces a file gaincell eval did not write ---------------------
+
+
+def test_output_refuses_a_users_file_and_the_models_config_before_any_work(model_dir, text, tmp_path, capsys):
+    from gaincell.cli import main
+
+    path = tmp_path / "sample.txt"
+    path.write_text(text[:4000])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    config = (model_dir / "config.json").read_bytes()
+    for target in (notes, model_dir / "config.json"):
+        assert main(["eval", str(model_dir), "--text", str(path), "--max-tokens", "300", "--output", str(target)]) == 2
+        captured = capsys.readouterr()
+        assert captured.err == (
+            f"gaincell eval: error: --output: {target} exists and gaincell eval --output did not write it, so it is "
+            "not replaced; choose a new file name, or remove it first\n"
+        )
+        assert captured.out == ""  # refused before the evaluation
+    assert notes.read_text() == "my notes\n" and (model_dir / "config.json").read_bytes() == config
+
+
+def test_output_replaces_its_own_file_and_one_eval_writes_it_at_a_time(model_dir, text, tmp_path, capsys):
+    from gaincell.cli import main
+    from gaincell.lock import file_lock
+
+    path = tmp_path / "sample.txt"
+    path.write_text(text[:4000])
+    out = tmp_path / "ppl.json"
+    argv = ["eval", str(model_dir), "--text", str(path), "--max-tokens", "300", "--output", str(out)]
+    assert main(argv) == 0 and main(argv) == 0  # its own file, replaced
+    assert json.loads(out.read_text())["perplexity"]["tokens"] == 299
+    before = out.read_bytes()
+    capsys.readouterr()
+    with file_lock(out, "--output", "gaincell eval"):  # another eval writing it
+        assert main(argv) == 2
+    assert f"--output: {out} is being written by another gaincell eval (process" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_an_eval_output_in_a_saved_folder_survives_saving_it_again(model_dir, text, tmp_path, capsys):
+    """The manifest says who wrote each file: gaincell.save replaces its own files, not eval's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import gaincell
+    from gaincell.cli import main
+
+    saved = tmp_path / "saved"
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    gaincell.save(model, saved, tokenizer)
+    path = tmp_path / "sample.txt"
+    path.write_text(text[:4000])
+    argv = ["eval", str(saved), "--text", str(path), "--max-tokens", "300", "--output", str(saved / "ppl.json")]
+    assert main(argv) == 0
+    result = (saved / "ppl.json").read_text()
+    gaincell.save(model, saved, tokenizer)
+    assert (saved / "ppl.json").read_text() == result
+    assert main(argv) == 0  # still eval's own file

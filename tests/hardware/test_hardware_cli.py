@@ -389,3 +389,20 @@ def test_hw_never_imports_transformers_or_datasets(argv):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_plots_never_overwrite_a_users_file_of_the_same_name(capsys, tmp_path):
+    """Issue 25 item 7: a user's energy_breakdown.png is kept; gaincell's own plots are replaced."""
+    from gaincell.cli import main
+
+    folder = tmp_path / "plots"
+    assert run_hw(capsys, "--plot", str(folder))[0] == 0
+    assert run_hw(capsys, "--plot", str(folder))[0] == 0  # its own plots: replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "energy_breakdown.png").write_bytes(b"my figure")
+    assert main(["hw", "--plot", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert f"--plot: {mine / 'energy_breakdown.png'} exists and gaincell hw --plot did not write it" in err
+    assert (mine / "energy_breakdown.png").read_bytes() == b"my figure"
+    assert sorted(path.name for path in mine.iterdir()) == ["energy_breakdown.png"]  # nothing else drawn

@@ -40,6 +40,7 @@ def test_a_scheduler_address_runs_on_its_workers(files, tmp_path, capsys):
     [
         (["--scheduler", "tcp://127.0.0.1:9"], "--scheduler: only with --engine dask, got --engine local"),
         (["--engine", "dask", "--scheduler", "nonsense://x"], "--scheduler: cannot reach a Dask scheduler at nonsense://x"),
+        (["--dashboard", ":8787"], "--dashboard: only with --engine dask on a local cluster (without --scheduler)"),
     ],
 )
 def test_bad_engine_flags_are_one_line_and_write_nothing(files, tmp_path, capsys, flags, message):

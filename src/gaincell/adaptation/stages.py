@@ -30,7 +30,7 @@ from gaincell.adaptation.distributed import barrier, broadcast_scalers, rank
 from gaincell.adaptation.initialise import initialise_scalers
 from gaincell.adaptation.recipe import Recipe
 from gaincell.adaptation.settings import TrainConfig
-from gaincell.adaptation.state import check_files, digest_pairs, file_digests, latest_checkpoint
+from gaincell.adaptation.state import check_files, data_digest, digest_pairs, file_digests, latest_checkpoint
 from gaincell.adaptation.train import TrainResult, train
 from gaincell.adaptation.transfer import distill_stage, make_teacher, transfer_stage
 from gaincell.atomic import atomic_file
@@ -120,9 +120,13 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
         if rank() == 0:  # everything checked: the folder becomes this run's, and no other process's while it runs
             claimed.enter_context(folder_lock(output, "output_dir", "gaincell adapt"))
             _check_output(recipe, output, resume)  # again, now that no other run can write it
+            data = data_digest(train_blocks)
             if not (output / RUN_FILE).is_file():
                 with atomic_file(output / RUN_FILE) as handle:
-                    json.dump({"written_by": "gaincell adapt", "recipe": run_settings(recipe)}, handle, indent=1)
+                    run = {"written_by": "gaincell adapt", "recipe": run_settings(recipe), "train_data_sha256": data}
+                    json.dump(run, handle, indent=1)
+            else:
+                _check_data(output, data)
         barrier()
         return _run_stages(recipe, hardware, output, model, tokenizer, train_blocks, eval_blocks, resume)
 
@@ -207,6 +211,17 @@ def _check_output(recipe: Recipe, output: Path, resume: bool) -> None:
         name, before, after = changed
         raise GainCellError(
             f"cannot resume {output}: {name} was {before!r}, now {after!r}; resume with the recipe it started with"
+        )
+
+
+def _check_data(output: Path, data: str) -> None:
+    """A resumed run trains on the tokens it started with: the same text file, edited, would mix two datasets
+    across stages (a run from before the digest was recorded is not checked)."""
+    saved = json.loads((output / RUN_FILE).read_text()).get("train_data_sha256")
+    if saved is not None and saved != data:
+        raise GainCellError(
+            f"cannot resume {output}: the training data changed (sha256 of its token blocks was {saved[:12]}…, now "
+            f"{data[:12]}…); resume with the text the run started with"
         )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from gaincell.adaptation.settings import TrainConfig
 from gaincell.adaptation.snapshot import read_state, rng_state, set_rng_state, write_state
-from gaincell.atomic import atomic_directory
+from gaincell.atomic import MANIFEST, atomic_directory
 from gaincell.errors import GainCellError, first_line
 from gaincell.validation import as_json, first_difference
 
@@ -89,7 +89,8 @@ def digest_pairs(files: dict) -> dict[str, tuple[int, str]]:
 def check_files(folder: Path, files: dict[str, tuple[int, str]], what: str, ignore: tuple[str, ...] = ()) -> None:
     """Raise one line starting with ``what`` unless ``folder`` holds exactly ``files`` (``name -> (size, sha256)``),
     each whole: a missing, changed or planted file is named."""
-    present = {str(file.relative_to(folder)) for file in folder.rglob("*") if file.is_file()} - set(ignore)
+    files = {name: entry for name, entry in files.items() if name != MANIFEST}  # gaincell's note of who wrote what
+    present = {str(file.relative_to(folder)) for file in folder.rglob("*") if file.is_file()} - set(ignore) - {MANIFEST}
     planted = sorted(present - set(files))
     if planted:
         raise GainCellError(f"{what}: {planted[0]} is not one of the files it was written with")
@@ -212,9 +213,24 @@ def load_checkpoint(accelerator, objects: TrainingState, path: Path, state: dict
         raise GainCellError(f"corrupt checkpoint {path}: {type(error).__name__}: {first_line(error, '')}") from error
 
 
-def check_resumable(state: dict, path: Path, config: TrainConfig, hardware: dict | None, world: int, n_blocks: int) -> None:
+def data_digest(blocks) -> str:
+    """The sha256 of training blocks as int64 token ids with their shape: a resumed run must see the same
+    tokens, not only as many blocks (a corpus edited between a kill and ``--resume`` would mix two datasets)."""
+    import numpy as np
+
+    array = np.ascontiguousarray(np.asarray(blocks.cpu() if hasattr(blocks, "cpu") else blocks), dtype=np.int64)
+    digest = hashlib.sha256(repr(array.shape).encode())
+    for row in range(0, len(array), 4096):  # a memory-mapped corpus is read a slice at a time
+        digest.update(array[row : row + 4096].tobytes())
+    return digest.hexdigest()
+
+
+def check_resumable(
+    state: dict, path: Path, config: TrainConfig, hardware: dict | None, world: int, n_blocks: int, data: str | None = None
+) -> None:
     """Resume only what would replay the same steps: the same settings (``max_steps`` may grow, to extend
-    a run; logging and checkpointing may change), chip config, processes and data."""
+    a run; logging and checkpointing may change), chip config, processes and data (``data``: its
+    :func:`data_digest`, checked against checkpoints that carry one)."""
     saved = {key: value for key, value in state.get("config", {}).items() if key not in _FREE_ON_RESUME}
     now = {key: value for key, value in as_json(dataclasses.asdict(config)).items() if key not in _FREE_ON_RESUME}
     changed = first_difference(
@@ -225,3 +241,9 @@ def check_resumable(state: dict, path: Path, config: TrainConfig, hardware: dict
     if changed is not None:
         name, before, after = changed
         raise GainCellError(f"cannot resume {path} exactly: {name} was {before!r}, now {after!r}")
+    saved_data = state.get("train_data_sha256")
+    if data is not None and saved_data is not None and saved_data != data:
+        raise GainCellError(
+            f"cannot resume {path} exactly: the training data changed (sha256 of its token blocks was {saved_data[:12]}…, "
+            f"now {data[:12]}…); resume with the data the run started with"
+        )

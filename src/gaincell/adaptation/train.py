@@ -39,6 +39,7 @@ from gaincell.adaptation.state import (
     CHECKPOINT_DIR,
     TrainingState,
     check_resumable,
+    data_digest,
     latest_checkpoint,
     load_checkpoint,
     read_checkpoint_state,
@@ -47,6 +48,7 @@ from gaincell.adaptation.state import (
 )
 from gaincell.atomic import atomic_file
 from gaincell.errors import GainCellError
+from gaincell.jsonl import read_jsonl
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -161,12 +163,13 @@ def _hyperparameters(config: TrainConfig) -> dict:
 
 
 def _rewrite_log(path: Path, last_step: int) -> None:
-    """On resume, drop log lines of steps after the checkpoint: they are about to be redone."""
+    """On resume, drop log lines of steps after the checkpoint: they are about to be redone. A torn last line
+    (a full disk or a kill mid-write) is dropped with them; a damaged line before it is refused (:mod:`gaincell.jsonl`)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    kept = [record for record in read_jsonl(path) if record.get("step", 0) <= last_step]
     with atomic_file(path) as handle:
-        handle.write("".join(line + "\n" for line in kept))
+        handle.write("".join(json.dumps(record) + "\n" for record in kept))
 
 
 def train(
@@ -265,7 +268,7 @@ def _starting_point(accelerator, model, train_data, eval_data, config: TrainConf
     if latest is None:
         raise GainCellError(f"resume: no checkpoint in {output_dir / CHECKPOINT_DIR}")
     state = read_checkpoint_state(latest)
-    check_resumable(state, latest, config, chip_config(model), world, len(train_data))
+    check_resumable(state, latest, config, chip_config(model), world, len(train_data), data_digest(train_data))
     return state, latest
 
 
@@ -330,6 +333,7 @@ class _Run:
         self.history: list[dict] = []
         self.checkpoint: Path | None = None
         self.log_path = output_dir / config.log_jsonl if config.log_jsonl else None
+        self.data_sha256 = data_digest(train_data)
         self.unwrapped = None
         self.objects: TrainingState | None = None
         accelerator.print(
@@ -371,6 +375,7 @@ class _Run:
             state = {
                 "step": step, "loss": loss, "eval_loss": self.eval_loss, "elapsed": metrics["elapsed"],
                 "tokens": metrics["tokens"], "num_processes": self.world, "train_blocks": len(self.train_data),
+                "train_data_sha256": self.data_sha256,
                 "block_size": self.block_size, "config": dataclasses.asdict(config), "hardware": chip_config(self.unwrapped),
             }  # fmt: skip
             self.checkpoint = save_checkpoint(self.accelerator, self.objects, self.output_dir, step, state)

@@ -10,15 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from gaincell import devices
-from gaincell.atomic import atomic_file
+from gaincell.atomic import atomic_file, check_own_file, record_written
 from gaincell.errors import GainCellError
 from gaincell.evaluation.harness import plan_tasks, run_tasks
 from gaincell.evaluation.lm_eval_model import load_model_dir, load_tokenizer_dir
 from gaincell.evaluation.perplexity import text_perplexity
 from gaincell.evaluation.tasks import GROUPS
+from gaincell.lock import file_lock
 from gaincell.validation import json_ready
 
 
@@ -67,6 +69,18 @@ def run(args: argparse.Namespace) -> int:
     """``gaincell eval``: perplexity on a text and/or lm-eval tasks for a saved model."""
     if args.text is None and args.dataset is None and args.tasks is None:
         raise GainCellError("give --text FILE, --dataset NAME and/or --tasks LIST")
+    with ExitStack() as stack:
+        if args.output is not None:  # a file this command did not write is never replaced; one eval per file
+            output = check_own_file("--output", args.output, OUTPUT_WRITER)
+            stack.enter_context(file_lock(output, "--output", "gaincell eval"))
+        return _run(args)
+
+
+#: The writer ``--output`` files are listed under in their folder's manifest (:mod:`gaincell.atomic`).
+OUTPUT_WRITER = "gaincell eval --output"
+
+
+def _run(args: argparse.Namespace) -> int:
     plan = None
     if args.tasks is not None:
         plan = plan_tasks(args.tasks, task_data=args.task_data, include_path=args.include_path)
@@ -110,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         with atomic_file(args.output) as handle:
             json.dump(strict, handle, indent=1, allow_nan=False)
+        record_written(Path(args.output).absolute().parent, [Path(args.output).name], OUTPUT_WRITER)
     if strict.get("non_finite"):  # a NaN result is a failed evaluation, not a score
         print(f"gaincell eval: not finite: {', '.join(strict['non_finite'])}", file=sys.stderr)
         return 1

@@ -61,16 +61,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR")
 
 
+def _check_plot(plot: str | None) -> None:
+    """``--plot``: a folder, where a user's file named like a plot is kept (refused before any work)."""
+    from gaincell.validation import fail
+
+    if plot and Path(plot).exists() and not Path(plot).is_dir():
+        fail("--plot", "a folder for the PNG files (new or existing)", f"{plot} (an existing file)")
+    if plot:
+        from gaincell.hardware.plots import check_plot_folder
+
+        check_plot_folder(plot)
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the report, print it (tables or JSON) and write the plots if asked."""
     import json
 
     from gaincell.hardware.render import render
     from gaincell.hardware.report import HardwareQuery, build_report, resolve
-    from gaincell.validation import fail, json_ready
+    from gaincell.validation import json_ready
 
-    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
-        fail("--plot", "a folder for the PNG files (new or existing)", f"{args.plot} (an existing file)")
+    _check_plot(args.plot)
     device = args.measure_device
     if args.measure and device is None:
         import torch

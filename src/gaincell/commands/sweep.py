@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="with --engine dask: a running Dask scheduler (tcp://host:8786); default: a local cluster of --jobs workers",
     )
+    parser.add_argument(
+        "--dashboard",
+        metavar="[HOST]:PORT",
+        help="with --engine dask on a local cluster: serve Dask's dashboard there (':8787' is loopback only; "
+        "default: none, the cluster is private: loopback, TLS with a certificate made for this run)",
+    )
     parser.add_argument("--output", metavar="DIR", help="output folder (default: the file's output_dir)")
     devices.add_arguments(parser, f"the model's weights: {' | '.join(devices.DTYPES)} (default: the file's, else float32)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -49,9 +55,18 @@ def run(args: argparse.Namespace) -> int:
         raise GainCellError(f"--jobs: an integer >= 1, got {args.jobs}")
     if args.scheduler is not None and args.engine != "dask":
         raise GainCellError(f"--scheduler: only with --engine dask, got --engine {args.engine}")
+    if args.dashboard is not None and (args.engine != "dask" or args.scheduler is not None):
+        raise GainCellError("--dashboard: only with --engine dask on a local cluster (without --scheduler)")
     if args.output:
         spec = dataclasses.replace(spec, output_dir=args.output)
-    summary = run_sweep(spec, jobs=args.jobs, progress=not args.no_progress, engine=args.engine, scheduler=args.scheduler)
+    summary = run_sweep(
+        spec,
+        jobs=args.jobs,
+        progress=not args.no_progress,
+        engine=args.engine,
+        scheduler=args.scheduler,
+        dashboard=args.dashboard,
+    )
     points = sum(1 for row in summary["rows"] if row["index"] >= 0)
     front = sum(1 for row in summary["rows"] if row.get("pareto"))
     print(

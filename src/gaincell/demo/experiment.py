@@ -37,7 +37,7 @@ from gaincell.adaptation.data import pack_blocks, split_blocks, train_bpe_tokeni
 from gaincell.adaptation.settings import CalibrationConfig, TrainConfig
 from gaincell.adaptation.stages import linear_config, linear_stage, nonlinear_stage
 from gaincell.adaptation.train import train
-from gaincell.atomic import atomic_file, check_replaceable
+from gaincell.atomic import atomic_directory, atomic_file, check_replaceable
 from gaincell.chip.config import preset
 from gaincell.demo.report import markdown, plots
 from gaincell.devices import model_device
@@ -48,6 +48,7 @@ from gaincell.hardware.report import HardwareQuery, build_report
 from gaincell.hf.convert import convert
 from gaincell.hf.layer import gain_cell_layers
 from gaincell.hf.pretrained import save
+from gaincell.lock import folder_lock
 from gaincell.validation import check_int
 
 
@@ -132,21 +133,14 @@ def _is_demo_folder(path: Path) -> bool:
     return (path / MARKER).is_file()
 
 
-def _fresh_output(path: Path) -> None:
-    """Empty the (checked) output folder for this run and mark it as a demo's."""
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    (path / MARKER).write_text("written by gaincell demo; replaced by the next run\n")
-
-
 def run_demo(
     config: DemoConfig, output: Path, text: str, corpus_name: str, eval_text: str | None, *, echo=print, precision="auto"
 ) -> dict:
     """Run the whole demo into ``output`` and return the results (also in ``results.json``).
 
-    ``output`` may be new, empty or a previous demo's folder; it is replaced only once the corpus has given
-    the data the run needs, so a bad size or a short text leaves the previous demo as it was. Models train
+    ``output`` may be new, empty or a previous demo's folder. The new run is written beside it and replaces it
+    only when complete, so a bad size, a short text or a kill leaves the previous demo as it was; files in it
+    that gaincell did not write are kept (:func:`gaincell.atomic.atomic_directory`); one demo per folder. Models train
     where accelerate puts them (:func:`gaincell.devices.accelerate_on`), in autocast ``precision``
     (``TrainConfig.mixed_precision``), and are measured where training left them.
     """
@@ -154,7 +148,18 @@ def run_demo(
     output = check_replaceable("--output", output, _is_demo_folder, "a previous demo folder")
     demo = _Demo(config, output, echo, precision)
     demo.prepare_data(text, corpus_name, eval_text)
-    _fresh_output(output)
+    with folder_lock(output, "--output", "gaincell demo"), atomic_directory(output, "gaincell demo") as new:
+        # The run writes beside the previous demo, which stays whole until the new one is complete; files in
+        # it that gaincell did not write (a user's notes) are carried into the new one.
+        demo.output = new
+        (new / MARKER).write_text("written by gaincell demo; replaced by the next run\n")
+        results = _run(demo, config, new, corpus_name, precision, started)
+    return results
+
+
+def _run(demo: _Demo, config: DemoConfig, output: Path, corpus_name: str, precision: str, started: float) -> dict:
+    """The demo's stages, written into ``output`` (the new folder beside the previous one)."""
+    echo = demo.echo
     pretrained = demo.pretrain_and_swap()
     save(pretrained, output / PRETRAINED, demo.tokenizer)  # (a): a plain softmax GPT-2, any HF tool loads it
     only = demo.calibration_only(pretrained)

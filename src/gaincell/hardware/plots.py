@@ -13,7 +13,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from gaincell.atomic import atomic_file
+from gaincell.atomic import atomic_file, check_own_file, record_written
 from gaincell.hardware.constants import load_reference
 from gaincell.hardware.gaincell_model import GainCellEstimate, estimate
 from gaincell.hardware.gpu import roofline
@@ -26,6 +26,18 @@ def sweep_windows(window: int, subtile_rows: int) -> list[int]:
     return sorted(windows | {window})
 
 
+#: The files :func:`write_plots` writes (checked before anything is drawn: a user's file of that name is kept).
+PLOT_FILES = ("energy_vs_window.png", "latency_vs_window.png", "energy_breakdown.png", "area_vs_window.png")
+#: The writer :func:`write_plots` records in the folder's manifest (:mod:`gaincell.atomic`).
+WRITER = "gaincell hw --plot"
+
+
+def check_plot_folder(directory: str | os.PathLike) -> None:
+    """Refuse, before any work, a folder where a plot's name is a file gaincell hw did not write."""
+    for name in PLOT_FILES:
+        check_own_file("--plot", Path(directory) / name, WRITER)
+
+
 def _save(figure, directory: Path, name: str) -> Path:
     path = directory / name
     with atomic_file(path, "wb") as handle:
@@ -34,13 +46,15 @@ def _save(figure, directory: Path, name: str) -> Path:
 
 
 def write_plots(resolved: Resolved, directory: str | os.PathLike) -> list[Path]:
-    """Write the four plots into ``directory`` (created if missing); returns their paths."""
+    """Write the four plots into ``directory`` (created if missing; checked by :func:`check_plot_folder`),
+    listed in its manifest; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     directory = Path(directory)
+    check_plot_folder(directory)
     directory.mkdir(parents=True, exist_ok=True)
     shape, tech = resolved.shape, resolved.tech
     windows = sweep_windows(shape.window, shape.subtile_rows)
@@ -51,6 +65,7 @@ def write_plots(resolved: Resolved, directory: str | os.PathLike) -> list[Path]:
     ]
     written.append(_breakdown_plot(plt, resolved, windows, chips, title, directory))
     written.append(_area_plot(plt, resolved, windows, chips, title, directory))
+    record_written(directory, [path.name for path in written], WRITER)
     return written
 
 

@@ -49,13 +49,14 @@ def is_saved_model(directory: Path) -> bool:
 def save(model, path: str | os.PathLike, tokenizer=None, card: ModelCard | None = None) -> Path:
     """``model.save_pretrained`` (and the tokenizer's) into ``path``, atomically: a crash leaves the
     previous directory (or none), never a half-written one. An existing ``path`` is replaced only if it
-    is empty or a model saved here before; anything else is refused before a byte is written.
+    is empty or a model saved here before; anything else is refused before a byte is written. Files a user
+    added to a saved folder are kept (:func:`gaincell.atomic.atomic_directory`'s manifest).
     ``README.md`` is ``card``, else a card with the model's hardware config (:mod:`gaincell.hf.card`)."""
     path = check_replaceable("path", path, is_saved_model, "a model saved by gaincell.save")
     if card is None:
         settings = getattr(model.config, "gaincell", None)
         card = model_card(settings, base_model=getattr(model.config, "_name_or_path", None) or None)
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, "gaincell.save") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -8,7 +8,15 @@ add an object store and a runtime for nothing we use; submitit is SLURM only.
 
 Each worker process builds one :class:`~gaincell.sweep.worker.Evaluator` (the model loaded once) on
 its first point and keeps it; only the driver writes ``results.jsonl``: the records come back as
-results, so workers need to read the model and texts (a shared filesystem) but write nothing.
+results, so workers need to read the model and texts (a shared filesystem) but write nothing. The
+cache is keyed by the spec and by the content of the model (:func:`gaincell.sweep.run.model_digest`), so
+a model folder replaced between two sweeps on one scheduler is read again, never scored from memory.
+
+A Dask scheduler runs whatever code a connected client submits, so the local cluster is private: it
+listens on loopback only, over TLS with a certificate made for this run
+(``distributed.security.Security.temporary``, which needs ``cryptography``), and has no dashboard
+unless asked (``--dashboard``). A process that does not hold this run's certificate cannot connect.
+An external ``--scheduler`` is the user's: docs/sweep.md says how to secure one.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ from gaincell.sweep.spec import SweepSpec, Unit
 _EVALUATOR: tuple[str, object] | None = None
 
 
-def evaluate_on_worker(spec: SweepSpec, unit: Unit, threads: int | None) -> dict:
-    """Measure one unit in a Dask worker, building (or rebuilding, for another sweep) its Evaluator."""
+def evaluate_on_worker(spec: SweepSpec, unit: Unit, threads: int | None, model: str | None = None) -> dict:
+    """Measure one unit in a Dask worker, building (or rebuilding, for another sweep or another content of the
+    model folder, ``model`` being its digest) its Evaluator."""
     global _EVALUATOR
     import torch
 
@@ -35,15 +44,17 @@ def evaluate_on_worker(spec: SweepSpec, unit: Unit, threads: int | None) -> dict
 
     if threads is not None:
         torch.set_num_threads(threads)
-    if _EVALUATOR is None or _EVALUATOR[0] != spec.fingerprint():
-        _EVALUATOR = (spec.fingerprint(), Evaluator(spec))
+    key = f"{spec.fingerprint()}:{model}"
+    if _EVALUATOR is None or _EVALUATOR[0] != key:
+        _EVALUATOR = (key, Evaluator(spec))
     return _EVALUATOR[1].evaluate(unit)
 
 
 @contextmanager
-def dask_client(jobs: int, scheduler: str | None) -> Iterator:
-    """A client of the cluster at ``scheduler``, or of a new local cluster of ``jobs`` worker processes
-    (closed with the client)."""
+def dask_client(jobs: int, scheduler: str | None, dashboard: str | None = None) -> Iterator:
+    """A client of the cluster at ``scheduler``, or of a new private local cluster of ``jobs`` worker processes
+    (closed with the client): loopback, TLS with a temporary certificate, a dashboard only at ``dashboard``
+    (``host:port``, or ``:port`` for loopback)."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -56,12 +67,44 @@ def dask_client(jobs: int, scheduler: str | None) -> Iterator:
         with client:
             yield client
         return
-    with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with Client(cluster) as client:
-            yield client
+    import dask
+
+    security = _private_security()
+    if dashboard is not None and dashboard.startswith(":"):
+        dashboard = f"127.0.0.1{dashboard}"
+    # Without a dashboard the scheduler still serves HTTP (default :8787, metrics and JSON pages about the
+    # cluster): a random loopback port answering only a health check.
+    http = {} if dashboard else {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
+    routes = None if dashboard else ["distributed.http.health"]
+    with dask.config.set({"distributed.scheduler.http.routes": routes} if routes else {}):
+        cluster = LocalCluster(
+            n_workers=jobs,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            protocol="tls://",
+            security=security,
+            dashboard_address=dashboard,
+            scheduler_kwargs=http,
+        )
+    with cluster, Client(cluster, security=security) as client:
+        yield client
 
 
-def run_dask(client, spec: SweepSpec, units: list[Unit], threads: int | None) -> Iterator[dict]:
+def _private_security():
+    """TLS with a key and certificate made for this run only: a client needs them to connect."""
+    from distributed.security import Security
+
+    try:
+        return Security.temporary()
+    except ImportError:
+        raise GainCellError(
+            "--engine dask: the private local cluster needs the cryptography package for its TLS certificate; "
+            "pip install 'gaincell[dask]'"
+        ) from None
+
+
+def run_dask(client, spec: SweepSpec, units: list[Unit], threads: int | None, model: str | None = None) -> Iterator[dict]:
     """Yield the records of ``units`` as the client's workers finish them (completion order).
 
     ``threads``: torch threads per worker (a local cluster: one per core and worker, as ``--jobs``);
@@ -69,7 +112,7 @@ def run_dask(client, spec: SweepSpec, units: list[Unit], threads: int | None) ->
     from distributed import as_completed
 
     spec = _absolute_paths(spec)
-    futures = [client.submit(evaluate_on_worker, spec, unit, threads, pure=False) for unit in units]
+    futures = [client.submit(evaluate_on_worker, spec, unit, threads, model, pure=False) for unit in units]
     try:
         for future in as_completed(futures):
             yield future.result()

@@ -14,20 +14,30 @@ summary (``results.json``), ``report.md`` and the plots (:mod:`gaincell.sweep.re
 rewritten atomically at the end. Every line is a pure function of the spec (read noise is seeded
 per point and seed), so a resumed sweep gives the same results as an uninterrupted one, in any
 order and with any number of ``jobs``.
+
+Each line carries the digest of the model folder's files it was measured on (:func:`model_digest`): a
+model replaced at the same path, between two sweeps or between a kill and a resume, is measured again,
+and the summary uses only the lines of the model as it is now (older lines stay in the file, never
+mixed into a result). One sweep at a time writes an output folder (:func:`gaincell.lock.folder_lock`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from gaincell.adaptation.state import file_digests
 from gaincell.atomic import atomic_file
 from gaincell.errors import GainCellError
+from gaincell.jsonl import read_jsonl
+from gaincell.lock import LOCK_FILE, folder_lock
 from gaincell.sweep.dask_engine import dask_client, run_dask
 from gaincell.sweep.report import write_outputs
 from gaincell.sweep.spec import (
@@ -46,25 +56,15 @@ __all__ = ["SweepSpec", "Unit", "mark_pareto", "point_config", "point_cost", "re
 
 
 def read_results(path: Path) -> list[dict]:
-    """The complete lines of a results file; a torn last line (a kill mid-write) is dropped and the
-    file rewritten without it."""
-    if not path.is_file():
-        return []
-    text = path.read_text()
-    lines, complete = [], []
-    for line in text.splitlines(keepends=True):
-        try:
-            record = json.loads(line) if line.endswith("\n") else None
-        except json.JSONDecodeError:
-            record = None
-        if record is None:
-            break
-        lines.append(record)
-        complete.append(line)
-    if "".join(complete) != text:
-        with atomic_file(path) as handle:
-            handle.write("".join(complete))
-    return lines
+    """The complete lines of a results file; a torn last line (a kill mid-write) is dropped and cut from the
+    file, a damaged line before it refused (:func:`gaincell.jsonl.read_jsonl`)."""
+    return read_jsonl(path, repair=True)
+
+
+def model_digest(folder: str | os.PathLike) -> str:
+    """A sha256 over the size and sha256 of every file of a saved model (dot files, such as a lock, left out)."""
+    files = {name: entry for name, entry in file_digests(Path(folder).expanduser()).items() if not name.startswith(".")}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def append_result(path: Path, record: dict) -> None:
@@ -92,7 +92,7 @@ def prepare_output(spec: SweepSpec) -> Path:
                 "use another output_dir or delete it"
             )
         return out
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(entry.name != LOCK_FILE for entry in out.iterdir()):
         raise GainCellError(f"output_dir: {out} is not empty and holds no sweep; choose another")
     with atomic_file(marker) as handle:
         json.dump({"fingerprint": spec.fingerprint(), "spec": dataclasses.asdict(spec)}, handle, indent=2, default=str)
@@ -103,53 +103,88 @@ ENGINES = ("local", "dask")
 
 
 def run_sweep(
-    spec: SweepSpec, *, jobs: int | None = None, progress: bool = True, engine: str = "local", scheduler: str | None = None
+    spec: SweepSpec,
+    *,
+    jobs: int | None = None,
+    progress: bool = True,
+    engine: str = "local",
+    scheduler: str | None = None,
+    dashboard: str | None = None,
 ) -> dict:
     """Run every point not yet in ``results.jsonl``, then write the summary, report and plots.
 
     ``engine = "local"`` runs them here or in ``jobs`` processes; ``"dask"`` on the Dask cluster at
-    ``scheduler``, or on a local one of ``jobs`` workers (:mod:`gaincell.sweep.dask_engine`)."""
+    ``scheduler``, or on a local one of ``jobs`` workers (:mod:`gaincell.sweep.dask_engine`; private, with a
+    dashboard only at ``dashboard``)."""
 
     jobs = spec.jobs if jobs is None else jobs
     check_choice("engine", engine, ENGINES)
     if scheduler is not None and engine != "dask":
         raise GainCellError(f"scheduler: only with engine dask, got engine {engine}")
+    if dashboard is not None and (engine != "dask" or scheduler is not None):
+        raise GainCellError("dashboard: only with engine dask on a local cluster (no scheduler)")
     with ExitStack() as stack:  # a missing dask or an unreachable scheduler fails before anything is written
-        client = stack.enter_context(dask_client(jobs, scheduler)) if engine == "dask" else None
+        client = stack.enter_context(dask_client(jobs, scheduler, dashboard)) if engine == "dask" else None
         evaluator = Evaluator(spec)  # loads the model and texts: a bad model fails before anything is written
+        model = model_digest(spec.model)
         out = prepare_output(spec)
+        stack.enter_context(folder_lock(out, "output_dir", "gaincell sweep"))
+        if spec.adapt:
+            stale_adaptations(out, model)
         results_path = out / "results.jsonl"
-        done = {record["key"] for record in read_results(results_path)}
+        done = {record["key"] for record in read_results(results_path) if record.get("model") == model}
         todo = [unit for unit in work_units(spec) if unit.key not in done]
         start, measured = time.perf_counter(), 0
         bar = _progress(len(todo), progress)
-        for record in _measure(spec, evaluator, todo, jobs, client, scheduler):
-            append_result(results_path, record)
+        for record in _measure(spec, evaluator, todo, jobs, client, scheduler, model):
+            append_result(results_path, {**record, "model": model})
             measured += 1
             bar.update()
         bar.close()
-    records = read_results(results_path)
-    summary = summarise(spec, records)
-    wall = time.perf_counter() - start
-    total = sum(record.get("seconds", 0.0) for record in records)
-    note = f"{len(records)} units took {total:.1f} s in all (summed over processes); " + (
-        f"this run measured {measured} in {wall:.1f} s wall with {_where(engine, jobs, scheduler)}"
-        if measured
-        else "this run measured none (the report is re-rendered from results.jsonl)"
-    )
-    write_outputs(spec, summary, out, note, adaptation_seconds(records))
-    if (out / "adapt").is_dir() and not any((out / "adapt").iterdir()):
-        (out / "adapt").rmdir()  # every point's checkpoints went when it was measured
+        records = current_records(read_results(results_path), model)
+        summary = summarise(spec, records)
+        wall = time.perf_counter() - start
+        total = sum(record.get("seconds", 0.0) for record in records)
+        note = f"{len(records)} units took {total:.1f} s in all (summed over processes); " + (
+            f"this run measured {measured} in {wall:.1f} s wall with {_where(engine, jobs, scheduler)}"
+            if measured
+            else "this run measured none (the report is re-rendered from results.jsonl)"
+        )
+        write_outputs(spec, summary, out, note, adaptation_seconds(records))
+        if (out / "adapt").is_dir() and not any(p.name != ADAPT_MODEL for p in (out / "adapt").iterdir()):
+            shutil.rmtree(out / "adapt")  # every point's checkpoints went when it was measured
     return {**summary, "wall_seconds_this_run": wall, "jobs": jobs}
 
 
-def _measure(spec: SweepSpec, evaluator: Evaluator, todo: list[Unit], jobs: int, client, scheduler: str | None):
+#: In ``<output_dir>/adapt``: the digest of the model the points' adaptation checkpoints started from.
+ADAPT_MODEL = ".model-digest"
+
+
+def stale_adaptations(out: Path, model: str) -> None:
+    """Remove the killed points' adaptation checkpoints if they were trained from another model (or an
+    unrecorded one), so a resumed point never continues from the old model's weights; record ``model``."""
+    folder = out / "adapt"
+    marker = folder / ADAPT_MODEL
+    if folder.is_dir() and not (marker.is_file() and marker.read_text().strip() == model):
+        for point in folder.glob("point-*-seed-*"):  # the checkpoints only: anything else there is kept
+            shutil.rmtree(point)
+    folder.mkdir(exist_ok=True)
+    with atomic_file(marker) as handle:
+        handle.write(model + "\n")
+
+
+def current_records(records: list[dict], model: str) -> list[dict]:
+    """The lines measured on the model as it is now (``model``: its digest), one per key (the last)."""
+    return list({record["key"]: record for record in records if record.get("model") == model}.values())
+
+
+def _measure(spec: SweepSpec, evaluator: Evaluator, todo: list[Unit], jobs: int, client, scheduler: str | None, model: str):
     """The records of ``todo``: the reference first, here, before any conversion; the points here, in
     ``jobs`` processes or on the Dask ``client``'s workers."""
     if todo and todo[0].index == -1:
         yield evaluator.evaluate(todo.pop(0))
     if client is not None and todo:
-        yield from run_dask(client, spec, todo, None if scheduler else max(1, (os.cpu_count() or 1) // jobs))
+        yield from run_dask(client, spec, todo, None if scheduler else max(1, (os.cpu_count() or 1) // jobs), model)
     elif jobs > 1 and len(todo) > 1:
         yield from run_parallel(spec, todo, jobs)
     else:
