@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 
-from gaincell.errors import GainCellError
+from gaincell.errors import GainCellError, first_line
 from gaincell.noise import quiet_loading_bars
 
 #: The first line of ``gaincell --help``: what the tool is, for someone who has not read the README.
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gaincell {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
     except FileNotFoundError as error:
-        print(f"gaincell {args.command}: error: file not found: {error.filename}", file=sys.stderr)
+        missing = error.filename if error.filename is not None else first_line(error)  # datasets names none
+        print(f"gaincell {args.command}: error: file not found: {missing}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gaincell {args.command}: interrupted", file=sys.stderr)

@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from gaincell.hardware.report import HardwareQuery, build_report, resolve
     from gaincell.validation import fail, json_ready
 
+    if args.plot is not None and not args.plot.strip():
+        fail("--plot", "a folder for the PNG files (new or existing)", args.plot)
     if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
         fail("--plot", "a folder for the PNG files (new or existing)", f"{args.plot} (an existing file)")
     device = args.measure_device
