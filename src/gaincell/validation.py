@@ -105,7 +105,7 @@ def check_utf8_text(name: str, value: Any) -> None:
 
 def check_output_file(name: str, value: Any) -> None:
     """A path a command may write one file to, checked before any work: a file name (not empty, not a folder,
-    not ``.``) in a folder that exists."""
+    not ``.``) whose nearest existing parent is a folder (missing folders are made when it is written)."""
     from pathlib import Path
 
     if not isinstance(value, str) or not value.strip():
@@ -113,8 +113,11 @@ def check_output_file(name: str, value: Any) -> None:
     path = Path(value).expanduser()
     if path.is_dir() or path.name in ("", ".", ".."):
         fail(name, "a file name to write the results to, not a folder", value)
-    if not path.parent.is_dir():
-        fail(name, "a file in an existing folder", f"{value} ({path.parent} is not a folder)")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        fail(name, "a file in a folder", f"{value} ({parent} is a file)")
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:

@@ -307,17 +307,29 @@ def test_hw_plot_empty_is_refused(capsys):
     assert "--plot must be a folder for the PNG files (new or existing), got ''" in fail(["hw", "--plot", ""], capsys)
 
 
-def test_a_full_disk_is_one_line(files, tmp_path, monkeypatch, capsys):
-    """A writer that fails as a full disk does (ENOSPC), through the OSError and safetensors' own error."""
+@pytest.mark.parametrize("raised", ["OSError", "SafetensorError"])
+def test_a_full_disk_is_one_line_and_leaves_no_output(files, tmp_path, monkeypatch, capsys, raised):
+    """A weights writer that fails as a full disk does (ENOSPC): Python's OSError, or safetensors' own error type."""
     import errno
 
+    import safetensors
     import safetensors.torch
     import transformers.modeling_utils
 
     def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "model.safetensors"))
+        if raised == "OSError":
+            raise OSError(errno.ENOSPC, "No space left on device", "model.safetensors")
+        raise safetensors.SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full, raising=False)
     line = fail(["convert", files["model"], tmp_path / "out", "--preset", "paper"], capsys)
-    assert line.startswith("gaincell convert: error: No space left on device (") and "model.safetensors" in line
+    expected = {
+        "OSError": "gaincell convert: error: No space left on device (model.safetensors)",
+        "SafetensorError": "gaincell convert: error: writing or reading weights failed: Error while serializing: "
+        'IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })',
+    }
+    assert line == expected[raised]
+    assert list(tmp_path.iterdir()) == []  # no half-written model, no temporary folder
