@@ -264,7 +264,7 @@ def test_a_max_length_shorter_than_an_answer_is_named(files, task_folders, capsy
 def test_a_missing_relative_model_folder_is_named_as_a_folder(files, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     line = fail(["eval", "runs/model", "--text", files["corpus"]], capsys)
-    assert f"model: no such directory runs/model ({tmp_path / 'runs' / 'model'} does not exist)" in line
+    assert f"model: no such directory 'runs/model' ({tmp_path / 'runs' / 'model'} does not exist)" in line
 
 
 def test_an_include_path_task_with_a_missing_file_names_the_file(files, tmp_path, capsys):

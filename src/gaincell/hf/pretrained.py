@@ -264,7 +264,7 @@ def _library_error(what: str, name: str, error: Exception) -> GainCellError:
     if not is_local_path(name) and not Path(name).exists():  # a hub id that did not come: offline, or a typo
         # ``runs/model`` reads as a hub id too: the user more likely meant a folder, so say first that it is not there
         return GainCellError(
-            f"model: no such directory {name} ({Path(name).absolute()} does not exist), and as a hub id it gives no "
+            f"model: no such directory {name!r} ({Path(name).absolute()} does not exist), and as a hub id it gives no "
             f"{what.removeprefix('a ')}: {first_line(error).rstrip('.')}; offline, `gaincell fetch` gives a real model "
             "(SmolLM2-135M, a .gguf file) and `gaincell demo` a small one (gaincell-demo/pretrained)"
         )
