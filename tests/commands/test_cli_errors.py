@@ -333,3 +333,21 @@ def test_a_full_disk_is_one_line_and_leaves_no_output(files, tmp_path, monkeypat
     }
     assert line == expected[raised]
     assert list(tmp_path.iterdir()) == []  # no half-written model, no temporary folder
+
+
+def test_adapt_on_a_full_disk_is_one_line_and_resumes_once_there_is_room(files, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import safetensors.torch
+    import transformers.modeling_utils
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "model.safetensors")
+
+    recipe = write_recipe(tmp_path / "recipe.toml", files, {})
+    with monkeypatch.context() as patch:
+        patch.setattr(safetensors.torch, "save_file", full)
+        patch.setattr(transformers.modeling_utils, "safe_save_file", full, raising=False)
+        assert fail(["adapt", recipe], capsys) == "gaincell adapt: error: No space left on device (model.safetensors)"
+    assert main(["adapt", str(recipe), "--resume"]) == 0
+    assert (tmp_path / "run" / "nonlinear" / "model").is_dir()
