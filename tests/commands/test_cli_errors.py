@@ -241,6 +241,9 @@ ARC = ["--tasks", "arc_easy", "--limit", "2", "--task-data"]
         ([*ARC, "{good}", "--num-fewshot", "-1"], r"--num-fewshot must be an integer >= 0, got -1$"),
         (["--text", "{corpus}", "--output", "{folder}"], r"--output must be a file name .*not a folder, got '.*'$"),
         (["--text", "{corpus}", "--output", ""], r"--output must be a file name to write the results to, got ''$"),
+        (["--text", "{corpus}", "--stride", "0"], r"--stride must be an integer >= 1, got 0$"),
+        (["--text", "{corpus}", "--context", "1"], r"--context must be an integer >= 2, got 1$"),
+        (["--text", "{corpus}", "--max-tokens", "0"], r"--max-tokens must be an integer >= 2, got 0$"),
         (["--text", "{corpus}", "--output", "."], r"--output must be a file name .*not a folder, got '.'$"),
     ],
 )

@@ -121,6 +121,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
     """Every number and the output path, before the model loads: a bad one must not cost an evaluation
     (``--output DIR`` used to fail only when the results were written)."""
     check_int("--batch-size", args.batch_size, 1)
+    for option, value, minimum in (
+        ("--context", args.context, 2),
+        ("--stride", args.stride, 1),
+        ("--max-tokens", args.max_tokens, 2),
+    ):
+        if value is not None:
+            check_int(option, value, minimum)
     if args.limit is not None:
         check_limit("--limit", args.limit)
     if args.num_fewshot is not None:
