@@ -9,7 +9,9 @@ is clean: peak RSS during the timed calls minus RSS once the inputs exist (CPU),
   T×T leakage matrix, one matmul per polynomial order, per-sub-tile ADC on T×T weights, autograd;
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with a T×T sliding-window mask.
 
-Usage: ``python benchmarks/bench_attention.py [--quick] [--device cpu|cuda] [--dtype bfloat16] [--repeats 3]``.
+Usage: ``python benchmarks/bench_attention.py [--quick] [--device cpu|cuda] [--dtype bfloat16] [--repeats 3]``;
+a recorded run goes in a folder of its own, ``> benchmarks/results/bench-attention-MACHINE/results.json``
+(``bench-attention-2core-cpu``, docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ and ``gpt2-shape`` (GPT-2 small's shape, 12 layers, 12 heads, D = 64, random wei
 reports tokens/s over its first and last 64 tokens (per-step timestamps): with a full window the
 gain-cell memory's cost per token must not grow.
 
-Usage: ``python benchmarks/bench_generate.py [--quick] [--threads 2] [--long 2048] [--device cuda --dtype bfloat16]``.
+Usage: ``python benchmarks/bench_generate.py [--quick] [--threads 2] [--long 2048] [--device cuda --dtype bfloat16]``;
+a recorded run goes in a folder of its own, ``> benchmarks/results/bench-generate-MACHINE/results.json``
+(``bench-generate-quiet-1thread``, docs/benchmarks.md).
 """
 
 from __future__ import annotations

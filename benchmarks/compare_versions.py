@@ -8,7 +8,8 @@ first on the path, so a loaded machine slows both alike. ``--generate`` adds gen
 gain-cell memory (``bench_generate.py --case``: stories260K and the GPT-2 shape, prompt 128, 256 new
 tokens, batch 1 and 8, window 256), timed the same way, in tokens per CPU second (the fairer measure
 when other jobs share the cores; both checkouts run the same script, this one's). Prints one JSON
-object: per case the median over rounds of each checkout's figure, and new / old.
+object: per case the median over rounds of each checkout's figure, and new / old; a recorded comparison
+goes in a folder of its own, ``> benchmarks/results/compare-WHAT-1thread/results.json``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ made to run once, unattended, within 8 minutes, and to bring something back what
   line, the end of the traceback) and the run goes on;
 - ``--budget-s`` bounds the whole run; each part gets a share of what is left (time a part does not
   use flows to the next), and a case that would not fit is skipped and recorded as skipped, with why;
-- ``device_run.json`` and ``device_run.md`` are rewritten (atomically) after every case.
+- ``device_run.json`` and ``device_run.md`` are rewritten (atomically) after every case; a recorded run is
+  kept in a folder of its own, ``benchmarks/results/device-run-GPU/`` (docs/benchmarks.md).
 
 Parts (``--parts a,b,c,d,e``; their results are keyed by these letters):
 

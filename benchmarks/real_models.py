@@ -245,7 +245,10 @@ def main() -> None:
     )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "gaincell" / "models")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gaincell-real-models"))
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results",
+        help="where each experiment gets its folder, real-models-MODEL-TAG/ (default: benchmarks/results)",
+    )  # fmt: skip
     parser.add_argument("--budget", type=int, help="training tokens per (e) recipe")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=6e-3, help="peak lr of every fine-tuning stage of both recipes")
@@ -256,7 +259,7 @@ def main() -> None:
     parser.add_argument("--lm-weight", type=float, default=1.0, help="distillation's LM-loss weight (0: logits only)")
     parser.add_argument("--tasks", help="also run lm-eval tasks on every row: 'paper' (six) or 'table1' (+ WikiText-2)")
     parser.add_argument("--task-limit", type=int, default=1000, help="items per task (default 1,000; 0: all)")
-    parser.add_argument("--tag", default="fair", help="suffix of the result files (real-models-MODEL-TAG.json)")
+    parser.add_argument("--tag", default="fair", help="suffix of the experiment's folder (real-models-MODEL-TAG/)")
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument(
         "--position-offset",
@@ -399,8 +402,10 @@ def write(args, setup, result: dict, total: float) -> None:
     import fcntl
 
     name = f"real-models-{args.model}{'-' + args.tag if args.tag else ''}{'-smoke' if args.smoke else ''}"
-    path = args.out / f"{name}.json"
-    with open(args.out / f".{name}.lock", "w") as lock:
+    folder = args.out / name  # one experiment, one folder: results.json, results.md, curve.png
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "results.json"
+    with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         before = json.loads(path.read_text()) if path.is_file() else {}
         rows, notes = before.get("rows", []), before.get("notes", [])  # notes: written by hand, kept
@@ -422,8 +427,8 @@ def write(args, setup, result: dict, total: float) -> None:
     lines += table1_lines(rows)
     lines += ["", "Greedy samples (the gain-cell rows generate through their memory):", ""]
     lines += [f"- **{r['row']}**: {r['sample']!r}" for r in rows if r["sample"]]
-    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    plot_curves(rows, args.out / f"{name}-curve.png", setup)
+    (folder / "results.md").write_text("\n".join(lines) + "\n")
+    plot_curves(rows, folder / "curve.png", setup)
     print("\n".join(lines))
 
 

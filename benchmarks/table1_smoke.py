@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "table1-smoke.json"))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "table1-smoke" / "results.json"))
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

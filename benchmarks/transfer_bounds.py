@@ -50,7 +50,7 @@ and a digital divider gives read-out_t / den_t before the output scaler: softmax
 with φ in place of exp. It is measured here by monkeypatching the op, so only this script has it.
 
 Rows land one by one in ``--work`` (resumable: a finished row is read back, not rerun) and the table
-is rewritten after each: ``benchmarks/transfer-bounds-MODEL[-TAG].{json,md}``.
+is rewritten after each: ``benchmarks/results/transfer-bounds-MODEL[-TAG]/results.{json,md}``.
 
     python benchmarks/transfer_bounds.py stories --steps 100 --eval-tokens 16384 --rows paper no-adc ...
     python benchmarks/transfer_bounds.py smollm2 --layers 0 10 20 --steps 24 --batch 1 --init-blocks 2 \
@@ -423,7 +423,9 @@ def teacher_records(args, data: dict, hardware: GainCellConfig) -> dict:
 
 
 def write_tables(args, data: dict, types, rows: dict, baseline: dict) -> None:
-    stem = args.out / f"transfer-bounds-{args.model}{'-' + args.tag if args.tag else ''}"
+    folder = args.out / f"transfer-bounds-{args.model}{'-' + args.tag if args.tag else ''}"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / "results"
     settings = {"model": data["model"], "train_text": data["train_text"], "layers": args.layers, "steps": args.steps,
                 "batch": args.batch, "context": data["context"], "window": data["window"], "lr": args.lr,
                 "held_out_blocks": len(data["held"]), "init_blocks": args.init_blocks, "threads": args.threads,
@@ -462,7 +464,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=data_dir())
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "models")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "transfer-bounds")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", default="")
     parser.add_argument("--rows", nargs="+", default=["paper", *CONSTRAINTS, "all-lifted"])
     parser.add_argument("--layers", nargs="+", type=int, help="layers to transfer (default all)")

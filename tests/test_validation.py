@@ -3,7 +3,10 @@
 import json
 import math
 
-from gaincell.validation import first_difference, json_ready, merge_tables
+import pytest
+
+from gaincell.errors import GainCellError
+from gaincell.validation import check_output_file, first_difference, json_ready, merge_tables
 
 
 def test_json_ready_turns_non_finite_numbers_into_null_with_a_reason():
@@ -29,3 +32,16 @@ def test_merge_tables_keeps_siblings_at_any_depth():
 def test_first_difference_names_the_dotted_field():
     assert first_difference({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}}) == ("a.c", 2, 3)
     assert first_difference({"a": 1}, {"a": 1}) is None
+
+
+def test_an_output_file_may_be_in_a_new_folder_but_not_under_a_file(tmp_path):
+
+    check_output_file("--output", str(tmp_path / "new" / "deeper" / "results.json"))  # folders are made on writing
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(
+        GainCellError, match=r"^--output must be a file in a folder, got '.*notes.txt/r.json \(.*notes.txt is a file\)'$"
+    ):
+        check_output_file("--output", str(tmp_path / "notes.txt" / "r.json"))
+    for value in ("", ".", str(tmp_path)):
+        with pytest.raises(GainCellError, match="^--output must be a file name to write the results to"):
+            check_output_file("--output", value)

@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 
-from gaincell.errors import GainCellError
+from gaincell.errors import GainCellError, first_line
 from gaincell.noise import quiet_loading_bars
 
 #: The first line of ``gaincell --help``: what the tool is, for someone who has not read the README.
@@ -92,7 +92,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gaincell {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
     except FileNotFoundError as error:
-        print(f"gaincell {args.command}: error: file not found: {error.filename}", file=sys.stderr)
+        missing = error.filename if error.filename is not None else first_line(error)  # datasets names none
+        print(f"gaincell {args.command}: error: file not found: {missing}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a read-only folder, a permission: the system's words, one line
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"gaincell {args.command}: error: {error.strerror or first_line(error)}{where}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if type(error).__name__ != "SafetensorError":  # safetensors' own type for a write or read that failed
+            raise
+        print(f"gaincell {args.command}: error: writing or reading weights failed: {first_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gaincell {args.command}: interrupted", file=sys.stderr)

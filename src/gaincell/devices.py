@@ -34,6 +34,8 @@ def parse_device(name: str | torch.device | None, where: str = "--device") -> to
         device = torch.device(name)
     except (RuntimeError, TypeError) as error:
         raise GainCellError(f"{where} must be auto, cpu, cuda or cuda:N, got {str(name)!r} ({first_line(error)})") from None
+    if device.type == "meta":  # torch's shape-only device: no number is ever computed on it
+        raise GainCellError(f"{where} must be auto, cpu, cuda or cuda:N, got {str(name)!r} (meta holds no values)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise GainCellError(f"{where} {name}: this machine has no CUDA GPU that torch can use; use {where} cpu")
@@ -45,6 +47,30 @@ def parse_device(name: str | torch.device | None, where: str = "--device") -> to
     except Exception as error:
         raise GainCellError(f"{where} {name}: cannot use it here: {first_line(error)}") from None
     return device
+
+
+def memory_bytes(device: str | torch.device = "cpu") -> int | None:
+    """How much memory ``device`` has: a CUDA GPU's total, else this machine's physical memory (None when the
+    system does not say)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device.index or 0).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: no limit known
+        return None
+
+
+def check_fits(where: str, shape: str, needed: int, device: str | torch.device = "cpu", hint: str = "") -> None:
+    """Refuse a run that needs more than ``device`` holds (``needed`` bytes, a lower bound), before torch tries to
+    allocate it: one line with both numbers, not an allocator's traceback (or a machine swapping for hours)."""
+    available = memory_bytes(device)
+    if available is not None and needed > available:
+        where_memory = "GPU" if torch.device(device).type == "cuda" else "machine"
+        raise GainCellError(
+            f"{where}: {shape} need at least {needed / 1e9:,.1f} GB, more than this {where_memory}'s "
+            f"{available / 1e9:,.1f} GB of memory{'; ' + hint if hint else ''}"
+        )
 
 
 def parse_dtype(name: str | torch.dtype | None, where: str = "--dtype") -> torch.dtype | None:

@@ -64,9 +64,11 @@ def is_int(value: Any, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def check_int(name: str, value: Any, minimum: int) -> None:
-    if not is_int(value, minimum):
+def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    if maximum is None and not is_int(value, minimum):
         fail(name, f"an integer >= {minimum}", value)
+    if maximum is not None and not (is_int(value, minimum) and value <= maximum):
+        fail(name, f"an integer in [{minimum}, {maximum}]", value)
 
 
 def check_number(name: str, value: Any) -> None:
@@ -82,6 +84,40 @@ def check_positive(name: str, value: Any) -> None:
 def check_non_negative(name: str, value: Any) -> None:
     if not is_number(value) or value < 0:
         fail(name, "a finite number >= 0", value)
+
+
+def check_limit(name: str, value: Any) -> None:
+    """lm-eval's ``limit``: a count of items (>= 1) or a fraction of them (in (0, 1))."""
+    if not is_number(value) or value <= 0:
+        fail(name, "a number of items >= 1 or a fraction in (0, 1)", value)
+
+
+def check_utf8_text(name: str, value: Any) -> None:
+    """A string that encodes as UTF-8: a command-line argument with bytes that are not UTF-8 reaches Python as
+    lone surrogates (``\\udcff``), which no tokenizer accepts."""
+    check_string(name, value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = value[error.start].encode("utf-8", "surrogateescape")
+        fail(name, "UTF-8 text", f"{value[: error.start]}... (byte 0x{bad.hex()} at character {error.start} is not UTF-8)")
+
+
+def check_output_file(name: str, value: Any) -> None:
+    """A path a command may write one file to, checked before any work: a file name (not empty, not a folder,
+    not ``.``) whose nearest existing parent is a folder (missing folders are made when it is written)."""
+    from pathlib import Path
+
+    if not isinstance(value, str) or not value.strip():
+        fail(name, "a file name to write the results to", value)
+    path = Path(value).expanduser()
+    if path.is_dir() or path.name in ("", ".", ".."):
+        fail(name, "a file name to write the results to, not a folder", value)
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        fail(name, "a file in a folder", f"{value} ({parent} is a file)")
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:

@@ -122,9 +122,16 @@ def test_missing_tracker_is_refused(blocks, tmp_path):
 
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed")
+    with pytest.raises(GainCellError, match=r"report_to: wandb is not installed \(pip install wandb\)$"):
+        quick_config(report_to=("wandb",))  # with the recipe, before any stage runs (issue 25)
+
+
+def test_a_log_jsonl_naming_a_folder_is_refused_before_training(blocks, tmp_path):
     train_blocks, _, vocab_size = blocks
-    with pytest.raises(GainCellError, match=r"report_to: wandb is not installed"):
-        train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(report_to=("wandb",)), tmp_path)
+    (tmp_path / "logs").mkdir()
+    with pytest.raises(GainCellError, match=r"^log_jsonl must be a file name inside the output directory, not a folder"):
+        train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(log_jsonl="logs"), tmp_path)
+    assert [path.name for path in tmp_path.iterdir()] == ["logs"]
 
 
 def test_training_logs_to_tensorboard_through_accelerate(blocks, tmp_path):
@@ -338,7 +345,7 @@ def test_resume_needs_a_checkpoint_and_a_fresh_run_needs_an_empty_directory(bloc
     train_blocks, _, vocab_size = blocks
     with pytest.raises(GainCellError, match="resume: no checkpoint"):
         train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(), tmp_path_factory.mktemp("empty"), resume=True)
-    with pytest.raises(GainCellError, match="already holds checkpoints"):
+    with pytest.raises(GainCellError, match=r"already holds checkpoints; pass resume=True \(gaincell adapt: --resume\)"):
         train(tiny_gpt2(vocab_size), train_blocks, None, quick_config(), finished_run)
 
 

@@ -70,3 +70,16 @@ def test_a_non_finite_cell_coefficient_is_refused(value):
         GainCellConfig.from_dict({"cell": {"coefficients": [[0, 0, value]]}})
     with pytest.raises(GainCellError, match="cell.coefficients must be"):
         CellConfig(coefficients=((0, 0, 0.1), 5)).validate()
+
+
+def test_a_misspelt_field_is_named_with_the_valid_ones():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gaincell import convert
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=16))
+    expected = r"^config: unknown key 'windw' \(expected one of: attention, block_size, .*, window\)$"
+    with pytest.raises(GainCellError, match=expected):
+        convert(model, "paper", windw=8)
+    with pytest.raises(GainCellError, match=expected):
+        preset("paper").replace(windw=8)

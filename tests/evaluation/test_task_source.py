@@ -35,7 +35,8 @@ def test_offline_without_local_data_one_line_names_both_ways(no_shared_data, mon
 
 def test_local_data_chosen_or_found_is_used_instead_of_the_hub(no_shared_data):
     (no_shared_data / "tasks" / "piqa").mkdir(parents=True)
-    (no_shared_data / "tasks" / "piqa" / "validation.jsonl").write_text("{}\n")
+    row = '{"goal": "g", "sol1": "a", "sol2": "b", "label": 0}\n'  # the columns lm-eval's piqa reads, checked
+    (no_shared_data / "tasks" / "piqa" / "validation.jsonl").write_text(row)
     found = harness.plan_tasks("piqa")
     assert not found.hub and found.task_data == (no_shared_data / "tasks").resolve()
     chosen = harness.plan_tasks("piqa", task_data=no_shared_data / "tasks")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sweep_files import spec_dict, write_toml
 
@@ -49,3 +51,33 @@ def test_bad_engine_flags_are_one_line_and_write_nothing(files, tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith(f"gaincell sweep: error: {message}"), err
     assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_scheduler_that_goes_away_mid_run_is_one_line_and_keeps_the_finished_points(files, tmp_path, capsys, monkeypatch):
+    import dask
+
+    import gaincell.sweep.run as sweep_run
+
+    config = write_toml(tmp_path / "s.toml", small(files, tmp_path / "out", seeds=[0]))
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None)
+    run_dask = sweep_run.run_dask
+
+    def scheduler_dies_after_one_point(client, spec, units, threads):
+        records = run_dask(client, spec, units, threads)
+        yield next(records)
+        cluster.close()  # an external scheduler killed mid-run
+        yield from records
+
+    monkeypatch.setattr(sweep_run, "run_dask", scheduler_dies_after_one_point)
+    try:
+        with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):  # the client's reconnect gives up soon
+            code = main(["sweep", config, "--engine", "dask", "--scheduler", cluster.scheduler_address, "--no-progress"])
+    finally:
+        cluster.close()
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert (
+        err.startswith("gaincell sweep: error: --scheduler: the Dask scheduler went away mid-run (") and err.count("\n") == 1
+    )
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert sorted(record["index"] >= 0 for record in records) == [False, True]  # the reference and the finished point

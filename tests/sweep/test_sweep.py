@@ -104,6 +104,21 @@ def test_pareto_fronts_against_energy_and_area():
 # -- running ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("line", "shape"), [('{"ppl": 3.0}', "has no 'key'"), ("[1, 2]", "is a JSON list")])
+def test_a_results_line_that_is_no_points_record_is_named(files, tmp_path, line, shape):
+    spec = spec_from_dict(spec_dict(files, output_dir=str(tmp_path / "run")))
+    evaluate = Evaluator.evaluate
+    try:  # a first point, then the user's line
+        Evaluator.evaluate = lambda self, unit: (_ for _ in ()).throw(KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(spec, progress=False)
+    finally:
+        Evaluator.evaluate = evaluate
+    (tmp_path / "run" / "results.jsonl").write_text(line + "\n")
+    with pytest.raises(GainCellError, match=rf"results.jsonl: line 1 {shape}, so it is no sweep point's record"):
+        run_sweep(spec, progress=False)
+
+
 def test_killed_sweep_resumes_to_the_same_json(files, tmp_path, monkeypatch):
     whole = spec_from_dict(spec_dict(files, output_dir=str(tmp_path / "whole")))
     summary = run_sweep(whole, progress=False)

@@ -7,11 +7,13 @@ name in front (``linear.max_steps``).
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
 from gaincell.validation import (
+    FieldError,
     check_bool,
     check_choice,
     check_int,
@@ -136,6 +138,9 @@ class TrainConfig:
         report_to = (self.report_to,) if isinstance(self.report_to, str) else self.report_to
         if not isinstance(report_to, (tuple, list)) or any(tracker not in TRACKERS for tracker in report_to):
             fail("report_to", f"a subset of {', '.join(TRACKERS)}", self.report_to)
+        for tracker in report_to:  # here, with the recipe, not when the stage that logs starts (after earlier stages ran)
+            if importlib.util.find_spec(tracker) is None:
+                raise FieldError("report_to", f": {tracker} is not installed (pip install {tracker})")
         object.__setattr__(self, "report_to", tuple(report_to))
         check_bool("progress_bar", self.progress_bar)
         check_bool("keep_best_checkpoint", self.keep_best_checkpoint)

@@ -49,6 +49,7 @@ from gaincell.adaptation.state import (
 from gaincell.atomic import atomic_file
 from gaincell.errors import GainCellError
 from gaincell.jsonl import read_jsonl
+from gaincell.validation import fail
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -252,6 +253,8 @@ def _accelerator(config: TrainConfig, output_dir: Path):
 def _starting_point(accelerator, model, train_data, eval_data, config: TrainConfig, output_dir: Path, resume: bool):
     """Check the data and the checkpoint folder; returns (the resumed state or {}, the latest checkpoint)."""
     world = accelerator.num_processes
+    if config.log_jsonl is not None and (output_dir / config.log_jsonl).is_dir():
+        fail("log_jsonl", "a file name inside the output directory, not a folder", config.log_jsonl)
     check_blocks(train_data, "train_data", model, config.batch_size * world)
     check_context(model, int(train_data.shape[1]) + config.position_offset, "position_offset + block size")
     if eval_data is not None:
@@ -262,7 +265,8 @@ def _starting_point(accelerator, model, train_data, eval_data, config: TrainConf
     if not resume:
         if latest is not None:
             raise GainCellError(
-                f"output_dir: {output_dir} already holds checkpoints; pass resume=True or use a new directory"
+                f"output_dir: {output_dir} already holds checkpoints; pass resume=True (gaincell adapt: --resume) "
+                "or use a new directory"
             )
         return {}, None
     if latest is None:

@@ -227,7 +227,9 @@ class GainCellConfig:
         return -(-self.window // self.subtile_rows)
 
     def replace(self, **changes: Any) -> GainCellConfig:
-        """A copy with top-level fields changed (``config.replace(leakage=0.0)``)."""
+        """A copy with top-level fields changed (``config.replace(leakage=0.0)``); a misspelt field is named with the
+        valid ones, not dataclasses' ``TypeError``."""
+        reject_unknown("config", changes, field_names(GainCellConfig))
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from gaincell.evaluation.lm_eval_model import load_model_dir, load_tokenizer_dir
 from gaincell.evaluation.perplexity import text_perplexity
 from gaincell.evaluation.tasks import GROUPS
 from gaincell.lock import file_lock
-from gaincell.validation import json_ready
+from gaincell.validation import check_int, check_limit, check_output_file, json_ready
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     """``gaincell eval``: perplexity on a text and/or lm-eval tasks for a saved model."""
     if args.text is None and args.dataset is None and args.tasks is None:
         raise GainCellError("give --text FILE, --dataset NAME and/or --tasks LIST")
+    _check_arguments(args)
     with ExitStack() as stack:
         if args.output is not None:  # a file this command did not write is never replaced; one eval per file
             output = check_own_file("--output", args.output, OUTPUT_WRITER)
@@ -129,6 +130,27 @@ def _run(args: argparse.Namespace) -> int:
         print(f"gaincell eval: not finite: {', '.join(strict['non_finite'])}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every number and the output path, before the model loads: a bad one must not cost an evaluation
+    (``--output DIR`` used to fail only when the results were written)."""
+    check_int("--batch-size", args.batch_size, 1)
+    for option, value, minimum in (
+        ("--context", args.context, 2),
+        ("--stride", args.stride, 1),
+        ("--max-tokens", args.max_tokens, 2),
+    ):
+        if value is not None:
+            check_int(option, value, minimum)
+    if args.limit is not None:
+        check_limit("--limit", args.limit)
+    if args.num_fewshot is not None:
+        check_int("--num-fewshot", args.num_fewshot, 0)
+    if args.max_length is not None:
+        check_int("--max-length", args.max_length, 2)
+    if args.output is not None:
+        check_output_file("--output", args.output)
 
 
 def _print_task_time(name: str, row: dict) -> None:

@@ -20,6 +20,10 @@ from gaincell.hf.pretrained import (
     load_pretrained_tokenizer,
     load_tokenizer,
 )
+from gaincell.validation import check_int, check_utf8_text
+
+#: The largest seed ``torch.manual_seed`` takes (an unsigned 64-bit integer).
+SEED_MAX = 2**64 - 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,10 +50,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise GainCellError(f"--temperature must be a number > 0, got {args.temperature}")
     if args.top_k < 0:
         raise GainCellError(f"--top-k must be >= 0 (0: no limit), got {args.top_k}")
-    if args.seed < 0:
-        raise GainCellError(f"--seed must be >= 0, got {args.seed}")
+    check_int("--seed", args.seed, 0, SEED_MAX)
     if not args.prompt.strip():
         raise GainCellError("--prompt is empty; give some text to continue")
+    check_utf8_text("--prompt", args.prompt)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -65,6 +65,8 @@ def _check_plot(plot: str | None) -> None:
     """``--plot``: a folder, where a user's file named like a plot is kept (refused before any work)."""
     from gaincell.validation import fail
 
+    if plot is not None and not plot.strip():
+        fail("--plot", "a folder for the PNG files (new or existing)", plot)
     if plot and Path(plot).exists() and not Path(plot).is_dir():
         fail("--plot", "a folder for the PNG files (new or existing)", f"{plot} (an existing file)")
     if plot:

@@ -10,7 +10,6 @@ medians over ``--repeats`` calls after one untimed warm-up call, with the device
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -39,25 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     devices.add_arguments(parser, "the inputs' dtype: float32 | bfloat16 | float16 (the op computes in float32)")
 
 
-def _memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system: no limit known
-        return None
-
-
 def _check_memory(args: argparse.Namespace) -> None:
     """Refuse a shape this machine cannot hold before torch tries to allocate it. The bound is what surely
     exists, float32 inputs, outputs and their gradients (about 12 H·T·D values) and the equations' T×T
     scores and pulse widths (2 H·T² values), so no run that fits is refused."""
     h, t, d = args.heads, args.length, args.head_dim
     needed = 4 * (12 * h * t * d + 2 * h * t * t)
-    available = _memory_bytes()
-    if available is not None and needed > available:
-        raise GainCellError(
-            f"--length/--heads: T={t}, H={h}, D={d} need at least {needed / 1e9:,.1f} GB, more than this "
-            f"machine's {available / 1e9:,.1f} GB of memory; use a smaller --length or --heads"
-        )
+    devices.check_fits("--length/--heads", f"T={t}, H={h}, D={d}", needed, hint="use a smaller --length or --heads")
 
 
 def milliseconds(call, device: torch.device, repeats: int) -> float:

@@ -89,6 +89,16 @@ def lm_eval_model_class() -> type:
             check_finite_logits(logits, "log-likelihood")
             return logits
 
+        def _loglikelihood_tokens(self, requests, *args, **kwargs):
+            """lm-eval's scoring, after a check it makes with a bare ``assert``: every answer must fit ``max_length``."""
+            longest = max((len(continuation) for _, _, continuation in requests), default=0)
+            if longest > self.max_length:
+                raise GainCellError(
+                    f"--max-length must hold the longest answer to score, {longest} tokens, got {self.max_length}; "
+                    f"use --max-length {longest + 1} or more (or leave it out: the model's positions)"
+                )
+            return super()._loglikelihood_tokens(requests, *args, **kwargs)
+
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
             """lm-eval's generation, stopped at the first step with NaN logits (greedy would emit token 0)."""
             processors = LogitsProcessorList([*(generation_kwargs.pop("logits_processor", None) or []), FiniteLogits()])

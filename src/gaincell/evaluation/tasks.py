@@ -56,24 +56,39 @@ class LocalTask:
     """One lm-eval task read from the task-data folder.
 
     ``stock`` is lm-eval's own YAML (relative to ``lm_eval/tasks/``), ``split`` the split lm-eval
-    scores and ``data`` the file under the task-data folder that holds it.
+    scores, ``data`` the file under the task-data folder that holds it (JSON Lines, or raw text for
+    WikiText) and ``columns`` the fields lm-eval's prompts read from every line.
     """
 
     name: str
     stock: str
     split: str
     data: str
+    columns: tuple[str, ...] = ()
 
 
+ARC = ("question", "choices", "answerKey")
 LOCAL_TASKS = {
     task.name: task
     for task in (
-        LocalTask("arc_easy", "arc/arc_easy.yaml", "test", "arc_easy/test.jsonl"),
-        LocalTask("arc_challenge", "arc/arc_challenge.yaml", "test", "arc_challenge/test.jsonl"),
-        LocalTask("winogrande", "winogrande/default.yaml", "validation", "winogrande/dev.jsonl"),
-        LocalTask("hellaswag", "hellaswag/hellaswag.yaml", "validation", "hellaswag/hellaswag_val.jsonl"),
-        LocalTask("lambada_openai", "lambada/lambada_openai.yaml", "test", "lambada_openai/lambada_test.jsonl"),
-        LocalTask("piqa", "piqa/piqa.yaml", "validation", "piqa/validation.jsonl"),
+        LocalTask("arc_easy", "arc/arc_easy.yaml", "test", "arc_easy/test.jsonl", ARC),
+        LocalTask("arc_challenge", "arc/arc_challenge.yaml", "test", "arc_challenge/test.jsonl", ARC),
+        LocalTask(
+            "winogrande",
+            "winogrande/default.yaml",
+            "validation",
+            "winogrande/dev.jsonl",
+            ("sentence", "option1", "option2", "answer"),
+        ),
+        LocalTask(
+            "hellaswag",
+            "hellaswag/hellaswag.yaml",
+            "validation",
+            "hellaswag/hellaswag_val.jsonl",
+            ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
+        ),
+        LocalTask("lambada_openai", "lambada/lambada_openai.yaml", "test", "lambada_openai/lambada_test.jsonl", ("text",)),
+        LocalTask("piqa", "piqa/piqa.yaml", "validation", "piqa/validation.jsonl", ("goal", "sol1", "sol2", "label")),
         LocalTask("wikitext", "wikitext/wikitext.yaml", "test", "wikitext/wiki.test.raw"),
     )
 }
@@ -134,11 +149,45 @@ def check_hub_reachable(names: Sequence[str]) -> None:
 
 
 def check_task_data(names: Iterable[str], folder: Path) -> None:
-    """Fail with one line naming the first local task whose file the folder lacks."""
+    """Fail with one line naming the first local task whose file the folder lacks or cannot be read as the
+    task's data (lm-eval would stop deep inside with ``StopIteration``, a dataset-builder error or
+    ``'question' is undefined``, after the model loaded)."""
     for name in names:
         task = LOCAL_TASKS.get(name)
         if task is not None and not (folder / task.data).is_file():
             raise GainCellError(f"task data: {folder} lacks {task.data} (task {name}); {HOW_TO_POINT}")
+        if task is not None:
+            check_task_file(task, folder / task.data)
+
+
+def check_task_file(task: LocalTask, path: Path) -> None:
+    """``path`` holds ``task``'s data: UTF-8 text, not empty; for a JSON Lines task every line a JSON object
+    with the task's columns (a truncated download ends in a broken line)."""
+    where = f"task data: {path} (task {task.name})"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise GainCellError(f"{where} is not UTF-8 text (byte {error.start}: 0x{error.object[error.start]:02x})") from None
+    if not text.strip():
+        raise GainCellError(f"{where} is empty")
+    if not task.columns:  # raw text (WikiText)
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise GainCellError(f"{where}: line {number} is not JSON ({error.msg}; a truncated or damaged file?)") from None
+        if not isinstance(row, dict):
+            raise GainCellError(f"{where}: line {number} is a JSON {type(row).__name__}, not an object with the columns "
+                                f"{', '.join(task.columns)}")  # fmt: skip
+        missing = [column for column in task.columns if column not in row]
+        if missing:
+            raise GainCellError(
+                f"{where}: line {number} lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                f"(lm-eval's {task.name} reads {', '.join(task.columns)})"
+            )
 
 
 def stock_task_file(name: str) -> Path:

@@ -245,6 +245,7 @@ def measure(
         check_int("--measure-threads", threads, 1)
     check_choice("--measure-device", device, ("cpu", "cuda"))
     label, meter, reason = _device_and_meter(device, threads, meter)
+    _check_cache_fits(workload, device)
 
     def sync() -> None:
         if device == "cuda":
@@ -272,6 +273,21 @@ def measure(
         energy_step,
         idle_power,
         method,
+    )
+
+
+def _check_cache_fits(workload: DecodeWorkload, device: str) -> None:
+    """The measured step keeps a K and V cache of the workload's size on ``device``: refuse one it cannot hold
+    (``--window 100000000 --heads 64`` would ask the allocator for 105 TB)."""
+    from gaincell.devices import check_fits
+
+    w = workload
+    check_fits(
+        "--measure",
+        f"a K and V cache of B={w.batch}, H={w.heads}, M={w.window}, D={w.head_dim} in {w.dtype}",
+        w.kv_bytes,
+        device,
+        "use a smaller --window, --heads or --batch",
     )
 
 

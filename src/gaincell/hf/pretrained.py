@@ -262,15 +262,16 @@ def is_saved_directory(name: str | os.PathLike, gguf_file: str | None = None) ->
 def _library_error(what: str, name: str, error: Exception) -> GainCellError:
     if isinstance(error, ImportError) and "gguf" in str(error).lower():
         return GainCellError(f"model: reading {name} needs the gguf package: pip install 'gaincell[gguf]'")
-    hint = ""
     if not is_local_path(name) and not Path(name).exists():  # a hub id that did not come: offline, or a typo
-        hint = (
-            "; offline, `gaincell fetch` gives a real model (SmolLM2-135M, a .gguf file) and `gaincell demo` "
-            "a small one (gaincell-demo/pretrained)"
+        # ``runs/model`` reads as a hub id too: the user more likely meant a folder, so say first that it is not there
+        return GainCellError(
+            f"model: no such directory {name!r} ({Path(name).absolute()} does not exist), and as a hub id it gives no "
+            f"{what.removeprefix('a ')}: {first_line(error).rstrip('.')}; offline, `gaincell fetch` gives a real model "
+            "(SmolLM2-135M, a .gguf file) and `gaincell demo` a small one (gaincell-demo/pretrained)"
         )
     return GainCellError(
         f"model: cannot load {what} for {name!r} (a local directory, a .gguf file or a hub id): "
-        f"{first_line(error).rstrip('.')}{hint}"
+        f"{first_line(error).rstrip('.')}"
     )
 
 

@@ -22,6 +22,7 @@ An external ``--scheduler`` is the user's: docs/sweep.md says how to secure one.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,8 +65,14 @@ def dask_client(jobs: int, scheduler: str | None, dashboard: str | None = None) 
             client = Client(scheduler, timeout="30s")
         except (OSError, TimeoutError, ValueError) as error:
             raise GainCellError(f"--scheduler: cannot reach a Dask scheduler at {scheduler}: {first_line(error)}") from None
-        with client:
-            yield client
+        client_log = logging.getLogger("distributed.client")
+        level = client_log.level
+        client_log.setLevel(logging.CRITICAL)  # its reconnect loop logs tracebacks; run_dask says it in one line
+        try:
+            with client:
+                yield client
+        finally:
+            client_log.setLevel(level)
         return
     import dask
 
@@ -109,13 +116,21 @@ def run_dask(client, spec: SweepSpec, units: list[Unit], threads: int | None, mo
 
     ``threads``: torch threads per worker (a local cluster: one per core and worker, as ``--jobs``);
     None keeps the workers' own setting (``OMP_NUM_THREADS`` where they are started)."""
+    from concurrent.futures import CancelledError
+
     from distributed import as_completed
+    from distributed.comm import CommClosedError
 
     spec = _absolute_paths(spec)
     futures = [client.submit(evaluate_on_worker, spec, unit, threads, model, pure=False) for unit in units]
     try:
         for future in as_completed(futures):
             yield future.result()
+    except (CancelledError, CommClosedError) as error:  # the scheduler died or was stopped: no point can finish
+        raise GainCellError(
+            f"--scheduler: the Dask scheduler went away mid-run ({first_line(error)}); the points finished so far are "
+            "kept in results.jsonl: start a scheduler and run the same command again to measure the rest"
+        ) from None
     finally:
         client.cancel(futures)
 

@@ -67,6 +67,19 @@ def model_digest(folder: str | os.PathLike) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def check_records(records: list, path: Path) -> list[dict]:
+    """Every line of a results file is a point's record (a JSON object with its ``key``): a line edited by hand
+    or written by another tool is named, not a ``KeyError`` deep in the resume."""
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+            shape = "has no 'key'" if isinstance(record, dict) else f"is a JSON {type(record).__name__}"
+            raise GainCellError(
+                f"{path}: line {number} {shape}, "
+                "so it is no sweep point's record; remove the line or choose another --output"
+            )
+    return records
+
+
 def append_result(path: Path, record: dict) -> None:
     """One line, one write, fsync'd: a kill leaves whole lines (at worst a torn last one, see above)."""
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
@@ -132,7 +145,11 @@ def run_sweep(
         if spec.adapt:
             stale_adaptations(out, model)
         results_path = out / "results.jsonl"
-        done = {record["key"] for record in read_results(results_path) if record.get("model") == model}
+        done = {
+            record["key"]
+            for record in check_records(read_results(results_path), results_path)
+            if record.get("model") == model
+        }
         todo = [unit for unit in work_units(spec) if unit.key not in done]
         start, measured = time.perf_counter(), 0
         bar = _progress(len(todo), progress)
