@@ -62,8 +62,8 @@ def test_a_scheduler_that_goes_away_mid_run_is_one_line_and_keeps_the_finished_p
     cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None)
     run_dask = sweep_run.run_dask
 
-    def scheduler_dies_after_one_point(client, spec, units, threads):
-        records = run_dask(client, spec, units, threads)
+    def scheduler_dies_after_one_point(client, spec, units, threads, model=None):
+        records = run_dask(client, spec, units, threads, model)
         yield next(records)
         cluster.close()  # an external scheduler killed mid-run
         yield from records
