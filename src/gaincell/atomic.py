@@ -16,6 +16,7 @@ folder from before the manifest existed keeps every file the new version does no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -172,3 +173,12 @@ def _by_writer(entries: dict[str, str]) -> dict[str, list[str]]:
     for name, writer in entries.items():
         grouped.setdefault(writer, []).append(name)
     return grouped
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks (checkpoints and stage models, fetched wheels)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

