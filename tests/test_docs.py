@@ -4,7 +4,10 @@ A renamed module or a removed script leaves a stale pointer that no other test s
 following the README then finds nothing.
 """
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,7 +102,7 @@ QUICK = {
     "gaincell hw --model gpt2 --window 1024": [],
     "gaincell selfcheck": ["--length", "40", "--window", "16"],
     "gaincell fetch": "tests/test_fetch.py",  # the registry download, with the network replaced
-    "accelerate launch -m gaincell.cli adapt examples/adapt.toml": "offline: one line naming the model",
+    "accelerate launch --quiet -m gaincell.cli adapt examples/adapt.toml": "offline: one line naming the model",
 }
 
 
@@ -177,7 +180,28 @@ def test_the_many_gpu_line_offline_is_one_line_naming_the_model(as_a_new_user, c
     """``accelerate launch`` runs the same ``main``; offline (as every test is), GPT-2 cannot be fetched."""
     from gaincell.cli import main
 
-    command = "accelerate launch -m gaincell.cli adapt examples/adapt.toml"
-    assert main(_argv(command)[3:]) == 2
+    command = "accelerate launch --quiet -m gaincell.cli adapt examples/adapt.toml"
+    assert command in QUICK
+    argv = _argv(command)
+    assert main(argv[argv.index("gaincell.cli") + 1 :]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("gaincell adapt: error:") and "gpt2" in err[0]
+
+
+def test_the_many_gpu_line_under_accelerate_launch_ends_at_gaincells_line(as_a_new_user, tmp_path):
+    """accelerate's launcher raises ``CalledProcessError`` when its child fails, a traceback under gaincell's one
+    line, unless ``--quiet``: the README's line, run (one CPU process, no accelerate config read, no hub cache)."""
+    command = "accelerate launch --quiet -m gaincell.cli adapt examples/adapt.toml"
+    assert command in QUICK
+    argv = _argv(command)
+    module = argv.index("-m")
+    one_cpu_process = ["--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no"]
+    launch = [str(Path(sys.executable).with_name("accelerate")), *argv[:module], *one_cpu_process, *argv[module:]]
+    env = {
+        **os.environ, "PYTHONPATH": str(PACKAGE.parent), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+    run = subprocess.run(launch, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("gaincell adapt: error:")]
+    assert len(errors) == 1 and "gpt2" in errors[0], run.stderr[-2000:]

@@ -12,6 +12,12 @@ lists for that writer: a folder replaced whole (:func:`atomic_directory`) carrie
 the new version (a user's notes survive a new ``gaincell.save`` or demo); a single file
 (:func:`check_own_file`) is overwritten only if listed, otherwise the command refuses in one line. A
 folder from before the manifest existed keeps every file the new version does not write.
+
+A folder being written lives in a hidden sibling, ``.NAME.XXXXXXXX.tmp``, until it is complete. A writer
+killed outright (``kill -9``) cannot delete it, so the temporary carries a note of its writer,
+``.gaincell-writer`` (process id, host, the process's start time); the next :func:`atomic_directory` for the
+same target removes the temporaries whose writer ran on this host and has ended (:func:`_remove_dead_temporaries`).
+A temporary without that note, of a running writer, or from another host is left alone.
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from glob import escape as glob_escape
 from pathlib import Path
 
 from gaincell.errors import GainCellError
@@ -32,6 +41,8 @@ from gaincell.validation import fail
 MANIFEST = ".gaincell-files"
 #: Files no writer lists but every gaincell folder may hold: the lock (:mod:`gaincell.lock`) and the manifest.
 _OWN = frozenset({MANIFEST, ".gaincell.lock"})
+#: The note in a temporary folder naming the process writing it (removed before the folder is swapped in).
+WRITER_NOTE = ".gaincell-writer"
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, str] | None:
@@ -120,10 +131,13 @@ def atomic_directory(target: str | os.PathLike, writer: str = "gaincell") -> Ite
     """
     target = Path(target).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give it the permissions mkdir() would
     try:
+        _write_writer_note(tmp, target)
         yield tmp
+        (tmp / WRITER_NOTE).unlink(missing_ok=True)
         written = sorted(str(file.relative_to(tmp)) for file in tmp.rglob("*") if file.is_file() and file.name != MANIFEST)
         record_written(tmp, written, writer)
         old = None
@@ -137,6 +151,80 @@ def atomic_directory(target: str | os.PathLike, writer: str = "gaincell") -> Ite
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _this_process() -> dict:
+    """What tells this process apart from any other, now or later: pid, host, its start time and, on Linux, its
+    pid namespace (a container on this host with the same name counts its pids apart)."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start": _start_time(os.getpid()),
+        "pid_namespace": _pid_namespace(),
+    }
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except (OSError, AttributeError):
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started, as Linux records it: the boot id and the start time in clock ticks since
+    boot (field 22 of ``/proc/PID/stat``), so a pid reused by a later process, or after a reboot, gives another
+    value. None where the process does not exist or there is no ``/proc`` (not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    return f"{boot}:{fields[19]}"
+
+
+def _write_writer_note(tmp: Path, target: Path) -> None:
+    (tmp / WRITER_NOTE).write_text(json.dumps({**_this_process(), "target": target.name}) + "\n", encoding="utf-8")
+
+
+def _writer_ended(note: dict) -> bool:
+    """Whether the process a writer note names has certainly ended: it ran on this host and its pid is not
+    running, or now belongs to a process that started at another time. Unknown is not ended."""
+    pid = note.get("pid")
+    if note.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    if note.get("pid_namespace") != _pid_namespace():
+        return False
+    start = note.get("start")
+    if isinstance(start, str) and (now := _start_time(pid)) is not None:
+        return now != start  # the pid names a later process
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # running, under another user
+        return False
+    return False
+
+
+def _remove_dead_temporaries(target: Path) -> None:
+    """Delete the temporaries of ``target`` (``.NAME.*.tmp`` folders beside it) that a writer of this host left
+    when it was killed (its note says so: :func:`_writer_ended`), saying so in one line on stderr."""
+    prefix = f".{target.name}."
+    for path in sorted(target.parent.glob(f"{glob_escape(prefix)}*.tmp")):
+        if path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            note = json.loads((path / WRITER_NOTE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # no note (not gaincell's, or a writer that has only just started): left alone
+        if not isinstance(note, dict) or note.get("target") != target.name or not _writer_ended(note):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        print(f"gaincell: removed {path}, left unfinished by process {note['pid']}, which has ended", file=sys.stderr)
 
 
 def _carry_foreign(old: Path, new: Path, written: set[str], writer: str) -> None:

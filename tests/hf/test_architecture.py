@@ -229,3 +229,26 @@ def test_gaincell_reads_the_tokenizer_without_asking_to_run_the_folders_code(sav
     monkeypatch.setattr(AutoConfig, "from_pretrained", asked)
     loaded = gaincell.hf.pretrained.load_tokenizer(saved)
     assert loaded("def f(x):")["input_ids"] == tokenizer("def f(x):")["input_ids"]
+
+
+def test_a_folder_with_a_nan_weight_refuses_to_give_logits_through_transformers(converted, token_ids, tmp_path):
+    """lm-eval's ``--model hf`` scores NaN log-likelihoods without a word (issue 25, item 3): the folder's own
+    forward stops in eval mode, naming the folder and the weight; training keeps its own loss checks."""
+    import copy
+
+    from gaincell.errors import NonFiniteError
+
+    finite = AutoModelForCausalLM.from_pretrained(gaincell.save(converted, tmp_path / "finite"), trust_remote_code=True)
+    assert torch.isfinite(_logits(finite.eval(), token_ids)).all()
+    broken = copy.deepcopy(converted)
+    with torch.no_grad():
+        broken.model.norm.weight[3] = float("nan")
+    folder = gaincell.save(broken, tmp_path / "broken")
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    with pytest.raises(NonFiniteError) as raised:
+        _logits(model, token_ids)
+    assert str(raised.value) == (
+        f"{folder}: the model gives NaN logits, so no score or token is computed: its weight model.norm.weight is "
+        "NaN or infinite"
+    )
+    assert torch.isnan(model.train()(token_ids).logits).all()  # training: the loss checks of gaincell.adaptation

@@ -23,7 +23,7 @@ from typing import Any
 
 from gaincell.adaptation.settings import TrainConfig
 from gaincell.adaptation.snapshot import read_state, rng_state, set_rng_state, write_state
-from gaincell.atomic import MANIFEST, atomic_directory, file_sha256
+from gaincell.atomic import MANIFEST, WRITER_NOTE, atomic_directory, file_sha256
 from gaincell.errors import GainCellError, first_line
 from gaincell.validation import as_json, first_difference
 
@@ -73,11 +73,12 @@ def read_checkpoint_state(path: str | Path) -> dict:
 
 
 def file_digests(folder: Path) -> dict[str, dict[str, Any]]:
-    """The size and sha256 of every file under ``folder``, by path relative to it (what :func:`check_files` checks)."""
+    """The size and sha256 of every file under ``folder``, by path relative to it (what :func:`check_files` checks),
+    but the writer note of a folder still being written (it is gone once the folder is in place)."""
     return {
         str(file.relative_to(folder)): {"size": file.stat().st_size, "sha256": file_sha256(file)}
         for file in sorted(folder.rglob("*"))
-        if file.is_file()
+        if file.is_file() and file.relative_to(folder) != Path(WRITER_NOTE)
     }
 
 

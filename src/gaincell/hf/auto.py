@@ -18,6 +18,7 @@ from gaincell.chip.config import GainCellConfig
 from gaincell.errors import GainCellError
 from gaincell.hf.architecture import ARCHITECTURE, MODEL_CLASS, base_config
 from gaincell.hf.convert import convert
+from gaincell.hf.finite import refuse_non_finite_logits
 from gaincell.hf.pretrained import load
 
 #: ``from_pretrained`` arguments that only say where to find files (the folder is local) or how transformers
@@ -39,9 +40,11 @@ class GainCellForCausalLM(PreTrainedModel):
     """The name a saved gain-cell model goes by in transformers; building it gives the converted base model.
 
     ``from_pretrained(folder)`` is :func:`gaincell.load` (the base model, converted, its scalers and targets
-    restored); ``from_config(config)`` a freshly initialised converted base model. The instances are the base
-    model's class (``LlamaForCausalLM`` with gain-cell attention), as :func:`gaincell.convert` makes them, so
-    everything written for the base model (lm-eval, generation, accelerate) works unchanged.
+    restored), whose forward in eval mode refuses NaN or infinite logits (:func:`refuse_non_finite_logits`:
+    lm-eval's own ``--model hf`` would score them); ``from_config(config)`` a freshly initialised converted base
+    model. The instances are the base model's class (``LlamaForCausalLM`` with gain-cell attention), as
+    :func:`gaincell.convert` makes them, so everything written for the base model (lm-eval, generation,
+    accelerate) works unchanged.
     """
 
     config_class = GainCellLMConfig
@@ -70,7 +73,7 @@ class GainCellForCausalLM(PreTrainedModel):
             raise GainCellError(
                 f"{MODEL_CLASS}.from_pretrained: {', '.join(unsupported)} not supported (gaincell.load rebuilds the model)"
             )
-        return load(directory, device=device, dtype=dtype)
+        return refuse_non_finite_logits(load(directory, device=device, dtype=dtype), str(directory))
 
     @classmethod
     def _from_config(cls, config, **kwargs):
