@@ -4,10 +4,10 @@ A lent GPU gets this repository's working tree and at most 8 ignored paths named
 all per call, and no network. Part f of ``benchmarks/device_run.py`` needs more than the tree: the
 ``datasets`` package and the two it needs beyond the device image (``dill``, ``multiprocess``), ``gguf``
 for SmolLM2's file, the shared data files it reads, and SmolLM2's GGUF, 98 MB: more than one call carries.
-So the GGUF travels in two halves: call 1 carries the first, keeps it in /tmp and runs parts a–e; call 2,
-made at once after call 1 returns (a machine stays warm 30 s after a call, and /tmp with it), carries the
-second, joins them, checks the sha256 and runs part f. If the machine went back in between, call 2 still
-runs part f for stories260K and records SmolLM2 as not run.
+So the GGUF travels in two halves: call 1 carries the first, keeps it in /tmp and runs parts a–e and part f
+for stories260K; call 2, made at once after call 1 returns (a machine stays warm 30 s after a call, and /tmp
+with it), carries the second, joins them, checks the sha256 and runs part f for SmolLM2. If the machine went
+back in between, the joined file fails its check and part f records SmolLM2 as not run, and why.
 
     python benchmarks/device_carry.py [--data DIR] [--call1-s 300] [--call2-s 420]
 
