@@ -10,7 +10,7 @@ made to run once, unattended, within 8 minutes, and to bring something back what
 - ``device_run.json`` and ``device_run.md`` are rewritten (atomically) after every case; a recorded run is
   kept in a folder of its own, ``benchmarks/results/device-run-GPU/`` (docs/benchmarks.md).
 
-Parts (``--parts a,b,c,d,e``; their results are keyed by these letters):
+Parts (``--parts a,b,c,d,e,f``; their results are keyed by these letters):
 
 - ``a`` the GPU test subset: the op on the device through each kernel (``torch``; ``triton`` where the
   dispatcher offers it, else the reason) against ``op/equations.py`` by the rule of
@@ -25,27 +25,35 @@ Parts (``--parts a,b,c,d,e``; their results are keyed by these letters):
 - ``d`` training tokens/s of a SmolLM2-shaped Llama (random init: 30 layers, width 576, 9 heads / 3
   kv heads, head dim 64, vocabulary 49152), softmax against gain-cell, bf16 autocast, AdamW;
 - ``e`` ``gaincell hw --measure`` on the device (decode attention latency, NVML energy) beside the
-  paper's GPU figures.
+  paper's GPU figures;
+- ``f`` issue 24's scale run: stories260K, and SmolLM2-135M when its GGUF is there (``--smollm2-gguf``),
+  adapted through ``real_models.py`` on the device in bf16 autocast: (a), then a few timed training steps
+  size the token budget so that (e-transfer) and (a′) at that budget fit the model's share of the time,
+  then those rows and (e-paper) if it still fits; ``real-models-MODEL.json``/``.md`` beside the run's files.
 
-A new part (issue 24's training run, say) is a function ``part_x(run) -> dict`` added to ``PARTS``
-with its share of the budget; it records cases with ``run.case(...)`` and reads ``run.dry``.
+A new part is a function ``part_x(run) -> dict`` added to ``PARTS`` with its share of the budget; it
+records cases with ``run.case(...)`` and reads ``run.dry``.
 
 How gaincell is found: the script puts this checkout's ``src`` first on ``sys.path``, so the device
-machine needs no install and no network (its image has torch, transformers, accelerate, triton and
-nvidia-ml-py; lm-eval, gguf and datasets, which it lacks, are imported by no part). With the device
-tool (docs/benchmarks.md)::
+machine needs no install and no network for parts a–e (its image has torch, transformers, accelerate,
+triton and nvidia-ml-py; lm-eval, gguf and datasets, which it lacks, are imported by none of them). Part f
+needs ``datasets`` (and ``gguf`` for SmolLM2) and the shared data: they travel as carried wheels and files,
+the GGUF in two halves over two calls (``benchmarks/device_carry.py`` prepares them and prints the calls;
+docs/benchmarks.md). Parts a–e alone, one call with the device tool::
 
     run(command="GAINCELL_COMMIT=<commit> PYTHONUNBUFFERED=1 python3 benchmarks/device_run.py --out $OUT "
-                "--budget-s 420 2>&1 | tee $OUT/log.txt", timeout_s=540)
+                "--parts a,b,c,d,e --budget-s 420 2>&1 | tee $OUT/log.txt", timeout_s=540)
 
 ``--dry-run`` runs every part at tiny sizes on the CPU in well under a minute (a CI test:
-tests/benchmarks/test_device_run.py).
+tests/benchmarks/test_device_run.py); part f there adapts stories260K from the shared data folder for two
+steps per row, and is recorded as skipped without that folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib.metadata
 import json
 import os
 import platform
@@ -71,8 +79,10 @@ from gaincell.op.kernels.fused import PRECISIONS  # noqa: E402  (no triton impor
 class Run:
     """The run's state: where it writes, its device, its clock, and the results so far."""
 
-    def __init__(self, out: Path, device: torch.device, budget_s: float, dry: bool):
+    def __init__(self, out: Path, device: torch.device, budget_s: float, dry: bool, smollm2_gguf: Path | None = None,
+                 f_models: tuple[str, ...] = ("stories", "smollm2")):  # fmt: skip
         self.out, self.device, self.dry = out, device, dry
+        self.smollm2_gguf, self.f_models = smollm2_gguf, f_models  # part f's
         self.results: dict = {"environment": environment(device, dry), "budget_s": budget_s, "parts": {}}
         self.started = time.monotonic()  # the budget counts from here (reading versions above takes seconds)
         self.deadline = self.started + budget_s
@@ -137,6 +147,11 @@ def environment(device: torch.device, dry: bool) -> dict:
             info[name] = __import__(name).__version__
         except Exception as error:
             info[name] = f"unavailable: {type(error).__name__}"
+    for name in ("datasets", "pyarrow", "fsspec", "gguf"):  # part f's; installed, not imported (their caches)
+        try:
+            info[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            info[name] = "not installed"
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
         info["gpu"] = (
@@ -496,12 +511,246 @@ def part_e(run: Run) -> None:
     run.case(f"gpt2/batch={sizes.get('batch', 64)}/M={sizes.get('window', 1024)}", measure)
 
 
+# -- f: real models adapted at GPU scale ------------------------------------------------------------------
+
+#: Part f's models: their share of the part's time and real_models.py's options on the GPU and in the dry run.
+#: Batches (blocks per step): stories260K 256 × 256 tokens (a 260K-parameter model is launch-bound, so a big
+#: batch is what makes its steps cheap, and the CPU recipe's step counts at batch 8 stay about the same while
+#: the tokens grow 32×); SmolLM2 64 × 512 (32k tokens a step; its and the teacher's fp32 logits, 6 GiB each,
+#: fit the H200 many times over) at the lrs of its recorded fair run (docs/real-models.md).
+F_MODELS = {
+    "stories": {
+        "share": 0.3,
+        "gpu": ["--batch", "256", "--stories", "8192", "--sample-batch", "4096", "--eval-batch", "64"],
+        "dry": ["--batch", "4", "--stories", "32", "--sample-batch", "32", "--eval-tokens", "256",
+                "--calibration-iterations", "2"],
+    },
+    "smollm2": {
+        "share": 0.7,
+        "gpu": ["--batch", "64", "--lr", "3e-4", "--transfer-lr", "3e-3", "--transfer-share", "0.5", "--eval-batch", "32"],
+    },
+}  # fmt: skip
+#: The rows in the order they run: the original, the transfer recipe, softmax at its budget, the paper's recipe.
+F_ROWS = ("a", "e-transfer", "a-prime", "e-paper")
+#: Seconds a training row spends besides its steps and its evaluation (loading, tokenising, saving the stage
+#: models): a guess the first row's wall time then corrects.
+F_ROW_OVERHEAD_S = {"stories": 10.0, "smollm2": 30.0}
+F_MAX_TOKENS = 100_000_000  # the issue's upper end
+
+
+def part_f(run: Run) -> None:
+    import gc
+    import shutil
+    import tempfile
+
+    from gaincell.datadir import data_dir
+    from gaincell.fetch import MEMBER
+
+    data = data_dir()
+    if data is None or not (data / "models" / "stories260K").is_dir():
+        run.part["skipped"] = "needs stories260K (set GAINCELL_DATA)"
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the device machine has no network: never wait for one
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    models = [name for name in run.f_models if name != "smollm2"]
+    gguf = Path(run.smollm2_gguf or Path.home() / ".cache" / "gaincell" / "models" / Path(MEMBER).name)
+    if "smollm2" in run.f_models:
+        refused = smollm2_refused(run, gguf)
+        if refused:
+            run.part["smollm2"] = refused
+        else:
+            models.append("smollm2")
+    run.part["table1"] = ("not measured: lm-eval is not in the device image; carrying it means its wheel and about a "
+                          "dozen more (evaluate, pytablewriter and its dependencies, rouge-score with nltk, sqlitedict, "
+                          "word2number, more-itertools), and 1,000 items × 6 tasks × 4 rows would not fit the call "
+                          "beside the training: Table 1 stays a CPU measurement (docs/real-models.md)")  # fmt: skip
+    end = run.part_deadline
+    work = Path(tempfile.mkdtemp(prefix="gaincell-part-f-"))  # models, checkpoints, datasets' cache: not in $OUT
+    os.environ.setdefault("HF_DATASETS_CACHE", str(work / "datasets-cache"))
+    try:
+        for index, model in enumerate(models):
+            left = min(end, run.deadline) - time.monotonic()
+            shares = sum(F_MODELS[name]["share"] for name in models[index:])
+            run.part_deadline = time.monotonic() + left * F_MODELS[model]["share"] / shares
+            try:
+                adapt_real_model(run, model, data, work, gguf)
+            finally:
+                run.part_deadline = end
+                gc.collect()
+                if run.device.type == "cuda":
+                    torch.cuda.empty_cache()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def smollm2_refused(run: Run, gguf: Path) -> str | None:
+    """Why SmolLM2 is not run (None: it is): the dry run, or no whole GGUF (on the device: the two halves of
+    docs/benchmarks.md's calls did not meet, the machine having gone back between them)."""
+    from gaincell.atomic import file_sha256
+    from gaincell.fetch import GGUF_SHA256
+
+    if run.dry:
+        return "not in the dry run (stories260K only)"
+    if not gguf.is_file():
+        return f"not run: no GGUF at {gguf} (--smollm2-gguf; docs/benchmarks.md: the two calls)"
+    digest = file_sha256(gguf)
+    if digest != GGUF_SHA256:
+        return f"not run: {gguf} has sha256 {digest[:16]}…, not the fetched file's {GGUF_SHA256[:16]}…"
+    return None
+
+
+def adapt_real_model(run: Run, model: str, data: Path, work: Path, gguf: Path) -> None:
+    """One model's rows through real_models.py, in process: its setup, the training step's time on this device,
+    the original (a), then the budget that lets (e-transfer) and (a′) fit the time left, and those rows, (e-paper)
+    last if it fits. Each row is a case (the alarm stops one that runs long) and real_models.py's JSON and table,
+    rewritten after each row, are copied beside device_run.json."""
+    import gc
+
+    import real_models
+
+    settings = F_MODELS[model]["dry" if run.dry else "gpu"]
+    argv = [model, *settings, "--data", str(data), "--work", str(work / model), "--out", str(work / "results")]
+    argv += ["--device", str(run.device), "--checkpoints", "1", "--quiet", "--tag", "dry-run" if run.dry else "gpu"]
+    if model == "smollm2":
+        argv += ["--cache", str(gguf.parent), "--dequantised", str(work / "smollm2-dequantised")]
+    if not run.dry:
+        argv += ["--mixed-precision", "bf16"]
+    args = real_models.parse(argv)
+    state: dict = {}
+
+    def setup():
+        state["experiment"] = experiment = real_models.Experiment(args)
+        texts = {name: int(ids.numel()) for name, ids in experiment.setup["texts"].items()}
+        return {"argv": argv, "train_text": experiment.setup["train_text"], "eval_tokens": texts}
+
+    def throughput():
+        """The step times at the model's batch, or at half or a quarter of it where a gain-cell step ran out of
+        memory or took more than half of it (a distillation step also holds the teacher's logits)."""
+        tried = {}
+        for batch in dict.fromkeys((args.batch, max(1, args.batch // 2), max(1, args.batch // 4))):
+            try:
+                found = step_seconds(state["experiment"], batch, args.mixed_precision, run)
+            except torch.cuda.OutOfMemoryError as error:
+                tried[batch] = failure(error)["error"][:200]
+                gc.collect()
+                torch.cuda.empty_cache()
+                continue
+            total = torch.cuda.get_device_properties(run.device).total_memory if run.device.type == "cuda" else None
+            if total is not None and found["peak_bytes"] > total / 2:
+                tried[batch] = f"peak {found['peak_bytes'] / 2**30:.0f} GiB of {total / 2**30:.0f}"
+                continue
+            args.batch, state["step_s"] = batch, found
+            return {**found, "batch": batch, "batches_refused": tried}
+        return {"error": "no batch fits", "batches_refused": tried}
+
+    def size():
+        step, row_a = state["step_s"], state["a_wall_s"]
+        overhead = 0.0 if run.dry else F_ROW_OVERHEAD_S[model] + row_a  # each row also evaluates as (a) did
+        per_step = step["e-transfer"] + step["a-prime"]
+        available = 0.9 * run.left() - 2 * overhead
+        block = state["experiment"].setup["block_size"]
+        steps = max(2, int(available / per_step))
+        steps = 2 if run.dry else min(steps, F_MAX_TOKENS // (args.batch * block))
+        state["experiment"].set_budget(steps * args.batch * block)
+        state["overhead_s"], state["steps"] = overhead, steps
+        need = {row: overhead + steps * step[row] for row in ("e-transfer", "a-prime", "e-paper")}
+        need["e-paper"] += args.calibration_iterations * step["forward"]
+        state["need"] = need
+        return {"budget_tokens": args.budget, "steps": steps, "batch": args.batch, "block": block,
+                "predicted_s": {row: round(seconds, 1) for row, seconds in need.items()},
+                "seconds_left": round(run.left(), 1)}  # fmt: skip
+
+    if "error" in run.case(f"{model}/setup", setup) or "skipped" in run.part["cases"][f"{model}/setup"]:
+        return
+    for row in F_ROWS:
+        if row == "e-transfer":
+            if "error" in run.case(f"{model}/throughput", throughput) or "step_s" not in state:
+                return
+            state["a_wall_s"] = run.part["cases"].get(f"{model}/a", {}).get("wall_s", 0.0)
+            run.case(f"{model}/budget", size)
+            if "need" not in state:
+                return
+        result = run.case(f"{model}/{row}", lambda row=row: row_result(state["experiment"].row(row)),
+                          need_s=state.get("need", {}).get(row, 0.0))  # fmt: skip
+        copy_real_model_results(run, work / "results", model, args)
+        if row == "e-transfer" and "wall_s" in result and "error" not in result:  # the guess, corrected
+            state["need"]["a-prime"] += result["wall_s"] - state["need"]["e-transfer"]
+            state["need"]["e-paper"] += result["wall_s"] - state["need"]["e-transfer"]
+
+
+def row_result(row: dict) -> dict:
+    """real_models.py's row as a case: everything but the held-out curve's points (its JSON keeps them)."""
+    return {key: value for key, value in row.items() if key != "curve"} | {"curve_points": len(row.get("curve", []))}
+
+
+def copy_real_model_results(run: Run, results: Path, model: str, args) -> None:
+    """real_models.py's results.json and results.md, as real-models-MODEL.json/.md beside device_run.json."""
+    folder = results / f"real-models-{model}-{args.tag}"
+    for suffix in ("json", "md"):
+        source = folder / f"results.{suffix}"
+        if source.is_file():
+            with atomic_file(run.out / f"real-models-{model}.{suffix}") as handle:
+                handle.write(source.read_text())
+
+
+def step_seconds(experiment, batch: int, mixed_precision: str, run: Run) -> dict:
+    """Seconds of one training step at the run's batch on this device, timed on copies of the original: the
+    gain-cell model (paper chip) and the softmax model, forward and backward under the stages' autocast with
+    AdamW, and the teacher's forward alone. A recipe's step is about the sum of what it runs (e-transfer:
+    student and teacher; a′: softmax; e-paper: gain-cell; calibration: one gain-cell forward per iteration)."""
+    import copy
+
+    import gaincell
+
+    block, vocab = experiment.setup["block_size"], experiment.pretrained.config.vocab_size
+    ids = torch.randint(0, vocab, (batch, block), generator=torch.Generator().manual_seed(0)).to(run.device)
+    autocast = dict(device_type=run.device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
+    repeats = 1 if run.dry else 3
+
+    def timed_steps(model, train: bool) -> float:
+        model.train(train)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=1e-9) if train else None
+
+        def step():
+            with torch.autocast(**autocast), torch.set_grad_enabled(train):
+                out = model(input_ids=ids, labels=ids)
+            if train:
+                out.loss.backward()
+                optimiser.step()
+                optimiser.zero_grad(set_to_none=True)
+
+        step()  # warm-up
+        synchronize(run.device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        synchronize(run.device)
+        return (time.perf_counter() - start) / repeats
+
+    softmax = copy.deepcopy(experiment.pretrained)
+    found = {"a-prime": timed_steps(softmax, True), "teacher-forward": timed_steps(softmax, False)}
+    del softmax
+    chip = gaincell.convert(copy.deepcopy(experiment.pretrained), experiment.hardware)
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    found["e-paper"] = timed_steps(chip, True)
+    found["peak_bytes"] = torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else 0
+    found["forward"] = timed_steps(chip, False)
+    del chip
+    found["e-transfer"] = found["e-paper"] + found["teacher-forward"]
+    found["tokens_per_s"] = {row: round(batch * block / found[row]) for row in ("e-transfer", "a-prime", "e-paper")}
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return found
+
+
 PARTS = {  # letter -> (title, share of the budget, function)
     "a": ("GPU test subset: op, gradients and generation against op/equations.py", 0.08, part_a),
     "b": ("op forward and forward+backward: time and peak memory (bf16 inputs)", 0.47, part_b),
     "c": ("decode tokens/s: gain-cell memory against softmax with transformers' cache", 0.15, part_c),
     "d": ("training tokens/s: SmolLM2-shaped Llama, softmax against gain-cell, bf16 autocast", 0.22, part_d),
     "e": ("gaincell hw --measure on this device beside the paper's GPU figures", 0.08, part_e),
+    "f": ("real models adapted at GPU scale: (a), (e-transfer), (a′) at its budget, (e-paper); bf16 autocast", 0.5, part_f),
 }
 
 
@@ -516,9 +765,9 @@ def markdown(results: dict) -> str:
         for key, result in part.get("cases", {}).items():
             escaped = cell(result).replace("|", "\\|")  # "mean |diff|" inside a table cell
             lines.append(f"| {key} | {escaped} |")
-        for name in ("ratios", "softmax_over_gaincell_tokens_per_s", "error", "skipped"):
+        for name in ("ratios", "softmax_over_gaincell_tokens_per_s", "smollm2", "table1", "error", "skipped"):
             if part.get(name):
-                lines += ["", f"{name}: `{json.dumps(part[name])}`"]
+                lines += ["", f"{name}: `{json.dumps(part[name], ensure_ascii=False)}`"]
         lines.append("")
     return "\n".join(lines)
 
@@ -538,7 +787,8 @@ def cell(result: dict) -> str:
             passes.append(f"{which} {result[which]['ms']:.3f} ms" + ("" if peak is None else f", {peak / 2**20:.0f} MiB"))
         return " · ".join(passes)
     keys = ("passed", "vs_equations", "gradient_max_relative", "generation_vs_parallel", "tokens_per_s", "step_s", "loss")
-    keys += ("ops_per_token", "computing_ops_per_token")
+    keys += ("ops_per_token", "computing_ops_per_token", "tokens", "ppl", "budget_tokens", "steps", "predicted_s")
+    keys += ("eval_tokens", "batch", "batches_refused")
     shown = {key: result[key] for key in keys if key in result}
     if "measured" in result and result["measured"]:
         measured = result["measured"]
@@ -553,6 +803,11 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=450.0, help="wall-time budget of the whole run (default 450)")
     parser.add_argument("--device", help="default: cuda when available, else cpu (--dry-run: cpu)")
     parser.add_argument("--dry-run", action="store_true", help="every part at tiny sizes on the CPU (a CI test)")
+    parser.add_argument(
+        "--smollm2-gguf", type=Path, default=os.environ.get("GAINCELL_SMOLLM2_GGUF"),
+        help="part f: SmolLM2's GGUF (default: $GAINCELL_SMOLLM2_GGUF, else gaincell fetch's cache)",
+    )  # fmt: skip
+    parser.add_argument("--f-models", default="stories,smollm2", help="part f's models, in order (default: both)")
     args = parser.parse_args()
     parts = [name.strip() for name in args.parts.split(",") if name.strip()]
     unknown = [name for name in parts if name not in PARTS]
@@ -563,7 +818,10 @@ def main() -> int:
         torch.set_num_threads(1)  # tiny sizes: more threads only contend on a shared CI machine
     args.out.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGALRM, _out_of_time)
-    run = Run(args.out, device, args.budget_s, args.dry_run)
+    f_models = tuple(name.strip() for name in args.f_models.split(",") if name.strip())
+    if not f_models or any(name not in F_MODELS for name in f_models):
+        parser.error(f"--f-models: expected some of {', '.join(F_MODELS)}, got {args.f_models!r}")
+    run = Run(args.out, device, args.budget_s, args.dry_run, args.smollm2_gguf, f_models)
     print(f"device run on {run.results['environment'].get('gpu', device)}, parts {','.join(parts)}, "
           f"budget {args.budget_s:.0f} s", flush=True)  # fmt: skip
     for index, name in enumerate(parts):

@@ -19,6 +19,12 @@ short greedy sample. Writes JSON and a markdown table (``--tag`` names them).
     python benchmarks/real_models.py smollm2 --budget 2000000
     python benchmarks/real_models.py smollm2 --smoke        # a few steps: shows it runs end to end
 
+On a GPU (``benchmarks/device_run.py``'s part f): ``--device cuda`` puts the original, every row's model
+and every evaluation there (the recipes' initialisation, calibration and teachers too),
+``--mixed-precision bf16`` trains under bf16 autocast, ``--sample-batch`` samples stories260K's text in
+larger batches there, ``--eval-batch`` scores more windows at once and ``--checkpoints 1`` keeps one
+checkpoint per stage. Their defaults are the CPU runs recorded so far.
+
 Not run in CI.
 """
 
@@ -53,21 +59,25 @@ ROWS = ("a", "a-prime", "b", "c", "c-linear", "d", "e-paper", "e-transfer")
 
 def stories_setup(args) -> dict:
     """Sample stories from the original model; 90 % train (text files), 10 % held out (both kept in --work:
-    a rerun with the same --stories reads them instead of sampling again)."""
+    a rerun with the same --stories reads them instead of sampling again). ``--sample-batch`` stories are
+    drawn at once on ``--device`` (64 on the CPU by default: other batches or devices draw other stories)."""
     path = args.data / "models" / "stories260K"
     model, tokenizer = load_pretrained(path), load_pretrained_tokenizer(path)
-    folder, held = args.work / "stories-text", max(8, args.stories // 64 * 64 // 10)
-    if not (folder / "held-out.txt").is_file() or (folder / "stories.txt").read_text() != str(args.stories):
+    batch, device = getattr(args, "sample_batch", 64), getattr(args, "device", None)
+    folder, held = args.work / "stories-text", max(8, args.stories // batch * batch // 10)
+    marker = str(args.stories) if (batch, device) == (64, None) else f"{args.stories} in batches of {batch} on {device}"
+    if not (folder / "held-out.txt").is_file() or (folder / "stories.txt").read_text() != marker:
         torch.manual_seed(0)
+        model.to(device or "cpu")
         rows = []
         with torch.no_grad():
-            for _ in range(args.stories // 64):
-                bos = torch.full((64, 1), tokenizer.bos_token_id)
+            for _ in range(args.stories // batch):
+                bos = torch.full((batch, 1), tokenizer.bos_token_id, device=model_device(model))
                 rows.append(model.generate(bos, do_sample=True, max_new_tokens=255, pad_token_id=0,
-                                           attention_mask=torch.ones_like(bos)))  # fmt: skip
+                                           attention_mask=torch.ones_like(bos)).cpu())  # fmt: skip
         texts = [tokenizer.decode(row, skip_special_tokens=True) for row in torch.cat(rows)]
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "stories.txt").write_text(str(args.stories))
+        (folder / "stories.txt").write_text(marker)
         (folder / "train.txt").write_text("\n\n".join(texts[:-held]))
         (folder / "held-out.txt").write_text("\n\n".join(texts[-held:]))
     held_text = (folder / "held-out.txt").read_text()
@@ -78,9 +88,14 @@ def stories_setup(args) -> dict:
 
 
 def smollm2_setup(args) -> dict:
+    """SmolLM2 from its GGUF; with ``--dequantised DIR``, dequantised once into DIR (model and tokenizer,
+    ``save_pretrained``), which every row then loads: a GGUF load takes seconds to tens of seconds, and an
+    (e) row loads the original three times."""
     from fetch_models import fetch_smollm2
 
     gguf = fetch_smollm2(args.cache)
+    if getattr(args, "dequantised", None) is not None:
+        gguf = dequantised_copy(gguf, args.dequantised)
     tokenizer = load_pretrained_tokenizer(gguf)
     text = (args.data / "wikitext2-test.txt").read_text()
     eval_ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"][: args.eval_tokens])
@@ -88,6 +103,16 @@ def smollm2_setup(args) -> dict:
     return {"model": str(gguf), "gguf_file": None, "train_text": train_text, "eval_ids": eval_ids, "window": 512,
             "context": 512, "stride": 256, "block_size": 512, "prompt": "The history of the",
             "eval_text": f"first {len(eval_ids)} tokens of wikitext2-test"}  # fmt: skip
+
+
+def dequantised_copy(gguf: Path, folder: Path) -> Path:
+    """``gguf`` dequantised (float32) and saved, with its tokenizer, as a plain transformers folder."""
+    if not folder.is_dir():
+        partial = folder.with_name(folder.name + ".partial")  # renamed once whole
+        load_pretrained_tokenizer(gguf).save_pretrained(partial)
+        load_pretrained(gguf).save_pretrained(partial)
+        partial.replace(folder)
+    return folder
 
 
 def own_training_text(args, setup, tokenizer) -> None:
@@ -145,13 +170,15 @@ def table1(model, tokenizer, args, max_length: int) -> dict:
 
 
 def perplexities(model, setup) -> dict[str, float]:
-    """Every text at the setup's context; with ``--long-context N`` the in-domain text also at context N
-    (positions the training blocks never reached: docs/real-models.md, "Positions")."""
-    scores = {name: strided_perplexity(model, ids, setup["context"], setup["stride"], batch_size=4)["ppl"]
+    """Every text at the setup's context, ``eval_batch`` windows at a time (4 unless set: the sums do not
+    depend on it); with ``--long-context N`` the in-domain text also at context N (positions the training
+    blocks never reached: docs/real-models.md, "Positions")."""
+    batch = setup.get("eval_batch", 4)
+    scores = {name: strided_perplexity(model, ids, setup["context"], setup["stride"], batch_size=batch)["ppl"]
               for name, ids in setup["texts"].items()}  # fmt: skip
     if setup.get("long_context"):
         long = setup["long_context"]
-        scores[f"in-domain@{long}"] = strided_perplexity(model, setup["texts"]["in-domain"], long, long // 2, 4)["ppl"]
+        scores[f"in-domain@{long}"] = strided_perplexity(model, setup["texts"]["in-domain"], long, long // 2, batch)["ppl"]
     return scores
 
 
@@ -166,7 +193,8 @@ def softmax_fine_tuned(pretrained, recipe: dict, output: Path, args):
     recipe = recipe_from_dict({**recipe, "output_dir": str(output)})
     train_blocks, eval_blocks = recipe_blocks(recipe, load_pretrained_tokenizer(recipe.model))
     steps = sum(getattr(recipe, stage).max_steps for stage in ("transfer", "distill"))
-    config = TrainConfig(**stage_settings(steps, args.batch, lr=args.lr, position_offset=args.position_offset))
+    config = TrainConfig(**stage_settings(steps, args.batch, **gpu_settings(args), lr=args.lr,
+                                          position_offset=args.position_offset))  # fmt: skip
     result = train(copy.deepcopy(pretrained), train_blocks, eval_blocks, config, output / "a-prime",
                    resume=latest_checkpoint(output / "a-prime") is not None)  # fmt: skip
     log = log_entries(output / "a-prime" / config.log_jsonl)
@@ -181,11 +209,18 @@ def sample(model, tokenizer, prompt: str, tokens: int = 40) -> str:
     return tokenizer.decode(out[0], skip_special_tokens=True)
 
 
-def stage_settings(steps: int, batch: int, **extra) -> dict:
-    """One training stage; it evaluates 8 times (the held-out curve) and checkpoints 4 times."""
+def stage_settings(steps: int, batch: int, checkpoints: int = 4, **extra) -> dict:
+    """One training stage; it evaluates 8 times (the held-out curve) and checkpoints ``checkpoints`` times
+    (the last at the end); full precision unless ``extra`` says otherwise."""
     return {"max_steps": steps, "batch_size": batch, "grad_accum": 1, "warmup_steps": max(1, steps // 20),
-            "eval_every": max(1, steps // 8), "checkpoint_every": max(1, steps // 4), "log_every": 10,
+            "eval_every": max(1, steps // 8), "checkpoint_every": max(1, steps // checkpoints), "log_every": 10,
             "mixed_precision": "no", **extra}  # fmt: skip
+
+
+def gpu_settings(args) -> dict:
+    """What ``--mixed-precision``, ``--checkpoints`` and ``--quiet`` change in every training stage (nothing by
+    default)."""
+    return {"mixed_precision": args.mixed_precision, "checkpoints": args.checkpoints, "progress_bar": not args.quiet}
 
 
 def recipes(setup, args) -> dict[str, dict]:
@@ -194,7 +229,7 @@ def recipes(setup, args) -> dict[str, dict]:
     Every training stage shifts its blocks' positions by up to ``--position-offset``."""
 
     def stage_table(steps: int, batch: int, **extra) -> dict:
-        return stage_settings(steps, batch, position_offset=args.position_offset, **extra)
+        return stage_settings(steps, batch, position_offset=args.position_offset, **gpu_settings(args), **extra)
 
     per_step = args.batch * setup["block_size"]
     steps = max(2, args.budget // per_step)
@@ -237,7 +272,7 @@ def calibration_only(pretrained, setup, hardware, args):
     return model.eval()
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=("stories", "smollm2"))
     parser.add_argument(
@@ -279,9 +314,22 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
                         help="rows to run (default all); rows already in the JSON are kept, so two processes "
                         "can run e.g. 'a b c c-linear d e-paper' and 'e-transfer' side by side")  # fmt: skip
-    args = parser.parse_args()
+    parser.add_argument("--device", help="put the models and evaluations there, e.g. cuda (default: as loaded, the CPU; "
+                        "training where accelerate runs)")  # fmt: skip
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16", "auto"),
+                        help="every training stage's autocast (default no: full precision)")  # fmt: skip
+    parser.add_argument("--sample-batch", type=int, default=64, help="stories260K's stories sampled at once")
+    parser.add_argument("--eval-batch", type=int, default=4, help="perplexity windows scored at once")
+    parser.add_argument("--checkpoints", type=int, default=4, help="checkpoints per training stage (the last at its end)")
+    parser.add_argument("--dequantised", type=Path, help="SmolLM2: dequantise the GGUF once into this folder, load it there")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (a log of thousands of steps stays readable)")
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line with its defaults filled in (the model's budget; --smoke's sizes)."""
+    args = parser().parse_args(argv)
     args.task_limit = args.task_limit or None
-    torch.set_num_threads(args.threads)
     if args.budget is None:
         args.budget = {"stories": 900_000, "smollm2": 2_000_000}[args.model]
     if args.smoke:
@@ -291,51 +339,78 @@ def main() -> None:
             1024,
         )
         args.calibration_iterations = 5
+    return args
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(args.threads)
     run(args)
 
 
 def run(args) -> None:
-    started = time.perf_counter()
-    setup = (stories_setup if args.model == "stories" else smollm2_setup)(args)
-    tokenizer = load_pretrained_tokenizer(setup["model"])
-    if args.train_text is not None:
-        own_training_text(args, setup, tokenizer)
-    setup["texts"] = evaluation_texts(args, setup, tokenizer)
-    setup["long_context"] = args.long_context
-    pretrained = load_pretrained(setup["model"])
-    hardware = gaincell.preset("paper", window=setup["window"])
+    experiment = Experiment(args)
+    for row in args.rows:  # in the order asked
+        experiment.row(row)
 
-    def measure(row: str, what: str, model, tokens: int = 0, wall: float = 0.0, text=None, curve=None) -> None:
+
+class Experiment:
+    """One model's texts, original and recipes, then its rows one at a time, each measured and written as it
+    finishes (device_run.py's part f runs them one by one, each within its share of the time)."""
+
+    def __init__(self, args) -> None:
+        self.args, self.started = args, time.perf_counter()
+        setup = (stories_setup if args.model == "stories" else smollm2_setup)(args)
+        self.tokenizer = load_pretrained_tokenizer(setup["model"])
+        if args.train_text is not None:
+            own_training_text(args, setup, self.tokenizer)
+        setup["texts"] = evaluation_texts(args, setup, self.tokenizer)
+        setup["long_context"] = args.long_context
+        setup["eval_batch"] = args.eval_batch
+        self.setup = setup
+        self.pretrained = load_pretrained(setup["model"])
+        if args.device is not None:
+            self.pretrained.to(args.device)
+        self.hardware = gaincell.preset("paper", window=setup["window"])
+        self.recipes = recipes(setup, args)
+
+    def set_budget(self, tokens: int) -> None:
+        """Give both recipes and (a′) ``tokens`` (device_run.py sizes it to the time left)."""
+        self.args.budget = tokens
+        self.recipes = recipes(self.setup, self.args)
+
+    def measure(self, row: str, what: str, model, tokens: int = 0, wall: float = 0.0, text=None, curve=None) -> dict:
+        args, setup = self.args, self.setup
         result = {"row": row, "what": what, "tokens": tokens, "wall_s": round(wall, 1), "ppl": perplexities(model, setup),
                   "sample": text, "curve": curve or []}  # fmt: skip
         if args.tasks:
-            result["table1"] = table1(model, tokenizer, args, setup["block_size"])
+            result["table1"] = table1(model, self.tokenizer, args, setup["block_size"])
         if row == "a":  # the curves' reference: the original on the recipes' held-out blocks
-            result["held_out_ppl"] = held_out_perplexity(model, recipe_table["e-transfer"])
+            result["held_out_ppl"] = held_out_perplexity(model, self.recipes["e-transfer"])
         print(json.dumps(result), flush=True)
-        write(args, setup, result, time.perf_counter() - started)
+        write(args, setup, result, time.perf_counter() - self.started)
+        return result
 
-    recipe_table = recipes(setup, args)
-    baselines = {
-        "a": ("original", lambda: pretrained),
-        "b": (f"sliding-window softmax, M = {setup['window']}",
-              lambda: convert(copy.deepcopy(pretrained), "softmax", window=setup["window"])),
-        "c": ("paper model, weights swapped in", lambda: convert(copy.deepcopy(pretrained), hardware)),
-        "c-linear": ("linear model, weights swapped in",
-                     lambda: convert(copy.deepcopy(pretrained), linear_config(hardware))),
-        "d": ("calibration only", lambda: calibration_only(pretrained, setup, hardware, args)),
-    }  # fmt: skip
-    for row in args.rows:  # in the order asked
+    def row(self, row: str) -> dict:
+        """Build, train or adapt the row's model, measure it and write everything measured so far."""
+        args, setup, pretrained, hardware = self.args, self.setup, self.pretrained, self.hardware
+        baselines = {
+            "a": ("original", lambda: pretrained),
+            "b": (f"sliding-window softmax, M = {setup['window']}",
+                  lambda: convert(copy.deepcopy(pretrained), "softmax", window=setup["window"])),
+            "c": ("paper model, weights swapped in", lambda: convert(copy.deepcopy(pretrained), hardware)),
+            "c-linear": ("linear model, weights swapped in",
+                         lambda: convert(copy.deepcopy(pretrained), linear_config(hardware))),
+            "d": ("calibration only", lambda: calibration_only(pretrained, setup, hardware, args)),
+        }  # fmt: skip
         if row in baselines:
             what, build = baselines[row]
-            measure(row, what, build())
-            continue
+            return self.measure(row, what, build())
         if row == "a-prime":
-            model, tokens, wall = softmax_fine_tuned(pretrained, recipe_table["e-transfer"], args.work / args.model, args)
-            measure(row, "original fine-tuned (softmax), same tokens", model, tokens, wall,
-                    sample(model, tokenizer, setup["prompt"]))  # fmt: skip
-            continue
-        recipe, output = recipe_table[row], args.work / f"{args.model}-{row}"
+            model, tokens, wall = softmax_fine_tuned(pretrained, self.recipes["e-transfer"], args.work / args.model, args)
+            return self.measure(row, "original fine-tuned (softmax), same tokens", model, tokens, wall,
+                                sample(model, self.tokenizer, setup["prompt"]))  # fmt: skip
+        recipe, output = self.recipes[row], args.work / f"{args.model}-{row}"
         if args.reuse and (output / "wall_s.json").is_file():  # adapted before: measure it again
             summary = json.loads((output / "summary.json").read_text())
             wall = json.loads((output / "wall_s.json").read_text())["wall_s"]
@@ -345,13 +420,14 @@ def run(args) -> None:
 
                 shutil.rmtree(output)
             began = time.perf_counter()
-            summary = adapt(recipe_from_dict({**recipe, "output_dir": str(output)}))
+            summary = adapt(recipe_from_dict({**recipe, "output_dir": str(output)}), device=args.device)
             wall = time.perf_counter() - began
             (output / "wall_s.json").write_text(json.dumps({"wall_s": wall}))
         tokens = sum(summary[name].get("tokens", 0) for name in recipe["stages"])
-        model = gaincell.load(output / recipe["stages"][-1] / "model")
-        text = sample(model, tokenizer, setup["prompt"])
-        measure(row, " + ".join(recipe["stages"]), model, tokens, wall, text, held_out_curve(output, recipe["stages"]))
+        model = gaincell.load(output / recipe["stages"][-1] / "model", device=args.device)
+        text = sample(model, self.tokenizer, setup["prompt"])
+        return self.measure(row, " + ".join(recipe["stages"]), model, tokens, wall, text,
+                            held_out_curve(output, recipe["stages"]))  # fmt: skip
 
 
 @torch.no_grad()

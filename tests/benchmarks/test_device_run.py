@@ -1,9 +1,11 @@
 """The prepared device run (benchmarks/device_run.py) in its ``--dry-run``: every part at tiny sizes on
-the CPU, as the device machine would run it, with the packages that machine lacks (lm-eval, gguf,
-datasets) made unimportable. A GPU session then runs the same code at full size."""
+the CPU, as the device machine would run it: lm-eval and gguf, which that machine lacks, made
+unimportable; datasets importable, as the wheel carried to it makes it there (docs/benchmarks.md). A GPU
+session then runs the same code at full size."""
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -19,10 +21,10 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "device_run.py"
 EXPECTED_ON_CPU = ("FlexAttention does not support backward on CPU",)
 
 
-def _run(out: Path, *options: str) -> dict:
-    blocked = "import sys, runpy; sys.modules.update(dict.fromkeys(('lm_eval', 'gguf', 'datasets')))"
+def _run(out: Path, *options: str, **environment: str) -> dict:
+    blocked = "import sys, runpy; sys.modules.update(dict.fromkeys(('lm_eval', 'gguf')))"
     command = f"{blocked}; sys.argv = {[str(SCRIPT), *options]!r}; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **environment}
     done = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "device_run.json").read_text())
@@ -34,10 +36,21 @@ def _problems(case: dict) -> list[str]:
     return [problem for problem in found if not any(expected in problem for expected in EXPECTED_ON_CPU)]
 
 
+def _has_stories() -> bool:
+    """Whether the dry run finds stories260K, as device_run.py looks for it (the CI has ../shared/data)."""
+    from gaincell.datadir import data_dir
+
+    return data_dir() is not None and (data_dir() / "models" / "stories260K").is_dir()
+
+
 def test_the_dry_run_runs_every_part_and_writes_the_json_and_table(tmp_path):
     results = _run(tmp_path, "--dry-run", "--out", str(tmp_path))
-    assert list(results["parts"]) == ["a", "b", "c", "d", "e"]
+    assert list(results["parts"]) == ["a", "b", "c", "d", "e", "f"]
     assert results["environment"]["dry_run"] and results["environment"]["device"] == "cpu"
+    if _has_stories():
+        _check_part_f(results["parts"]["f"], tmp_path)
+    else:
+        assert results["parts"].pop("f")["skipped"] == "needs stories260K (set GAINCELL_DATA)"
     for letter, part in results["parts"].items():
         assert "error" not in part and "skipped" not in part, (letter, part)
         assert part["cases"], letter
@@ -57,8 +70,41 @@ def test_the_dry_run_runs_every_part_and_writes_the_json_and_table(tmp_path):
     assert set(results["parts"]["d"]["cases"]) == {"smollm2-shape/softmax", "smollm2-shape/gaincell"}
     assert next(iter(results["parts"]["e"]["cases"].values()))["measured"]["latency_step_s"] > 0
     table = (tmp_path / "device_run.md").read_text()
-    assert table.startswith("# gaincell device run") and table.count("## ") == 5
-    assert results["elapsed_s"] < results["budget_s"]  # about 15 s on one busy core
+    assert table.startswith("# gaincell device run") and table.count("## ") == 6
+    assert results["elapsed_s"] < results["budget_s"]  # about 15 s on one busy core, and part f's 25 s
+
+
+def _check_part_f(part: dict, out: Path) -> None:
+    """stories260K's rows in order, each scored on the four texts, the recipes and (a′) given the sized budget."""
+    cases = part["cases"]
+    rows = ["a", "e-transfer", "a-prime", "e-paper"]
+    assert list(cases) == ["stories/setup", "stories/a", "stories/throughput", "stories/budget",
+                           *(f"stories/{row}" for row in rows[1:])]  # fmt: skip
+    budget = cases["stories/budget"]
+    assert budget["steps"] == 2 and budget["budget_tokens"] == 2 * budget["batch"] * budget["block"]
+    assert all(seconds > 0 for seconds in cases["stories/throughput"]["tokens_per_s"].values())
+    for row in rows:
+        case = cases[f"stories/{row}"]
+        assert case["row"] == row and set(case["ppl"]) == {"in-domain", "pydoc", "shakespeare", "wikitext-raw"}
+        assert all(math.isfinite(value) and value > 1 for value in case["ppl"].values()), case
+    assert cases["stories/a"]["tokens"] == 0 and math.isfinite(cases["stories/a"]["held_out_ppl"])
+    for row in rows[1:]:  # the budget, spent by each: two steps of the batch
+        assert cases[f"stories/{row}"]["tokens"] == budget["budget_tokens"], row
+        assert cases[f"stories/{row}"]["sample"].startswith("Once upon a time")
+    assert cases["stories/e-transfer"]["curve_points"] > 0
+    assert "lm-eval" in part["table1"] and "dry run" in part["smollm2"]
+    written = json.loads((out / "real-models-stories.json").read_text())
+    assert [row["row"] for row in written["rows"]] == ["a", "a-prime", "e-paper", "e-transfer"]  # real_models' order
+    assert written["settings"]["mixed_precision"] == "no" and (out / "real-models-stories.md").is_file()
+
+
+def test_part_f_without_the_shared_data_is_skipped_and_says_why(tmp_path):
+    results = _run(tmp_path, "--dry-run", "--parts", "f", "--out", str(tmp_path), GAINCELL_DATA=str(tmp_path / "none"))
+    assert results["parts"]["f"] == {
+        "title": results["parts"]["f"]["title"],
+        "skipped": "needs stories260K (set GAINCELL_DATA)",
+        "wall_s": results["parts"]["f"]["wall_s"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +116,18 @@ def device_run():
     previous = signal.signal(signal.SIGALRM, module._out_of_time)
     yield module
     signal.signal(signal.SIGALRM, previous)
+
+
+def test_smollm2_runs_only_from_the_whole_gguf_and_says_why_not(device_run, tmp_path):
+    """The two device calls each carry half of the GGUF: a half alone (the machine went back between them) is
+    refused by its sha256, before any model loads."""
+    run = device_run.Run(tmp_path, torch.device("cpu"), budget_s=60, dry=False)
+    half = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert device_run.smollm2_refused(run, half).startswith("not run: no GGUF at")
+    half.write_bytes(b"GGUF" + bytes(1000))
+    assert "has sha256" in device_run.smollm2_refused(run, half)
+    dry = device_run.Run(tmp_path, torch.device("cpu"), budget_s=60, dry=True)
+    assert device_run.smollm2_refused(dry, half) == "not in the dry run (stories260K only)"
 
 
 def _part(device_run, tmp_path, budget_s: float):

@@ -102,17 +102,21 @@ def recipe_blocks(recipe: Recipe, tokenizer) -> tuple[torch.Tensor, torch.Tensor
     return train_blocks, eval_blocks
 
 
-def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
+def adapt(recipe: Recipe, *, resume: bool = False, device: str | torch.device | None = None) -> dict:
     """Run the recipe's stages; each saves its model under ``output_dir/<stage>/model``. Returns a summary.
 
     With ``resume`` a stage whose model is already saved is skipped and an interrupted training
-    stage continues from its last checkpoint.
+    stage continues from its last checkpoint. ``device`` (e.g. ``"cuda"``) is where the model and the
+    original's copies (initialisation, teachers) are loaded, so the work outside the training loop runs
+    there too; None loads them on the CPU, and the training loop moves the model where accelerate runs.
     """
     hardware = recipe.hardware_config()
     output = Path(recipe.output_dir)
     _check_output(recipe, output, resume)
     tokenizer = load_pretrained_tokenizer(recipe.model, recipe.gguf_file)
     model = load_pretrained(recipe.model, recipe.gguf_file)
+    if device is not None:
+        model.to(device)
     check_context(model, recipe.data.block_size, "data.block_size")
     train_blocks, eval_blocks = recipe_blocks(recipe, tokenizer)
     _check_batches(recipe, train_blocks)
@@ -128,19 +132,19 @@ def adapt(recipe: Recipe, *, resume: bool = False) -> dict:
             else:
                 _check_data(output, data)
         barrier()
-        return _run_stages(recipe, hardware, output, model, tokenizer, train_blocks, eval_blocks, resume)
+        return _run_stages(recipe, hardware, output, model, tokenizer, train_blocks, eval_blocks, resume, device)
 
 
 def _run_stages(recipe: Recipe, hardware: GainCellConfig, output: Path, model, tokenizer, train_blocks, eval_blocks,
-                resume: bool) -> dict:  # fmt: skip
+                resume: bool, device=None) -> dict:  # fmt: skip
     """Each stage in turn (or, resumed, its saved model once checked), saved under ``output/<stage>/model``."""
     summary: dict[str, Any] = {"model": recipe.model, "stages": list(recipe.stages), "hardware": hardware.to_dict()}
-    runner = _StageRunner(recipe, hardware, output, train_blocks, eval_blocks, resume)
+    runner = _StageRunner(recipe, hardware, output, train_blocks, eval_blocks, resume, device)
     for name in recipe.stages:
         saved, stage_summary = output / name / "model", output / name / "summary.json"
         if resume and saved.is_dir() and stage_summary.is_file():  # the summary is written last
             summary[name] = _resumed_stage(output, name)
-            model = load(saved)
+            model = load(saved, device=device)
             continue
         summary[name] = getattr(runner, f"run_{name}")(model)
         if rank() == 0:  # one writer: every process holds the same model after a stage
@@ -266,14 +270,16 @@ def _card(recipe: Recipe, summary: dict, hardware: GainCellConfig):
 class _StageRunner:
     """One ``run_<stage>(model) -> summary dict`` per entry of :data:`~gaincell.adaptation.recipe.STAGES`."""
 
-    def __init__(self, recipe: Recipe, hardware: GainCellConfig, output: Path, train_blocks, eval_blocks, resume: bool):
+    def __init__(self, recipe: Recipe, hardware: GainCellConfig, output: Path, train_blocks, eval_blocks, resume: bool,
+                 device=None):  # fmt: skip
         self.recipe, self.hardware, self.output, self.resume = recipe, hardware, output, resume
-        self.train_blocks, self.eval_blocks = train_blocks, eval_blocks
+        self.train_blocks, self.eval_blocks, self.device = train_blocks, eval_blocks, device
         self._teachers: dict[str, Any] = {}
 
     def pretrained(self):
         """A fresh copy of the original model (never the one being adapted)."""
-        return load_pretrained(self.recipe.model, self.recipe.gguf_file)
+        model = load_pretrained(self.recipe.model, self.recipe.gguf_file)
+        return model if self.device is None else model.to(self.device)
 
     def teacher(self, kind: str):
         """The softmax teacher of this kind (``window`` or ``full``), loaded once per run."""
