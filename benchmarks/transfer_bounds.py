@@ -118,7 +118,9 @@ CONSTRAINTS = ("no-kv-quant", "no-q-quant", "no-adc", "linear-cell", "no-window"
 
 #: Lever rows: the paper's chip, transfer options changed (TransferConfig fields; "lr"/"steps" scale the run's).
 LEVERS: dict[str, dict] = {
+    "lr-x2": {"lr_scale": 2.0},
     "lr-x3": {"lr_scale": 3.0},
+    "lr-x5": {"lr_scale": 5.0},
     "lr-x10": {"lr_scale": 10.0},
     "lr-x0.3": {"lr_scale": 0.3},
     "steps-x2": {"steps_scale": 2.0},
