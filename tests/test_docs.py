@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "gaincell"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: Paths made by running something (outputs), not parts of the repository.
-OUTPUTS = ("gaincell-demo/", "runs/", "stories-gaincell", "gpt2-gaincell")
+OUTPUTS = ("gaincell-demo/", "runs/", "stories-gaincell", "gpt2-gaincell", ".device-carry/")  # folders commands write
 
 
 def _code_spans(text: str) -> list[str]:
