@@ -4,10 +4,10 @@ The text (issue 24, docs/op.md): one extra column per V sub-tile stores c = kv.h
 token and is read by the same pulses through the same cells and leakage; its read-outs, summed over
 the sub-tiles with an ideal (unclamped, unquantised) converter, give den_t; the output is
 a_o · read-out_t / max(den_t, 1e-6) + b_o (den_t = 0 when no pulse reached the array, and then the
-read-out is 0 too: the floor makes 0/0 the output scaler's offset). The reference below builds that from the dense SPEC reference of
-tests/reference.py: the read-out with an identity output scaler, and den as the read-out of a V array
-whose every stored value is c (v far above the DAC's range, so clamped to kv.high), through a
-converter without clamp or levels.
+read-out is 0 too: the floor makes 0/0 the output scaler's offset). The reference below builds that
+from the dense SPEC reference of tests/reference.py: the read-out with an identity output scaler, and
+den as the read-out of a V array whose every stored value is c (v far above the DAC's range, so
+clamped to kv.high), through a converter without clamp or levels.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def test_gradients_equal_the_equations():
         grads.append([x.grad.clone() for x in [*leaves, *scalers.parameters()]])
         for x in [*leaves, *scalers.parameters()]:
             x.grad = None
-    for fast, equations in zip(*grads):
+    for fast, equations in zip(*grads, strict=True):
         torch.testing.assert_close(fast, equations, rtol=1e-8, atol=1e-10)
 
 
