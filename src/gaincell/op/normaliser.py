@@ -7,7 +7,7 @@ SPEC §3.4; the surrogate gradient is the values' too). Its read-outs go through
 clamp, no rounding: a modelling choice; ``gaincell hw`` costs them as ordinary ADC conversions) and
 are summed digitally into den_t ≈ g(c)·Σ_n φ(S_tn); a digital divider gives read-out_t / den_t before
 the output scaler: softmax's normalisation with φ in place of exp. SmolLM2-135M, layers 0/10/20
-transferred: it removes 58 % of the chip's perplexity cost (docs/real-models.md).
+transferred: it removes 58 % of the chip's perplexity cost (docs/op.md).
 
 Read noise and cell variability: the ones column is simulated as a copy of value column 0 with the
 constant stored (in the fast forms it gets column 0's cell gains and noise draws, so the same
