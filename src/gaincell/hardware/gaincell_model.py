@@ -241,8 +241,13 @@ def estimate(shape: AttentionShape, tech: Technology, *, normaliser: bool = Fals
         "adders": n.additions * g.adder_area,
         "control": g.control_area_per_head,
     }
-    if not normaliser:
-        return GainCellEstimate(shape, tech.name, n, energy, latency, area)
+    ones = _add_normaliser(shape, tech, energy, latency, area) if normaliser else None
+    return GainCellEstimate(shape, tech.name, n, energy, latency, area, ones)
+
+
+def _add_normaliser(shape: AttentionShape, tech: Technology, energy: dict, latency: dict, area: dict) -> NormaliserCounts:
+    """Add the normaliser's components (see :func:`estimate`) to the per-head dicts; return its counts."""
+    a, p, g = tech.array, tech.periphery, tech.digital
     ones = normaliser_counts(shape)
     energy |= {
         "ones_write": a.write_energy_per_cell * ones.cells_written,
@@ -260,4 +265,4 @@ def estimate(shape: AttentionShape, tech: Technology, *, normaliser: bool = Fals
         "ones_adders": ones.additions * g.adder_area,
         "divider": ones.divider_additions * g.adder_area,
     }
-    return GainCellEstimate(shape, tech.name, n, energy, latency, area, ones)
+    return ones

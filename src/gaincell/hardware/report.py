@@ -298,17 +298,8 @@ def _whole_model_rows(resolved: Resolved) -> list[dict[str, Any]]:
     shape, primary = resolved.shape, resolved.devices[0]
     rows = []
     for model in decoders:
-        view = whole_model(
-            model,
-            primary,
-            resolved.tech,
-            shape.window,
-            resolved.batch,
-            resolved.dtype,
-            resolved.kernel,
-            shape.subtile_rows,
-            normaliser=resolved.normaliser,
-        )
+        workload = (shape.window, resolved.batch, resolved.dtype, resolved.kernel, shape.subtile_rows)
+        view = whole_model(model, primary, resolved.tech, *workload, normaliser=resolved.normaliser)
         rows.append(
             {
                 "model": view.model,
