@@ -42,12 +42,14 @@ upper (S_sat) clamp never acts; the lower one (a pulse is never negative) stays.
 | no-pulse-clamp | ``s_sat`` and ``readout_gain`` both × 1e6 (below) |
 | no-leakage | ``leakage = 0`` |
 
-Rows ending in ``+normaliser`` are an experiment for a circuit the chip does not have (issue 24, part
-3, not yet a config option): one extra column per V sub-tile that stores the constant c = kv.high −
-offset for every token, read by the same pulses through the same cells and leakage; its read-out,
-summed over sub-tiles with an ideal (unclamped, unquantised) converter, is den_t ≈ g(c)·Σ_n φ(S_tn),
-and a digital divider gives read-out_t / den_t before the output scaler: softmax's normalisation,
-with φ in place of exp. It is measured here by monkeypatching the op, so only this script has it.
+Rows ending in ``+normaliser`` turn on the chip option ``periphery.normaliser`` (a named deviation
+from the paper, issue 24 part 3; :mod:`gaincell.op.normaliser`): one extra column per V sub-tile that
+stores the constant c = kv.high − offset for every token, read by the same pulses through the same
+cells and leakage; its read-out, summed over sub-tiles with an ideal (unclamped, unquantised)
+converter, is den_t ≈ g(c)·Σ_n φ(S_tn), and a digital divider gives read-out_t / den_t before the
+output scaler: softmax's normalisation, with φ in place of exp. (Until 2026-12-04 this script
+monkeypatched the op for it; the option gives the same outputs bit for bit on a tiny model, so the
+recorded rows mean the same.)
 
 Rows land one by one in ``--work`` (resumable: a finished row is read back, not rerun) and the table
 is rewritten after each: ``benchmarks/results/transfer-bounds-MODEL[-TAG]/results.{json,md}``.
@@ -67,7 +69,6 @@ import argparse
 import dataclasses
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -128,35 +129,8 @@ LEVERS: dict[str, dict] = {
     "channel-affine": {"hardware": {"output_scaler": "channel"}},
     "sigmas-4": {"init_sigmas": 4.0},
     "sigmas-3": {"init_sigmas": 3.0},
+    "normaliser": {"hardware": {"normaliser": True}},  # a chip option, not a transfer one (periphery.normaliser)
 }
-
-
-@contextmanager
-def normaliser(active: bool):
-    """While active, every gain-cell attention divides its read-out by the ones column's (the docstring)."""
-    import gaincell.hf.layer as layer
-    from gaincell.op.equations import front_end
-    from gaincell.op.kernels.banded import banded_readout
-
-    original = layer.gain_cell_attention
-
-    def normalised(q, k, v, scalers, config, *, gains=None, **_):
-        if config.attention == "softmax":  # the layers a subset run leaves as the teacher's softmax
-            return original(q, k, v, scalers, config, gains=gains)
-        dtype = q.dtype
-        pulses, keys, values = front_end(q.float(), k.float(), v.float(), scalers, config)
-        readout = banded_readout(pulses, keys, values, config)
-        stored = config.periphery.kv.high - config.periphery.offset
-        ideal = _periphery(config, adc=QuantizerConfig(-1e9, 1e9, None))
-        den = banded_readout(pulses, keys, torch.full_like(values, stored), ideal)[..., :1]
-        return scalers.apply("o", readout / den.clamp_min(1e-6)).to(dtype)
-
-    if active:
-        layer.gain_cell_attention = normalised
-    try:
-        yield
-    finally:
-        layer.gain_cell_attention = original
 
 
 def row_plan(name: str, base: GainCellConfig, context: int) -> tuple[GainCellConfig, dict]:
@@ -174,10 +148,12 @@ def row_plan(name: str, base: GainCellConfig, context: int) -> tuple[GainCellCon
     else:
         hardware, levers = base, [head, *levers]
     options: dict = {}
+    chip: dict = {}  # the levers' periphery fields, merged (channel-affine+normaliser sets two)
     for lever in levers:
-        if lever != "normaliser":
-            options.update(LEVERS[lever])
-    return _periphery(hardware, **options.pop("hardware", {})), options
+        lever_options = dict(LEVERS[lever])
+        chip.update(lever_options.pop("hardware", {}))
+        options.update(lever_options)
+    return _periphery(hardware, **chip), options
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -292,11 +268,6 @@ def head_types(model_path: str, blocks: torch.Tensor, window: int) -> list[list[
 
 def run_row(name: str, args, data: dict, teachers: dict, types: list[list[dict]]) -> dict:
     """Initialise, transfer the chosen layers, measure on held-out blocks and the in-domain perplexity."""
-    with normaliser("normaliser" in name.split("+")):
-        return _run_row(name, args, data, teachers, types)
-
-
-def _run_row(name: str, args, data: dict, teachers: dict, types: list[list[dict]]) -> dict:
     base = preset("paper", window=data["window"])
     hardware, options = row_plan(name, base, data["context"])
     lr = args.lr * options.pop("lr_scale", 1.0)

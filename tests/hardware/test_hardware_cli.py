@@ -55,6 +55,7 @@ def test_json_reproduces_section_6_1(capsys):
         "window": 1024,
         "subtile_rows": 64,
         "subtiles": 16,
+        "normaliser": False,
         "layers": 12,
         "batch": 64,
         "technology": "paper",
@@ -138,6 +139,21 @@ def test_workload_overrides_and_other_technology(capsys):
     code, out = run_hw(capsys, "--heads", "16", "--gpu", "a100", "--json")
     rows = json.loads(out)["whole_model"]["rows"]
     assert rows[-1]["model"] == "gpt2 (custom)" and rows[-1]["selected"]
+
+
+def test_normaliser_flag_costs_the_option_everywhere(capsys, gpt2_report):
+    code, out = run_hw(capsys, "--model", "gpt2", "--window", "1024", "--normaliser", "--json")
+    report = json.loads(out)
+    chip, plain = report["gain_cell"], gpt2_report["gain_cell"]
+    assert code == 0 and report["workload"]["normaliser"] and not gpt2_report["workload"]["normaliser"]
+    assert plain["normaliser_counts_per_head"] is None and chip["normaliser_counts_per_head"]["cells"] == 1024
+    for section, key in (("per_head", "energy_j"), ("per_layer", "latency_s"), ("per_token_all_layers", "area_m2")):
+        assert chip[section][key] > plain[section][key], (section, key)
+    selected = next(row for row in report["whole_model"]["rows"] if row["selected"])
+    plain_row = next(row for row in gpt2_report["whole_model"]["rows"] if row["selected"])
+    assert selected["chip_attention_energy_step_j"] > plain_row["chip_attention_energy_step_j"]
+    code, out = run_hw(capsys, "--model", "gpt2", "--normaliser")
+    assert "with the normaliser" in out
 
 
 def test_table_output_names_both_normalisations(capsys):

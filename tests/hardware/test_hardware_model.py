@@ -234,3 +234,41 @@ def test_epsilon_feeds_the_simulator_config():
     assert config.leakage == 3.2e-4
     with pytest.raises(GainCellError, match="'leakage' field"):
         with_leakage(object(), 1e-4)
+
+
+# --- the normaliser option (periphery.normaliser, a named deviation) --------------------------------
+
+
+@pytest.mark.parametrize("shape", [GPT2_LAYER, AttentionShape(heads=4, head_dim=32, window=200, subtile_rows=48, layers=3)])
+def test_normaliser_adds_what_its_circuit_implies(shape):
+    """Written from the circuit (docs/op.md), in paper.toml's constants: one V column of M cells (written
+    once per token, read like a V cell), one ADC conversion, routed word and ADC per sub-tile, the
+    sub-tiles' words added, and a 9-bit divider in adders: a reciprocal (9 steps) and D multiplies
+    (8 adds each), 9 + ceil(log2 9) = 13 adder stages after the adder tree."""
+    a, p, g = PAPER.array, PAPER.periphery, PAPER.digital
+    m, d, subtiles = shape.window, shape.head_dim, -(-shape.window // shape.subtile_rows)
+    divider_adds = 9 + d * 8
+    energy = (
+        a.write_energy_per_cell
+        + m * a.read_power_per_cell * a.pulse_activity * a.max_pulse_width
+        + subtiles * p.adc_energy_per_conversion
+        + subtiles * g.routing_energy_per_word
+        + (subtiles - 1) * g.adder_energy_per_add
+        + divider_adds * g.adder_energy_per_add
+    )
+    area = m * a.cell_area + a.write_driver_area_per_row + subtiles * p.adc_area
+    area += (subtiles - 1 + divider_adds) * g.adder_area
+    off, on = estimate(shape, PAPER), estimate(shape, PAPER, normaliser=True)
+    assert on.energy_per_head - off.energy_per_head == pytest.approx(energy, rel=1e-9)
+    assert on.area_per_head - off.area_per_head == pytest.approx(area, rel=1e-9)
+    assert on.latency_per_layer - off.latency_per_layer == pytest.approx(13 * g.adder_time_per_stage, rel=1e-9)
+    assert on.energy_per_token == pytest.approx(on.energy_per_head * shape.heads * shape.layers)
+    for group in ("first_product_and_charge_to_pulse", "dac"):  # what the ones column leaves alone
+        assert on.energy_breakdown[group] == off.energy_breakdown[group]
+
+
+def test_normaliser_off_is_the_papers_chip():
+    off = estimate(GPT2_LAYER, PAPER, normaliser=False)
+    assert off == estimate(GPT2_LAYER, PAPER) and off.normaliser is None
+    assert off.latency_per_layer == pytest.approx(65e-9, rel=1e-9)
+    assert not any(name.startswith(("ones_", "divider")) for name in [*off.energy_components, *off.area_components])

@@ -93,6 +93,15 @@ def test_cost_scales_with_window_and_adc_levels(files):
     assert fixed["energy_per_token_j"] > cost[(8, 16, 0.0)]["energy_per_token_j"]  # the preset's 32-level ADC
 
 
+def test_the_normaliser_is_a_knob_and_is_costed(files):
+    shape, tech = load_shape(str(files / "model")), load_technology("paper")
+    spec = spec_from_dict(spec_dict(files, grid={"normaliser": [False, True]}))
+    off, on = (point_config(spec, p, 0) for p in spec.points)
+    assert (off.periphery.normaliser, on.periphery.normaliser) == (False, True)
+    cost_off, cost_on = (point_cost(shape, config, tech) for config in (off, on))
+    assert all(cost_on[key] > cost_off[key] for key in ("energy_per_token_j", "latency_per_token_s", "area_m2"))
+
+
 def test_pareto_fronts_against_energy_and_area():
     costs = [(1, 5, 9), (2, 4, 5), (3, 3, 6), (4, 2, 4), (2, 1, 7)]  # energy, area, perplexity
     rows = [{"cost": {"energy_per_token_j": e, "area_m2": a}, "ppl_mean": p} for e, a, p in costs]

@@ -20,6 +20,7 @@ from typing import Any
 
 from gaincell.errors import GainCellError
 from gaincell.validation import (
+    check_bool,
     check_choice,
     check_int,
     check_non_negative,
@@ -147,6 +148,12 @@ class PeripheryConfig:
     offset per value column of each head besides the per-head pair: the same multiply-add per output,
     2·D constants per head instead of 2. Attention transfer uses it so that a head can emit a constant
     vector, as softmax heads that park their mass on a sink token do (docs/real-models.md).
+
+    ``normaliser=True`` (ours, a named deviation, off in every preset) adds the circuit of
+    :mod:`gaincell.op.normaliser`: one more column per V sub-tile storing the constant kv.high − offset
+    for every token, its read-outs summed with an ideal converter into den_t ≈ g(c)·Σ_n φ(S_tn), and a
+    digital divider giving read-out / den before the output scaler (softmax's normalisation, φ for exp).
+    ``gaincell hw --normaliser`` costs it (SPEC-hardware §6.3.1).
     """
 
     q: QuantizerConfig = QuantizerConfig(0.0, 1.0, 16)
@@ -156,6 +163,7 @@ class PeripheryConfig:
     s_sat: float = 80.0
     readout_gain: float = 1.0 / 40.0
     output_scaler: str = "head"
+    normaliser: bool = False
 
     def validate(self) -> None:
         self.q.validate("periphery.q")
@@ -165,6 +173,7 @@ class PeripheryConfig:
         check_positive("periphery.s_sat", self.s_sat)
         check_positive("periphery.readout_gain", self.readout_gain)
         check_choice("periphery.output_scaler", self.output_scaler, OUTPUT_SCALERS)
+        check_bool("periphery.normaliser", self.normaliser)
 
 
 @dataclass(frozen=True)

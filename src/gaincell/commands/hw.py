@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "fused = one pass, SDPA / flash-decoding style, fp16 (default: paper)",
     )
     hardware.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="GPU dtype (default: the baseline's)")
+    hardware.add_argument(
+        "--normaliser",
+        action="store_true",
+        help="cost the chip option periphery.normaliser: a ones column per V sub-tile and a digital divider "
+        "(a deviation from the paper; docs/op.md)",
+    )
     hardware.add_argument("--token-rate", type=float, metavar="HZ", help="tokens per second for the leakage/retention check")
     measure = parser.add_argument_group("measure the GPU side on this machine (SPEC-hardware §6.2 protocol)")
     measure.add_argument("--measure", action="store_true", help="time decode attention here with torch")
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         vocab=args.vocab,
         window=args.window,
         subtile_rows=args.subtile_rows,
+        normaliser=args.normaliser,
         tech=args.tech,
         gpus=tuple(args.gpu) if args.gpu else None,
         batch=args.batch,

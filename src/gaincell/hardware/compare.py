@@ -106,6 +106,8 @@ def whole_model(
     dtype: str,
     kernel: str,
     subtile_rows: int,
+    *,
+    normaliser: bool = False,
 ) -> WholeModel:
     """Amdahl view of one decode step (SPEC-hardware §6.3.3).
 
@@ -113,12 +115,13 @@ def whole_model(
     and used for B tokens, so time = max(weight bytes / bandwidth, 2 x weights x B / peak) and energy
     = time x (TDP - idle); activations (B x d_model per layer) are negligible and left out. GPU,
     attention: L x the decode-attention roofline of :mod:`gaincell.hardware.gpu`. Chip: the analytic
-    model for the model's heads, head size and layers.
+    model for the model's heads, head size and layers (``normaliser``: with the chip option).
     """
     weights = model.layers * model.weights_per_layer + model.lm_head_weights
     rest_latency, _ = roofline_time(device, weights * DTYPE_BYTES[dtype], 2 * weights * batch, dtype)
     layer = roofline(device, DecodeWorkload(batch, model.heads, model.head_dim, window, dtype, kernel))
-    chip = estimate(AttentionShape(model.heads, model.head_dim, window, subtile_rows, model.layers), tech)
+    shape = AttentionShape(model.heads, model.head_dim, window, subtile_rows, model.layers)
+    chip = estimate(shape, tech, normaliser=normaliser)
     return WholeModel(
         model=model.name,
         gpu=device.key,

@@ -12,6 +12,9 @@ Per generated token and head, in order:
 6. one ADC conversion per sub-tile and output column (M/R x D);
 7. the M/R partial sums of each output column are added digitally (an adder tree), routed and sequenced.
 
+With ``normaliser`` (the chip option ``periphery.normaliser``, a named deviation from the paper, see
+:func:`normaliser_counts`) a ones column per V sub-tile, its conversions and a digital divider are added.
+
 Energy is the sum of (operation count x per-operation constant); latency is the critical path of those
 steps with all heads in parallel; area is cells + periphery per row/column + digital. The constants are
 in the technology preset (``presets/paper.toml``), whose defaults are calibrated so that H = 12,
@@ -32,12 +35,20 @@ DEFAULT_SUBTILE_ROWS = 64  # SPEC §2: array sub-tile height R = 64 stored token
 
 # SPEC-hardware §6.1 groups the per-operation energies into four components; this is the mapping.
 # Writing the new k (v) is charged to the product that uses that array.
+# The normaliser's components (present only with the option) join the group of what they extend.
 BREAKDOWN_GROUPS: dict[str, tuple[str, ...]] = {
     "first_product_and_charge_to_pulse": ("k_write", "k_read", "charge_to_pulse"),
-    "second_product_and_adc": ("v_write", "v_read", "adc"),
-    "digital_control_and_routing": ("adder", "routing", "control"),
+    "second_product_and_adc": ("v_write", "v_read", "adc", "ones_write", "ones_read", "ones_adc"),
+    "digital_control_and_routing": ("adder", "routing", "control", "ones_adder", "ones_routing", "divider"),
     "dac": ("dac",),
 }
+
+#: Word width of the normaliser's divider: the digital sum it divides, 5-bit ADC words summed over 16
+#: sub-tiles = 9 bits (the 9-bit adder paper.toml costs). The model has no multiplier or divider
+#: constants, so the divider is costed in those adders: a b-bit reciprocal by restoring division is b
+#: subtract-and-shift steps (b additions, b stages in series); a b x b multiply is b - 1 additions of
+#: partial products, reduced in a tree of ceil(log2 b) stages.
+DIVIDER_BITS = 9
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,33 @@ def operation_counts(shape: AttentionShape) -> OperationCounts:
 
 
 @dataclass(frozen=True)
+class NormaliserCounts:
+    """What the normaliser adds per head and generated token (the circuit of :mod:`gaincell.op.normaliser`)."""
+
+    cells: int  # one more V column: a cell per stored token, M (area and read, as the V array's M x D)
+    cells_written: int  # the constant c rewritten beside each new token: 1
+    adc_conversions: int  # one per sub-tile: ceil(M/R)
+    additions: int  # the ones column's partial sums added: ceil(M/R) - 1
+    routed_words: int  # its ADC words to their adder: ceil(M/R)
+    divider_additions: int  # one reciprocal (b) + D multiplies (b - 1 each), in b-bit adders
+    divider_stages: int  # b (reciprocal) + ceil(log2 b) (multiply), after the adder tree
+
+
+def normaliser_counts(shape: AttentionShape, bits: int = DIVIDER_BITS) -> NormaliserCounts:
+    """The normaliser's operation counts for one head and one token (see :data:`DIVIDER_BITS`)."""
+    subtiles = shape.subtiles
+    return NormaliserCounts(
+        cells=shape.window,
+        cells_written=1,
+        adc_conversions=subtiles,
+        additions=subtiles - 1,
+        routed_words=subtiles,
+        divider_additions=bits + shape.head_dim * (bits - 1),
+        divider_stages=bits + math.ceil(math.log2(bits)),
+    )
+
+
+@dataclass(frozen=True)
 class GainCellEstimate:
     """Energy (J), latency (s) and area (m²) of gain-cell attention for one shape and technology.
 
@@ -109,11 +147,13 @@ class GainCellEstimate:
     energy_components: dict[str, float]
     latency_components: dict[str, float]
     area_components: dict[str, float]
+    normaliser: NormaliserCounts | None = None  # None: the paper's chip, without the option
 
     @property
     def energy_breakdown(self) -> dict[str, float]:
         """Per-head energy in the four components of SPEC-hardware §6.1."""
-        return {group: sum(self.energy_components[name] for name in names) for group, names in BREAKDOWN_GROUPS.items()}
+        components = self.energy_components
+        return {group: sum(components.get(name, 0.0) for name in names) for group, names in BREAKDOWN_GROUPS.items()}
 
     @property
     def energy_per_head(self) -> float:
@@ -153,7 +193,7 @@ class GainCellEstimate:
         return self.area_per_layer * self.shape.layers
 
 
-def estimate(shape: AttentionShape, tech: Technology) -> GainCellEstimate:
+def estimate(shape: AttentionShape, tech: Technology, *, normaliser: bool = False) -> GainCellEstimate:
     """Per-token cost of gain-cell attention from per-operation constants (SPEC-hardware §6.3.1).
 
     Energy per head = Σ count x constant, with a cell read costing read power x pulse width, the mean
@@ -161,6 +201,11 @@ def estimate(shape: AttentionShape, tech: Technology) -> GainCellEstimate:
     pulse + T_max + ADC + adder-tree depth x stage time + control (a pulse slot is always T_max long,
     whatever the data). Area per head = 2 arrays of M x D cells + write drivers (D per array) + DACs
     (D) + charge-to-pulse converters (M) + ADCs (ceil(M/R) x D) + adders + control.
+
+    ``normaliser`` adds, per head: a V column of M cells (area, and its read like a V cell's) with one
+    write driver and one cell written per token; ceil(M/R) ADC conversions (and ADCs), routed words and
+    ceil(M/R) - 1 additions; the divider in adders (:data:`DIVIDER_BITS`). Its conversions and sums run
+    beside the values' (ADCs and adders are per column), so only the divider lengthens the path.
     """
     a, p, g = tech.array, tech.periphery, tech.digital
     n = operation_counts(shape)
@@ -196,4 +241,28 @@ def estimate(shape: AttentionShape, tech: Technology) -> GainCellEstimate:
         "adders": n.additions * g.adder_area,
         "control": g.control_area_per_head,
     }
-    return GainCellEstimate(shape, tech.name, n, energy, latency, area)
+    ones = _add_normaliser(shape, tech, energy, latency, area) if normaliser else None
+    return GainCellEstimate(shape, tech.name, n, energy, latency, area, ones)
+
+
+def _add_normaliser(shape: AttentionShape, tech: Technology, energy: dict, latency: dict, area: dict) -> NormaliserCounts:
+    """Add the normaliser's components (see :func:`estimate`) to the per-head dicts; return its counts."""
+    a, p, g = tech.array, tech.periphery, tech.digital
+    ones = normaliser_counts(shape)
+    energy |= {
+        "ones_write": a.write_energy_per_cell * ones.cells_written,
+        "ones_read": a.read_power_per_cell * ones.cells * a.pulse_activity * a.max_pulse_width,
+        "ones_adc": p.adc_energy_per_conversion * ones.adc_conversions,
+        "ones_adder": g.adder_energy_per_add * ones.additions,
+        "ones_routing": g.routing_energy_per_word * ones.routed_words,
+        "divider": g.adder_energy_per_add * ones.divider_additions,
+    }
+    latency["divider"] = g.adder_time_per_stage * ones.divider_stages
+    area |= {
+        "ones_cells": ones.cells * a.cell_area,
+        "ones_write_driver": a.write_driver_area_per_row,
+        "ones_adcs": ones.adc_conversions * p.adc_area,
+        "ones_adders": ones.additions * g.adder_area,
+        "divider": ones.divider_additions * g.adder_area,
+    }
+    return ones

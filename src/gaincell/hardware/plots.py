@@ -58,7 +58,8 @@ def write_plots(resolved: Resolved, directory: str | os.PathLike) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     shape, tech = resolved.shape, resolved.tech
     windows = sweep_windows(shape.window, shape.subtile_rows)
-    chips: list[GainCellEstimate] = [estimate(replace(shape, window=m), tech) for m in windows]
+    normaliser = resolved.normaliser
+    chips: list[GainCellEstimate] = [estimate(replace(shape, window=m), tech, normaliser=normaliser) for m in windows]
     title = f"H={shape.heads}, D={shape.head_dim}, R={shape.subtile_rows}, GPU batch {resolved.batch}"
     written = [
         _scaling_plot(plt, resolved, windows, chips, quantity, title, directory) for quantity in ("energy", "latency")
@@ -99,7 +100,7 @@ def _scaling_plot(plt, resolved: Resolved, windows, chips, quantity: str, title:
 def _breakdown_plot(plt, resolved: Resolved, windows, chips, title: str, directory: Path) -> Path:
     """The per-head energy components of SPEC-hardware §6.1, model against paper, and against M."""
     shape, tech = resolved.shape, resolved.tech
-    chip = estimate(shape, tech)
+    chip = estimate(shape, tech, normaliser=resolved.normaliser)
     reference = load_reference().gain_cell
     paper = [reference.first_product, reference.second_product, reference.digital, reference.dac]
     groups = list(chip.energy_breakdown)

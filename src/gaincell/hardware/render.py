@@ -239,6 +239,11 @@ def render(report: dict[str, Any], console: Any) -> None:
     )
     if w.get("grouped_query_note"):
         console.print(f"[dim]{w['grouped_query_note']}[/dim]")
+    if w.get("normaliser"):
+        console.print(
+            "[bold]with the normaliser[/bold] (periphery.normaliser, not the paper's chip): a ones column per V "
+            "sub-tile, its conversions and a digital divider are costed (components ones_*, divider)"
+        )
     _render_gain_cell(report, console)
     _render_gpus(report, console)
     if report["measured"]:

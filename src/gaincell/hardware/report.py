@@ -57,6 +57,7 @@ class HardwareQuery:
     vocab: int | None = None
     window: int = 1024
     subtile_rows: int = 64
+    normaliser: bool = False  # the chip option periphery.normaliser (a named deviation from the paper)
     tech: str = "paper"
     gpus: tuple[str, ...] | None = None  # None: all
     batch: int = 64
@@ -83,6 +84,7 @@ class Resolved:
     batch: int
     kernel: str
     dtype: str
+    normaliser: bool = False
 
     def workload(self, window: int | None = None) -> DecodeWorkload:
         """The GPU decode step matching the chip's shape (optionally at another window)."""
@@ -111,6 +113,7 @@ def resolve(query: HardwareQuery) -> Resolved:
         query.batch,
         kernel,
         query.dtype or default_dtype,
+        bool(query.normaliser),
     )
     resolved.workload()  # checks batch and dtype
     return resolved
@@ -162,6 +165,7 @@ def _gain_cell_section(chip: GainCellEstimate, tech: Technology) -> dict[str, An
         "technology": tech.name,
         "description": tech.description,
         "operation_counts_per_head": dataclasses.asdict(chip.counts),
+        "normaliser_counts_per_head": None if chip.normaliser is None else dataclasses.asdict(chip.normaliser),
         "per_head": {
             "energy_j": chip.energy_per_head,
             "breakdown_j": chip.energy_breakdown,
@@ -294,16 +298,8 @@ def _whole_model_rows(resolved: Resolved) -> list[dict[str, Any]]:
     shape, primary = resolved.shape, resolved.devices[0]
     rows = []
     for model in decoders:
-        view = whole_model(
-            model,
-            primary,
-            resolved.tech,
-            shape.window,
-            resolved.batch,
-            resolved.dtype,
-            resolved.kernel,
-            shape.subtile_rows,
-        )
+        workload = (shape.window, resolved.batch, resolved.dtype, resolved.kernel, shape.subtile_rows)
+        view = whole_model(model, primary, resolved.tech, *workload, normaliser=resolved.normaliser)
         rows.append(
             {
                 "model": view.model,
@@ -345,7 +341,7 @@ def build_report(query: HardwareQuery) -> dict[str, Any]:
     """Run every part of the cost model for one query and return the report as plain data."""
     resolved = resolve(query)
     shape, reference = resolved.shape, load_reference()
-    chip = estimate(shape, resolved.tech)
+    chip = estimate(shape, resolved.tech, normaliser=resolved.normaliser)
     rows = _whole_model_rows(resolved)
     selected = next(row for row in rows if row["selected"])
     checks = _retention_checks(resolved, chip, selected, query.token_rate)
@@ -364,6 +360,7 @@ def build_report(query: HardwareQuery) -> dict[str, Any]:
             "window": shape.window,
             "subtile_rows": shape.subtile_rows,
             "subtiles": shape.subtiles,
+            "normaliser": resolved.normaliser,
             "layers": shape.layers,
             "batch": resolved.batch,
             "technology": resolved.tech.name,

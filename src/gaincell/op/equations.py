@@ -1,10 +1,11 @@
 """Gain-cell attention as SPEC §3 writes it, equation by equation, on (B, H, T, D) tensors.
 
 Read it beside SPEC: the front end (§3.2), the first analog product with leakage (§3.3–3.4), the
-charge-to-pulse converter, the second analog product, one ADC per sub-tile, the digital sum and the
-output scaler. It forms T×T score tensors, so it is for reading, for checking the fast kernel
-(:mod:`gaincell.op.kernels.banded` computes the same numbers in O(T·M·D) time and is tested against
-this) and for short sequences; models call :func:`gaincell.op.attention.gain_cell_attention`.
+charge-to-pulse converter, the second analog product, one ADC per sub-tile, the digital sum, the
+optional normaliser (ours, :mod:`gaincell.op.normaliser`) and the output scaler. It forms T×T score
+tensors, so it is for reading, for checking the fast kernel (:mod:`gaincell.op.kernels.banded`
+computes the same numbers in O(T·M·D) time and is tested against this) and for short sequences;
+models call :func:`gaincell.op.attention.gain_cell_attention`.
 
 Leakage acts on the stored voltage, y~ → λ^age·y~, so with the cell curve g(y~) = Σ_i β_i y~^i the
 charge of power i decays as λ^(i·age): each power is one T×T matmul of pulses and stored y~^i.
@@ -19,6 +20,7 @@ import torch
 from gaincell.chip.cells import CellGains, CellModel, build_cell
 from gaincell.chip.config import GainCellConfig
 from gaincell.chip.periphery import adc, charge_to_pulse, quantize_ste
+from gaincell.op.normaliser import divide, ones_value
 from gaincell.op.scalers import Scalers
 
 
@@ -81,6 +83,9 @@ def gain_cell_attention_equations(
 
     subtile = (position % config.window) // config.subtile_rows  # physical sub-tile of token n
     out = torch.zeros_like(q)
+    ones = torch.full_like(values[..., :1], ones_value(config))  # the normaliser's column (option)
+    gain_ones = gain_v[..., :1] if gain_v.dim() else gain_v  # its cells: value column 0's (normaliser.py)
+    denominator = torch.zeros_like(q[..., :1])
     for s in range(config.n_subtiles):
         in_tile = visible & (subtile[None, :] == s)
         partial = periphery.readout_gain * _analog(
@@ -90,4 +95,13 @@ def gain_cell_attention_equations(
             partial = partial + noise * periphery.adc.high * torch.randn_like(partial)
         occupied = in_tile.any(dim=1)[:, None]  # a sub-tile holding no visible token is not converted
         out = out + adc(partial, periphery.adc) * occupied
+        if periphery.normaliser:  # the ones column: same pulses and cells, an ideal converter, summed
+            column = periphery.readout_gain * _analog(
+                second_product, cell, surrogate, widths * in_tile, ones, retained, gain_ones
+            )
+            if noise:
+                column = column + noise * periphery.adc.high * torch.randn_like(column)
+            denominator = denominator + column * occupied
+    if periphery.normaliser:  # the digital divider (a named deviation, gaincell.op.normaliser)
+        out = divide(out, denominator)
     return scalers.apply("o", out)

@@ -20,6 +20,7 @@ from gaincell.op.attention import check_qkv, gain_cell_attention
 from gaincell.op.equations import front_end
 from gaincell.op.kernels.softmax import sliding_window_softmax_step
 from gaincell.op.kernels.step import StepKernel, encode, quantizer_grid, stacked_scalers
+from gaincell.op.normaliser import divide, ones_value
 from gaincell.op.scalers import Scalers
 from gaincell.validation import check_int
 
@@ -60,6 +61,10 @@ class GainCellMemory:
         if config.attention != "softmax":
             self.kernel = StepKernel(config, self.shape, gains, device, dtype)
             self.plan = self.kernel.plan
+            self.ones_kernel = None  # the normaliser's column: every value the constant (gaincell.op.normaliser)
+            self._ones = ones_value(config)
+            if config.periphery.normaliser:
+                self.ones_kernel = StepKernel(config, self.shape, gains, device, dtype, ones=True)
             self._affine_cache: tuple | None = None  # see stacked_scalers
             self._grids: dict[torch.dtype, tuple[torch.Tensor, ...] | None] = {}
 
@@ -155,18 +160,23 @@ class GainCellMemory:
             self._build_stored(anchor)
         else:
             self.kernel.write(stored, slot, anchor - t)
-        generator = None
-        if self.plan.read_noise:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-            generator = torch.Generator(device=pulses.device).manual_seed(seed)
+            if self.ones_kernel is not None:
+                self.ones_kernel.write(torch.stack([stored[0], torch.full_like(stored[1], self._ones)]), slot, anchor - t)
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if self.plan.read_noise else None
         row = t - anchor + self.plan.block - 1  # the query's age t − a in the kernel's decay tables
         flat = pulses.reshape(batch * heads, 1, dim)
-        bands = self.kernel.band(t, self.positions, self.length, anchor, row)
-        readout = self.kernel.read(
-            flat if flat.dtype == self.keys.dtype else flat.to(self.keys.dtype), bands, row, self.length, generator
-        )
+        flat = flat if flat.dtype == self.keys.dtype else flat.to(self.keys.dtype)
+        readout = self._read(self.kernel, flat, t, anchor, row, seed)
+        if self.ones_kernel is not None:  # the same pulses and S noise, the ones column's read-out: divide
+            readout = divide(readout, self._read(self.ones_kernel, flat, t, anchor, row, seed)[..., :1])
         readout = readout.view(batch, heads, 1, dim)
         return (readout if readout.dtype == pulses.dtype else readout.to(pulses.dtype)), a, b
+
+    def _read(self, kernel: StepKernel, pulses: torch.Tensor, t: int, anchor: int, row: int, seed: int | None):
+        """One kernel's read of the memory with query pulses (BH, 1, D); ``seed`` fixes its read noise."""
+        generator = None if seed is None else torch.Generator(device=pulses.device).manual_seed(seed)
+        bands = kernel.band(t, self.positions, self.length, anchor, row)
+        return kernel.read(pulses, bands, row, self.length, generator)
 
     def _grid(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...] | None:
         """The stacked front end's quantiser rows for ``dtype``, made once (see quantizer_grid)."""
@@ -177,6 +187,8 @@ class GainCellMemory:
     def _build_stored(self, anchor: int) -> None:
         """Have the kernel rebuild the stored side of every slot, decayed to ``anchor`` (kept until it moves)."""
         self.kernel.build(self.keys, self.values, self.positions, anchor)
+        if self.ones_kernel is not None:
+            self.ones_kernel.build(self.keys, torch.full_like(self.values, self._ones), self.positions, anchor)
         self._anchor = anchor
 
 

@@ -29,6 +29,7 @@ KNOB_ALIASES: dict[str, str] = {
     "read_noise": "noise.read_noise",
     "variability": "noise.variability",
     "cell": "cell.kind",
+    "normaliser": "periphery.normaliser",
 }
 #: Knobs that set the leakage ε = Δt / τ with Δt = 1 / token_rate (Hz) and τ = retention_time (s).
 LEAKAGE_KNOBS = ("retention_time", "token_rate")

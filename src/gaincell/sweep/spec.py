@@ -300,7 +300,8 @@ def point_cost(shape, config: GainCellConfig, tech, adc_cost: str = "scaled") ->
             adc_time=tech.periphery.adc_time * math.ceil(math.log2(levels)) / math.log2(REFERENCE_ADC_LEVELS),
         )
         tech = dataclasses.replace(tech, periphery=periphery)
-    chip = estimate(AttentionShape(shape.heads, shape.head_dim, config.window, config.subtile_rows, shape.layers), tech)
+    chip_shape = AttentionShape(shape.heads, shape.head_dim, config.window, config.subtile_rows, shape.layers)
+    chip = estimate(chip_shape, tech, normaliser=config.periphery.normaliser)
     return {
         "energy_per_token_j": chip.energy_per_token,
         "latency_per_token_s": chip.latency_per_token,

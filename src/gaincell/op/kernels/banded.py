@@ -31,13 +31,16 @@ from gaincell.op.kernels.primitives import (
     second_product,
     stored_columns,
 )
+from gaincell.op.normaliser import divide, ones_column_plan, ones_value
 
 
 def banded_readout(pulses, keys, values, config: GainCellConfig, *, gains: CellGains | None = None, noise_seed=None):
     """The digital sum of the sub-tile ADC outputs for front-end outputs (Q, k~, v~), each (B, H, T, D).
 
-    ``noise_seed`` fixes read noise (drawn from torch's RNG when None). The output scaler is the
-    caller's (:func:`gaincell.op.attention.gain_cell_attention`).
+    ``noise_seed`` fixes read noise (drawn from torch's RNG when None). With ``periphery.normaliser``
+    the sum is divided by the ones column's (:mod:`gaincell.op.normaliser`), read by a second pass of
+    the core with the constant stored in every column (column 0 kept): twice the work, simply. The
+    output scaler is the caller's (:func:`gaincell.op.attention.gain_cell_attention`).
     """
     batch, heads, length, dim = pulses.shape
     gain_k = gain_v = None
@@ -50,6 +53,10 @@ def banded_readout(pulses, keys, values, config: GainCellConfig, *, gains: CellG
     plan = make_plan(config, gains is not None)
     flat = [x.reshape(batch * heads, length, dim) for x in (pulses, keys, values)]
     readout = _BandedAnalogCore.apply(*flat, gain_k, gain_v, plan, noise_seed)
+    if config.periphery.normaliser:  # a second pass with every value the constant: the same S (and S noise)
+        ones = torch.full_like(flat[2], ones_value(config))
+        column = _BandedAnalogCore.apply(flat[0], flat[1], ones, gain_k, gain_v, ones_column_plan(plan), noise_seed)
+        readout = divide(readout, column[..., :1])
     return readout.view(batch, heads, length, dim)
 
 

@@ -3,8 +3,8 @@
 ``torch`` is the banded form (:mod:`~gaincell.op.kernels.banded`): every device, every feature, and
 the reference the other forms are tested against. ``triton`` is the fused GPU kernel
 (:mod:`~gaincell.op.kernels.fused`). ``auto`` picks the fused kernel on CUDA tensors when triton
-imports and the kernel computes the config (no read noise, no cell variability, not float64, a cell
-polynomial of degree ≤ 5), else the banded form, quietly; ``triton`` refuses with the reason. CPU
+imports and the kernel computes the config (no read noise, no cell variability, no normaliser, not
+float64, a cell polynomial of degree ≤ 5), else the banded form, quietly; ``triton`` refuses with the reason. CPU
 tensors run the fused kernel only under ``TRITON_INTERPRET=1`` (Triton's interpreter: for tests).
 The process default is ``$GAINCELL_KERNEL`` (else ``auto``); :func:`set_kernel` changes it and a
 ``kernel=`` argument of :func:`gaincell.op.attention.gain_cell_attention` overrides it for one call.
@@ -63,14 +63,17 @@ def triton_unsupported(
     """Why the fused kernel cannot run here (a sentence), or None when it can.
 
     It runs on CUDA tensors, and on CPU tensors only under the Triton interpreter
-    (``TRITON_INTERPRET=1``, slow: how the tests run it). Read noise and cell variability are not
-    in the kernel (they stay the banded form's), nor float64, nor cells of high polynomial degree.
+    (``TRITON_INTERPRET=1``, slow: how the tests run it). Read noise, cell variability and the
+    normaliser are not in the kernel (they stay the banded form's), nor float64, nor cells of high
+    polynomial degree.
     """
     device = torch.device(device)
     if device.type != "cuda" and not (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
         return f"it needs CUDA tensors, got {device.type} (CPU tensors only under TRITON_INTERPRET=1)"
     if read_noise:
         return "read noise is not in the fused kernel (the torch form has it)"
+    if config is not None and config.periphery.normaliser:
+        return "the normaliser (periphery.normaliser) is not in the fused kernel (the torch form has it)"
     if gains:
         return "cell variability (gains) is not in the fused kernel (the torch form has it)"
     if dtype == torch.float64:

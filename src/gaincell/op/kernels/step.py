@@ -31,6 +31,7 @@ from gaincell.op.kernels.primitives import (
     second_product,
     stored_columns,
 )
+from gaincell.op.normaliser import ones_column_plan
 from gaincell.op.scalers import Scalers
 
 #: The scalers' parameters in the order :func:`stacked_scalers` stacks them: all a, then all b.
@@ -84,8 +85,12 @@ class StepKernel:
     products (``key_columns``, ``value_columns``, as the banded form lays them out), the bands and
     buffers, all kept between steps."""
 
-    def __init__(self, config: GainCellConfig, shape: tuple[int, int, int], gains: CellGains | None, device, dtype):
-        plan = self.plan = make_plan(config, gains is not None)
+    def __init__(
+        self, config: GainCellConfig, shape: tuple[int, int, int], gains: CellGains | None, device, dtype, *, ones=False
+    ):
+        """``ones``: the normaliser's kernel (:mod:`gaincell.op.normaliser`), read through its ideal converter."""
+        plan = make_plan(config, gains is not None)
+        plan = self.plan = ones_column_plan(plan) if ones else plan
         self.window, self.shape = config.window, shape  # shape: (batch, heads, head_dim)
         self.chunk_subtile = torch.arange(0, self.window, plan.chunk, device=device) // config.subtile_rows
         self.subtile_starts = torch.arange(0, self.window, config.subtile_rows, device=device)
