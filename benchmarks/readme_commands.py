@@ -81,12 +81,11 @@ def run(command: str, clone: Path, activate: bool, timeout: float) -> dict:
         try:
             proc = subprocess.run(
                 ["/usr/bin/time", "-f", "%e", "-o", timing.name, "bash", "-c", line],
-                cwd=clone, env=env, capture_output=True, text=True, timeout=timeout,
+                cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
             )
-            code, out = proc.returncode, proc.stdout + proc.stderr
+            code, out = proc.returncode, proc.stdout
         except subprocess.TimeoutExpired as exc:
-            code = None
-            out = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+            code, out = None, (exc.stdout or b"").decode(errors="replace")
         wall = time.monotonic() - start
         text = timing.read().strip().splitlines()
     seconds = float(text[-1]) if text and re.fullmatch(r"[\d.]+", text[-1]) else round(wall, 2)
@@ -117,13 +116,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-demo", type=Path, metavar="DIR", help="copy DIR to gaincell-demo/, not running the demo")
     parser.add_argument("--quick-output", type=Path, help="also time `gaincell demo --quick --output PATH`")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before one command is stopped")
+    parser.add_argument("--only", metavar="TEXT", help="run again only the commands containing TEXT (the clone installed),"
+                        " replacing their entries in an existing commands.json")
     args = parser.parse_args(argv)
     clone = args.clone.resolve()
     if (clone.parent / "shared").exists():
         parser.error(f"clone: {clone.parent / 'shared'} exists; a new user has none")
     commands = readme_commands((clone / "README.md").read_text())
-    results, installed = [], False
+    previous = args.out / "commands.json"
+    results = json.loads(previous.read_text())["results"] if args.only and previous.exists() else []
+    installed = bool(args.only)
     for lang, command in commands:
+        if args.only and args.only not in command:
+            continue
         notes = []
         if lang == "python":
             (clone / "readme_snippet.py").write_text(command)
@@ -134,9 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"$ {command}", file=sys.stderr, flush=True)
         result = run(command, clone, activate=installed, timeout=args.timeout)
         result.update(language=lang, notes=notes)
-        results.append(result)
+        same = [i for i, r in enumerate(results) if r["command"] == command]
+        if same:
+            result["notes"].append(f"run again with --only at {time.strftime('%H:%M', time.gmtime())} UTC")
+            results[same[0]] = result
+        else:
+            results.append(result)
         print(f"  {result['seconds']} s, exit {result['exit_code']}: {' / '.join(result['last_lines'])}", file=sys.stderr)
-        if ".venv/bin/activate" in command and not installed:
+        if ".venv/bin/activate" in command and not args.only:
             installed = True
             if args.skip_demo:
                 shutil.copytree(args.skip_demo, clone / "gaincell-demo", symlinks=True)
