@@ -11,7 +11,11 @@ the last batch it recorded; the seed of batch i is ``--seed + i``), separated by
     python benchmarks/sample_corpus.py ~/.cache/gaincell/models/SmolLM2-135M-Instruct.Q4_1.gguf \\
         runs/smollm2-samples.txt --sequences 512 --tokens 512
 
-Not run in CI.
+The openings need lm-eval's WikiText detokeniser, which a lent GPU lacks: ``--write-prompts`` writes them
+here, one per line, and ``--prompts FILE`` reads them there (``benchmarks/device_run.py`` part f samples
+SmolLM2's training text on the GPU this way, with :func:`sample`, ``--device cuda --dtype bfloat16``
+from the command line). ``--seconds`` stops after the batch that passes a time limit. The test:
+tests/benchmarks/test_sample_corpus.py (stories260K, two sequences).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from gaincell.atomic import atomic_file
 from gaincell.datadir import require_data_dir
 from gaincell.hf.pretrained import load_pretrained, load_pretrained_tokenizer
 
@@ -42,50 +47,94 @@ def prompts(corpus: Path, words: int, seed: int) -> list[str]:
     return starts
 
 
+def read_prompts(path: Path) -> list[str]:
+    """Openings written one per line by ``--write-prompts`` (so a machine without lm-eval can sample)."""
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def sample(
+    model,
+    tokenizer,
+    output: Path,
+    starts: list[str],
+    sequences: int,
+    tokens: int,
+    batch: int,
+    top_p: float = 0.95,
+    seed: int = 0,
+    seconds: float | None = None,
+) -> dict:
+    """Append ``sequences`` sampled sequences to ``output``, one batch at a time, resumable; with ``seconds``,
+    stop after the first batch that ends past that many seconds of sampling (this call's). Returns the state
+    (batches, bytes, seconds) also kept in ``output``'s ``.progress.json``."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = next(model.parameters()).device
+    progress = output.with_suffix(".progress.json")
+    state = json.loads(progress.read_text()) if progress.exists() else {"batches": 0, "bytes": 0}
+    done = state["batches"]
+    if output.exists():
+        with output.open("r+b") as handle:
+            handle.truncate(state["bytes"])  # drop a batch written after the last recorded one
+    batches = -(-sequences // batch)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    began = started = time.perf_counter()
+    for index in tqdm(range(done, batches), initial=done, total=batches, desc="sampling"):
+        rows = [starts[(index * batch + row) % len(starts)] for row in range(batch)]
+        encoded = tokenizer(rows, return_tensors="pt", padding=True).to(device)
+        torch.manual_seed(seed + index)
+        with torch.no_grad():
+            out = model.generate(**encoded, do_sample=True, temperature=1.0, top_p=top_p, top_k=0,
+                                 max_new_tokens=tokens - encoded["input_ids"].shape[1],
+                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
+        with output.open("a") as handle:
+            handle.write("".join(text + "\n\n" for text in texts))
+        total = state.get("seconds", 0.0) + time.perf_counter() - started
+        state = {"batches": index + 1, "bytes": output.stat().st_size, "seconds": total}
+        progress.write_text(json.dumps(state))
+        started = time.perf_counter()
+        if seconds is not None and started - began >= seconds:
+            break
+    return state
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="hub id, save_pretrained folder or GGUF file")
     parser.add_argument("output", type=Path)
     parser.add_argument("--prompts-from", type=Path, help="corpus whose paragraph openings prompt (default wikitext2-valid)")
+    parser.add_argument("--prompts", type=Path, help="openings one per line (from --write-prompts), instead of a corpus")
+    parser.add_argument("--write-prompts", action="store_true", help="write the openings to OUTPUT, one per line, and stop")
     parser.add_argument("--prompt-words", type=int, default=6)
     parser.add_argument("--sequences", type=int, default=512)
     parser.add_argument("--tokens", type=int, default=512, help="tokens per sequence, prompt included")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seconds", type=float, help="stop after the batch that passes this many seconds")
+    parser.add_argument("--device", default="cpu", help="where the model samples (cpu, cuda)")
+    parser.add_argument("--dtype", default=None, help="the model's weights (bfloat16 on a GPU; default float32)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    corpus = args.prompts_from or require_data_dir("sample_corpus.py") / "wikitext2-valid.txt"
-    starts = prompts(corpus, args.prompt_words, args.seed)
-    model, tokenizer = load_pretrained(args.model), load_pretrained_tokenizer(args.model)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    progress = args.output.with_suffix(".progress.json")
-    state = json.loads(progress.read_text()) if progress.exists() else {"batches": 0, "bytes": 0}
-    done = state["batches"]
-    if args.output.exists():
-        with args.output.open("r+b") as handle:
-            handle.truncate(state["bytes"])  # drop a batch written after the last recorded one
-    batches = -(-args.sequences // args.batch)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    for index in tqdm(range(done, batches), initial=done, total=batches, desc="sampling"):
-        batch = [starts[(index * args.batch + row) % len(starts)] for row in range(args.batch)]
-        encoded = tokenizer(batch, return_tensors="pt", padding=True)
-        torch.manual_seed(args.seed + index)
-        with torch.no_grad():
-            out = model.generate(**encoded, do_sample=True, temperature=1.0, top_p=args.top_p, top_k=0,
-                                 max_new_tokens=args.tokens - encoded["input_ids"].shape[1],
-                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
-        with args.output.open("a") as handle:
-            handle.write("".join(text + "\n\n" for text in texts))
-        seconds = state.get("seconds", 0.0) + time.perf_counter() - started
-        state = {"batches": index + 1, "bytes": args.output.stat().st_size, "seconds": seconds}
-        progress.write_text(json.dumps(state))
-        started = time.perf_counter()
+    if args.prompts is not None:
+        starts = read_prompts(args.prompts)
+    else:
+        corpus = args.prompts_from or require_data_dir("sample_corpus.py") / "wikitext2-valid.txt"
+        starts = prompts(corpus, args.prompt_words, args.seed)
+    if args.write_prompts:
+        with atomic_file(args.output) as handle:
+            handle.write("".join(start + "\n" for start in starts))
+        print(f"{len(starts)} openings -> {args.output}")
+        return
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model = load_pretrained(args.model, dtype=dtype).to(args.device).eval()
+    tokenizer = load_pretrained_tokenizer(args.model)
+    sample(
+        model, tokenizer, args.output, starts, args.sequences, args.tokens, args.batch, args.top_p, args.seed, args.seconds
+    )
 
 
 if __name__ == "__main__":
