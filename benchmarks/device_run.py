@@ -15,7 +15,8 @@ Parts (``--parts a,b,c,d,e,f``; their results are keyed by these letters):
 - ``a`` the GPU test subset: the op on the device through each kernel (``torch``; ``triton`` where the
   dispatcher offers it, else the reason) against ``op/equations.py`` by the rule of
   :mod:`gaincell.op.agreement`, values and gradients, at small shapes; the torch path on the device
-  against the CPU; generation (prefill + steps) against the parallel op;
+  against the CPU; generation (prefill + steps) against the parallel op; the named fast dot modes
+  (:data:`NAMED_FAST`) measured (their share of outputs a step off), not held to the rule;
 - ``b`` the op's forward and forward+backward time and peak memory at B ∈ {1, 8}, H = 12, D = 64,
   M = 1024, T ∈ {1024, 4096, 16384}, bf16 inputs: gain-cell (paper preset with and without leakage)
   through each kernel, SDPA's flash backend (causal) and ``flex_attention`` with a sliding window of
@@ -24,12 +25,13 @@ Parts (``--parts a,b,c,d,e,f``; their results are keyed by these letters):
   chip against the same model with softmax and transformers' cache (``bench_generate.run_case``);
 - ``d`` training tokens/s of a SmolLM2-shaped Llama (random init: 30 layers, width 576, 9 heads / 3
   kv heads, head dim 64, vocabulary 49152), softmax against gain-cell, bf16 autocast, AdamW;
-- ``e`` ``gaincell hw --measure`` on the device (decode attention latency, NVML energy) beside the
-  paper's GPU figures;
+- ``e`` ``gaincell hw --measure`` on the device (decode attention latency, NVML energy over 1 s windows,
+  or why it is below the counter's resolution) beside the paper's GPU figures;
 - ``f`` issue 24's scale run: stories260K, and SmolLM2-135M when its GGUF is there (``--smollm2-gguf``),
   adapted through ``real_models.py`` on the device in bf16 autocast: (a), then a few timed training steps
   size one token budget for (e-transfer), (a′) and (e-paper): what fits the model's share of the time, at
-  most :data:`F_MAX_EPOCHS` epochs of the training text (the rule and the epochs are in the JSON); then
+  most :data:`F_MAX_EPOCHS` epochs of the training text (the rule and the epochs are in the JSON: the first
+  H200 run, sized by time alone, gave 16 and 36 epochs, and every row over-fitted; docs/real-models.md); then
   those rows; ``real-models-MODEL.json``/``.md`` beside the run's files.
 
 A new part is a function ``part_x(run) -> dict`` added to ``PARTS`` with its share of the budget; it
