@@ -683,9 +683,13 @@ def adapt_real_model(run: Run, model: str, data: Path, work: Path, gguf: Path) -
     state: dict = {}
 
     def setup():
+        """The model, its texts, and the training text's tokens (tokenised here, once: the rows then read the
+        datasets cache, so the time of (a), which sizes each row's overhead, is its evaluation alone)."""
         state["experiment"] = experiment = real_models.Experiment(args)
         texts = {name: int(ids.numel()) for name, ids in experiment.setup["texts"].items()}
-        return {"argv": argv, "train_text": experiment.setup["train_text"], "eval_tokens": texts}
+        state["train_tokens"] = experiment.train_tokens()
+        return {"argv": argv, "train_text": experiment.setup["train_text"], "train_tokens": state["train_tokens"],
+                "eval_tokens": texts}  # fmt: skip
 
     def throughput():
         """The step times at the model's batch, or at half or a quarter of it where a gain-cell step ran out of
@@ -715,7 +719,7 @@ def adapt_real_model(run: Run, model: str, data: Path, work: Path, gguf: Path) -
         calibration = args.calibration_iterations * step["forward"]
         per_step = step["e-transfer"] + step["a-prime"] + step["e-paper"]
         block = experiment.setup["block_size"]
-        step_tokens, train_tokens = args.batch * block, experiment.train_tokens()
+        step_tokens, train_tokens = args.batch * block, state["train_tokens"]
         training_s = 0.9 * run.left() - 3 * overhead - calibration
         steps, bounds = budget_steps(training_s, per_step, step_tokens, train_tokens)
         steps = 2 if run.dry else steps
