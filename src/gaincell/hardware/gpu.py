@@ -264,9 +264,10 @@ def measure(
         torch.set_num_threads(previous_threads)
     method = f"{meter.name} minus idle power" if meter is not None else f"unavailable: {reason}"
     if energy is not None and energy.below_resolution:
-        method += (f": below the counter's resolution (net {energy.net_joules or 0.0:.3g} J ± "
-                   f"{energy.noise_joules or 0.0:.3g} J over {energy.active.span_s:.2f} s, "
-                   f"{energy.active.updates} updates); energy_window has the raw numbers")  # fmt: skip
+        seen = f"{energy.idle.updates} and {energy.active.updates} counter updates in the idle and running windows"
+        if energy.net_joules is not None:
+            seen = f"net {energy.net_joules:.3g} J ± {energy.noise_joules:.3g} J over {energy.active.span_s:.2f} s"
+        method += f": below the counter's resolution ({seen}); energy_window has the raw numbers"
     return Measurement(
         label,
         workload,
