@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from gaincell.errors import GainCellError
 from gaincell.hardware.constants import GpuDevice, load_gpus
-from gaincell.hardware.meters import EnergyMeter, NvmlMeter, RaplMeter, energy_above_idle
+from gaincell.hardware.meters import EnergyAboveIdle, EnergyMeter, NvmlMeter, RaplMeter, energy_above_idle
 from gaincell.validation import check_choice, check_int, check_positive
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -229,12 +229,10 @@ def measure(
 
     Each repetition times ``steps`` consecutive decode steps (synchronising CUDA before and after);
     the step latency is the median over repetitions of the mean step time. Energy, after them: idle power
-    over ``energy_seconds`` of sleep, then ``steps``-step runs repeated for ``energy_seconds`` with the
-    meter read after each, their energy above idle per step (:func:`~gaincell.hardware.meters.energy_above_idle`);
-    ``None``, with ``energy_window`` and ``energy_method`` saying so, when the net is within the counter's
-    resolution. With no meter (CPU without RAPL, CUDA without pynvml) energy is ``None`` and
-    ``energy_method`` says why. ``threads`` sets torch's CPU threads for the run only
-    (on a loaded machine fewer threads than cores avoids oversubscription).
+    over ``energy_seconds``, then ``steps``-step runs for ``energy_seconds``, above idle per step
+    (:func:`~gaincell.hardware.meters.energy_above_idle`); ``None`` when the net is within the counter's
+    resolution or there is no meter (CPU without RAPL, CUDA without pynvml), ``energy_method`` saying why.
+    ``threads`` sets torch's CPU threads for the run only (fewer than cores avoids oversubscription).
     """
     import torch
 
@@ -262,12 +260,6 @@ def measure(
         per_step, energy = _timed_run(workload, device, steps, repetitions, warmup, energy_seconds, meter, sync)
     finally:
         torch.set_num_threads(previous_threads)
-    method = f"{meter.name} minus idle power" if meter is not None else f"unavailable: {reason}"
-    if energy is not None and energy.below_resolution:
-        seen = f"{energy.idle.updates} and {energy.active.updates} counter updates in the idle and running windows"
-        if energy.net_joules is not None:
-            seen = f"net {energy.net_joules:.3g} J ± {energy.noise_joules:.3g} J over {energy.active.span_s:.2f} s"
-        method += f": below the counter's resolution ({seen}); energy_window has the raw numbers"
     return Measurement(
         label,
         workload,
@@ -279,9 +271,22 @@ def measure(
         max(per_step),
         None if energy is None else energy.joules_per_step,
         None if energy is None else energy.idle.power_w,
-        method,
+        _energy_method(meter, reason, energy),
         None if energy is None else energy.record(),
     )
+
+
+def _energy_method(meter: EnergyMeter | None, reason: str, energy: EnergyAboveIdle | None) -> str:
+    """How the energy was read, or why there is none: no meter, or a net within the counter's resolution."""
+    if meter is None:
+        return f"unavailable: {reason}"
+    method = f"{meter.name} minus idle power"
+    if energy is not None and energy.below_resolution:
+        seen = f"{energy.idle.updates} and {energy.active.updates} counter updates in the idle and running windows"
+        if energy.net_joules is not None:
+            seen = f"net {energy.net_joules:.3g} J ± {energy.noise_joules:.3g} J over {energy.active.span_s:.2f} s"
+        method += f": below the counter's resolution ({seen}); energy_window has the raw numbers"
+    return method
 
 
 def _check_cache_fits(workload: DecodeWorkload, device: str) -> None:
