@@ -15,7 +15,8 @@ Parts (``--parts a,b,c,d,e,f``; their results are keyed by these letters):
 - ``a`` the GPU test subset: the op on the device through each kernel (``torch``; ``triton`` where the
   dispatcher offers it, else the reason) against ``op/equations.py`` by the rule of
   :mod:`gaincell.op.agreement`, values and gradients, at small shapes; the torch path on the device
-  against the CPU; generation (prefill + steps) against the parallel op;
+  against the CPU; generation (prefill + steps) against the parallel op; the named fast dot modes
+  (:data:`NAMED_FAST`) measured (their share of outputs a step off), not held to the rule;
 - ``b`` the op's forward and forward+backward time and peak memory at B ∈ {1, 8}, H = 12, D = 64,
   M = 1024, T ∈ {1024, 4096, 16384}, bf16 inputs: gain-cell (paper preset with and without leakage)
   through each kernel, SDPA's flash backend (causal) and ``flex_attention`` with a sliding window of
@@ -24,12 +25,14 @@ Parts (``--parts a,b,c,d,e,f``; their results are keyed by these letters):
   chip against the same model with softmax and transformers' cache (``bench_generate.run_case``);
 - ``d`` training tokens/s of a SmolLM2-shaped Llama (random init: 30 layers, width 576, 9 heads / 3
   kv heads, head dim 64, vocabulary 49152), softmax against gain-cell, bf16 autocast, AdamW;
-- ``e`` ``gaincell hw --measure`` on the device (decode attention latency, NVML energy) beside the
-  paper's GPU figures;
+- ``e`` ``gaincell hw --measure`` on the device (decode attention latency, NVML energy over 1 s windows,
+  or why it is below the counter's resolution) beside the paper's GPU figures;
 - ``f`` issue 24's scale run: stories260K, and SmolLM2-135M when its GGUF is there (``--smollm2-gguf``),
   adapted through ``real_models.py`` on the device in bf16 autocast: (a), then a few timed training steps
-  size the token budget so that (e-transfer) and (a′) at that budget fit the model's share of the time,
-  then those rows and (e-paper) if it still fits; ``real-models-MODEL.json``/``.md`` beside the run's files.
+  size one token budget for (e-transfer), (a′) and (e-paper): what fits the model's share of the time, at
+  most :data:`F_MAX_EPOCHS` epochs of the training text (the rule and the epochs are in the JSON: the first
+  H200 run, sized by time alone, gave 16 and 36 epochs, and every row over-fitted; docs/real-models.md); then
+  those rows; ``real-models-MODEL.json``/``.md`` beside the run's files.
 
 A new part is a function ``part_x(run) -> dict`` added to ``PARTS`` with its share of the budget; it
 records cases with ``run.case(...)`` and reads ``run.dry``.
@@ -42,7 +45,7 @@ the GGUF in two halves over two calls (``benchmarks/device_carry.py`` prepares t
 docs/benchmarks.md). Parts a–e alone, one call with the device tool::
 
     run(command="GAINCELL_COMMIT=<commit> PYTHONUNBUFFERED=1 python3 benchmarks/device_run.py --out $OUT "
-                "--parts a,b,c,d,e --budget-s 420 2>&1 | tee $OUT/log.txt", timeout_s=540)
+                "--parts a,c,e,d,b --budget-s 420 2>&1 | tee $OUT/log.txt", timeout_s=540)
 
 ``--dry-run`` runs every part at tiny sizes on the CPU in well under a minute (a CI test:
 tests/benchmarks/test_device_run.py); part f there adapts stories260K from the shared data folder for two
@@ -226,59 +229,113 @@ def attention(q, k, v, scalers, config, kernel: str):
         return gain_cell_attention(q, k, v, scalers, config, kernel="triton")
 
 
+#: Part a's geometries (T, M, R, query block): T < M; T > M (the circular slot mapping wraps); R ≠ M, a larger block.
+A_GEOMETRIES = ((37, 64, 16, 16), (157, 48, 16, 32), (300, 128, 32, 128))
+#: The fused kernels' named fast dot modes, documented as missing the exactness rule by a measured share of
+#: outputs a step off (issue 23; op/kernels/fused.py): measured and reported, never a failure. ``ieee`` (the
+#: default) and ``tf32x3`` (error-compensated) are held to the rule like the torch path.
+NAMED_FAST = ("tf32", "fp16", "bf16")
+#: The geometry the named fast modes are measured on (each mode × geometry is a set of Triton compilations,
+#: seconds each on the device): the wrapping one.
+A_FAST_GEOMETRY = (157, 48, 16, 32)
+GRADIENT_RELATIVE = 1e-3  # the gradients' bound, as the kernel tests hold them
+
+
 def part_a(run: Run) -> None:
-    from gaincell import GainCellError, GainCellMemory, Scalers, gain_cell_attention, preset
+    """Three passes, most needed first, so a short share still checks the default: the torch path and the
+    exact default (``triton-ieee``) on every cell, leakage and geometry; then ``tf32x3``; then the named fast
+    modes on one geometry. The reference (equations, values and gradients), the CPU result and the generation
+    are computed once per cell, leakage and geometry and shared by its kernels."""
+    from gaincell import preset
+
+    exact = [f"triton-{precision}" for precision in PRECISIONS if precision not in NAMED_FAST]
+    passes = [(["torch", exact[0]], A_GEOMETRIES), (exact[1:], A_GEOMETRIES)]
+    passes.append(([f"triton-{precision}" for precision in PRECISIONS if precision in NAMED_FAST], (A_FAST_GEOMETRY,)))
+    shared: dict[str, dict] = {}
+    for kernels, geometries in passes:
+        for name in ("paper", "linear"):
+            for leakage in (None, 0.0):
+                for length, window, rows, block in geometries:
+                    config = preset(name, window=window, subtile_rows=rows, block_size=block)
+                    config = config if leakage is None else config.replace(leakage=leakage)
+                    key = f"{name}/{'leak' if leakage is None else 'noleak'}/T={length},M={window},R={rows}"
+                    for kernel in kernels:
+                        check = functools.partial(check_kernel, run, config, length, kernel, shared.setdefault(key, {}))
+                        run.case(f"{key}/{kernel}", check)
+    run.part["summary"] = part_a_summary(run.part.get("cases", {}))
+
+
+def check_kernel(run: Run, config, length: int, kernel: str, shared: dict) -> dict:
+    """One kernel on the device against the equations (values by the rule of :mod:`gaincell.op.agreement`,
+    gradients ≤ :data:`GRADIENT_RELATIVE` relative); a kernel held to the rule also against the CPU's torch
+    path and the generation (prefill + steps)."""
+    from gaincell import GainCellError, GainCellMemory, Scalers, gain_cell_attention
     from gaincell.op.agreement import agreement
     from gaincell.op.equations import gain_cell_attention_equations
 
-    geometries = [(37, 64, 16, 16), (157, 48, 16, 32), (300, 128, 32, 128)]  # T < M, T > M (wraps), R ≠ M
-    for name in ("paper", "linear"):
-        for leakage in (None, 0.0):
-            for length, window, rows, block in geometries:
-                config = preset(name, window=window, subtile_rows=rows, block_size=block)
-                config = config if leakage is None else config.replace(leakage=leakage)
-                key = f"{name}/{'leak' if leakage is None else 'noleak'}/T={length},M={window},R={rows}"
-                for kernel in ("torch", *(f"triton-{precision}" for precision in PRECISIONS)):
+    if "inputs" not in shared:
+        generator = torch.Generator().manual_seed(length)
+        shared["inputs"] = [torch.rand(2, 3, length, 16, generator=generator) - 0.2 for _ in range(3)]
+        shared["weight"] = torch.randn(2, 3, length, 16, generator=generator)
+    scalers = Scalers(3).to(run.device)
+    on = [x.to(run.device).requires_grad_() for x in shared["inputs"]]
+    weight = shared["weight"].to(run.device)
+    try:
+        out = attention(*on, scalers, config, kernel)
+    except GainCellError as error:
+        return {"unavailable": str(error)}
+    (out * weight).sum().backward()
+    if "reference" not in shared:
+        leaves = [x.detach().clone().requires_grad_() for x in on]
+        reference = gain_cell_attention_equations(*leaves, scalers, config)
+        (reference * weight).sum().backward()
+        shared["reference"] = reference.detach(), [leaf.grad for leaf in leaves]
+    reference, gradients = shared["reference"]
+    values = agreement(out.detach(), reference, config)
+    gradient = max(((x.grad - g).abs().max() / g.abs().max().clamp(min=1e-12)).item()
+                   for x, g in zip(on, gradients, strict=True))  # fmt: skip
+    result = {
+        "mode": "named fast mode: measured, not held to the rule" if kernel.removeprefix("triton-") in NAMED_FAST
+        else "held to the rule",
+        "within_tolerance": values.passed,
+        "share_apart": values.share_apart,
+        "vs_equations": values.summary(),
+        "gradient_max_relative": gradient,
+        "gradient_within_tolerance": gradient <= GRADIENT_RELATIVE,
+        "rule": f"{values.rule}; gradients ≤ {GRADIENT_RELATIVE:g} relative",
+    }  # fmt: skip
+    if result["mode"] != "held to the rule":
+        return result
+    if "generation" not in shared:
+        with torch.no_grad():
+            shared["cpu"] = gain_cell_attention(*shared["inputs"], Scalers(3), config, kernel="torch")
+            memory = GainCellMemory(config, scalers, 2, 3, 16, device=run.device)
+            cut, device_inputs = length // 3, [x.detach() for x in on]
+            prompt = memory.prefill(*(x[:, :, :cut] for x in device_inputs))
+            steps = [memory.step(*(x[:, :, t : t + 1] for x in device_inputs)) for t in range(cut, length)]
+            shared["generation"] = torch.cat([prompt, *steps], 2)
+    generation = agreement(shared["generation"], out.detach(), config)
+    versus_cpu = agreement(out.detach().cpu(), shared["cpu"], config)
+    result |= {"generation_vs_parallel": generation.summary(), "device_vs_cpu": versus_cpu.summary()}
+    result["passed"] = values.passed and result["gradient_within_tolerance"] and generation.passed and versus_cpu.passed
+    return result
 
-                    def check(config=config, kernel=kernel, length=length):
-                        generator = torch.Generator().manual_seed(length)
-                        q, k, v = (torch.rand(2, 3, length, 16, generator=generator) - 0.2 for _ in range(3))
-                        scalers = Scalers(3)
-                        on = [x.to(run.device).requires_grad_() for x in (q, k, v)]
-                        device_scalers = Scalers(3).to(run.device)
-                        try:
-                            out = attention(*on, device_scalers, config, kernel)
-                        except GainCellError as error:
-                            return {"unavailable": str(error)}
-                        reference_leaves = [x.detach().clone().requires_grad_() for x in on]
-                        reference = gain_cell_attention_equations(*reference_leaves, device_scalers, config)
-                        weight = torch.randn(out.shape, generator=generator).to(run.device)
-                        (out * weight).sum().backward()
-                        (reference * weight).sum().backward()
-                        values = agreement(out.detach(), reference.detach(), config)
-                        gradient = max(
-                            ((a.grad - b.grad).abs().max() / b.grad.abs().max().clamp(min=1e-12)).item()
-                            for a, b in zip(on, reference_leaves, strict=True)
-                        )
-                        with torch.no_grad():
-                            cpu = gain_cell_attention(q, k, v, scalers, config, kernel="torch")
-                            memory = GainCellMemory(config, device_scalers, 2, 3, 16, device=run.device)
-                            cut = length // 3
-                            prompt = memory.prefill(*(x[:, :, :cut].detach() for x in on))
-                            steps = [memory.step(*(x[:, :, t : t + 1].detach() for x in on)) for t in range(cut, length)]
-                        generation = agreement(torch.cat([prompt, *steps], 2), out.detach(), config)
-                        versus_cpu = agreement(out.detach().cpu(), cpu, config)
-                        passed = values.passed and gradient <= 1e-3 and generation.passed and versus_cpu.passed
-                        return {
-                            "passed": passed,
-                            "vs_equations": values.summary(),
-                            "gradient_max_relative": gradient,
-                            "generation_vs_parallel": generation.summary(),
-                            "device_vs_cpu": versus_cpu.summary(),
-                            "rule": values.rule + "; gradients ≤ 1e-3 relative",
-                        }
 
-                    run.case(f"{key}/{kernel}", check)
+def part_a_summary(cases: dict) -> dict:
+    """How many checks held to the rule passed (and which failed); each named fast mode's worst share of
+    outputs ≥ ½ step off and its worst gradient; what did not run."""
+    held = {key: case for key, case in cases.items() if "passed" in case}
+    fast: dict[str, dict] = {}
+    for key, case in cases.items():
+        if case.get("mode", "").startswith("named fast"):
+            entry = fast.setdefault(key.rsplit("/", 1)[1], {"cases": 0, "max_share_apart": 0.0, "max_gradient": 0.0})
+            entry["cases"] += 1
+            entry["max_share_apart"] = max(entry["max_share_apart"], case["share_apart"] or 0.0)
+            entry["max_gradient"] = max(entry["max_gradient"], case["gradient_max_relative"])
+    other = {key for key, case in cases.items() if key not in held and "mode" not in case}
+    return {"held_to_the_rule": f"{sum(case['passed'] for case in held.values())} of {len(held)} pass",
+            "failed": [key for key, case in held.items() if not case["passed"]], "named_fast_modes": fast,
+            "not_checked": len(other)}  # fmt: skip
 
 
 # -- b: op speed and memory ----------------------------------------------------------------------------
@@ -421,7 +478,7 @@ def part_c(run: Run) -> None:
     if run.dry:
         shape, prompt, new, window = {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 512}, 16, 8, 16
     dtype = "float32" if run.dry else "bfloat16"
-    for batch in (1, 64):
+    for batch in (64, 1):  # batch 64 first: the issue's target (gain-cell decode tokens/s ≥ softmax's there)
         for attention in ("gaincell", "softmax"):
             case = dict(name="gpt2-shape", attention=attention, prompt=prompt, batch=batch, new=new, window=window)
             case |= dict(stories="", repeats=1, device=str(run.device), dtype=dtype, shape=shape)
@@ -433,7 +490,7 @@ def part_c(run: Run) -> None:
     cases = run.part.get("cases", {})
     run.part["softmax_over_gaincell_tokens_per_s"] = {
         f"batch={batch}": round(soft["tokens_per_s"] / gain["tokens_per_s"], 2)
-        for batch in (1, 64)
+        for batch in (64, 1)
         if "tokens_per_s" in (gain := cases.get(f"gpt2-shape/batch={batch}/gaincell", {}))
         and "tokens_per_s" in (soft := cases.get(f"gpt2-shape/batch={batch}/softmax", {}))
     }
@@ -499,9 +556,10 @@ def part_d(run: Run) -> None:
 def part_e(run: Run) -> None:
     from gaincell.hardware.report import HardwareQuery, build_report
 
-    sizes = dict(measure_steps=20, measure_repeats=5, measure_warmup=5)  # gaincell hw's defaults: GPT-2, batch 64
+    # gaincell hw's defaults: GPT-2, batch 64; energy over 1 s windows, idle then running (hardware/meters.py)
+    sizes = dict(measure_steps=20, measure_repeats=5, measure_warmup=5)
     if run.dry:
-        sizes = dict(measure_steps=2, measure_repeats=1, measure_warmup=1, batch=2, window=64)
+        sizes = dict(measure_steps=2, measure_repeats=1, measure_warmup=1, measure_energy_s=0.2, batch=2, window=64)
 
     def measure():
         query = HardwareQuery(measure=True, measure_device=run.device.type, gpus=("a100", "h100", "h200"), **sizes)
@@ -514,20 +572,25 @@ def part_e(run: Run) -> None:
 # -- f: real models adapted at GPU scale ------------------------------------------------------------------
 
 #: Part f's models: their share of the part's time and real_models.py's options on the GPU and in the dry run.
-#: Batches (blocks per step): stories260K 256 × 256 tokens (a 260K-parameter model is launch-bound, so a big
-#: batch is what makes its steps cheap, and the CPU recipe's step counts at batch 8 stay about the same while
-#: the tokens grow 32×); SmolLM2 64 × 512 (32k tokens a step; its and the teacher's fp32 logits, 6 GiB each,
-#: fit the H200 many times over) at the lrs of its recorded fair run (docs/real-models.md).
+#: Every row's budget is at most :data:`F_MAX_EPOCHS` epochs of its training text, so (a′) and the gain-cell rows
+#: compare on text they have not memorised (the first H200 run gave SmolLM2 16 epochs of wikitext2-valid and its
+#: (a′) went from 22 to 224 in domain); the time that frees goes to (e-paper). stories260K, batch 256 × 256 tokens
+#: (a 260K-parameter model is launch-bound: a big batch makes its steps cheap): 32,768 stories sampled on the GPU
+#: 16,384 at a time (about 7.5M training tokens, so a budget of a few 10⁷ tokens is mostly unique text), its
+#: in-domain score on the first 262,144 held-out tokens (the whole held-out tenth would take each row tens of
+#: seconds); SmolLM2 8 × 512 (its 2 epochs of wikitext2-valid, about 0.5M tokens, are then ~120 optimizer steps
+#: rather than 15 at 32 × 512) at the lrs of its recorded fair run (docs/real-models.md).
 F_MODELS = {
     "stories": {
-        "share": 0.3,
-        "gpu": ["--batch", "256", "--stories", "8192", "--sample-batch", "4096", "--eval-batch", "64"],
+        "share": 0.35,
+        "gpu": ["--batch", "256", "--stories", "32768", "--sample-batch", "16384", "--in-domain-tokens", "262144",
+                "--eval-batch", "64"],
         "dry": ["--batch", "4", "--stories", "32", "--sample-batch", "32", "--eval-tokens", "256",
                 "--calibration-iterations", "2"],
     },
     "smollm2": {
-        "share": 0.7,
-        "gpu": ["--batch", "64", "--lr", "3e-4", "--transfer-lr", "3e-3", "--transfer-share", "0.5", "--eval-batch", "32"],
+        "share": 0.65,
+        "gpu": ["--batch", "8", "--lr", "3e-4", "--transfer-lr", "3e-3", "--transfer-share", "0.5", "--eval-batch", "32"],
     },
 }  # fmt: skip
 #: The rows in the order they run: the original, the transfer recipe, softmax at its budget, the paper's recipe.
@@ -536,6 +599,7 @@ F_ROWS = ("a", "e-transfer", "a-prime", "e-paper")
 #: models): a guess the first row's wall time then corrects.
 F_ROW_OVERHEAD_S = {"stories": 10.0, "smollm2": 30.0}
 F_MAX_TOKENS = 100_000_000  # the issue's upper end
+F_MAX_EPOCHS = 2.0  # of the training text, per row
 
 
 def part_f(run: Run) -> None:
@@ -619,9 +683,13 @@ def adapt_real_model(run: Run, model: str, data: Path, work: Path, gguf: Path) -
     state: dict = {}
 
     def setup():
+        """The model, its texts, and the training text's tokens (tokenised here, once: the rows then read the
+        datasets cache, so the time of (a), which sizes each row's overhead, is its evaluation alone)."""
         state["experiment"] = experiment = real_models.Experiment(args)
         texts = {name: int(ids.numel()) for name, ids in experiment.setup["texts"].items()}
-        return {"argv": argv, "train_text": experiment.setup["train_text"], "eval_tokens": texts}
+        state["train_tokens"] = experiment.train_tokens()
+        return {"argv": argv, "train_text": experiment.setup["train_text"], "train_tokens": state["train_tokens"],
+                "eval_tokens": texts}  # fmt: skip
 
     def throughput():
         """The step times at the model's batch, or at half or a quarter of it where a gain-cell step ran out of
@@ -644,19 +712,31 @@ def adapt_real_model(run: Run, model: str, data: Path, work: Path, gguf: Path) -
         return {"error": "no batch fits", "batches_refused": tried}
 
     def size():
-        step, row_a = state["step_s"], state["a_wall_s"]
+        """The budget of the three training rows: the steps that fit the time left (each row's overhead and
+        evaluation, e-paper's calibration), at most F_MAX_EPOCHS epochs of the training text and F_MAX_TOKENS."""
+        experiment, step, row_a = state["experiment"], state["step_s"], state["a_wall_s"]
         overhead = 0.0 if run.dry else F_ROW_OVERHEAD_S[model] + row_a  # each row also evaluates as (a) did
-        per_step = step["e-transfer"] + step["a-prime"]
-        available = 0.9 * run.left() - 2 * overhead
-        block = state["experiment"].setup["block_size"]
-        steps = max(2, int(available / per_step))
-        steps = 2 if run.dry else min(steps, F_MAX_TOKENS // (args.batch * block))
-        state["experiment"].set_budget(steps * args.batch * block)
+        calibration = args.calibration_iterations * step["forward"]
+        per_step = step["e-transfer"] + step["a-prime"] + step["e-paper"]
+        block = experiment.setup["block_size"]
+        step_tokens, train_tokens = args.batch * block, state["train_tokens"]
+        training_s = 0.9 * run.left() - 3 * overhead - calibration
+        steps, bounds = budget_steps(training_s, per_step, step_tokens, train_tokens)
+        steps = 2 if run.dry else steps
+        rule = (
+            f"steps = min(steps fitting 90 % of the {run.left():.0f} s left less 3 rows × {overhead:.0f} s and "
+            f"{calibration:.0f} s of calibration ({bounds['time']}), {F_MAX_EPOCHS:g} epochs of the {train_tokens:,} "
+            f"training tokens ({bounds['epochs']}), {F_MAX_TOKENS:,} tokens ({bounds['tokens']})); "
+            f"budget = steps × batch {args.batch} × block {block}"
+        )
+        experiment.set_budget(steps * step_tokens, "dry run: 2 steps" if run.dry else rule)
         state["overhead_s"], state["steps"] = overhead, steps
         need = {row: overhead + steps * step[row] for row in ("e-transfer", "a-prime", "e-paper")}
-        need["e-paper"] += args.calibration_iterations * step["forward"]
+        need["e-paper"] += calibration
         state["need"] = need
         return {"budget_tokens": args.budget, "steps": steps, "batch": args.batch, "block": block,
+                "train_tokens": train_tokens, "epochs": round(args.budget / train_tokens, 2),
+                "max_epochs": F_MAX_EPOCHS, "budget_rule": args.budget_rule,
                 "predicted_s": {row: round(seconds, 1) for row, seconds in need.items()},
                 "seconds_left": round(run.left(), 1)}  # fmt: skip
 
@@ -676,6 +756,14 @@ def adapt_real_model(run: Run, model: str, data: Path, work: Path, gguf: Path) -
         if row == "e-transfer" and "wall_s" in result and "error" not in result:  # the guess, corrected
             state["need"]["a-prime"] += result["wall_s"] - state["need"]["e-transfer"]
             state["need"]["e-paper"] += result["wall_s"] - state["need"]["e-transfer"]
+
+
+def budget_steps(seconds: float, step_s: float, step_tokens: int, train_tokens: int) -> tuple[int, dict[str, int]]:
+    """The training rows' steps: those that fit ``seconds`` at ``step_s`` (the three rows' steps together), at
+    most :data:`F_MAX_EPOCHS` epochs of the ``train_tokens`` and :data:`F_MAX_TOKENS`; at least 2. With each bound."""
+    bounds = {"time": int(seconds / step_s), "epochs": int(F_MAX_EPOCHS * train_tokens) // step_tokens}
+    bounds["tokens"] = F_MAX_TOKENS // step_tokens
+    return max(2, min(bounds.values())), bounds
 
 
 def row_result(row: dict) -> dict:
@@ -744,13 +832,15 @@ def step_seconds(experiment, batch: int, mixed_precision: str, run: Run) -> dict
     return found
 
 
+#: Shares, from the first H200 run's times (docs/benchmarks.md): the device's call 1 runs a,c,e,d,b (a's checks and
+#: c's decode first, b last with what is left, its priority case first; about 80, 100, 4, 10 and 145 s); call 2 part f.
 PARTS = {  # letter -> (title, share of the budget, function)
-    "a": ("GPU test subset: op, gradients and generation against op/equations.py", 0.08, part_a),
-    "b": ("op forward and forward+backward: time and peak memory (bf16 inputs)", 0.47, part_b),
-    "c": ("decode tokens/s: gain-cell memory against softmax with transformers' cache", 0.15, part_c),
-    "d": ("training tokens/s: SmolLM2-shaped Llama, softmax against gain-cell, bf16 autocast", 0.22, part_d),
-    "e": ("gaincell hw --measure on this device beside the paper's GPU figures", 0.08, part_e),
-    "f": ("real models adapted at GPU scale: (a), (e-transfer), (a′) at its budget, (e-paper); bf16 autocast", 0.5, part_f),
+    "a": ("GPU test subset: op, gradients and generation against op/equations.py", 0.24, part_a),
+    "b": ("op forward and forward+backward: time and peak memory (bf16 inputs)", 0.40, part_b),
+    "c": ("decode tokens/s: gain-cell memory against softmax with transformers' cache", 0.30, part_c),
+    "d": ("training tokens/s: SmolLM2-shaped Llama, softmax against gain-cell, bf16 autocast", 0.04, part_d),
+    "e": ("gaincell hw --measure on this device beside the paper's GPU figures", 0.03, part_e),
+    "f": ("real models adapted at GPU scale: (a), (e-transfer), (a′), (e-paper) at one budget; bf16 autocast", 0.5, part_f),
 }
 
 
@@ -765,7 +855,7 @@ def markdown(results: dict) -> str:
         for key, result in part.get("cases", {}).items():
             escaped = cell(result).replace("|", "\\|")  # "mean |diff|" inside a table cell
             lines.append(f"| {key} | {escaped} |")
-        for name in ("ratios", "softmax_over_gaincell_tokens_per_s", "smollm2", "table1", "error", "skipped"):
+        for name in ("summary", "ratios", "softmax_over_gaincell_tokens_per_s", "smollm2", "table1", "error", "skipped"):
             if part.get(name):
                 lines += ["", f"{name}: `{json.dumps(part[name], ensure_ascii=False)}`"]
         lines.append("")
@@ -786,7 +876,8 @@ def cell(result: dict) -> str:
             peak = result[which]["peak_bytes"]
             passes.append(f"{which} {result[which]['ms']:.3f} ms" + ("" if peak is None else f", {peak / 2**20:.0f} MiB"))
         return " · ".join(passes)
-    keys = ("passed", "vs_equations", "gradient_max_relative", "generation_vs_parallel", "tokens_per_s", "step_s", "loss")
+    keys = ("mode", "passed", "within_tolerance", "vs_equations", "gradient_max_relative", "generation_vs_parallel")
+    keys += ("tokens_per_s", "step_s", "loss")
     keys += ("ops_per_token", "computing_ops_per_token", "tokens", "ppl", "budget_tokens", "steps", "predicted_s")
     keys += ("eval_tokens", "batch", "batches_refused")
     shown = {key: result[key] for key in keys if key in result}

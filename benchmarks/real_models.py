@@ -82,6 +82,7 @@ def stories_setup(args) -> dict:
         (folder / "held-out.txt").write_text("\n\n".join(texts[-held:]))
     held_text = (folder / "held-out.txt").read_text()
     eval_ids = torch.tensor(tokenizer(held_text, add_special_tokens=False)["input_ids"])
+    eval_ids = eval_ids[: getattr(args, "in_domain_tokens", None)]  # None: every held-out token
     return {"model": str(path), "gguf_file": None, "train_text": str(folder / "train.txt"), "eval_ids": eval_ids,
             "window": 64, "context": 256, "stride": 128, "block_size": 256, "prompt": "Once upon a time",
             "eval_text": f"{held} held-out stories sampled from the original model ({len(eval_ids)} tokens)"}  # fmt: skip
@@ -319,6 +320,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16", "auto"),
                         help="every training stage's autocast (default no: full precision)")  # fmt: skip
     parser.add_argument("--sample-batch", type=int, default=64, help="stories260K's stories sampled at once")
+    parser.add_argument("--in-domain-tokens", type=int,
+                        help="stories260K: score the first N held-out tokens (default: all)")  # fmt: skip
     parser.add_argument("--eval-batch", type=int, default=4, help="perplexity windows scored at once")
     parser.add_argument("--checkpoints", type=int, default=4, help="checkpoints per training stage (the last at its end)")
     parser.add_argument("--dequantised", type=Path, help="SmolLM2: dequantise the GGUF once into this folder, load it there")
@@ -374,10 +377,18 @@ class Experiment:
         self.hardware = gaincell.preset("paper", window=setup["window"])
         self.recipes = recipes(setup, args)
 
-    def set_budget(self, tokens: int) -> None:
-        """Give both recipes and (a′) ``tokens`` (device_run.py sizes it to the time left)."""
-        self.args.budget = tokens
+    def set_budget(self, tokens: int, rule: str | None = None) -> None:
+        """Give both recipes and (a′) ``tokens`` (device_run.py sizes it to the time left and caps it in
+        epochs of the training text); ``rule`` says how it was chosen, in the JSON beside it."""
+        self.args.budget, self.args.budget_rule = tokens, rule
         self.recipes = recipes(self.setup, self.args)
+
+    def train_tokens(self) -> int:
+        """Tokens in the recipes' training blocks (the training text less its held-out blocks): one epoch."""
+        from gaincell.adaptation.stages import recipe_blocks
+
+        blocks, _ = recipe_blocks(recipe_from_dict(self.recipes["e-transfer"]), self.tokenizer)
+        return int(blocks.numel())
 
     def measure(self, row: str, what: str, model, tokens: int = 0, wall: float = 0.0, text=None, curve=None) -> dict:
         args, setup = self.args, self.setup
@@ -489,7 +500,8 @@ def write(args, setup, result: dict, total: float) -> None:
         rows.sort(key=lambda r: ROWS.index(r["row"]))
         meta = {"model": args.model, "source": setup["model"], "window": setup["window"], "context": setup["context"],
                 "stride": setup["stride"], "eval": setup["eval_text"], "train": setup["train_text"],
-                "budget_tokens": args.budget, "settings": {k: str(v) for k, v in vars(args).items()},
+                "budget_tokens": args.budget, "budget_rule": getattr(args, "budget_rule", None),
+                "settings": {k: str(v) for k, v in vars(args).items()},
                 "wall_s_of_this_process": round(total, 1), "torch": torch.__version__}  # fmt: skip
         path.write_text(json.dumps({**meta, "notes": notes, "rows": rows}, indent=1) + "\n")
     title = f"# {args.model}: {setup['eval_text']}, context {setup['context']}, stride {setup['stride']}"

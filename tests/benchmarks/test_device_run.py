@@ -58,6 +58,7 @@ def test_the_dry_run_runs_every_part_and_writes_the_json_and_table(tmp_path):
             assert "skipped" not in case and not _problems(case), (letter, key, case)
     checks = [case for case in results["parts"]["a"]["cases"].values() if "passed" in case]
     assert checks and all(case["passed"] for case in checks)
+    assert results["parts"]["a"]["summary"]["held_to_the_rule"] == f"{len(checks)} of {len(checks)} pass"
     assert all("ms" in case["fwd"] for key, case in results["parts"]["b"]["cases"].items() if "unavailable" not in case)
     assert results["parts"]["b"]["ratios"]  # gain-cell over SDPA at each (B, T, pass)
     decode = results["parts"]["c"]["cases"]
@@ -82,6 +83,7 @@ def _check_part_f(part: dict, out: Path) -> None:
                            *(f"stories/{row}" for row in rows[1:])]  # fmt: skip
     budget = cases["stories/budget"]
     assert budget["steps"] == 2 and budget["budget_tokens"] == 2 * budget["batch"] * budget["block"]
+    assert budget["epochs"] == round(budget["budget_tokens"] / budget["train_tokens"], 2) and budget["max_epochs"] == 2
     assert all(seconds > 0 for seconds in cases["stories/throughput"]["tokens_per_s"].values())
     for row in rows:
         case = cases[f"stories/{row}"]
@@ -96,6 +98,7 @@ def _check_part_f(part: dict, out: Path) -> None:
     written = json.loads((out / "real-models-stories.json").read_text())
     assert [row["row"] for row in written["rows"]] == ["a", "a-prime", "e-paper", "e-transfer"]  # real_models' order
     assert written["settings"]["mixed_precision"] == "no" and (out / "real-models-stories.md").is_file()
+    assert written["budget_rule"] == budget["budget_rule"] == "dry run: 2 steps"
 
 
 def test_part_f_without_the_shared_data_is_skipped_and_says_why(tmp_path):
@@ -152,3 +155,51 @@ def test_a_case_past_its_parts_time_is_stopped_and_recorded(device_run, tmp_path
     assert "skipped" in after  # nothing left of the part's time
     saved = json.loads((tmp_path / "device_run.json").read_text())
     assert set(saved["parts"]["b"]["cases"]) == {"hangs", "after"}
+
+
+def test_part_a_checks_the_default_everywhere_first_and_the_named_fast_modes_on_one_geometry(
+    device_run, tmp_path, monkeypatch
+):
+    calls = []
+    monkeypatch.setattr(
+        device_run, "check_kernel", lambda run, config, length, kernel, shared: calls.append((length, kernel)) or {}
+    )
+    run = device_run.Run(tmp_path, torch.device("cpu"), budget_s=60, dry=True)
+    run.part = run.results["parts"]["a"] = {"title": "a"}
+    device_run.part_a(run)
+    by_kernel = {kernel: [length for length, k in calls if k == kernel] for kernel in dict.fromkeys(k for _, k in calls)}
+    for kernel in ("torch", "triton-ieee", "triton-tf32x3"):  # 2 cells × leakage on/off × 3 geometries
+        assert sorted(by_kernel[kernel]) == sorted([37, 157, 300] * 4), kernel
+    for kernel in ("triton-tf32", "triton-fp16", "triton-bf16"):
+        assert by_kernel[kernel] == [157] * 4, kernel
+    assert {kernel for _, kernel in calls[:24]} == {"torch", "triton-ieee"}  # the default before anything else
+
+
+def test_a_named_fast_mode_is_reported_as_measured_never_as_failed(device_run):
+    fast = {"mode": "named fast mode: measured, not held to the rule", "within_tolerance": False, "share_apart": 0.0158,
+            "vs_equations": "mean |diff| 1.58e-02 steps, 1.577 % ≥ ½ step", "gradient_max_relative": 0.106,
+            "gradient_within_tolerance": False}  # fmt: skip
+    held = {"mode": "held to the rule", "within_tolerance": True, "share_apart": 0.0, "gradient_max_relative": 3e-7,
+            "passed": True}  # fmt: skip
+    cases = {"paper/leak/T=157,M=48,R=16/triton-tf32": fast, "paper/leak/T=157,M=48,R=16/triton-ieee": held,
+             "paper/leak/T=157,M=48,R=16/triton-bf16": fast | {"share_apart": 0.0228, "gradient_max_relative": 0.06},
+             "paper/leak/T=300,M=128,R=32/triton-ieee": held | {"passed": False},
+             "paper/leak/T=37,M=64,R=16/torch": {"skipped": "needs about 2 s, 1 s left in this part"}}  # fmt: skip
+    summary = device_run.part_a_summary(cases)
+    assert summary["held_to_the_rule"] == "1 of 2 pass" and summary["failed"] == ["paper/leak/T=300,M=128,R=32/triton-ieee"]
+    assert summary["named_fast_modes"] == {
+        "triton-tf32": {"cases": 1, "max_share_apart": 0.0158, "max_gradient": 0.106},
+        "triton-bf16": {"cases": 1, "max_share_apart": 0.0228, "max_gradient": 0.06},
+    }
+    assert summary["not_checked"] == 1
+    shown = device_run.cell(fast)
+    assert "named fast mode" in shown and "within_tolerance False" in shown and "passed" not in shown
+
+
+def test_the_rows_budget_is_capped_in_epochs_of_the_training_text(device_run):
+    """SmolLM2's first GPU run: 4.03M tokens on wikitext2-valid's ~250k, 16 epochs. Capped at two epochs."""
+    steps, bounds = device_run.budget_steps(300.0, 0.5, 8 * 512, 250_000)
+    assert steps == bounds["epochs"] == 2 * 250_000 // (8 * 512) and bounds["time"] == 600
+    steps, bounds = device_run.budget_steps(30.0, 0.5, 256 * 256, 7_500_000)  # short of time: what fits
+    assert steps == bounds["time"] == 60 < bounds["epochs"]
+    assert device_run.budget_steps(0.1, 0.5, 4096, 250_000)[0] == 2  # at least two steps

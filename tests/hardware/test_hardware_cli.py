@@ -216,28 +216,6 @@ def test_measure_in_the_table_says_how_energy_was_read(capsys):
     assert "minus idle power" in out or "(unavailable: " in out
 
 
-class _FakeMeter:
-    """10 W at all times (idle included), plus 2 J that appear during the timed run."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self._start, self._reads = time.perf_counter(), 0
-
-    def read_joules(self) -> float:
-        self._reads += 1
-        extra = 2.0 if self._reads >= 4 else 0.0  # reads: idle start, idle end, run start, run end
-        return 10.0 * (time.perf_counter() - self._start) + extra
-
-
-def test_measure_subtracts_idle_power():
-    workload = DecodeWorkload(batch=1, heads=1, head_dim=8, window=16, kernel="fused")
-    result = measure(workload, steps=2, repetitions=2, warmup=1, idle_seconds=0.05, meter=_FakeMeter(), threads=1)
-    assert result.idle_power == pytest.approx(10.0, rel=0.01)
-    assert result.energy_step == pytest.approx(2.0 / 4, rel=0.05)
-    assert result.energy_method == "fake minus idle power"
-
-
 def test_measure_eager_kernel_and_unavailable_cuda():
     workload = DecodeWorkload(batch=1, heads=2, head_dim=8, window=16, kernel="eager")
     assert measure(workload, steps=1, repetitions=1, warmup=0, threads=1).latency_step > 0

@@ -62,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     measure.add_argument("--measure-repeats", type=int, default=5, help="timed repetitions, median taken (5)")
     measure.add_argument("--measure-warmup", type=int, default=5, help="untimed warm-up steps (5)")
     measure.add_argument("--measure-threads", type=int, help="torch CPU threads during the measurement")
+    measure.add_argument("--measure-energy-s", type=float, default=1.0,
+                         help="seconds of each energy window, idle then running (1)")  # fmt: skip
     output = parser.add_argument_group("output")
     output.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     output.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR")
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         measure_repeats=args.measure_repeats,
         measure_warmup=args.measure_warmup,
         measure_threads=args.measure_threads,
+        measure_energy_s=args.measure_energy_s,
     )
     report = build_report(query)
     written = []

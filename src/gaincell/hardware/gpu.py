@@ -19,8 +19,8 @@ How many bytes a step moves depends on the kernel, so the kernel is an explicit 
 
 :func:`measure` runs the §6.2 protocol on the user's machine: a KV cache of the configured size, decode
 steps that write the new token into its slot (circular, as the chip does) and attend over the window,
-warm-up, repetitions and the median; energy from NVML (CUDA) or RAPL (CPU) minus idle power
-(:mod:`~gaincell.hardware.meters`).
+warm-up, repetitions and the median; energy from NVML (CUDA) or RAPL (CPU) minus idle power, each
+read over a window of about a second (:mod:`~gaincell.hardware.meters` says why).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 from gaincell.errors import GainCellError
 from gaincell.hardware.constants import GpuDevice, load_gpus
-from gaincell.hardware.meters import EnergyMeter, NvmlMeter, RaplMeter
-from gaincell.validation import check_choice, check_int
+from gaincell.hardware.meters import EnergyAboveIdle, EnergyMeter, NvmlMeter, RaplMeter, energy_above_idle
+from gaincell.validation import check_choice, check_int, check_positive
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
 KV_PASSES: dict[str, int] = {"eager": 3, "fused": 1}  # DRAM passes over K and V per step (see above)
@@ -163,9 +163,10 @@ class Measurement:
     latency_step: float  # median over repetitions of the mean step time
     latency_step_min: float
     latency_step_max: float
-    energy_step: float | None  # (energy - idle power x time) per step; None when no meter
+    energy_step: float | None  # (energy - idle power x time) per step; None: no meter, or below its resolution
     idle_power: float | None
     energy_method: str
+    energy_window: dict | None = None  # the counter's raw numbers (meters.EnergyAboveIdle.record)
 
     @property
     def latency_per_sequence_token(self) -> float:
@@ -220,18 +221,18 @@ def measure(
     steps: int = 20,
     repetitions: int = 5,
     warmup: int = 5,
-    idle_seconds: float = 0.5,
+    energy_seconds: float = 1.0,
     meter: EnergyMeter | None = None,
     threads: int | None = None,
 ) -> Measurement:
     """Run the SPEC-hardware §6.2 protocol here: warm-up, timed repetitions, median, idle subtraction.
 
     Each repetition times ``steps`` consecutive decode steps (synchronising CUDA before and after);
-    the step latency is the median over repetitions of the mean step time. Energy: the meter's reading
-    over all timed repetitions minus idle power (measured over ``idle_seconds`` of sleep beforehand)
-    times the elapsed time, per step. With no meter (CPU without RAPL, CUDA without pynvml) energy is
-    ``None`` and ``energy_method`` says why. ``threads`` sets torch's CPU threads for the run only
-    (on a loaded machine fewer threads than cores avoids oversubscription).
+    the step latency is the median over repetitions of the mean step time. Energy, after them: idle power
+    over ``energy_seconds``, then ``steps``-step runs for ``energy_seconds``, above idle per step
+    (:func:`~gaincell.hardware.meters.energy_above_idle`); ``None`` when the net is within the counter's
+    resolution or there is no meter (CPU without RAPL, CUDA without pynvml), ``energy_method`` saying why.
+    ``threads`` sets torch's CPU threads for the run only (fewer than cores avoids oversubscription).
     """
     import torch
 
@@ -243,6 +244,7 @@ def measure(
         check_int(name, value, low)
     if threads is not None:
         check_int("--measure-threads", threads, 1)
+    check_positive("--measure-energy-s", energy_seconds)
     check_choice("--measure-device", device, ("cpu", "cuda"))
     label, meter, reason = _device_and_meter(device, threads, meter)
     _check_cache_fits(workload, device)
@@ -255,12 +257,9 @@ def measure(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        per_step, idle_power, energy_step = _timed_run(
-            workload, device, steps, repetitions, warmup, idle_seconds, meter, sync
-        )
+        per_step, energy = _timed_run(workload, device, steps, repetitions, warmup, energy_seconds, meter, sync)
     finally:
         torch.set_num_threads(previous_threads)
-    method = f"{meter.name} minus idle power" if meter is not None else f"unavailable: {reason}"
     return Measurement(
         label,
         workload,
@@ -270,10 +269,24 @@ def measure(
         statistics.median(per_step),
         min(per_step),
         max(per_step),
-        energy_step,
-        idle_power,
-        method,
+        None if energy is None else energy.joules_per_step,
+        None if energy is None else energy.idle.power_w,
+        _energy_method(meter, reason, energy),
+        None if energy is None else energy.record(),
     )
+
+
+def _energy_method(meter: EnergyMeter | None, reason: str, energy: EnergyAboveIdle | None) -> str:
+    """How the energy was read, or why there is none: no meter, or a net within the counter's resolution."""
+    if meter is None:
+        return f"unavailable: {reason}"
+    method = f"{meter.name} minus idle power"
+    if energy is not None and energy.below_resolution:
+        seen = f"{energy.idle.updates} and {energy.active.updates} counter updates in the idle and running windows"
+        if energy.net_joules is not None:
+            seen = f"net {energy.net_joules:.3g} J ± {energy.noise_joules:.3g} J over {energy.active.span_s:.2f} s"
+        method += f": below the counter's resolution ({seen}); energy_window has the raw numbers"
+    return method
 
 
 def _check_cache_fits(workload: DecodeWorkload, device: str) -> None:
@@ -311,11 +324,11 @@ def _timed_run(
     steps: int,
     repetitions: int,
     warmup: int,
-    idle_seconds: float,
+    energy_seconds: float,
     meter: EnergyMeter | None,
     sync: Callable[[], None],
-) -> tuple[list[float], float | None, float | None]:
-    """Warm-up, idle power, timed repetitions: (per-step times, idle power, energy per step)."""
+):
+    """Warm-up, timed repetitions, then (with a meter) the energy windows: (per-step times, EnergyAboveIdle)."""
     import torch
 
     step = _decode_step(workload, device)
@@ -323,13 +336,7 @@ def _timed_run(
         for t in range(warmup):
             step(t)
         sync()
-        idle_power = None
-        if meter is not None:
-            start, begin = meter.read_joules(), time.perf_counter()
-            time.sleep(idle_seconds)
-            idle_power = (meter.read_joules() - start) / (time.perf_counter() - begin)
         per_step = []
-        energy_start, clock_start = (meter.read_joules() if meter else 0.0), time.perf_counter()
         t = warmup
         for _ in range(repetitions):
             sync()
@@ -339,9 +346,14 @@ def _timed_run(
                 t += 1
             sync()
             per_step.append((time.perf_counter() - begin) / steps)
-        elapsed = time.perf_counter() - clock_start
-        energy_step = None
-        if meter is not None and idle_power is not None:
-            active = meter.read_joules() - energy_start - idle_power * elapsed
-            energy_step = active / (steps * repetitions)
-    return per_step, idle_power, energy_step
+        if meter is None:
+            return per_step, None
+        position = [t]
+
+        def work() -> None:
+            for _ in range(steps):
+                step(position[0])
+                position[0] += 1
+            sync()
+
+        return per_step, energy_above_idle(meter, work, steps, energy_seconds)

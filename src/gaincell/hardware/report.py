@@ -70,6 +70,7 @@ class HardwareQuery:
     measure_repeats: int = 5
     measure_warmup: int = 5
     measure_threads: int | None = None
+    measure_energy_s: float = 1.0  # each energy window: idle, then running (hardware.meters)
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,7 @@ def _measured_section(query: HardwareQuery, resolved: Resolved, chip: GainCellEs
         repetitions=query.measure_repeats,
         warmup=query.measure_warmup,
         threads=query.measure_threads,
+        energy_seconds=query.measure_energy_s,
     )
     return {
         "device": result.device,
@@ -287,6 +289,7 @@ def _measured_section(query: HardwareQuery, resolved: Resolved, chip: GainCellEs
         "energy_per_sequence_token_j": result.energy_per_sequence_token,
         "idle_power_w": result.idle_power,
         "energy_method": result.energy_method,
+        "energy_window": result.energy_window,
         "ratios": ratios(result.latency_step, result.energy_step, resolved.batch, chip),
     }
 
