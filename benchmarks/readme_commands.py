@@ -81,7 +81,12 @@ def run(command: str, clone: Path, activate: bool, timeout: float) -> dict:
         try:
             proc = subprocess.run(
                 ["/usr/bin/time", "-f", "%e", "-o", timing.name, "bash", "-c", line],
-                cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                cwd=clone,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
             )
             code, out = proc.returncode, proc.stdout
         except subprocess.TimeoutExpired as exc:
@@ -91,9 +96,15 @@ def run(command: str, clone: Path, activate: bool, timeout: float) -> dict:
     seconds = float(text[-1]) if text and re.fullmatch(r"[\d.]+", text[-1]) else round(wall, 2)
     lines = [ln for ln in out.splitlines() if ln.strip()]
     return {
-        "command": command, "seconds": seconds, "exit_code": code, "timed_out": code is None,
-        "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
-        "last_lines": lines[-2:], "tail": lines[-30:], "output_lines": len(lines),
+        "command": command,
+        "seconds": seconds,
+        "exit_code": code,
+        "timed_out": code is None,
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "last_lines": lines[-2:],
+        "tail": lines[-30:],
+        "output_lines": len(lines),
         "wrote": written(before, snapshot(clone)),
     }
 
@@ -116,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-demo", type=Path, metavar="DIR", help="copy DIR to gaincell-demo/, not running the demo")
     parser.add_argument("--quick-output", type=Path, help="also time `gaincell demo --quick --output PATH`")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before one command is stopped")
-    parser.add_argument("--only", metavar="TEXT", help="run again only the commands containing TEXT (the clone installed),"
-                        " replacing their entries in an existing commands.json")
+    parser.add_argument(
+        "--only",
+        metavar="TEXT",
+        help="run again only the commands containing TEXT (the clone installed),"
+        " replacing their entries in an existing commands.json",
+    )
     args = parser.parse_args(argv)
     clone = args.clone.resolve()
     if (clone.parent / "shared").exists():
@@ -156,9 +171,15 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(quick)
                 print(f"  quick demo: {quick['seconds']} s, exit {quick['exit_code']}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"clone": str(clone), "commit": subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"],
-            capture_output=True, text=True).stdout.strip(), "cpus": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "python": sys.version.split()[0]}
+    meta = {
+        "clone": str(clone),
+        "commit": subprocess.run(
+            ["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": sys.version.split()[0],
+    }
     (args.out / "commands.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     (args.out / "table.md").write_text(table(results))
     print(table(results))

@@ -203,3 +203,16 @@ def test_the_rows_budget_is_capped_in_epochs_of_the_training_text(device_run):
     steps, bounds = device_run.budget_steps(30.0, 0.5, 256 * 256, 7_500_000)  # short of time: what fits
     assert steps == bounds["time"] == 60 < bounds["epochs"]
     assert device_run.budget_steps(0.1, 0.5, 4096, 250_000)[0] == 2  # at least two steps
+
+
+@pytest.mark.needs_data("models/stories260K")
+def test_part_f_samples_a_models_own_text_from_the_carried_openings(device_run, shared_data, tmp_path):
+    """SmolLM2's training text on the GPU is its own samples; here the same code on stories260K on the CPU."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\nThe little dog\n")
+    out = tmp_path / "samples.txt"
+    model = shared_data / "models" / "stories260K"
+    found = device_run.own_samples(torch.device("cpu"), model, prompts, out, seconds=0.0)
+    assert found["sequences"] == 2 and found["bytes"] == len(out.read_bytes()) > 0
+    texts = [text for text in out.read_text().split("\n\n") if text]
+    assert len(texts) == 2 and texts[0].startswith("Once upon a time") and texts[1].startswith("The little dog")
