@@ -1,0 +1,457 @@
+"""The Triton source of the fused analog core, second version (``variant="v2"``): same outputs as
+:mod:`~gaincell.op.kernels.fused_kernels` (v1), fewer exposed loads and less per-tile work.
+
+- **One flat loop over the band.** A block of queries [t0, t0 + BT) reads the keys [n_lo, n_hi). Its
+  chunks are the band's slices of BN keys aligned to the physical sub-tiles (chunk slot
+  g = round·G + sub-tile·CH + c, G = NSUB·CH slots per round, none straddling a sub-tile). v1 looped
+  sub-tile → round → chunk, so at R = 64, BN = 32 its innermost loop ran twice and Triton's software
+  pipelining (innermost loops only) hid no load latency. Here one loop runs over every chunk of the
+  band, ordered by the chunk's position in the circular array and then by round (:func:`_position`),
+  so the chunks of one physical sub-tile, from both rounds once T > M, are consecutive: the ADC of
+  the running partial sum happens in the loop when the next chunk belongs to another sub-tile.
+- **The decay factorised around an anchor** (``LEAK == 1``): λ^(p·(t − n)) = e^(−pε(t − a)) ·
+  e^(−pε(a − n)), a = the block's first query (the chunk's first key in the dK/dV kernel). Per tile
+  that leaves BT + BN exps instead of BT·BN, the first product as chained dots into one fp32
+  accumulator, the second as one dot per power scaled per row, and the weights converted once. Both
+  factors stay within e^±(NP·ε·tile) for keys that can be visible; the launcher picks this form only
+  where that is ≤ e^4 (fp16's range with room, :func:`gaincell.op.kernels.fused.leak_mode`), else the
+  direct per-tile decay of v1 (``LEAK == 2``). Without leakage (``LEAK == 0``) the powers fold into
+  one feature per side, as in v1.
+
+The helpers of v1 (dots, ADC, pass bits, the direct-decay products) are shared, not copied.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from gaincell.op.kernels.fused_kernels import (
+    _adc,
+    _dot,
+    _load_passes,
+    _scores,
+    _store_passes,
+    _tile,
+    _transposed,
+    _weighted,
+)
+
+
+@triton.jit
+def _dot_into(a, b, acc, DOT: tl.constexpr):
+    """acc + a @ b, accumulated in fp32 in the dot itself (``DOT`` as in :func:`_dot`)."""
+    if DOT == "fp16":
+        out = tl.dot(a.to(tl.float16), b.to(tl.float16), acc, out_dtype=tl.float32)
+    elif DOT == "bf16":
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc, out_dtype=tl.float32)
+    else:
+        out = tl.dot(a, b, acc, input_precision=DOT)
+    return out
+
+
+@triton.jit
+def _slot_chunk(n, M, R, CH, G, BN: tl.constexpr):
+    """The chunk slot of key n: round·G + sub-tile·CH + chunk within the sub-tile."""
+    slot = n % M
+    s = slot // R
+    return (n // M) * G + s * CH + (slot - s * R) // BN
+
+
+@triton.jit
+def _band(n_lo, n_hi, M, R, CH, G, BN: tl.constexpr):
+    """How the chunks of keys [n_lo, n_hi) are ordered: positions p = g − first in [0, G), each with
+    `count(p) = rounds + [p ≤ last] − [p < lead]` rounds, where first is the first sub-tile's first slot,
+    lead the band's offset into it and last = (g_hi − first) mod G. Three segments of constant count."""
+    g_lo = _slot_chunk(n_lo, M, R, CH, G, BN)
+    g_hi = _slot_chunk(n_hi - 1, M, R, CH, G, BN)
+    lead = (g_lo % G) % CH
+    first = g_lo - lead
+    rounds = (g_hi - first) // G
+    last = (g_hi - first) % G
+    lo = tl.minimum(lead, last + 1)
+    hi = tl.maximum(lead, last + 1)
+    middle = tl.where(lead <= last + 1, rounds + 1, rounds - 1)
+    n_a = lo * rounds
+    n_b = (hi - lo) * middle
+    total = n_a + n_b + (G - hi) * rounds
+    return first, lead, rounds, lo, hi, middle, n_a, n_b, total
+
+
+@triton.jit
+def _position(i, lead, rounds, lo, hi, middle, n_a, n_b):
+    """(position p, round k) of the band's i-th chunk in the flat loop's order (p, then k)."""
+    per_outer = tl.maximum(rounds, 1)
+    per_middle = tl.maximum(middle, 1)
+    j_b = i - n_a
+    j_c = i - n_a - n_b
+    p_a = i // per_outer
+    p_b = lo + j_b // per_middle
+    p_c = hi + j_c // per_outer
+    k_a = 1 + i % per_outer  # p < lead: the first round's chunk lies before the band
+    k_b = (p_b < lead).to(tl.int32) + j_b % per_middle
+    k_c = j_c % per_outer
+    p = tl.where(i < n_a, p_a, tl.where(i < n_a + n_b, p_b, p_c))
+    k = tl.where(i < n_a, k_a, tl.where(i < n_a + n_b, k_b, k_c))
+    return p, k
+
+
+@triton.jit
+def _chunk(g, M, R, CH, G, T, BN: tl.constexpr):
+    """(first key, end of the keys it may hold (exclusive), physical sub-tile) of chunk slot g."""
+    r = g // G
+    s = (g % G) // CH
+    base = r * M + s * R
+    first = base + (g % G - s * CH) * BN
+    end = tl.minimum(base + tl.minimum(R, M - s * R), T)
+    return first, end, s
+
+
+@triton.jit
+def _split_scores(x, y, rise, fall, COEF, POWERS: tl.constexpr, NP: tl.constexpr, DOT: tl.constexpr):
+    """Σ_p β_p λ^(p·(t − n)) Σ_d x_td y_nd^p with rise = e^(−ε(t − a)), fall = e^(−ε(a − n)).
+
+    With fp32-exact dots (``ieee``, ``tf32x3``): Σ_p (β_p rise_t^p x_t) · (fall_n y_n)^p, chained into
+    one fp32 accumulator. The 10-bit-mantissa modes round each operand, so there the factors stay
+    out of the operands (the stored levels' products are then exact, as in v1, and the pulse widths
+    and the converter's pass mask follow the reference): Σ_p (β_p rise^p ⊗ fall^p) ⊙ (x · y^p)."""
+    out = tl.zeros((x.shape[0], y.shape[0]), tl.float32)
+    exact: tl.constexpr = (DOT == "ieee") | (DOT == "tf32x3")
+    if exact:
+        base = y * fall[:, None]
+    else:
+        base = y
+    power = tl.full(y.shape, 1.0, tl.float32)
+    rise_p = tl.full(rise.shape, 1.0, tl.float32)
+    fall_p = tl.full(fall.shape, 1.0, tl.float32)
+    for p in tl.static_range(1, NP + 1):
+        power = power * base
+        rise_p = rise_p * rise
+        fall_p = fall_p * fall
+        if (POWERS >> p) & 1:
+            if exact:
+                out = _dot_into(x * (tl.load(COEF + p) * rise_p)[:, None], tl.trans(power), out, DOT)
+            else:
+                scale = (tl.load(COEF + p) * rise_p)[:, None] * fall_p[None, :]
+                out += scale * _dot(x, tl.trans(power), DOT)
+    return out
+
+
+@triton.jit
+def _split_weighted(w, y, rise, fall, COEF, POWERS: tl.constexpr, NP: tl.constexpr, DOT: tl.constexpr):
+    """Σ_n w_tn Σ_p β_p λ^(p·(t − n)) y_nd^p = Σ_p β_p rise_t^p · (w · (fall y)^p)_td: one dot per power."""
+    out = tl.zeros((w.shape[0], y.shape[1]), tl.float32)
+    scaled = y * fall[:, None]
+    power = tl.full(y.shape, 1.0, tl.float32)
+    rise_p = tl.full(rise.shape, 1.0, tl.float32)
+    for p in tl.static_range(1, NP + 1):
+        power = power * scaled
+        rise_p = rise_p * rise
+        if (POWERS >> p) & 1:
+            out += (tl.load(COEF + p) * rise_p)[:, None] * _dot(w, power, DOT)
+    return out
+
+
+@triton.jit
+def _split_transposed(w, x, y, rise, fall, COEF, POWERS: tl.constexpr, NP: tl.constexpr, DOT: tl.constexpr):
+    """Σ_t w_tn Σ_p p·β_p λ^(p·(t − n)) y_nd^(p−1) x_td without the last factor fall_n (the caller's,
+    once per program): Σ_p p·β_p (fall y)^(p−1) · (wᵀ · rise^p x)."""
+    out = tl.zeros(y.shape, tl.float32)
+    scaled = y * fall[:, None]
+    power = tl.full(y.shape, 1.0, tl.float32)
+    rise_p = tl.full(rise.shape, 1.0, tl.float32)
+    for p in tl.static_range(1, NP + 1):
+        rise_p = rise_p * rise
+        if (POWERS >> p) & 1:
+            out += ((p * tl.load(COEF + p)) * power) * _dot(tl.trans(w), x * rise_p[:, None], DOT)
+        power = power * scaled
+    return out
+
+
+@triton.jit
+def _first(x, y, rise, fall, decay, COEF, POWERS: tl.constexpr, NP: tl.constexpr, LEAK: tl.constexpr, DOT: tl.constexpr):
+    """Σ_p β_p λ^(p·age) x · y^p for a (BT, BN) tile in the leakage form ``LEAK`` picks."""
+    if LEAK == 1:
+        out = _split_scores(x, y, rise, fall, COEF, POWERS, NP, DOT)
+    else:
+        out = _scores(x, y, decay, COEF, POWERS, NP, LEAK == 2, DOT)
+    return out
+
+
+@triton.jit
+def _second(w, y, rise, fall, decay, COEF, POWERS: tl.constexpr, NP: tl.constexpr, LEAK: tl.constexpr, DOT: tl.constexpr):
+    """Σ_n w_tn Σ_p β_p λ^(p·age) y_n^p for a (BT, BN) weight tile, in the leakage form ``LEAK`` picks."""
+    if LEAK == 1:
+        out = _split_weighted(w, y, rise, fall, COEF, POWERS, NP, DOT)
+    else:
+        out = _weighted(w, y, decay, COEF, POWERS, NP, LEAK == 2, DOT)
+    return out
+
+
+@triton.jit
+def _rise(t, anchor, eps, LEAK: tl.constexpr):
+    """e^(−ε(t − anchor)) for queries t ≥ anchor (≤ 1) with LEAK == 1, else ones."""
+    if LEAK == 1:
+        out = tl.exp(-eps * (t - anchor).to(tl.float32))
+    else:
+        out = tl.full(t.shape, 1.0, tl.float32)
+    return out
+
+
+@triton.jit
+def _fall(n, anchor, inside, eps, LIMIT: tl.constexpr, LEAK: tl.constexpr):
+    """e^(−ε(anchor − n)) for keys n with LEAK == 1: 0 outside the keys, the exponent capped at
+    ε·LIMIT (no key past anchor + LIMIT is visible); else ones."""
+    if LEAK == 1:
+        out = tl.where(inside, tl.exp(eps * tl.minimum(n - anchor, LIMIT).to(tl.float32)), 0.0)
+    else:
+        out = tl.full(n.shape, 1.0, tl.float32)
+    return out
+
+
+@triton.jit
+def _keys(K, V, bh, n, end, d, T, D):
+    stored = (n < end)[:, None] & (d < D)[None, :]
+    key_offsets = bh * T * D + n[:, None] * D + d[None, :]
+    k = tl.load(K + key_offsets, mask=stored, other=0.0).to(tl.float32)
+    v = tl.load(V + key_offsets, mask=stored, other=0.0).to(tl.float32)
+    return k, v
+
+
+@triton.jit
+def forward_kernel(
+    Q,
+    K,
+    V,
+    OUT,
+    PASS,
+    COEF,
+    T,
+    D,
+    M,
+    R,
+    NSUB,
+    CH,
+    eps,
+    s_sat,
+    read_scale,
+    low,
+    high,
+    step,
+    origin,
+    POWERS: tl.constexpr,
+    NP: tl.constexpr,
+    CONST: tl.constexpr,
+    LEAK: tl.constexpr,
+    QUANT: tl.constexpr,
+    SAVE: tl.constexpr,
+    DOT: tl.constexpr,
+    BT: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    WORD: tl.constexpr,
+):
+    """Readout of one block of BT queries for one (batch, head): Σ_s ADC(Y_s), one flat loop over the
+    band's chunks, each sub-tile's partial in fp32 registers until its ADC. With SAVE, the pass mask of
+    every visited sub-tile goes to PASS (the launcher zeroes the rest)."""
+    block = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    t0 = block * BT
+    t = t0 + tl.arange(0, BT)
+    d = tl.arange(0, BD)
+    rows = (t < T)[:, None] & (d < D)[None, :]
+    offsets = bh * T * D + t[:, None] * D + d[None, :]
+    q = tl.load(Q + offsets, mask=rows, other=0.0).to(tl.float32)
+    q_sum = tl.sum(q, 1)
+    beta0 = tl.load(COEF)
+    out = tl.zeros((BT, BD), tl.float32)
+    partial = tl.zeros((BT, BD), tl.float32)
+    n_lo = tl.maximum(t0 - M + 1, 0)
+    n_hi = tl.minimum(t0 + BT, T)  # exclusive
+    G = NSUB * CH
+    first, lead, rounds, lo, hi, middle, n_a, n_b, total = _band(n_lo, n_hi, M, R, CH, G, BN)
+    rise = _rise(t, t0, eps, LEAK)
+    for i in range(0, total):
+        p, k_round = _position(i, lead, rounds, lo, hi, middle, n_a, n_b)
+        n0, end, s = _chunk(first + p + k_round * G, M, R, CH, G, T, BN)
+        n = n0 + tl.arange(0, BN)
+        k, v = _keys(K, V, bh, n, end, d, T, D)
+        visible, decay = _tile(t, n, T, M, eps, LEAK == 2)
+        visible = visible & (n < end)[None, :]
+        fall = _fall(n, t0, n < end, eps, BT, LEAK)
+        scores = _first(q, k, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
+        if CONST:
+            scores += beta0 * q_sum[:, None]
+        widths = tl.where(visible, tl.minimum(tl.maximum(scores, 0.0), s_sat), 0.0)
+        partial += _second(widths, v, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
+        if CONST:
+            partial += beta0 * tl.sum(widths, 1)[:, None]
+        p_next, _ = _position(i + 1, lead, rounds, lo, hi, middle, n_a, n_b)
+        if (i + 1 == total) | (p_next // CH != p // CH):  # the sub-tile's last chunk: its ADC
+            levels, passed = _adc(partial * read_scale, low, high, step, origin, QUANT)
+            occupied = (s * R <= t)[:, None]  # a sub-tile with no visible key for t is not converted
+            out += tl.where(occupied, levels, 0.0)
+            if SAVE:
+                _store_passes(PASS, s, bh, t, passed & occupied, T, BT, BD, WORD)
+            partial = tl.zeros((BT, BD), tl.float32)
+    tl.store(OUT + offsets, out, mask=rows)
+
+
+@triton.jit
+def grad_queries_kernel(
+    Q,
+    K,
+    V,
+    GRAD,
+    PASS,
+    DQ,
+    COEF,
+    GCOEF,
+    T,
+    D,
+    M,
+    R,
+    NSUB,
+    CH,
+    eps,
+    s_sat,
+    read_scale,
+    POWERS: tl.constexpr,
+    NP: tl.constexpr,
+    CONST: tl.constexpr,
+    GPOWERS: tl.constexpr,
+    GNP: tl.constexpr,
+    GCONST: tl.constexpr,
+    LEAK: tl.constexpr,
+    DOT: tl.constexpr,
+    BT: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    WORD: tl.constexpr,
+):
+    """d loss / d pulses for one block of queries: the forward's flat loop, S recomputed, each chunk's
+    output gradient masked by its sub-tile's saved ADC pass bits."""
+    block = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    t0 = block * BT
+    t = t0 + tl.arange(0, BT)
+    d = tl.arange(0, BD)
+    rows = (t < T)[:, None] & (d < D)[None, :]
+    offsets = bh * T * D + t[:, None] * D + d[None, :]
+    q = tl.load(Q + offsets, mask=rows, other=0.0).to(tl.float32)
+    q_sum = tl.sum(q, 1)
+    grad_out = tl.load(GRAD + offsets, mask=rows, other=0.0).to(tl.float32)
+    beta0 = tl.load(COEF)
+    grad_beta0 = tl.load(GCOEF)
+    dq = tl.zeros((BT, BD), tl.float32)
+    n_lo = tl.maximum(t0 - M + 1, 0)
+    n_hi = tl.minimum(t0 + BT, T)
+    G = NSUB * CH
+    first, lead, rounds, lo, hi, middle, n_a, n_b, total = _band(n_lo, n_hi, M, R, CH, G, BN)
+    rise = _rise(t, t0, eps, LEAK)
+    for i in range(0, total):
+        p, k_round = _position(i, lead, rounds, lo, hi, middle, n_a, n_b)
+        n0, end, s = _chunk(first + p + k_round * G, M, R, CH, G, T, BN)
+        n = n0 + tl.arange(0, BN)
+        k, v = _keys(K, V, bh, n, end, d, T, D)
+        visible, decay = _tile(t, n, T, M, eps, LEAK == 2)
+        visible = visible & (n < end)[None, :]
+        fall = _fall(n, t0, n < end, eps, BT, LEAK)
+        scores = _first(q, k, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
+        if CONST:
+            scores += beta0 * q_sum[:, None]
+        unsaturated = visible & (scores >= 0.0) & (scores <= s_sat)
+        g = grad_out * _load_passes(PASS, s, bh, t, rows, T, BD, WORD)
+        grad_scores = _first(g, v, rise, fall, decay, GCOEF, GPOWERS, GNP, LEAK, DOT)
+        if GCONST:
+            grad_scores += grad_beta0 * tl.sum(g, 1)[:, None]
+        grad_scores = tl.where(unsaturated, grad_scores * read_scale, 0.0)
+        dq += _second(grad_scores, k, rise, fall, decay, GCOEF, GPOWERS, GNP, LEAK, DOT)
+        if GCONST:
+            dq += grad_beta0 * tl.sum(grad_scores, 1)[:, None]
+    tl.store(DQ + offsets, dq, mask=rows)
+
+
+@triton.jit
+def grad_stored_kernel(
+    Q,
+    K,
+    V,
+    GRAD,
+    PASS,
+    DK,
+    DV,
+    COEF,
+    GCOEF,
+    T,
+    D,
+    M,
+    R,
+    NSUB,
+    CHUNKS,
+    eps,
+    s_sat,
+    read_scale,
+    POWERS: tl.constexpr,
+    NP: tl.constexpr,
+    CONST: tl.constexpr,
+    GPOWERS: tl.constexpr,
+    GNP: tl.constexpr,
+    GCONST: tl.constexpr,
+    LEAK: tl.constexpr,
+    DOT: tl.constexpr,
+    BT: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    WORD: tl.constexpr,
+):
+    """d loss / d k~ and d v~ for one chunk of ≤ BN keys inside one physical sub-tile (one ADC mask),
+    looping over the queries that see it, the decay anchored at the chunk's first key; program 0
+    indexes (round, sub-tile, chunk of CHUNKS per sub-tile) as in v1."""
+    index = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    per_round = NSUB * CHUNKS
+    r = index // per_round
+    s = (index % per_round) // CHUNKS
+    c = index % CHUNKS
+    start = r * M + s * R
+    n0 = start + c * BN
+    n1 = tl.minimum(tl.minimum(start + tl.minimum(R, M - s * R), n0 + BN), T)  # exclusive
+    if n0 < n1:
+        n = n0 + tl.arange(0, BN)
+        d = tl.arange(0, BD)
+        stored = (n < n1)[:, None] & (d < D)[None, :]
+        key_offsets = bh * T * D + n[:, None] * D + d[None, :]
+        k, v = _keys(K, V, bh, n, n1, d, T, D)
+        beta0 = tl.load(COEF)
+        grad_beta0 = tl.load(GCOEF)
+        dk = tl.zeros((BN, BD), tl.float32)
+        dv = tl.zeros((BN, BD), tl.float32)
+        fall = _fall(n, n0, n < n1, eps, BN, LEAK)
+        for t0 in range(n0, tl.minimum(n1 - 1 + M, T), BT):
+            t = t0 + tl.arange(0, BT)
+            rows = (t < T)[:, None] & (d < D)[None, :]
+            offsets = bh * T * D + t[:, None] * D + d[None, :]
+            q = tl.load(Q + offsets, mask=rows, other=0.0).to(tl.float32)
+            g = tl.load(GRAD + offsets, mask=rows, other=0.0).to(tl.float32)
+            g = g * _load_passes(PASS, s, bh, t, rows, T, BD, WORD)
+            visible, decay = _tile(t, n, T, M, eps, LEAK == 2)
+            visible = visible & (n < n1)[None, :]
+            rise = _rise(t, n0, eps, LEAK)
+            scores = _first(q, k, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
+            if CONST:
+                scores += beta0 * tl.sum(q, 1)[:, None]
+            widths = tl.where(visible, tl.minimum(tl.maximum(scores, 0.0), s_sat), 0.0)
+            unsaturated = visible & (scores >= 0.0) & (scores <= s_sat)
+            grad_scores = _first(g, v, rise, fall, decay, GCOEF, GPOWERS, GNP, LEAK, DOT)
+            if GCONST:
+                grad_scores += grad_beta0 * tl.sum(g, 1)[:, None]
+            grad_scores = tl.where(unsaturated, grad_scores * read_scale, 0.0)
+            if LEAK == 1:
+                dv += _split_transposed(widths, g, v, rise, fall, GCOEF, GPOWERS, GNP, DOT)
+                dk += _split_transposed(grad_scores, q, k, rise, fall, GCOEF, GPOWERS, GNP, DOT)
+            else:
+                dv += _transposed(widths, g, v, decay, GCOEF, GPOWERS, GNP, LEAK == 2, DOT)
+                dk += _transposed(grad_scores, q, k, decay, GCOEF, GPOWERS, GNP, LEAK == 2, DOT)
+        tl.store(DK + key_offsets, dk * fall[:, None], mask=stored)
+        tl.store(DV + key_offsets, dv * (read_scale * fall)[:, None], mask=stored)
