@@ -278,10 +278,21 @@ def _on(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+#: Dot precisions in which v2's gradient kernels factorise the decay too. Read from sm_90 builds (paper
+#: cell, exact gradient, D = R = 64, 2026-12-04): with fp32 or tf32 operands the factorised gradient
+#: kernels spill more than the direct per-tile decay (tf32x3 dQ 9.7 kB of stack per thread against
+#: 0.5 kB; tf32 dQ 216 B against 48 B), with 16-bit operands about as little (fp16 dQ 56 B, v1 64 B).
+SPLIT_BACKWARD = {"fp16", "bf16"}
+
+
 def _launch(plan: FusedPlan, dim: int, interpret: bool, precision: str, kernel: str, version: str) -> tuple[dict, dict]:
-    """(tile sizes and warps, structure constexprs) of one kernel; v2's decay form depends on its tiles."""
+    """(tile sizes and warps, structure constexprs) of one kernel; v2's decay form depends on its tiles
+    and, for the gradient kernels, on the precision (:data:`SPLIT_BACKWARD`)."""
     blocks = block_sizes(plan, dim, interpret, precision, kernel, version)
-    return blocks, plan.constexprs(version, max(blocks["BT"], blocks["BN"]))
+    structure = plan.constexprs(version, max(blocks["BT"], blocks["BN"]))
+    if version == "v2" and kernel != "forward" and structure["LEAK"] == 1 and precision not in SPLIT_BACKWARD:
+        structure["LEAK"] = 2
+    return blocks, structure
 
 
 def _chunks_per_subtile(plan: FusedPlan, blocks: dict) -> int:

@@ -11,8 +11,9 @@
   the running partial sum happens in the loop when the next chunk belongs to another sub-tile.
 - **The decay factorised around an anchor** (``LEAK == 1``): λ^(p·(t − n)) = e^(−pε(t − a)) ·
   e^(−pε(a − n)), a = the block's first query (the chunk's first key in the dK/dV kernel). Per tile
-  that leaves BT + BN exps instead of BT·BN, the first product as chained dots into one fp32
-  accumulator, the second as one dot per power scaled per row, and the weights converted once. Both
+  that leaves BT + BN exps instead of BT·BN and no (BT, BN) decay products: each product is one dot
+  per power with its output rows scaled by β_p e^(−pε(t − a)), the keys' factor inside the key
+  operand (:func:`_split_scores` says where 10-bit modes differ), the weights converted once. Both
   factors stay within e^±(NP·ε·tile) for keys that can be visible; the launcher picks this form only
   where that is ≤ e^4 (fp16's range with room, :func:`gaincell.op.kernels.fused.leak_mode`), else the
   direct per-tile decay of v1 (``LEAK == 2``). Without leakage (``LEAK == 0``) the powers fold into
@@ -36,18 +37,6 @@ from gaincell.op.kernels.fused_kernels import (
     _transposed,
     _weighted,
 )
-
-
-@triton.jit
-def _dot_into(a, b, acc, DOT: tl.constexpr):
-    """acc + a @ b, accumulated in fp32 in the dot itself (``DOT`` as in :func:`_dot`)."""
-    if DOT == "fp16":
-        out = tl.dot(a.to(tl.float16), b.to(tl.float16), acc, out_dtype=tl.float32)
-    elif DOT == "bf16":
-        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc, out_dtype=tl.float32)
-    else:
-        out = tl.dot(a, b, acc, input_precision=DOT)
-    return out
 
 
 @triton.jit
@@ -109,12 +98,14 @@ def _chunk(g, M, R, CH, G, T, BN: tl.constexpr):
 
 @triton.jit
 def _split_scores(x, y, rise, fall, COEF, POWERS: tl.constexpr, NP: tl.constexpr, DOT: tl.constexpr):
-    """Σ_p β_p λ^(p·(t − n)) Σ_d x_td y_nd^p with rise = e^(−ε(t − a)), fall = e^(−ε(a − n)).
+    """Σ_p β_p λ^(p·(t − n)) Σ_d x_td y_nd^p with rise = e^(−ε(t − a)), fall = e^(−ε(a − n)): one dot of
+    x per power, its rows scaled by β_p rise^p (x enters the dots unscaled: one operand, not one per
+    power, held in registers through the loop).
 
-    With fp32-exact dots (``ieee``, ``tf32x3``): Σ_p (β_p rise_t^p x_t) · (fall_n y_n)^p, chained into
-    one fp32 accumulator. The 10-bit-mantissa modes round each operand, so there the factors stay
-    out of the operands (the stored levels' products are then exact, as in v1, and the pulse widths
-    and the converter's pass mask follow the reference): Σ_p (β_p rise^p ⊗ fall^p) ⊙ (x · y^p)."""
+    With fp32-exact dots (``ieee``, ``tf32x3``) the keys' factor goes into the operand, (fall_n y_n)^p.
+    The 10-bit-mantissa modes round each operand, so there it stays out, (β_p rise^p ⊗ fall^p) ⊙ (x · y^p):
+    the stored levels' products are then exact, as in v1, and the pulse widths and the converter's
+    pass mask follow the reference (with it in the operand, fp16 gradients were 12 % off)."""
     out = tl.zeros((x.shape[0], y.shape[0]), tl.float32)
     exact: tl.constexpr = (DOT == "ieee") | (DOT == "tf32x3")
     if exact:
@@ -129,11 +120,11 @@ def _split_scores(x, y, rise, fall, COEF, POWERS: tl.constexpr, NP: tl.constexpr
         rise_p = rise_p * rise
         fall_p = fall_p * fall
         if (POWERS >> p) & 1:
+            scale = (tl.load(COEF + p) * rise_p)[:, None]
             if exact:
-                out = _dot_into(x * (tl.load(COEF + p) * rise_p)[:, None], tl.trans(power), out, DOT)
-            else:
-                scale = (tl.load(COEF + p) * rise_p)[:, None] * fall_p[None, :]
                 out += scale * _dot(x, tl.trans(power), DOT)
+            else:
+                out += (scale * fall_p[None, :]) * _dot(x, tl.trans(power), DOT)
     return out
 
 
