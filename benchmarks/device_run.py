@@ -306,9 +306,7 @@ def part_b(run: Run) -> None:
             for suffix, config in (("", paper), ("-noleak", paper.replace(leakage=0.0)))
         },
         **{  # the first kernels beside v2 in the tensor-core modes (ieee v1 was slower than the torch form)
-            f"gaincell-triton-v1-{precision}{suffix}": functools.partial(
-                _fused, config=config, precision=f"v1-{precision}"
-            )
+            f"gaincell-triton-v1-{precision}{suffix}": functools.partial(_fused, config=config, precision=f"v1-{precision}")
             for precision in TENSOR_CORE_PRECISIONS
             for suffix, config in (("", paper), ("-noleak", paper.replace(leakage=0.0)))
         },
