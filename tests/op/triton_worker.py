@@ -173,9 +173,9 @@ def compile_sm90(
 
     fn = getattr(fused.kernels(version), kernel)
     plan = fused.make_fused_plan(config)
-    blocks = fused.block_sizes(plan, dim, small_tiles, precision, kernel.removesuffix("_kernel"), version)
+    blocks, structure = fused._launch(plan, dim, small_tiles, precision, kernel.removesuffix("_kernel"), version)
     options = {"num_warps": blocks.pop("num_warps")}
-    constexprs = {**plan.constexprs(version, max(blocks["BT"], blocks["BN"])), **blocks, "DOT": precision}
+    constexprs = {**structure, **blocks, "DOT": precision}
     if kernel == "forward_kernel":
         constexprs = {key: constexprs[key] for key in ("POWERS", "NP", "CONST", "LEAK", "DOT", "BT", "BN", "BD", "WORD")}
         constexprs.update(QUANT=quantise, SAVE=save)
