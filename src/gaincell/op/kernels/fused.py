@@ -162,7 +162,8 @@ SPLIT_LIMIT = 4.0
 
 def leak_mode(leakage: float, degree: int, tile: int) -> int:
     """v2's decay form: 0 no leakage; 1 factorised (``degree``·ε·``tile`` ≤ :data:`SPLIT_LIMIT`, the
-    largest exponent a factor reaches); 2 the direct per-tile e^(−ε·age) of v1 (large leakage)."""
+    largest exponent a factor reaches); 2 the direct per-tile e^(−ε·age) of v1 (large leakage).
+    (:func:`_launch` turns 1 into 3 for gradient kernels outside :data:`SPLIT_BACKWARD`.)"""
     if not leakage:
         return 0
     return 1 if degree * leakage * tile <= SPLIT_LIMIT else 2
@@ -278,10 +279,11 @@ def _on(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-#: Dot precisions in which v2's gradient kernels factorise the decay too. Read from sm_90 builds (paper
-#: cell, exact gradient, D = R = 64, 2026-12-04): with fp32 or tf32 operands the factorised gradient
-#: kernels spill more than the direct per-tile decay (tf32x3 dQ 9.7 kB of stack per thread against
-#: 0.5 kB; tf32 dQ 216 B against 48 B), with 16-bit operands about as little (fp16 dQ 56 B, v1 64 B).
+#: Dot precisions in which v2's gradient kernels factorise the decay into the products; the others keep
+#: v1's per-tile products with the decay tile built from the factors (mode 3, no exp). Read from sm_90
+#: builds (paper cell, exact gradient, D = R = 64, 2026-12-04): with fp32 or tf32 operands the
+#: factorised gradient kernels spill more (tf32x3 dQ 9.7 kB of stack per thread against 0.5 kB; tf32
+#: dQ 216 B against 48 B), with 16-bit operands about as little as v1 (fp16 dQ 56 B, v1 64 B).
 SPLIT_BACKWARD = {"fp16", "bf16"}
 
 
@@ -291,7 +293,7 @@ def _launch(plan: FusedPlan, dim: int, interpret: bool, precision: str, kernel: 
     blocks = block_sizes(plan, dim, interpret, precision, kernel, version)
     structure = plan.constexprs(version, max(blocks["BT"], blocks["BN"]))
     if version == "v2" and kernel != "forward" and structure["LEAK"] == 1 and precision not in SPLIT_BACKWARD:
-        structure["LEAK"] = 2
+        structure["LEAK"] = 3  # v1's per-tile products, the decay tile from the anchored factors
     return blocks, structure
 
 

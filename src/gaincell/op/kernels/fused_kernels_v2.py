@@ -16,8 +16,10 @@
   operand (:func:`_split_scores` says where 10-bit modes differ), the weights converted once. Both
   factors stay within e^±(NP·ε·tile) for keys that can be visible; the launcher picks this form only
   where that is ≤ e^4 (fp16's range with room, :func:`gaincell.op.kernels.fused.leak_mode`), else the
-  direct per-tile decay of v1 (``LEAK == 2``). Without leakage (``LEAK == 0``) the powers fold into
-  one feature per side, as in v1.
+  direct per-tile decay of v1 (``LEAK == 2``). ``LEAK == 3`` keeps v1's per-tile products but builds
+  the (BT, BN) decay tile as rise ⊗ fall, a multiply instead of an exp (the gradient kernels in the
+  fp32 and tf32 modes, where the factorised products spill: ``fused.SPLIT_BACKWARD``). Without
+  leakage (``LEAK == 0``) the powers fold into one feature per side, as in v1.
 
 The helpers of v1 (dots, ADC, pass bits, the direct-decay products) are shared, not copied.
 """
@@ -165,7 +167,7 @@ def _first(x, y, rise, fall, decay, COEF, POWERS: tl.constexpr, NP: tl.constexpr
     if LEAK == 1:
         out = _split_scores(x, y, rise, fall, COEF, POWERS, NP, DOT)
     else:
-        out = _scores(x, y, decay, COEF, POWERS, NP, LEAK == 2, DOT)
+        out = _scores(x, y, decay, COEF, POWERS, NP, LEAK >= 2, DOT)
     return out
 
 
@@ -175,14 +177,14 @@ def _second(w, y, rise, fall, decay, COEF, POWERS: tl.constexpr, NP: tl.constexp
     if LEAK == 1:
         out = _split_weighted(w, y, rise, fall, COEF, POWERS, NP, DOT)
     else:
-        out = _weighted(w, y, decay, COEF, POWERS, NP, LEAK == 2, DOT)
+        out = _weighted(w, y, decay, COEF, POWERS, NP, LEAK >= 2, DOT)
     return out
 
 
 @triton.jit
 def _rise(t, anchor, eps, LEAK: tl.constexpr):
     """e^(−ε(t − anchor)) for queries t ≥ anchor (≤ 1) with LEAK == 1, else ones."""
-    if LEAK == 1:
+    if (LEAK == 1) | (LEAK == 3):
         out = tl.exp(-eps * (t - anchor).to(tl.float32))
     else:
         out = tl.full(t.shape, 1.0, tl.float32)
@@ -193,7 +195,7 @@ def _rise(t, anchor, eps, LEAK: tl.constexpr):
 def _fall(n, anchor, inside, eps, LIMIT: tl.constexpr, LEAK: tl.constexpr):
     """e^(−ε(anchor − n)) for keys n with LEAK == 1: 0 outside the keys, the exponent capped at
     ε·LIMIT (no key past anchor + LIMIT is visible); else ones."""
-    if LEAK == 1:
+    if (LEAK == 1) | (LEAK == 3):
         out = tl.where(inside, tl.exp(eps * tl.minimum(n - anchor, LIMIT).to(tl.float32)), 0.0)
     else:
         out = tl.full(n.shape, 1.0, tl.float32)
@@ -270,6 +272,8 @@ def forward_kernel(
         visible, decay = _tile(t, n, T, M, eps, LEAK == 2)
         visible = visible & (n < end)[None, :]
         fall = _fall(n, t0, n < end, eps, BT, LEAK)
+        if LEAK == 3:
+            decay = rise[:, None] * fall[None, :]
         scores = _first(q, k, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
         if CONST:
             scores += beta0 * q_sum[:, None]
@@ -348,6 +352,8 @@ def grad_queries_kernel(
         visible, decay = _tile(t, n, T, M, eps, LEAK == 2)
         visible = visible & (n < end)[None, :]
         fall = _fall(n, t0, n < end, eps, BT, LEAK)
+        if LEAK == 3:
+            decay = rise[:, None] * fall[None, :]
         scores = _first(q, k, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
         if CONST:
             scores += beta0 * q_sum[:, None]
@@ -429,6 +435,8 @@ def grad_stored_kernel(
             visible, decay = _tile(t, n, T, M, eps, LEAK == 2)
             visible = visible & (n < n1)[None, :]
             rise = _rise(t, n0, eps, LEAK)
+            if LEAK == 3:
+                decay = rise[:, None] * fall[None, :]
             scores = _first(q, k, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
             if CONST:
                 scores += beta0 * tl.sum(q, 1)[:, None]
@@ -442,7 +450,10 @@ def grad_stored_kernel(
                 dv += _split_transposed(widths, g, v, rise, fall, GCOEF, GPOWERS, GNP, DOT)
                 dk += _split_transposed(grad_scores, q, k, rise, fall, GCOEF, GPOWERS, GNP, DOT)
             else:
-                dv += _transposed(widths, g, v, decay, GCOEF, GPOWERS, GNP, LEAK == 2, DOT)
-                dk += _transposed(grad_scores, q, k, decay, GCOEF, GPOWERS, GNP, LEAK == 2, DOT)
-        tl.store(DK + key_offsets, dk * fall[:, None], mask=stored)
-        tl.store(DV + key_offsets, dv * (read_scale * fall)[:, None], mask=stored)
+                dv += _transposed(widths, g, v, decay, GCOEF, GPOWERS, GNP, LEAK >= 2, DOT)
+                dk += _transposed(grad_scores, q, k, decay, GCOEF, GPOWERS, GNP, LEAK >= 2, DOT)
+        if LEAK == 1:  # the keys' last decay factor, left out of the loop
+            dk = dk * fall[:, None]
+            dv = dv * fall[:, None]
+        tl.store(DK + key_offsets, dk, mask=stored)
+        tl.store(DV + key_offsets, dv * read_scale, mask=stored)
