@@ -214,6 +214,8 @@ TILES = {
         # three dots per product: 32 × 64 dK/dV tiles need 272 kB of shared memory, sm_90 has 227 kB
         "tf32x3": {"forward": (64, 32, 8), "grad_queries": (32, 64, 8), "grad_stored": (32, 32, 8)},
     },
+    # v1's tiles: of the builds tried (paper cell, exact gradient, D = R = 64), larger ones spill more,
+    # e.g. fp16 forward 64 × 64: 224 B of stack per thread against 16 B at 64 × 32; dQ 64 × 64: 1128 B
     "v2": {
         "ieee": {"forward": (32, 16, 4), "grad_queries": (32, 16, 4), "grad_stored": (32, 16, 4)},
         "tensor cores": {"forward": (64, 32, 8), "grad_queries": (32, 64, 8), "grad_stored": (32, 64, 8)},
