@@ -155,8 +155,9 @@ class FusedPlan:
         return {**main, **{f"G{key}": value for key, value in grad.items()}, "LEAK": leak}
 
 
-#: v2 factorises the decay around an anchor where every factor stays within e^±SPLIT_LIMIT (e^4 = 55:
-#: inside fp16's range with room, so every dot precision keeps the factors' precision).
+#: v2 factorises the decay around an anchor where degree·ε·tile ≤ SPLIT_LIMIT: every factor a visible
+#: key meets then stays within e^±2·SPLIT_LIMIT (e^8 ≈ 3000: inside fp16's range with room, so every dot
+#: precision keeps the factors' precision).
 SPLIT_LIMIT = 4.0
 
 

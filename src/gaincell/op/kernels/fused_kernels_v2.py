@@ -6,9 +6,11 @@
   g = round·G + sub-tile·CH + c, G = NSUB·CH slots per round, none straddling a sub-tile). v1 looped
   sub-tile → round → chunk, so at R = 64, BN = 32 its innermost loop ran twice and Triton's software
   pipelining (innermost loops only) hid no load latency. Here one loop runs over every chunk of the
-  band, ordered by the chunk's position in the circular array and then by round (:func:`_position`),
+  band, ordered by the chunk's position in the circular array and then by round (:func:`_band`),
   so the chunks of one physical sub-tile, from both rounds once T > M, are consecutive: the ADC of
-  the running partial sum happens in the loop when the next chunk belongs to another sub-tile.
+  the running partial sum happens in the loop when the next chunk belongs to another sub-tile. The
+  walk advances by comparisons (:func:`_advance`), no integer division per chunk (each is a
+  reciprocal on the special-function unit that the exps also need).
 - **The decay factorised around an anchor** (``LEAK == 1``): λ^(p·(t − n)) = e^(−pε(t − a)) ·
   e^(−pε(a − n)), a = the block's first query (the chunk's first key in the dK/dV kernel). Per tile
   that leaves BT + BN exps instead of BT·BN and no (BT, BN) decay products: each product is one dot
@@ -51,51 +53,47 @@ def _slot_chunk(n, M, R, CH, G, BN: tl.constexpr):
 
 @triton.jit
 def _band(n_lo, n_hi, M, R, CH, G, BN: tl.constexpr):
-    """How the chunks of keys [n_lo, n_hi) are ordered: positions p = g − first in [0, G), each with
-    `count(p) = rounds + [p ≤ last] − [p < lead]` rounds, where first is the first sub-tile's first slot,
-    lead the band's offset into it and last = (g_hi − first) mod G. Three segments of constant count."""
+    """The walk over the chunks of keys [n_lo, n_hi): (lead, rounds, last, total, first round, first
+    sub-tile). Positions p = g − first ∈ [0, G) (first: the first sub-tile's first slot) hold
+    `rounds + [p ≤ last] − [p < lead]` chunks of consecutive rounds (lead: the band's offset into the
+    first sub-tile, last = (g_hi − first) mod G); total = g_hi − g_lo + 1 chunks in all."""
     g_lo = _slot_chunk(n_lo, M, R, CH, G, BN)
     g_hi = _slot_chunk(n_hi - 1, M, R, CH, G, BN)
     lead = (g_lo % G) % CH
     first = g_lo - lead
-    rounds = (g_hi - first) // G
-    last = (g_hi - first) % G
-    lo = tl.minimum(lead, last + 1)
-    hi = tl.maximum(lead, last + 1)
-    middle = tl.where(lead <= last + 1, rounds + 1, rounds - 1)
-    n_a = lo * rounds
-    n_b = (hi - lo) * middle
-    total = n_a + n_b + (G - hi) * rounds
-    return first, lead, rounds, lo, hi, middle, n_a, n_b, total
+    return lead, (g_hi - first) // G, (g_hi - first) % G, g_hi - g_lo + 1, first // G, (first % G) // CH
 
 
 @triton.jit
-def _position(i, lead, rounds, lo, hi, middle, n_a, n_b):
-    """(position p, round k) of the band's i-th chunk in the flat loop's order (p, then k)."""
-    per_outer = tl.maximum(rounds, 1)
-    per_middle = tl.maximum(middle, 1)
-    j_b = i - n_a
-    j_c = i - n_a - n_b
-    p_a = i // per_outer
-    p_b = lo + j_b // per_middle
-    p_c = hi + j_c // per_outer
-    k_a = 1 + i % per_outer  # p < lead: the first round's chunk lies before the band
-    k_b = (p_b < lead).to(tl.int32) + j_b % per_middle
-    k_c = j_c % per_outer
-    p = tl.where(i < n_a, p_a, tl.where(i < n_a + n_b, p_b, p_c))
-    k = tl.where(i < n_a, k_a, tl.where(i < n_a + n_b, k_b, k_c))
-    return p, k
+def _start(lead, rounds):
+    """(p, k): the first position holding a chunk (0, else lead) and its first round."""
+    p = tl.where(rounds + 1 - (lead > 0).to(tl.int32) > 0, 0, lead)
+    return p, (p < lead).to(tl.int32)
 
 
 @triton.jit
-def _chunk(g, M, R, CH, G, T, BN: tl.constexpr):
-    """(first key, end of the keys it may hold (exclusive), physical sub-tile) of chunk slot g."""
-    r = g // G
-    s = (g % G) // CH
-    base = r * M + s * R
-    first = base + (g % G - s * CH) * BN
-    end = tl.minimum(base + tl.minimum(R, M - s * R), T)
-    return first, end, s
+def _advance(p, k, c, s, lap, lead, rounds, last, CH, NSUB):
+    """The walk's next chunk, without a division: the next round at this position p, else the next
+    position holding a chunk (skipping the empty ones between last and lead), its chunk c in sub-tile
+    s, lap counting wraps past the array's end. Returns (done with p, p, k, c, s, lap)."""
+    done = k >= rounds + (p <= last).to(tl.int32) - 1
+    p_next = p + 1
+    empty = (p_next < lead) & (rounds + (p_next <= last).to(tl.int32) - 1 <= 0)
+    p_next = tl.where(empty, lead, p_next)
+    c_next = c + (p_next - p)
+    wrap = c_next >= CH
+    s_next = s + wrap.to(tl.int32)
+    c_next = tl.where(wrap, 0, c_next)
+    lap_next = lap + (s_next >= NSUB).to(tl.int32)
+    s_next = tl.where(s_next >= NSUB, 0, s_next)
+    return (
+        done,
+        tl.where(done, p_next, p),
+        tl.where(done, (p_next < lead).to(tl.int32), k + 1),
+        tl.where(done, c_next, c),
+        tl.where(done, s_next, s),
+        tl.where(done, lap_next, lap),
+    )
 
 
 @triton.jit
@@ -193,12 +191,34 @@ def _rise(t, anchor, eps, LEAK: tl.constexpr):
 
 @triton.jit
 def _fall(n, anchor, inside, eps, LIMIT: tl.constexpr, LEAK: tl.constexpr):
-    """e^(−ε(anchor − n)) for keys n with LEAK == 1: 0 outside the keys, the exponent capped at
-    ε·LIMIT (no key past anchor + LIMIT is visible); else ones."""
+    """e^(−ε(anchor − n)) for keys n with LEAK 1 or 3: 0 outside the keys, the exponent capped at
+    ε·LIMIT (no key past anchor + LIMIT is visible); else ones. Once per program (the dK/dV kernel)."""
     if (LEAK == 1) | (LEAK == 3):
         out = tl.where(inside, tl.exp(eps * tl.minimum(n - anchor, LIMIT).to(tl.float32)), 0.0)
     else:
         out = tl.full(n.shape, 1.0, tl.float32)
+    return out
+
+
+@triton.jit
+def _ramp(size: tl.constexpr, rate, LEAK: tl.constexpr):
+    """e^(rate·j) for j < size (LEAK 1 or 3), else ones: built once per program, so that a factor for a
+    run of consecutive indices costs one scalar exp per tile (:func:`_shifted`), not one per element
+    of every layout that holds it."""
+    if (LEAK == 1) | (LEAK == 3):
+        out = tl.exp(rate * tl.arange(0, size).to(tl.float32))
+    else:
+        out = tl.full((size,), 1.0, tl.float32)
+    return out
+
+
+@triton.jit
+def _shifted(ramp, exponent, LEAK: tl.constexpr):
+    """e^exponent · ramp: a factor e^(rate·(start + j)) from its run's start (exponent = rate·start)."""
+    if (LEAK == 1) | (LEAK == 3):
+        out = tl.exp(exponent) * ramp
+    else:
+        out = ramp
     return out
 
 
@@ -261,17 +281,20 @@ def forward_kernel(
     partial = tl.zeros((BT, BD), tl.float32)
     n_lo = tl.maximum(t0 - M + 1, 0)
     n_hi = tl.minimum(t0 + BT, T)  # exclusive
-    G = NSUB * CH
-    first, lead, rounds, lo, hi, middle, n_a, n_b, total = _band(n_lo, n_hi, M, R, CH, G, BN)
+    lead, rounds, last, total, round0, s = _band(n_lo, n_hi, M, R, CH, NSUB * CH, BN)
+    p, k_round = _start(lead, rounds)
+    c, lap = p, p * 0  # the first position lies in the first sub-tile (p ≤ lead < CH)
     rise = _rise(t, t0, eps, LEAK)
+    key_ramp = _ramp(BN, eps, LEAK)
     for i in range(0, total):
-        p, k_round = _position(i, lead, rounds, lo, hi, middle, n_a, n_b)
-        n0, end, s = _chunk(first + p + k_round * G, M, R, CH, G, T, BN)
+        base = (round0 + lap + k_round) * M + s * R
+        n0 = base + c * BN
+        end = tl.minimum(base + tl.minimum(R, M - s * R), T)
         n = n0 + tl.arange(0, BN)
         k, v = _keys(K, V, bh, n, end, d, T, D)
         visible, decay = _tile(t, n, T, M, eps, LEAK == 2)
         visible = visible & (n < end)[None, :]
-        fall = _fall(n, t0, n < end, eps, BT, LEAK)
+        fall = _shifted(key_ramp, eps * (n0 - t0).to(tl.float32), LEAK)  # ≤ e^(ε(BT + BN)): n < t0 + BT visible
         if LEAK == 3:
             decay = rise[:, None] * fall[None, :]
         scores = _first(q, k, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
@@ -281,14 +304,16 @@ def forward_kernel(
         partial += _second(widths, v, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
         if CONST:
             partial += beta0 * tl.sum(widths, 1)[:, None]
-        p_next, _ = _position(i + 1, lead, rounds, lo, hi, middle, n_a, n_b)
-        if (i + 1 == total) | (p_next // CH != p // CH):  # the sub-tile's last chunk: its ADC
+        sub_tile = s
+        done, p, k_round, c_next, s, lap = _advance(p, k_round, c, s, lap, lead, rounds, last, CH, NSUB)
+        if done & ((c + 1 == CH) | (i + 1 == total)):  # the sub-tile's last chunk: its ADC
             levels, passed = _adc(partial * read_scale, low, high, step, origin, QUANT)
-            occupied = (s * R <= t)[:, None]  # a sub-tile with no visible key for t is not converted
+            occupied = (sub_tile * R <= t)[:, None]  # a sub-tile with no visible key for t is not converted
             out += tl.where(occupied, levels, 0.0)
             if SAVE:
-                _store_passes(PASS, s, bh, t, passed & occupied, T, BT, BD, WORD)
+                _store_passes(PASS, sub_tile, bh, t, passed & occupied, T, BT, BD, WORD)
             partial = tl.zeros((BT, BD), tl.float32)
+        c = c_next
     tl.store(OUT + offsets, out, mask=rows)
 
 
@@ -341,17 +366,20 @@ def grad_queries_kernel(
     dq = tl.zeros((BT, BD), tl.float32)
     n_lo = tl.maximum(t0 - M + 1, 0)
     n_hi = tl.minimum(t0 + BT, T)
-    G = NSUB * CH
-    first, lead, rounds, lo, hi, middle, n_a, n_b, total = _band(n_lo, n_hi, M, R, CH, G, BN)
+    lead, rounds, last, total, round0, s = _band(n_lo, n_hi, M, R, CH, NSUB * CH, BN)
+    p, k_round = _start(lead, rounds)
+    c, lap = p, p * 0  # the first position lies in the first sub-tile (p ≤ lead < CH)
     rise = _rise(t, t0, eps, LEAK)
-    for i in range(0, total):
-        p, k_round = _position(i, lead, rounds, lo, hi, middle, n_a, n_b)
-        n0, end, s = _chunk(first + p + k_round * G, M, R, CH, G, T, BN)
+    key_ramp = _ramp(BN, eps, LEAK)
+    for _ in range(0, total):
+        base = (round0 + lap + k_round) * M + s * R
+        n0 = base + c * BN
+        end = tl.minimum(base + tl.minimum(R, M - s * R), T)
         n = n0 + tl.arange(0, BN)
         k, v = _keys(K, V, bh, n, end, d, T, D)
         visible, decay = _tile(t, n, T, M, eps, LEAK == 2)
         visible = visible & (n < end)[None, :]
-        fall = _fall(n, t0, n < end, eps, BT, LEAK)
+        fall = _shifted(key_ramp, eps * (n0 - t0).to(tl.float32), LEAK)  # ≤ e^(ε(BT + BN)): n < t0 + BT visible
         if LEAK == 3:
             decay = rise[:, None] * fall[None, :]
         scores = _first(q, k, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
@@ -366,6 +394,7 @@ def grad_queries_kernel(
         dq += _second(grad_scores, k, rise, fall, decay, GCOEF, GPOWERS, GNP, LEAK, DOT)
         if GCONST:
             dq += grad_beta0 * tl.sum(grad_scores, 1)[:, None]
+        _, p, k_round, c, s, lap = _advance(p, k_round, c, s, lap, lead, rounds, last, CH, NSUB)
     tl.store(DQ + offsets, dq, mask=rows)
 
 
@@ -425,6 +454,7 @@ def grad_stored_kernel(
         dk = tl.zeros((BN, BD), tl.float32)
         dv = tl.zeros((BN, BD), tl.float32)
         fall = _fall(n, n0, n < n1, eps, BN, LEAK)
+        query_ramp = _ramp(BT, -eps, LEAK)
         for t0 in range(n0, tl.minimum(n1 - 1 + M, T), BT):
             t = t0 + tl.arange(0, BT)
             rows = (t < T)[:, None] & (d < D)[None, :]
@@ -434,7 +464,7 @@ def grad_stored_kernel(
             g = g * _load_passes(PASS, s, bh, t, rows, T, BD, WORD)
             visible, decay = _tile(t, n, T, M, eps, LEAK == 2)
             visible = visible & (n < n1)[None, :]
-            rise = _rise(t, n0, eps, LEAK)
+            rise = _shifted(query_ramp, -eps * (t0 - n0).to(tl.float32), LEAK)
             if LEAK == 3:
                 decay = rise[:, None] * fall[None, :]
             scores = _first(q, k, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
