@@ -284,9 +284,9 @@ def _on(device: torch.device):
 
 #: Dot precisions in which v2's gradient kernels factorise the decay into the products; the others keep
 #: v1's per-tile products with the decay tile built from the factors (mode 3, no exp). Read from sm_90
-#: builds (paper cell, exact gradient, D = R = 64, 2026-12-04): with fp32 or tf32 operands the
-#: factorised gradient kernels spill more (tf32x3 dQ 9.7 kB of stack per thread against 0.5 kB; tf32
-#: dQ 216 B against 48 B), with 16-bit operands about as little as v1 (fp16 dQ 56 B, v1 64 B).
+#: builds (paper cell, exact gradient, D = R = 64, v2's tiles, 2026-12-04), stack bytes per thread,
+#: factorised against mode 3: tf32x3 dQ 9,392 against 408 (the factorised build collapses to 32
+#: registers), tf32 dQ 40 against 32 and dK/dV 248 against 208; fp16 factorised dQ 48, v1 64.
 SPLIT_BACKWARD = {"fp16", "bf16"}
 
 
