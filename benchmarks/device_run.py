@@ -13,14 +13,16 @@ made to run once, unattended, within 8 minutes, and to bring something back what
 Parts (``--parts a,b,c,d,e,f``; their results are keyed by these letters):
 
 - ``a`` the GPU test subset: the op on the device through each kernel (``torch``; ``triton`` where the
-  dispatcher offers it, else the reason) against ``op/equations.py`` by the rule of
+  dispatcher offers it, else the reason; v2 in every precision, v1 in tf32x3) against ``op/equations.py`` by the rule of
   :mod:`gaincell.op.agreement`, values and gradients, at small shapes; the torch path on the device
   against the CPU; generation (prefill + steps) against the parallel op; the named fast dot modes
   (:data:`NAMED_FAST`) measured (their share of outputs a step off), not held to the rule;
 - ``b`` the op's forward and forward+backward time and peak memory at B ∈ {1, 8}, H = 12, D = 64,
   M = 1024, T ∈ {1024, 4096, 16384}, bf16 inputs: gain-cell (paper preset with and without leakage)
-  through each kernel, SDPA's flash backend (causal) and ``flex_attention`` with a sliding window of
-  M (compiled); the priority case (T = M = 1024, B = 8) first;
+  through each kernel (the fused kernels v2 in every dot precision, ``gaincell-triton-PRECISION``,
+  and the first version beside them in the tensor-core modes, ``gaincell-triton-v1-PRECISION``, with
+  ``speedup_over_v1`` among the ratios), SDPA's flash backend (causal) and ``flex_attention`` with a
+  sliding window of M (compiled); the priority case (T = M = 1024, B = 8) first;
 - ``c`` decode tokens/s at batch 1 and 64 of a GPT-2-shaped model (random weights) converted to the
   chip against the same model with softmax and transformers' cache (``bench_generate.run_case``);
 - ``d`` training tokens/s of a SmolLM2-shaped Llama (random init: 30 layers, width 576, 9 heads / 3
@@ -218,14 +220,15 @@ def peak_bytes(call, device: torch.device) -> int | None:
 
 
 def attention(q, k, v, scalers, config, kernel: str):
-    """The op through ``kernel``: ``torch``, or ``triton-PRECISION`` (the fused kernels' dot precision,
-    :data:`PRECISIONS`: ``ieee`` is the exact default, the others the named faster modes)."""
+    """The op through ``kernel``: ``torch``, or ``triton-PRECISION`` / ``triton-v1-PRECISION`` (the fused
+    kernels, v2 or the first version, in one dot precision of :data:`PRECISIONS`)."""
     from gaincell import gain_cell_attention
     from gaincell.op.kernels import fused
 
     if kernel == "torch":
         return gain_cell_attention(q, k, v, scalers, config, kernel="torch")
-    with fused.precision(kernel.removeprefix("triton-")):
+    version, _, precision = kernel.removeprefix("triton-").rpartition("-")
+    with fused.precision(precision), fused.variant(version or "v2"):
         return gain_cell_attention(q, k, v, scalers, config, kernel="triton")
 
 
@@ -243,13 +246,13 @@ GRADIENT_RELATIVE = 1e-3  # the gradients' bound, as the kernel tests hold them
 
 def part_a(run: Run) -> None:
     """Three passes, most needed first, so a short share still checks the default: the torch path and the
-    exact default (``triton-ieee``) on every cell, leakage and geometry; then ``tf32x3``; then the named fast
-    modes on one geometry. The reference (equations, values and gradients), the CPU result and the generation
-    are computed once per cell, leakage and geometry and shared by its kernels."""
+    GPU's default (``triton-tf32x3``, precision ``auto``) on every cell, leakage and geometry; then ``ieee`` and
+    the first kernels (v1) in tf32x3; then the named fast modes on one geometry. The reference (equations,
+    values and gradients), the CPU result and the generation are computed once per cell, leakage and geometry
+    and shared by its kernels."""
     from gaincell import preset
 
-    exact = [f"triton-{precision}" for precision in PRECISIONS if precision not in NAMED_FAST]
-    passes = [(["torch", exact[0]], A_GEOMETRIES), (exact[1:], A_GEOMETRIES)]
+    passes = [(["torch", "triton-tf32x3"], A_GEOMETRIES), (["triton-ieee", "triton-v1-tf32x3"], A_GEOMETRIES)]
     passes.append(([f"triton-{precision}" for precision in PRECISIONS if precision in NAMED_FAST], (A_FAST_GEOMETRY,)))
     shared: dict[str, dict] = {}
     for kernels, geometries in passes:
@@ -359,6 +362,11 @@ def part_b(run: Run) -> None:
             for precision in PRECISIONS
             for suffix, config in (("", paper), ("-noleak", paper.replace(leakage=0.0)))
         },
+        **{  # the first kernels beside v2 in the tensor-core modes (ieee v1 was slower than the torch form)
+            f"gaincell-triton-v1-{precision}{suffix}": functools.partial(_fused, config=config, precision=f"v1-{precision}")
+            for precision in TENSOR_CORE_PRECISIONS
+            for suffix, config in (("", paper), ("-noleak", paper.replace(leakage=0.0)))
+        },
         "sdpa-flash-causal": lambda q, k, v, s: sdpa_flash(q, k, v),
         "flex-sliding-window": flex_sliding_window(window, compiled=not run.dry),
     }
@@ -414,7 +422,12 @@ def part_b(run: Run) -> None:
     run.part["ratios"] = ratios(run.part.get("cases", {}))
 
 
+#: The dot precisions timed for both kernel versions.
+TENSOR_CORE_PRECISIONS = ("tf32", "tf32x3", "fp16", "bf16")
+
+
 def _fused(q, k, v, scalers, config, precision):
+    """The fused op in ``precision`` (``v1-`` prefixed: the first kernels)."""
     return attention(q, k, v, scalers, config, f"triton-{precision}")
 
 
@@ -465,6 +478,11 @@ def ratios(cases: dict) -> dict:
         torch_path = cases.get(f"{prefix}/{torch_method}", {}).get("fwd+bwd", {})
         if "triton" in method and "ms" in torch_path and "ms" in result.get("fwd+bwd", {}):
             out[f"{key}/fwd+bwd/speedup_over_torch_path"] = round(torch_path["ms"] / result["fwd+bwd"]["ms"], 2)
+        first = cases.get(f"{prefix}/{method.replace('gaincell-triton-', 'gaincell-triton-v1-')}", {})
+        if "-v1-" not in method and "triton" in method:
+            for which in ("fwd", "fwd+bwd"):
+                if "ms" in result.get(which, {}) and "ms" in first.get(which, {}):
+                    out[f"{key}/{which}/speedup_over_v1"] = round(first[which]["ms"] / result[which]["ms"], 2)
     return out
 
 

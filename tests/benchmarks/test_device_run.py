@@ -168,11 +168,11 @@ def test_part_a_checks_the_default_everywhere_first_and_the_named_fast_modes_on_
     run.part = run.results["parts"]["a"] = {"title": "a"}
     device_run.part_a(run)
     by_kernel = {kernel: [length for length, k in calls if k == kernel] for kernel in dict.fromkeys(k for _, k in calls)}
-    for kernel in ("torch", "triton-ieee", "triton-tf32x3"):  # 2 cells × leakage on/off × 3 geometries
+    for kernel in ("torch", "triton-tf32x3", "triton-ieee", "triton-v1-tf32x3"):  # 2 cells × leakage × 3 geometries
         assert sorted(by_kernel[kernel]) == sorted([37, 157, 300] * 4), kernel
     for kernel in ("triton-tf32", "triton-fp16", "triton-bf16"):
         assert by_kernel[kernel] == [157] * 4, kernel
-    assert {kernel for _, kernel in calls[:24]} == {"torch", "triton-ieee"}  # the default before anything else
+    assert {kernel for _, kernel in calls[:24]} == {"torch", "triton-tf32x3"}  # the GPU's default before the rest
 
 
 def test_a_named_fast_mode_is_reported_as_measured_never_as_failed(device_run):

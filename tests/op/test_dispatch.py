@@ -34,6 +34,6 @@ def test_the_fused_precision_is_set_for_a_block_and_restored():
     with fused.precision("tf32x3"):
         assert fused._precision == "tf32x3"
     assert fused._precision == before
-    with pytest.raises(GainCellError, match="precision must be one of ieee, tf32, tf32x3, fp16, bf16"):
+    with pytest.raises(GainCellError, match="precision must be auto or one of ieee, tf32, tf32x3, fp16, bf16"):
         with fused.precision("fp8"):
             pass

@@ -1,4 +1,4 @@
-"""The fused Triton kernels, without a GPU.
+"""The fused Triton kernels (v2, the default, and v1 kept beside it), without a GPU.
 
 Run by the Triton interpreter on CPU tensors against the dense SPEC reference (tests/reference.py),
 the equations module and the torch banded form, values and gradients, over a grid of configs; and
@@ -86,6 +86,18 @@ def test_fused_equals_reference_equations_and_torch_form(interpreter, case):
     interpreter.submit(triton_worker.check_case, case).result()
 
 
+@pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[8]], ids=[CASES[i][0] for i in (1, 6, 8)])
+def test_first_kernels_stay_selectable_and_exact(interpreter, case):
+    """v1, kept for side-by-side timing, still computes the op (T > M with M % R ≠ 0, leakage, saturation)."""
+    interpreter.submit(triton_worker.check_case, case, 2, 8, "v1").result()
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[3]], ids=[CASES[i][0] for i in (2, 3)])
+def test_factorised_gradient_kernels_in_fp32(interpreter, case):
+    """v2's gradient kernels with the decay factorised (the 16-bit modes' form), at fp32 exactness."""
+    interpreter.submit(triton_worker.check_case_factorised_backward, case).result()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", SLOW_CASES, ids=[c[0] for c in SLOW_CASES])
 def test_fused_equals_references_over_cells_and_geometries(interpreter, case):
@@ -157,10 +169,31 @@ def test_auto_picks_triton_on_cuda_only_where_supported():
 
 
 def test_precision_is_one_of_the_named_modes():
-    with pytest.raises(GainCellError, match="precision must be one of ieee, tf32, tf32x3, fp16, bf16"):
+    with pytest.raises(GainCellError, match="precision must be auto or one of ieee, tf32, tf32x3, fp16, bf16"):
         fused.set_precision("fp8")
+    with pytest.raises(GainCellError, match="variant must be one of v1, v2"):
+        fused.set_variant("v3")
 
 
+def test_auto_precision_is_the_fastest_exact_enough_mode_on_cuda():
+    """H200, 2026-12-04 (device_run call1/call3): tf32x3 had no output a step off and ran 3x faster than
+    ieee, which was slower than the torch form; the interpreter keeps fp32 products."""
+    assert fused.resolve_precision("auto", torch.device("cuda")) == "tf32x3"
+    assert fused.resolve_precision("auto", torch.device("cpu")) == "ieee"
+    assert fused.resolve_precision("fp16", torch.device("cuda")) == "fp16"
+    with fused.precision("auto"), fused.variant("v1"):
+        assert (fused._precision, fused._variant) == ("auto", "v1")
+
+
+def test_large_leakage_takes_the_direct_decay():
+    """v2 factorises λ^(p·age) only where every factor stays within e^±4 (fp16's range with room)."""
+    assert fused.leak_mode(0.0, 3, 64) == 0
+    assert fused.leak_mode(1.6e-4, 3, 64) == 1
+    assert fused.leak_mode(0.05, 5, 16) == 1
+    assert fused.leak_mode(0.05, 3, 64) == 2
+
+
+@pytest.mark.parametrize("version", fused.VARIANTS)
 @pytest.mark.parametrize(
     ("kernel", "cell", "gradient", "leakage", "precision", "quantise", "save"),
     [
@@ -170,38 +203,42 @@ def test_precision_is_one_of_the_named_modes():
         ("grad_queries_kernel", "quintic", "exact", 0.0, "tf32x3", True, True),
         ("grad_stored_kernel", "polynomial", "exact", 1.6e-4, "ieee", True, True),
         ("grad_stored_kernel", "cubic", "surrogate", 0.0, "tf32", True, True),
+        ("grad_queries_kernel", "cubic", "exact", 1.6e-4, "fp16", True, True),  # v2: factorised gradients
+        ("grad_stored_kernel", "polynomial", "exact", 0.3, "bf16", True, True),  # v2: direct decay
     ],
 )
-def test_kernels_compile_for_sm90(compiler, kernel, cell, gradient, leakage, precision, quantise, save):
-    """Each kernel, each constexpr value at least once, at the smallest tiles (seconds each)."""
+def test_kernels_compile_for_sm90(compiler, kernel, cell, gradient, leakage, precision, quantise, save, version):
+    """Each kernel of each variant, each constexpr value at least once, at the smallest tiles (seconds each)."""
     config = triton_worker.structure_config(cell, gradient, leakage)
-    compiler.submit(triton_worker.compile_sm90, kernel, config, 8, precision, quantise, save, True).result()
+    compiler.submit(triton_worker.compile_sm90, kernel, config, 8, precision, quantise, save, True, version).result()
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("version", fused.VARIANTS)
 @pytest.mark.parametrize("kernel", ["forward_kernel", "grad_queries_kernel", "grad_stored_kernel"])
 @pytest.mark.parametrize("structure", STRUCTURES, ids=["-".join(s) for s in STRUCTURES])
-@pytest.mark.parametrize("leakage", [0.0, 1.6e-4])
+@pytest.mark.parametrize("leakage", [0.0, 1.6e-4, 0.3])
 @pytest.mark.parametrize("precision", fused.PRECISIONS)
-def test_every_kernel_configuration_compiles_for_sm90(compiler, kernel, structure, leakage, precision):
+def test_every_kernel_configuration_compiles_for_sm90(compiler, kernel, structure, leakage, precision, version):
     """Every structure the dispatcher can pick (cell powers × gradient model × leakage × dot precision,
-    and for the forward ADC rounding × saved masks), at the smallest tiles."""
+    and for the forward ADC rounding × saved masks), at the smallest tiles; ε = 0.3 is v2's direct decay."""
     config = triton_worker.structure_config(*structure, leakage)
     modes = itertools.product((True, False), (True, False)) if kernel == "forward_kernel" else [(True, True)]
     for quantise, save in modes:
-        compiler.submit(triton_worker.compile_sm90, kernel, config, 8, precision, quantise, save, True).result()
+        compiler.submit(triton_worker.compile_sm90, kernel, config, 8, precision, quantise, save, True, version).result()
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("version", fused.VARIANTS)
 @pytest.mark.parametrize("kernel", ["forward_kernel", "grad_queries_kernel", "grad_stored_kernel"])
 @pytest.mark.parametrize(("dim", "rows"), [(64, 64), (64, 16), (128, 64), (32, 64)])
 @pytest.mark.parametrize("precision", ["ieee", "tf32"])
-def test_gpu_tiles_compile_for_sm90_within_its_shared_memory(compiler, kernel, dim, rows, precision):
+def test_gpu_tiles_compile_for_sm90_within_its_shared_memory(compiler, kernel, dim, rows, precision, version):
     """The tiles a GPU run takes (the paper's cell, exact gradient: the most dots) fit an H100/H200;
     fp16, bf16 and tf32x3 share tf32's tiles (tf32x3's extra dots are the largest of them)."""
     config = triton_worker.structure_config("polynomial", "exact", 1.6e-4, rows)
     for mode in (precision,) if precision == "ieee" else ("tf32", "tf32x3", "bf16"):
-        compiler.submit(triton_worker.compile_sm90, kernel, config, dim, mode).result()
+        compiler.submit(triton_worker.compile_sm90, kernel, config, dim, mode, version=version).result()
 
 
 @pytest.mark.parametrize("leakage", [0.0, 1.6e-4])

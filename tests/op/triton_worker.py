@@ -76,8 +76,30 @@ def assert_gradients_close(fast, ref, what, tolerance=1e-4):
         assert error <= tolerance, f"{what}: gradient {index} relative error {error:.2e}"
 
 
-def check_case(case, heads=2, dim=8) -> dict:
-    """The fused kernel against the SPEC reference, the equations and the torch form: values, gradients."""
+def check_case(case, heads=2, dim=8, version="v2") -> dict:
+    """The fused kernel (``version``) against the SPEC reference, the equations and the torch form:
+    values, gradients."""
+    from gaincell.op.kernels import fused
+
+    with fused.variant(version):
+        return _check_case(case, heads, dim)
+
+
+def check_case_factorised_backward(case) -> dict:
+    """:func:`check_case` with v2's gradient kernels factorising the decay in fp32 (on a GPU only the
+    16-bit modes do: ``fused.SPLIT_BACKWARD``), held to the fp32 rule."""
+    from gaincell.op.kernels import fused
+
+    saved = set(fused.SPLIT_BACKWARD)
+    fused.SPLIT_BACKWARD.add("ieee")
+    try:
+        return check_case(case)
+    finally:
+        fused.SPLIT_BACKWARD.clear()
+        fused.SPLIT_BACKWARD.update(saved)
+
+
+def _check_case(case, heads, dim) -> dict:
     name, kind, length, window, rows, leakage, gradient, changes = case
     config = config_for(kind, length, window, rows, leakage, gradient, changes)
     (q, k, v), scalers = inputs(heads, length, dim)
@@ -139,22 +161,25 @@ def structure_config(cell: str, gradient: str, leakage: float, rows: int = 64):
     return preset("paper", leakage=leakage, gradient=gradient, cell=CellConfig(kind=cell), subtile_rows=rows)
 
 
-def compile_sm90(kernel: str, config, dim: int, precision: str, quantise=True, save=True, small_tiles=False) -> int:
-    """Compile one kernel configuration for sm_90 (cubin) on this CPU; returns its shared memory in bytes."""
+def compile_sm90(
+    kernel: str, config, dim: int, precision: str, quantise=True, save=True, small_tiles=False, version="v2"
+) -> dict:
+    """Compile one kernel configuration of ``version`` for sm_90 (cubin) on this CPU; returns what the
+    build uses: shared memory (bytes), registers and stack (spilled) bytes per thread."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     from gaincell.op.kernels import fused
 
-    fn = getattr(fused.kernels(), kernel)
+    fn = getattr(fused.kernels(version), kernel)
     plan = fused.make_fused_plan(config)
-    blocks = fused.block_sizes(plan, dim, small_tiles, precision, kernel.removesuffix("_kernel"))
+    blocks, structure = fused._launch(plan, dim, small_tiles, precision, kernel.removesuffix("_kernel"), version)
     options = {"num_warps": blocks.pop("num_warps")}
-    constexprs = {**plan.constexprs(), **blocks, "DOT": precision}
+    constexprs = {**structure, **blocks, "DOT": precision}
     if kernel == "forward_kernel":
         constexprs = {key: constexprs[key] for key in ("POWERS", "NP", "CONST", "LEAK", "DOT", "BT", "BN", "BD", "WORD")}
         constexprs.update(QUANT=quantise, SAVE=save)
-    integers = {"T", "D", "M", "R", "NSUB", "CHUNKS"}
+    integers = {"T", "D", "M", "R", "NSUB", "CHUNKS", "CH"}
     signature = {}
     for arg in fn.arg_names:
         if arg in constexprs:
@@ -169,7 +194,26 @@ def compile_sm90(kernel: str, config, dim: int, precision: str, quantise=True, s
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     assert compiled.asm["cubin"], f"{kernel}: no cubin"
     assert compiled.metadata.shared <= SM90_SHARED, f"{kernel}: {compiled.metadata.shared} B of shared memory"
-    return compiled.metadata.shared
+    return {"shared": compiled.metadata.shared, **_registers(compiled.asm["cubin"])}
+
+
+def _registers(cubin: bytes) -> dict:
+    """Registers, stack and spill bytes per thread of a cubin, from the cuobjdump that triton ships."""
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        text = subprocess.run([str(tool), "-res-usage", file.name], capture_output=True, text=True).stdout
+    return {key.lower(): int(value) for key, value in re.findall(r"(REG|STACK|LOCAL):(\d+)", text)}
 
 
 def precision_shares(precision: str, leakage: float, length=40, dim=16) -> dict:
@@ -180,11 +224,8 @@ def precision_shares(precision: str, leakage: float, length=40, dim=16) -> dict:
     config = preset("paper", window=24, subtile_rows=8, leakage=leakage)
     (q, k, v), scalers = inputs(2, length, dim)
     weight = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
-    fused.set_precision(precision)
-    try:
+    with fused.precision(precision):
         fast, fast_grads = _run(gain_cell_attention, q, k, v, scalers, config, weight, kernel="triton")
-    finally:
-        fused.set_precision("ieee")
     ref, ref_grads = _run(gain_cell_attention, q, k, v, scalers, config, weight, kernel="torch")
     scale = scalers.a_o.detach().abs()[None, :, None, None]
     steps = ((fast.double() - ref.double()).abs() / (scale * ADC_STEP)).flatten()
