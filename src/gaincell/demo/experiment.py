@@ -65,7 +65,7 @@ class DemoConfig:
     heads: int = 4
     vocab_size: int = 4096
     batch_size: int = 8
-    pretrain_steps: int = 600
+    pretrain_steps: int = 400
     pretrain_lr: float = 1e-3
     linear_steps: int = 100
     nonlinear_steps: int = 200
