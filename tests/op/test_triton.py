@@ -1,4 +1,4 @@
-"""The fused Triton kernels (v2, the default, and v1 kept beside it), without a GPU.
+"""The fused Triton kernels (v1, the default, and v2, opt-in until a GPU has run it), without a GPU.
 
 Run by the Triton interpreter on CPU tensors against the dense SPEC reference (tests/reference.py),
 the equations module and the torch banded form, values and gradients, over a grid of configs; and
