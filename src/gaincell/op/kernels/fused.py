@@ -69,14 +69,19 @@ def set_precision(name: str) -> None:
 
 
 @contextlib.contextmanager
-def precision(name: str):
-    """The fused kernels' dot precision inside a ``with`` block, then the previous one again."""
-    global _precision
-    previous, _precision = _precision, _check_precision(name, "precision")
+def _temporarily(setting: str, value: str):
+    """A module setting (``_precision``, ``_variant``) set inside a ``with`` block, then the previous value again."""
+    previous = globals()[setting]
+    globals()[setting] = value
     try:
         yield
     finally:
-        _precision = previous
+        globals()[setting] = previous
+
+
+def precision(name: str):
+    """The fused kernels' dot precision inside a ``with`` block, then the previous one again."""
+    return _temporarily("_precision", _check_precision(name, "precision"))
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -92,15 +97,9 @@ def set_variant(name: str) -> None:
     _variant = _check_variant(name, "variant")
 
 
-@contextlib.contextmanager
 def variant(name: str):
     """The fused kernels' variant inside a ``with`` block, then the previous one again."""
-    global _variant
-    previous, _variant = _variant, _check_variant(name, "variant")
-    try:
-        yield
-    finally:
-        _variant = previous
+    return _temporarily("_variant", _check_variant(name, "variant"))
 
 
 def _check_variant(name, where: str) -> str:

@@ -232,6 +232,29 @@ def _keys(K, V, bh, n, end, d, T, D):
 
 
 @triton.jit
+def _chunk_scores(K, V, bh, t, t0, d, q, q_sum, rise, key_ramp, round_, s, c, T, D, M, R, eps, COEF, beta0,
+                  POWERS: tl.constexpr, NP: tl.constexpr, CONST: tl.constexpr, LEAK: tl.constexpr,
+                  DOT: tl.constexpr, BN: tl.constexpr):  # fmt: skip
+    """One step of the band walk that the forward and the dQ kernel share: chunk c of sub-tile s in round
+    ``round_`` (its keys k~, v~), which keys each query sees, the decay in the form ``LEAK`` picks, and
+    the first product S with the cell's constant term."""
+    base = round_ * M + s * R
+    n0 = base + c * BN
+    end = tl.minimum(base + tl.minimum(R, M - s * R), T)
+    n = n0 + tl.arange(0, BN)
+    k, v = _keys(K, V, bh, n, end, d, T, D)
+    visible, decay = _tile(t, n, T, M, eps, LEAK == 2)
+    visible = visible & (n < end)[None, :]
+    fall = _shifted(key_ramp, eps * (n0 - t0).to(tl.float32), LEAK)  # ≤ e^(ε(BT + BN)): n < t0 + BT visible
+    if LEAK == 3:
+        decay = rise[:, None] * fall[None, :]
+    scores = _first(q, k, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
+    if CONST:
+        scores += beta0 * q_sum[:, None]
+    return k, v, visible, decay, fall, scores
+
+
+@triton.jit
 def forward_kernel(
     Q,
     K,
@@ -287,19 +310,10 @@ def forward_kernel(
     rise = _rise(t, t0, eps, LEAK)
     key_ramp = _ramp(BN, eps, LEAK)
     for i in range(0, total):
-        base = (round0 + lap + k_round) * M + s * R
-        n0 = base + c * BN
-        end = tl.minimum(base + tl.minimum(R, M - s * R), T)
-        n = n0 + tl.arange(0, BN)
-        k, v = _keys(K, V, bh, n, end, d, T, D)
-        visible, decay = _tile(t, n, T, M, eps, LEAK == 2)
-        visible = visible & (n < end)[None, :]
-        fall = _shifted(key_ramp, eps * (n0 - t0).to(tl.float32), LEAK)  # ≤ e^(ε(BT + BN)): n < t0 + BT visible
-        if LEAK == 3:
-            decay = rise[:, None] * fall[None, :]
-        scores = _first(q, k, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
-        if CONST:
-            scores += beta0 * q_sum[:, None]
+        k, v, visible, decay, fall, scores = _chunk_scores(
+            K, V, bh, t, t0, d, q, q_sum, rise, key_ramp, round0 + lap + k_round, s, c, T, D, M, R, eps, COEF, beta0,
+            POWERS, NP, CONST, LEAK, DOT, BN,
+        )  # fmt: skip
         widths = tl.where(visible, tl.minimum(tl.maximum(scores, 0.0), s_sat), 0.0)
         partial += _second(widths, v, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
         if CONST:
@@ -372,19 +386,10 @@ def grad_queries_kernel(
     rise = _rise(t, t0, eps, LEAK)
     key_ramp = _ramp(BN, eps, LEAK)
     for _ in range(0, total):
-        base = (round0 + lap + k_round) * M + s * R
-        n0 = base + c * BN
-        end = tl.minimum(base + tl.minimum(R, M - s * R), T)
-        n = n0 + tl.arange(0, BN)
-        k, v = _keys(K, V, bh, n, end, d, T, D)
-        visible, decay = _tile(t, n, T, M, eps, LEAK == 2)
-        visible = visible & (n < end)[None, :]
-        fall = _shifted(key_ramp, eps * (n0 - t0).to(tl.float32), LEAK)  # ≤ e^(ε(BT + BN)): n < t0 + BT visible
-        if LEAK == 3:
-            decay = rise[:, None] * fall[None, :]
-        scores = _first(q, k, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
-        if CONST:
-            scores += beta0 * q_sum[:, None]
+        k, v, visible, decay, fall, scores = _chunk_scores(
+            K, V, bh, t, t0, d, q, q_sum, rise, key_ramp, round0 + lap + k_round, s, c, T, D, M, R, eps, COEF, beta0,
+            POWERS, NP, CONST, LEAK, DOT, BN,
+        )  # fmt: skip
         unsaturated = visible & (scores >= 0.0) & (scores <= s_sat)
         g = grad_out * _load_passes(PASS, s, bh, t, rows, T, BD, WORD)
         grad_scores = _first(g, v, rise, fall, decay, GCOEF, GPOWERS, GNP, LEAK, DOT)
