@@ -17,6 +17,8 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "device_run.py"
+#: What the tests that take the ``shared_data`` fixture read (the fixture is per module, so the mark is too).
+pytestmark = pytest.mark.needs_data("models/stories260K")
 #: What a CPU cannot do, recorded as such rather than failing the run.
 EXPECTED_ON_CPU = ("FlexAttention does not support backward on CPU",)
 
@@ -205,7 +207,6 @@ def test_the_rows_budget_is_capped_in_epochs_of_the_training_text(device_run):
     assert device_run.budget_steps(0.1, 0.5, 4096, 250_000)[0] == 2  # at least two steps
 
 
-@pytest.mark.needs_data("models/stories260K")
 def test_part_f_samples_a_models_own_text_from_the_carried_openings(device_run, shared_data, tmp_path):
     """SmolLM2's training text on the GPU is its own samples; here the same code on stories260K on the CPU."""
     prompts = tmp_path / "prompts.txt"
