@@ -22,11 +22,13 @@ registers until its ADC (the source is :mod:`~gaincell.op.kernels.fused_kernels`
   ``$GAINCELL_TRITON_PRECISION``), all accumulating in fp32. The ADC rounds, so a dot's rounding
   can move an output by one ADC step; the tests bound how often (``ieee`` within the banded form's
   rule; the share for ``fp16`` is measured by the tests, the others need a GPU).
-- Variant: ``v1`` by default (the first kernels, the ones measured on a GPU); ``v2``
-  (:mod:`~gaincell.op.kernels.fused_kernels_v2`: one flat pipelinable loop over the band, the decay
-  factorised around an anchor) is built and tested without a GPU but not yet run on one, so it is opt-in
-  until a device run times and checks it beside v1 (:data:`VARIANTS`, :func:`set_variant`, :func:`variant`,
-  ``$GAINCELL_TRITON_VARIANT``).
+- Variant: ``v2`` by default (:mod:`~gaincell.op.kernels.fused_kernels_v2`: one flat pipelinable loop
+  over the band, the decay factorised around an anchor). The second H200 run (2026-12-04,
+  ``benchmarks/results/device-run-h200-2026-12-04-second``) held it to the rule on all 12 geometries
+  of the GPU check (48 of 48 pass, tf32x3 and ieee) and timed it 1.03–1.11× faster than ``v1`` in
+  forward + backward (fp16/bf16/tf32/tf32x3, B = 8 and 1, T = 1024–16384). ``v1`` (sub-tile → round →
+  chunk loops, direct per-tile decay) stays selectable for side-by-side timing (:data:`VARIANTS`,
+  :func:`set_variant`, :func:`variant`, ``$GAINCELL_TRITON_VARIANT``).
 - Not here (the dispatcher falls back to the banded form): read noise, cell variability, float64,
   cells whose polynomial has degree > :data:`MAX_DEGREE` (the fitted sigmoid and exp cells).
 """
@@ -53,13 +55,13 @@ PRECISIONS = ("ieee", "tf32", "tf32x3", "fp16", "bf16")
 #: What ``auto`` (the default) means: on CUDA the fastest mode measured within tolerance (H200,
 #: 2026-12-04: tf32x3, no output a step off; ieee was slower than the torch form), else ieee.
 AUTO_PRECISION = {"cuda": "tf32x3", "interpreter": "ieee"}
-#: Kernel versions: ``v1`` the first (sub-tile → round → chunk loops, direct per-tile decay; the default,
-#: measured on a GPU), ``v2`` (one flat loop over the band, the decay factorised around an anchor; opt-in
-#: until a GPU run has checked and timed it).
+#: Kernel versions: ``v1`` the first (sub-tile → round → chunk loops, direct per-tile decay), ``v2`` (one flat
+#: loop over the band, the decay factorised around an anchor; the default since a GPU run checked it exact and
+#: timed it faster than v1, 2026-12-04).
 VARIANTS = ("v1", "v2")
 
 _precision = os.environ.get("GAINCELL_TRITON_PRECISION", "auto") or "auto"
-_variant = os.environ.get("GAINCELL_TRITON_VARIANT", "v1") or "v1"
+_variant = os.environ.get("GAINCELL_TRITON_VARIANT", "v2") or "v2"
 
 
 def set_precision(name: str) -> None:
@@ -114,7 +116,7 @@ def _check_precision(name, where: str) -> str:
     return name
 
 
-def kernels(version: str = "v1"):
+def kernels(version: str = "v2"):
     """The kernels module of ``version`` (:mod:`~gaincell.op.kernels.fused_kernels` for v1,
     :mod:`~gaincell.op.kernels.fused_kernels_v2` for v2), imported on first use so that gaincell
     imports without triton.
@@ -149,7 +151,7 @@ class FusedPlan:
         powers = sum(1 << p for p, c in enumerate(coefficients) if p and c)
         return {"POWERS": powers, "NP": max(powers.bit_length() - 1, 1), "CONST": bool(coefficients[0])}
 
-    def constexprs(self, version: str = "v1", tile: int = 16) -> dict:
+    def constexprs(self, version: str = "v2", tile: int = 16) -> dict:
         """The kernels' structure constexprs; ``LEAK`` is on/off for v1, :func:`leak_mode` for v2."""
         main, grad = self._structure(self.coefficients), self._structure(self.grad_coefficients)
         leak = bool(self.leakage) if version == "v1" else leak_mode(self.leakage, max(main["NP"], grad["NP"]), tile)
@@ -227,7 +229,7 @@ TILES = {
 
 
 def block_sizes(
-    plan: FusedPlan, dim: int, interpret: bool, precision: str = "ieee", kernel: str = "forward", version: str = "v1"
+    plan: FusedPlan, dim: int, interpret: bool, precision: str = "ieee", kernel: str = "forward", version: str = "v2"
 ) -> dict:
     """Tile sizes (BT queries × BN keys × BD features, WORD bits per saved mask word) and warps of
     ``kernel`` (``forward`` | ``grad_queries`` | ``grad_stored``) in ``version``; tl.dot needs every
