@@ -51,8 +51,13 @@ def test_no_page_counts_a_git_ignored_path_as_part_of_the_repository():
     named = {span for page in PAGES for span in _code_spans(page.read_text()) if _is_path(span)}
     found = sorted(span for span in named if (ROOT / span).exists())
     assert found  # the pages do name repository paths
-    ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--stdin"], input="\n".join(found),
-                             capture_output=True, text=True, check=False)
+    ignored = subprocess.run(
+        ["git", "-C", str(ROOT), "check-ignore", "--stdin"],
+        input="\n".join(found),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert ignored.returncode in (0, 1), ignored.stderr  # 1: none ignored; 128: not a git checkout
     assert not ignored.stdout.split(), f"pages name git-ignored paths as if in the repository: {ignored.stdout.split()}"
 

@@ -50,25 +50,25 @@ def test_the_gguf_halves_join_to_the_whole_and_each_carries_every_sum(carry, tmp
 def test_the_commands_fit_the_tool_and_keep_the_first_half_for_the_second_call(carry):
     first, second = carry.commands("abc1234", 370, 370)
     assert len(first) <= 2000 and len(second) <= 2000
-    assert "cp .device-carry/gguf-1/* /tmp/gc/" in first and "--parts a,c,e,d,b --budget-s 335" in first
+    assert "cp .device-carry/gguf-1/* /tmp/gc/" in first and "--parts g,a,b,d,f --f-models stories --budget-s 335" in first
     assert f"cat {carry.GGUF}.1 {carry.GGUF}.2 > {carry.GGUF} && sha256sum -c SHA256SUMS" in second
     assert f"GAINCELL_SMOLLM2_GGUF=/tmp/gc/{carry.GGUF}" in second
-    assert "--parts f --f-models stories,smollm2 --budget-s 325" in second
+    assert "--parts f --f-models smollm2 --budget-s 325" in second
     for command in (first, second):  # the wheels installed as the device README says, and nothing fetched
         assert carry.PIP_INSTALL + " .device-carry/whl/*.whl && export PYTHONPATH=/tmp/site" in command
         assert "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 GAINCELL_COMMIT=abc1234" in command
 
 
 def test_the_commands_ask_device_run_for_parts_and_models_it_has(carry):
-    """Call 1 runs every part but f, its decode (c) and test subset (a) before the op's timings (b, last: it
-    takes what is left); call 2 runs part f for both models. Each within its timeout, less a margin."""
+    """Call 1 tunes the kernels (g) before checking (a) and timing (b) them, then training (d) and part f for
+    stories260K; call 2 runs part f for SmolLM2 alone. Each within its timeout, less a margin."""
     import re
 
     spec = importlib.util.spec_from_file_location("device_run", SCRIPT.parent / "device_run.py")
     device_run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(device_run)
     first, second = carry.commands("abc1234", 370, 370)
-    for command, parts, models in ((first, "a,c,e,d,b", None), (second, "f", "stories,smollm2")):
+    for command, parts, models in ((first, "g,a,b,d,f", "stories"), (second, "f", "smollm2")):
         assert re.search(r"--parts (\S+)", command).group(1) == parts
         assert set(parts.split(",")) <= set(device_run.PARTS)
         found = re.search(r"--f-models (\S+)", command)

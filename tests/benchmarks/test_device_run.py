@@ -47,7 +47,7 @@ def _has_stories() -> bool:
 
 def test_the_dry_run_runs_every_part_and_writes_the_json_and_table(tmp_path):
     results = _run(tmp_path, "--dry-run", "--out", str(tmp_path))
-    assert list(results["parts"]) == ["a", "b", "c", "d", "e", "f"]
+    assert list(results["parts"]) == ["a", "b", "c", "d", "e", "f", "g"]
     assert results["environment"]["dry_run"] and results["environment"]["device"] == "cpu"
     if _has_stories():
         _check_part_f(results["parts"]["f"], tmp_path)
@@ -73,7 +73,9 @@ def test_the_dry_run_runs_every_part_and_writes_the_json_and_table(tmp_path):
     assert set(results["parts"]["d"]["cases"]) == {"smollm2-shape/softmax", "smollm2-shape/gaincell"}
     assert next(iter(results["parts"]["e"]["cases"].values()))["measured"]["latency_step_s"] > 0
     table = (tmp_path / "device_run.md").read_text()
-    assert table.startswith("# gaincell device run") and table.count("## ") == 6
+    profiles = [case for key, case in results["parts"]["g"]["cases"].items() if "/profile/" in key]
+    assert profiles[-1]["kernels"] and profiles[-1]["total_ms"] > 0  # the torch form's; the others need CUDA
+    assert table.startswith("# gaincell device run") and table.count("## ") == 7
     assert results["elapsed_s"] < results["budget_s"]  # about 15 s on one busy core, and part f's 25 s
 
 
@@ -170,7 +172,7 @@ def test_part_a_checks_the_default_everywhere_first_and_the_named_fast_modes_on_
     run.part = run.results["parts"]["a"] = {"title": "a"}
     device_run.part_a(run)
     by_kernel = {kernel: [length for length, k in calls if k == kernel] for kernel in dict.fromkeys(k for _, k in calls)}
-    for kernel in ("torch", "triton-tf32x3", "triton-ieee", "triton-v1-tf32x3"):  # 2 cells × leakage × 3 geometries
+    for kernel in ("torch", "triton-tf32x3", "triton-ieee"):  # 2 cells × leakage × 3 geometries
         assert sorted(by_kernel[kernel]) == sorted([37, 157, 300] * 4), kernel
     for kernel in ("triton-tf32", "triton-fp16", "triton-bf16"):
         assert by_kernel[kernel] == [157] * 4, kernel
@@ -217,3 +219,43 @@ def test_part_f_samples_a_models_own_text_from_the_carried_openings(device_run, 
     assert found["sequences"] == 2 and found["bytes"] == len(out.read_bytes()) > 0
     texts = [text for text in out.read_text().split("\n\n") if text]
     assert len(texts) == 2 and texts[0].startswith("Once upon a time") and texts[1].startswith("The little dog")
+
+
+def test_part_g_times_every_tile_candidate_and_applies_the_fastest_for_the_rest_of_the_run(
+    device_run, tmp_path, monkeypatch
+):
+    """On the CPU the fused op runs as the torch form, so each candidate is timed, and the part keeps the
+    fastest of each kernel and mode in fused.TILES (restored after this test), today's tiles timed first."""
+    import copy
+
+    from gaincell import gain_cell_attention
+    from gaincell.op.kernels import fused
+
+    monkeypatch.setattr(fused, "TILES", copy.deepcopy(fused.TILES))
+    before = copy.deepcopy(fused.TILES)
+    read = []
+
+    def as_torch(q, k, v, scalers, config, precision):
+        read.append(dict(fused.TILES["v2"][fused.tile_key("v2", precision)]))
+        return gain_cell_attention(q, k, v, scalers, config, kernel="torch")
+
+    monkeypatch.setattr(device_run, "_fused", as_torch)
+    run = device_run.Run(tmp_path, torch.device("cpu"), budget_s=120, dry=True)
+    run.part = run.results["parts"]["g"] = {"title": "g"}
+    device_run.part_g(run)
+    cases = run.part["cases"]
+    for precision in device_run.G_PRECISIONS:
+        key = fused.tile_key("v2", precision)
+        assert cases[f"B=2/T=64/profile/{precision}"]["kernels"]
+        for kernel, candidates in device_run.G_TILES.items():
+            current = before["v2"][key][kernel]
+            timed = [k for k in cases if k.startswith(f"B=2/T=64/{precision}/{kernel}/")]
+            labels = ["x".join(map(str, tile)) for tile in dict.fromkeys((current, *candidates))]
+            assert [k.rsplit("/", 1)[1] for k in timed] == labels  # today's first, each once
+            assert all(cases[k]["ms"] > 0 for k in timed)
+            applied = run.part["applied"][f"{precision}/{kernel}"]
+            assert applied["was"] == list(current) and applied["speedup"] >= 1
+            best = min(timed, key=lambda k: cases[k]["ms"])
+            assert "x".join(map(str, applied["tiles"])) == best.rsplit("/", 1)[1]
+            assert fused.TILES["v2"][key][kernel] == tuple(applied["tiles"])
+    assert any(tiles["forward"] == (128, 64, 8) for tiles in read)  # a candidate was in place while it ran

@@ -222,6 +222,41 @@ def test_kernels_compile_for_sm90(compiler, kernel, cell, gradient, leakage, pre
     compiler.submit(triton_worker.compile_sm90, kernel, config, 8, precision, quantise, save, True, version).result()
 
 
+def _device_run():
+    """benchmarks/device_run.py as a module (part g's tile candidates)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "device_run_tiles", Path(__file__).resolve().parents[2] / "benchmarks" / "device_run.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_PART_G = _device_run()
+TILE_CANDIDATES = [
+    (precision, kernel, tile)
+    for precision in _PART_G.G_PRECISIONS
+    for kernel, tiles in _PART_G.G_TILES.items()
+    for tile in tiles
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("precision", "kernel", "tile"), TILE_CANDIDATES, ids=[
+    f"{p}-{k}-{'x'.join(map(str, t))}" for p, k, t in TILE_CANDIDATES
+])  # fmt: skip
+def test_every_tile_candidate_of_the_device_run_compiles_for_sm90(compiler, precision, kernel, tile):
+    """What part g of the device run times on a GPU builds for sm_90 within its shared memory (a build
+    that does not would cost the device a compilation and record an error)."""
+    built = compiler.submit(triton_worker.compile_sm90_tiles, f"{kernel}_kernel", precision, tile).result()
+    assert built["shared"] <= triton_worker.SM90_SHARED
+    if len(tile) > 4 and "reg" in built:
+        assert built["reg"] <= tile[4]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("version", fused.VARIANTS)
 @pytest.mark.parametrize("kernel", ["forward_kernel", "grad_queries_kernel", "grad_stored_kernel"])

@@ -174,7 +174,7 @@ def compile_sm90(
     fn = getattr(fused.kernels(version), kernel)
     plan = fused.make_fused_plan(config)
     blocks, structure = fused._launch(plan, dim, small_tiles, precision, kernel.removesuffix("_kernel"), version)
-    options = {"num_warps": blocks.pop("num_warps")}
+    options = {key: blocks.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in blocks}
     constexprs = {**structure, **blocks, "DOT": precision}
     if kernel == "forward_kernel":
         constexprs = {key: constexprs[key] for key in ("POWERS", "NP", "CONST", "LEAK", "DOT", "BT", "BN", "BD", "WORD")}
@@ -195,6 +195,20 @@ def compile_sm90(
     assert compiled.asm["cubin"], f"{kernel}: no cubin"
     assert compiled.metadata.shared <= SM90_SHARED, f"{kernel}: {compiled.metadata.shared} B of shared memory"
     return {"shared": compiled.metadata.shared, **_registers(compiled.asm["cubin"])}
+
+
+def compile_sm90_tiles(kernel: str, precision: str, tile: tuple, leakage: float = 1.6e-4) -> dict:
+    """:func:`compile_sm90` of v2's ``kernel`` (paper preset, D = R = 64) with ``tile`` in place of
+    today's (BT, BN, warps[, stages]) for ``precision``: a candidate of the device run's tile search."""
+    from gaincell.op.kernels import fused
+
+    key = fused.tile_key("v2", precision)
+    saved = fused.TILES["v2"][key][kernel.removesuffix("_kernel")]
+    fused.TILES["v2"][key][kernel.removesuffix("_kernel")] = tuple(tile)
+    try:
+        return compile_sm90(kernel, preset("paper", leakage=leakage), 64, precision)
+    finally:
+        fused.TILES["v2"][key][kernel.removesuffix("_kernel")] = saved
 
 
 def _registers(cubin: bytes) -> dict:

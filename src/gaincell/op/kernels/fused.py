@@ -207,10 +207,12 @@ def _pow2(n: int, least: int = 16) -> int:
     return max(least, 1 << max(n - 1, 0).bit_length())
 
 
-#: (BT queries, BN keys, warps) per kernel at D ≤ 64, per variant: fp32 (``ieee``) dots run on FMA
-#: units with operands replicated across threads, so their tiles stay small (sm_90 builds of 32 × 32
-#: put kilobytes per thread on the stack); tensor-core modes take the largest tiles whose sm_90 builds
-#: keep the stack near 150 bytes per thread or less. Read from builds on a CPU, not timed.
+#: (BT queries, BN keys, warps[, pipeline stages[, registers per thread at most]]; Triton's defaults where left
+#: out) per kernel at D ≤ 64, per
+#: variant: fp32 (``ieee``) dots run on FMA units with operands replicated across threads, so their tiles
+#: stay small (sm_90 builds of 32 × 32 put kilobytes per thread on the stack); tensor-core modes take the
+#: largest tiles whose sm_90 builds keep the stack near 150 bytes per thread or less. Read from builds on
+#: a CPU, not timed; benchmarks/device_run.py part g times candidates on a GPU.
 TILES = {
     "v1": {
         "ieee": {"forward": (32, 16, 4), "grad_queries": (32, 16, 4), "grad_stored": (32, 16, 4)},
@@ -234,16 +236,21 @@ def block_sizes(
     """Tile sizes (BT queries × BN keys × BD features, WORD bits per saved mask word) and warps of
     ``kernel`` (``forward`` | ``grad_queries`` | ``grad_stored``) in ``version``; tl.dot needs every
     side ≥ 16 on a GPU."""
-    features = _pow2(dim)
+    features, options = _pow2(dim), ()
     if interpret:
         queries, keys, warps = 16, 16, 4
     else:
-        tiles = TILES[version]
-        queries, keys, warps = tiles[precision if precision in tiles else "tensor cores"][kernel]
+        queries, keys, warps, *options = TILES[version][tile_key(version, precision)][kernel]
         if features >= 128:  # twice the columns: half the rows
             queries, keys = max(16, queries // 2), max(16, keys // 2)
         keys = min(keys, _pow2(plan.subtile_rows))
-    return {"BT": queries, "BN": keys, "BD": features, "WORD": min(32, features), "num_warps": warps}
+    blocks = {"BT": queries, "BN": keys, "BD": features, "WORD": min(32, features), "num_warps": warps}
+    return blocks | dict(zip(("num_stages", "maxnreg"), options, strict=False))
+
+
+def tile_key(version: str, precision: str) -> str:
+    """The entry of :data:`TILES` ``[version]`` that ``precision`` reads (its own, else ``tensor cores``)."""
+    return precision if precision in TILES[version] else "tensor cores"
 
 
 @functools.lru_cache(maxsize=64)
