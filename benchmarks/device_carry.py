@@ -4,14 +4,15 @@ A lent GPU gets this repository's working tree and at most 8 ignored paths named
 all per call, and no network. Part f of ``benchmarks/device_run.py`` needs more than the tree: the
 ``datasets`` package and the two it needs beyond the device image (``dill``, ``multiprocess``), ``gguf``
 for SmolLM2's file, the shared data files it reads, and SmolLM2's GGUF, 98 MB: more than one call carries.
-So the GGUF travels in two halves: call 1 carries the first, keeps it in /tmp and runs parts g, a, b, d and f
-for stories260K (g first: it tunes the kernels' tiles and leaves the fastest in place for a to check and b to
-time); call 2, made at once after call 1 returns (a machine stays warm 30 s after a call, and /tmp with it),
+So the GGUF travels in two halves: call 1 carries the first, keeps it in /tmp and runs parts g, a, c, b, d and
+f for stories260K (g first: it tunes the kernels' tiles and leaves the fastest in place for a to check and b to
+time; c because a decode step now runs the fused kernel, one launch per layer, where the torch step took
+~100); call 2, made at once after call 1 returns (a machine stays warm 30 s after a call, and /tmp with it),
 carries the second, joins them, checks the sha256 and runs part f for SmolLM2 alone (the second H200 run shared
 that call with stories260K, and SmolLM2's own samples and setup left its rows 2 steps). If the machine went back
-in between, the joined file fails its check and part f records SmolLM2 as not run, and why. Parts c (decode)
-and e (``hw --measure``) are out of the plan: both H200 runs measured them and nothing they time has changed
-since; ``--parts`` brings them back.
+in between, the joined file fails its check and part f records SmolLM2 as not run, and why. Part e
+(``hw --measure``) is out of the plan: both H200 runs measured it and nothing it times has changed since;
+``--parts`` brings it back.
 
     python benchmarks/device_carry.py [--data DIR] [--call1-s 370] [--call2-s 370]
 
@@ -176,8 +177,8 @@ def tree_size() -> int:
 
 
 def commands(commit: str, call1_s: int, call2_s: int) -> tuple[str, str]:
-    """The two device commands. Call 1 keeps the first half in /tmp/gc and runs parts g, a, b, d and f for
-    stories260K; call 2 joins the halves, checks them and runs part f for SmolLM2 (each row's budget capped in
+    """The two device commands. Call 1 keeps the first half in /tmp/gc and runs parts g, a, c, b, d and f
+    for stories260K; call 2 joins the halves, checks them and runs part f for SmolLM2 (each row's budget capped in
     epochs of its text). Each installs the wheels (seconds), keeps its log in $OUT/log.txt and leaves its run a
     margin for Python's start, the install, the join and the final table (today 9–14 s)."""
 
@@ -186,7 +187,7 @@ def commands(commit: str, call1_s: int, call2_s: int) -> tuple[str, str]:
                 f"{''.join(e + ' ' for e in exports)}HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 GAINCELL_COMMIT={commit} "
                 "PYTHONUNBUFFERED=1 && python3 benchmarks/device_run.py --out $OUT")  # fmt: skip
 
-    first = (f"set -o pipefail; mkdir -p /tmp/gc && cp {CARRY}/gguf-1/* /tmp/gc/; {setup()} --parts g,a,b,d,f "
+    first = (f"set -o pipefail; mkdir -p /tmp/gc && cp {CARRY}/gguf-1/* /tmp/gc/; {setup()} --parts g,a,c,b,d,f "
              f"--f-models stories --budget-s {call1_s - 35} 2>&1 | tee $OUT/log.txt")  # fmt: skip
     second = (f"set -o pipefail; mkdir -p /tmp/gc && cp {CARRY}/gguf-2/* /tmp/gc/ && (cd /tmp/gc && cat {GGUF}.1 "
               f"{GGUF}.2 > {GGUF} && sha256sum -c SHA256SUMS) 2>&1 | tee $OUT/log.txt; "
@@ -199,7 +200,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=data_dir(), help="the shared data folder (default: $GAINCELL_DATA)")
     parser.add_argument(
-        "--call1-s", type=int, default=370, help="call 1's timeout_s (parts g, a, b, d, f for stories260K; default 370)"
+        "--call1-s", type=int, default=370, help="call 1's timeout_s (parts g, a, c, b, d, f for stories260K; default 370)"
     )
     parser.add_argument("--call2-s", type=int, default=370, help="call 2's timeout_s (part f for SmolLM2; default 370)")
     args = parser.parse_args()

@@ -1021,13 +1021,13 @@ def step_seconds(experiment, batch: int, mixed_precision: str, run: Run) -> dict
     return found
 
 
-#: Shares, from the two H200 runs' times (docs/benchmarks.md): the device's call 1 runs g,a,b,d,f for stories260K
-#: (g's tiles then checked by a and timed by b; about 75, 37, 88, 10 and 125 s at a budget of 335), call 2 part f
-#: for SmolLM2; c and e (measured twice, unchanged since) only when asked.
+#: Shares, from the two H200 runs' times (docs/benchmarks.md): the device's call 1 runs g,a,c,b,d,f for stories260K
+#: (g's tiles then checked by a and timed by c and b; about 67, 34, 45, 67, 9 and 112 s at a budget of 335), call
+#: 2 part f for SmolLM2; e (measured twice, unchanged since) only when asked.
 PARTS = {  # letter -> (title, share of the budget, function)
     "a": ("GPU test subset: op, gradients and generation against op/equations.py", 0.15, part_a),
-    "b": ("op forward and forward+backward: time and peak memory (bf16 inputs)", 0.35, part_b),
-    "c": ("decode tokens/s: gain-cell memory against softmax with transformers' cache", 0.30, part_c),
+    "b": ("op forward and forward+backward: time and peak memory (bf16 inputs)", 0.30, part_b),
+    "c": ("decode tokens/s: gain-cell memory against softmax with transformers' cache", 0.20, part_c),
     "d": ("training tokens/s: SmolLM2-shaped Llama, softmax against gain-cell, bf16 autocast", 0.04, part_d),
     "e": ("gaincell hw --measure on this device beside the paper's GPU figures", 0.03, part_e),
     "f": ("real models adapted at GPU scale: (a), (e-transfer), (a′), (e-paper) at one budget; bf16 autocast", 0.5, part_f),

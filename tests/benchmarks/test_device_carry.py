@@ -50,7 +50,7 @@ def test_the_gguf_halves_join_to_the_whole_and_each_carries_every_sum(carry, tmp
 def test_the_commands_fit_the_tool_and_keep_the_first_half_for_the_second_call(carry):
     first, second = carry.commands("abc1234", 370, 370)
     assert len(first) <= 2000 and len(second) <= 2000
-    assert "cp .device-carry/gguf-1/* /tmp/gc/" in first and "--parts g,a,b,d,f --f-models stories --budget-s 335" in first
+    assert "cp .device-carry/gguf-1/* /tmp/gc/" in first and "--parts g,a,c,b,d,f --f-models stories --budget-s 335" in first
     assert f"cat {carry.GGUF}.1 {carry.GGUF}.2 > {carry.GGUF} && sha256sum -c SHA256SUMS" in second
     assert f"GAINCELL_SMOLLM2_GGUF=/tmp/gc/{carry.GGUF}" in second
     assert "--parts f --f-models smollm2 --budget-s 325" in second
@@ -60,7 +60,7 @@ def test_the_commands_fit_the_tool_and_keep_the_first_half_for_the_second_call(c
 
 
 def test_the_commands_ask_device_run_for_parts_and_models_it_has(carry):
-    """Call 1 tunes the kernels (g) before checking (a) and timing (b) them, then training (d) and part f for
+    """Call 1 tunes the kernels (g) before checking (a) and timing (c, b) them, then training (d) and part f for
     stories260K; call 2 runs part f for SmolLM2 alone. Each within its timeout, less a margin."""
     import re
 
@@ -68,7 +68,7 @@ def test_the_commands_ask_device_run_for_parts_and_models_it_has(carry):
     device_run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(device_run)
     first, second = carry.commands("abc1234", 370, 370)
-    for command, parts, models in ((first, "g,a,b,d,f", "stories"), (second, "f", "smollm2")):
+    for command, parts, models in ((first, "g,a,c,b,d,f", "stories"), (second, "f", "smollm2")):
         assert re.search(r"--parts (\S+)", command).group(1) == parts
         assert set(parts.split(",")) <= set(device_run.PARTS)
         found = re.search(r"--f-models (\S+)", command)

@@ -86,6 +86,17 @@ def test_fused_equals_reference_equations_and_torch_form(interpreter, case):
     interpreter.submit(triton_worker.check_case, case).result()
 
 
+GENERATION_CASES = [case for case in CASES if case[2] > 1]
+
+
+@pytest.mark.parametrize("case", GENERATION_CASES, ids=[c[0] for c in GENERATION_CASES])
+def test_generation_steps_through_the_fused_kernel_equal_the_torch_steps_and_the_reference(interpreter, case):
+    """A memory whose steps read all its slots in one launch of the v2 forward kernel (one query, keys at
+    slot n mod M) gives what the torch step gives and what the SPEC reference gives, position by position,
+    over T < M, the slots' wrap-around (T > M), R < M, leakage, the ADC's clamp and the quintic cell."""
+    interpreter.submit(triton_worker.check_generation, case).result()
+
+
 @pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[8]], ids=[CASES[i][0] for i in (1, 6, 8)])
 def test_first_kernels_stay_selectable_and_exact(interpreter, case):
     """v1, kept for side-by-side timing, still computes the op (T > M with M % R ≠ 0, leakage, saturation)."""
@@ -220,6 +231,16 @@ def test_kernels_compile_for_sm90(compiler, kernel, cell, gradient, leakage, pre
     """Each kernel of each variant, each constexpr value at least once, at the smallest tiles (seconds each)."""
     config = triton_worker.structure_config(cell, gradient, leakage)
     compiler.submit(triton_worker.compile_sm90, kernel, config, 8, precision, quantise, save, True, version).result()
+
+
+@pytest.mark.parametrize("precision", fused.PRECISIONS)
+@pytest.mark.parametrize(("cell", "leakage"), [("polynomial", 1.6e-4), ("linear", 0.0), ("quintic", 0.3)])
+def test_the_generation_step_kernel_compiles_for_sm90(compiler, precision, cell, leakage):
+    """The forward kernel in its one-query form (RING, BT = 16), as a memory's step launches it on a GPU."""
+    config = triton_worker.structure_config(cell, "surrogate", leakage)
+    built = compiler.submit(triton_worker.compile_sm90, "forward_kernel", config, 64, precision, True, False, False,
+                            "v2", True).result()  # fmt: skip
+    assert built["shared"] <= triton_worker.SM90_SHARED
 
 
 def _device_run():

@@ -118,6 +118,33 @@ def _check_case(case, heads, dim) -> dict:
     return off
 
 
+def check_generation(case, heads=2, dim=8) -> dict:
+    """Generation through a memory whose steps run the fused kernel in its one-query form (``RING``): a
+    third of the tokens prefilled, then one step per token, against the same with the torch steps and
+    against the SPEC reference of the parallel op. Returns the outputs a step apart in each comparison."""
+    from gaincell import GainCellMemory
+
+    name, kind, length, window, rows, leakage, gradient, changes = case
+    config = config_for(kind, length, window, rows, leakage, gradient, changes)
+    (q, k, v), scalers = inputs(heads, length, dim)
+    q, k, v = (x.detach() for x in (q, k, v))
+    cut = max(1, length // 3)
+    outputs = {}
+    for kernel in ("triton", "torch"):
+        memory = GainCellMemory(config, scalers, 1, heads, dim, kernel=kernel)
+        assert memory.form == kernel, (kernel, memory.form)
+        with torch.no_grad():
+            prompt = memory.prefill(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut])
+            steps = [memory.step(*(x[:, :, t : t + 1] for x in (q, k, v))) for t in range(cut, length)]
+        outputs[kernel] = torch.cat([prompt, *steps], 2)
+    with torch.no_grad():
+        reference = reference_attention(q, k, v, scalers, config)
+    return {
+        "vs_torch_steps": assert_within_one_step(outputs["triton"], outputs["torch"], scalers, f"{name}: fused steps"),
+        "vs_reference": assert_within_one_step(outputs["triton"], reference, scalers, f"{name}: fused steps vs SPEC"),
+    }
+
+
 def check_ends_grid() -> None:
     config = preset("paper", window=16, subtile_rows=8, leakage=0.01)
     ends = dataclasses.replace(config.periphery.adc, grid="ends")
@@ -162,10 +189,11 @@ def structure_config(cell: str, gradient: str, leakage: float, rows: int = 64):
 
 
 def compile_sm90(
-    kernel: str, config, dim: int, precision: str, quantise=True, save=True, small_tiles=False, version="v2"
+    kernel: str, config, dim: int, precision: str, quantise=True, save=True, small_tiles=False, version="v2", ring=False
 ) -> dict:
     """Compile one kernel configuration of ``version`` for sm_90 (cubin) on this CPU; returns what the
-    build uses: shared memory (bytes), registers and stack (spilled) bytes per thread."""
+    build uses: shared memory (bytes), registers and stack (spilled) bytes per thread. ``ring``: v2's
+    forward kernel in its one-query generation form, as :func:`fused.fused_step_readout` launches it."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -174,12 +202,17 @@ def compile_sm90(
     fn = getattr(fused.kernels(version), kernel)
     plan = fused.make_fused_plan(config)
     blocks, structure = fused._launch(plan, dim, small_tiles, precision, kernel.removesuffix("_kernel"), version)
+    if ring:
+        blocks["BT"] = fused.STEP_QUERIES
+        structure = plan.constexprs("v2", max(fused.STEP_QUERIES, blocks["BN"]))
     options = {key: blocks.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in blocks}
     constexprs = {**structure, **blocks, "DOT": precision}
     if kernel == "forward_kernel":
         constexprs = {key: constexprs[key] for key in ("POWERS", "NP", "CONST", "LEAK", "DOT", "BT", "BN", "BD", "WORD")}
-        constexprs.update(QUANT=quantise, SAVE=save)
-    integers = {"T", "D", "M", "R", "NSUB", "CHUNKS", "CH"}
+        constexprs.update(QUANT=quantise, SAVE=save and not ring)
+        if version == "v2":
+            constexprs["RING"] = ring
+    integers = {"T", "D", "M", "R", "NSUB", "CHUNKS", "CH", "START", "QT", "KT"}
     signature = {}
     for arg in fn.arg_names:
         if arg in constexprs:

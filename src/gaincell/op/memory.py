@@ -6,7 +6,11 @@ the same analog products as the parallel op. Leakage is exact: a stored value wr
 is read at step t as λ^(t−n) of its offset voltage (every stored value ages one step per token),
 computed from its age rather than by repeated multiplication, so no rounding drift accumulates.
 This module keeps the state (slots, positions, when the stored side is stale); the step's arithmetic
-is :mod:`gaincell.op.kernels.step`, the prompt's the banded op.
+is :mod:`gaincell.op.kernels.step`, the prompt's the parallel op. Where the dispatcher picks the fused
+kernels (CUDA; :mod:`gaincell.op.kernels.dispatch`), a step is the front end, the write, and one launch
+of the fused forward kernel over the slots (:func:`~gaincell.op.kernels.fused.fused_step_readout`): a
+decode step on a GPU is bound by how many operations it launches, and the torch step takes about 100
+per layer (device run, part c).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from gaincell.chip.config import GainCellConfig
 from gaincell.errors import GainCellError
 from gaincell.op.attention import check_qkv, gain_cell_attention
 from gaincell.op.equations import front_end
+from gaincell.op.kernels.dispatch import choose_kernel
+from gaincell.op.kernels.fused import fused_step_readout
 from gaincell.op.kernels.softmax import sliding_window_softmax_step
 from gaincell.op.kernels.step import StepKernel, encode, quantizer_grid, stacked_scalers
 from gaincell.op.normaliser import divide, ones_value
@@ -31,7 +37,9 @@ class GainCellMemory:
     ``step(q_t, k_t, v_t)`` takes the raw (pre-scaler) projections of one new token, shape
     (B, H, 1, D), and returns what :func:`~gaincell.op.attention.gain_cell_attention` returns at that
     position. ``prefill`` runs a whole prompt through the parallel op and keeps its last M tokens.
-    The softmax preset keeps raw keys and values and reads them with windowed softmax.
+    The softmax preset keeps raw keys and values and reads them with windowed softmax. ``kernel``
+    (``auto`` | ``torch`` | ``triton``; None: the process default) picks the form of the steps and the
+    prefill once, for this memory's device, dtype and config (``form``).
     """
 
     def __init__(
@@ -45,6 +53,7 @@ class GainCellMemory:
         gains: CellGains | None = None,
         device=None,
         dtype: torch.dtype = torch.float32,
+        kernel: str | None = None,
     ):
         for name, value in (("batch", batch), ("n_heads", n_heads), ("head_dim", head_dim)):
             check_int(name, value, 1)
@@ -58,7 +67,12 @@ class GainCellMemory:
         self.positions = torch.full((window,), -1, dtype=torch.long, device=device)
         self.length = 0
         self._anchor: int | None = None  # the anchor the kernel's stored side was built for (None: stale)
+        self.form = "torch"
         if config.attention != "softmax":
+            self.form = choose_kernel(
+                kernel, self.keys.device, gains=gains is not None, read_noise=config.noise.read_noise, config=config,
+                dtype=dtype,
+            )  # fmt: skip
             self.kernel = StepKernel(config, self.shape, gains, device, dtype)
             self.plan = self.kernel.plan
             self.ones_kernel = None  # the normaliser's column: every value the constant (gaincell.op.normaliser)
@@ -109,7 +123,7 @@ class GainCellMemory:
         self._check(q, k, v, "seq")
         if self.length:
             raise GainCellError("prefill needs an empty memory (call reset() first, or use step())")
-        out = gain_cell_attention(q, k, v, self.scalers, self.config, gains=self.gains)
+        out = gain_cell_attention(q, k, v, self.scalers, self.config, gains=self.gains, kernel=self.form)
         self._affine_cache = None
         keep = min(q.shape[2], self.config.window)
         self.length = q.shape[2] - keep
@@ -137,7 +151,7 @@ class GainCellMemory:
         dtype = q.dtype
         q, k, v = (_compute_dtype(x) for x in (q, k, v))
         with torch.inference_mode():  # a step is ~40 tiny ops: skip autograd's bookkeeping on each
-            readout, a, b = self._write_and_read(q, k, v)
+            readout, a, b = (self._write_and_read_fused if self.form == "triton" else self._write_and_read)(q, k, v)
         out = torch.addcmul(b[3], a[3], readout)  # outside inference mode: an ordinary tensor for the caller
         return out if out.dtype == dtype else out.to(dtype)
 
@@ -171,6 +185,20 @@ class GainCellMemory:
             readout = divide(readout, self._read(self.ones_kernel, flat, t, anchor, row, seed)[..., :1])
         readout = readout.view(batch, heads, 1, dim)
         return (readout if readout.dtype == pulses.dtype else readout.to(pulses.dtype)), a, b
+
+    def _write_and_read_fused(self, q, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_write_and_read` through the fused kernel: front end, write into slot t mod M, then one launch
+        that reads every slot from k~ and v~ as they are stored (no stored side kept between steps)."""
+        t, slot = self.length, self.length % self.config.window
+        self._affine_cache = stacked_scalers(self.scalers, q.dtype, self._affine_cache)
+        a, b, b_qkv, a_qkv = self._affine_cache[2]
+        pulses, stored = encode(self.config.periphery, self._grid(q.dtype), q, k, v, a_qkv, b_qkv)
+        self.keys[:, :, slot] = stored[0, :, :, 0]
+        self.values[:, :, slot] = stored[1, :, :, 0]
+        self.positions[slot] = t
+        self.length += 1
+        self._anchor = None  # the torch step's stored side (unused here) is stale
+        return fused_step_readout(pulses, self.keys, self.values, t, self.config), a, b
 
     def _read(self, kernel: StepKernel, pulses: torch.Tensor, t: int, anchor: int, row: int, seed: int | None):
         """One kernel's read of the memory with query pulses (BH, 1, D); ``seed`` fixes its read noise."""

@@ -223,18 +223,21 @@ def _shifted(ramp, exponent, LEAK: tl.constexpr):
 
 
 @triton.jit
-def _keys(K, V, bh, n, end, d, T, D):
+def _keys(K, V, bh, n, end, d, KT, D, M, RING: tl.constexpr):
+    """k~ and v~ of keys n (0 past ``end``): row n of a (BH, KT, D) sequence, or with RING of the M slots of
+    a generation memory, key n in slot n mod M (:func:`forward_kernel`'s one-query form)."""
     stored = (n < end)[:, None] & (d < D)[None, :]
-    key_offsets = bh * T * D + n[:, None] * D + d[None, :]
+    rows = n % M if RING else n
+    key_offsets = bh * KT * D + rows[:, None] * D + d[None, :]
     k = tl.load(K + key_offsets, mask=stored, other=0.0).to(tl.float32)
     v = tl.load(V + key_offsets, mask=stored, other=0.0).to(tl.float32)
     return k, v
 
 
 @triton.jit
-def _chunk_scores(K, V, bh, t, t0, d, q, q_sum, rise, key_ramp, round_, s, c, T, D, M, R, eps, COEF, beta0,
+def _chunk_scores(K, V, bh, t, t0, d, q, q_sum, rise, key_ramp, round_, s, c, T, KT, D, M, R, eps, COEF, beta0,
                   POWERS: tl.constexpr, NP: tl.constexpr, CONST: tl.constexpr, LEAK: tl.constexpr,
-                  DOT: tl.constexpr, BN: tl.constexpr):  # fmt: skip
+                  DOT: tl.constexpr, BN: tl.constexpr, RING: tl.constexpr):  # fmt: skip
     """One step of the band walk that the forward and the dQ kernel share: chunk c of sub-tile s in round
     ``round_`` (its keys k~, v~), which keys each query sees, the decay in the form ``LEAK`` picks, and
     the first product S with the cell's constant term."""
@@ -242,7 +245,7 @@ def _chunk_scores(K, V, bh, t, t0, d, q, q_sum, rise, key_ramp, round_, s, c, T,
     n0 = base + c * BN
     end = tl.minimum(base + tl.minimum(R, M - s * R), T)
     n = n0 + tl.arange(0, BN)
-    k, v = _keys(K, V, bh, n, end, d, T, D)
+    k, v = _keys(K, V, bh, n, end, d, KT, D, M, RING)
     visible, decay = _tile(t, n, T, M, eps, LEAK == 2)
     visible = visible & (n < end)[None, :]
     fall = _shifted(key_ramp, eps * (n0 - t0).to(tl.float32), LEAK)  # ≤ e^(ε(BT + BN)): n < t0 + BT visible
@@ -268,6 +271,9 @@ def forward_kernel(
     R,
     NSUB,
     CH,
+    START,
+    QT,
+    KT,
     eps,
     s_sat,
     read_scale,
@@ -286,17 +292,23 @@ def forward_kernel(
     BN: tl.constexpr,
     BD: tl.constexpr,
     WORD: tl.constexpr,
+    RING: tl.constexpr,
 ):
     """Readout of one block of BT queries for one (batch, head): Σ_s ADC(Y_s), one flat loop over the
     band's chunks, each sub-tile's partial in fp32 registers until its ADC. With SAVE, the pass mask of
-    every visited sub-tile goes to PASS (the launcher zeroes the rest)."""
+    every visited sub-tile goes to PASS (the launcher zeroes the rest).
+
+    The parallel op: START = 0, Q, OUT, K and V hold QT = KT = T rows per (batch, head). A generation step
+    (RING): one query at position START = T − 1, Q and OUT one row each (QT = 1), K and V the memory's
+    KT = M slots, key n in slot n mod M (what :class:`gaincell.op.memory.GainCellMemory` writes); every
+    position is absolute, so the band, the sub-tiles, the decay and the ADC are the parallel op's."""
     block = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    t0 = block * BT
+    t0 = block * BT + START
     t = t0 + tl.arange(0, BT)
     d = tl.arange(0, BD)
     rows = (t < T)[:, None] & (d < D)[None, :]
-    offsets = bh * T * D + t[:, None] * D + d[None, :]
+    offsets = bh * QT * D + (t - START)[:, None] * D + d[None, :]
     q = tl.load(Q + offsets, mask=rows, other=0.0).to(tl.float32)
     q_sum = tl.sum(q, 1)
     beta0 = tl.load(COEF)
@@ -311,8 +323,8 @@ def forward_kernel(
     key_ramp = _ramp(BN, eps, LEAK)
     for i in range(0, total):
         k, v, visible, decay, fall, scores = _chunk_scores(
-            K, V, bh, t, t0, d, q, q_sum, rise, key_ramp, round0 + lap + k_round, s, c, T, D, M, R, eps, COEF, beta0,
-            POWERS, NP, CONST, LEAK, DOT, BN,
+            K, V, bh, t, t0, d, q, q_sum, rise, key_ramp, round0 + lap + k_round, s, c, T, KT, D, M, R, eps, COEF,
+            beta0, POWERS, NP, CONST, LEAK, DOT, BN, RING,
         )  # fmt: skip
         widths = tl.where(visible, tl.minimum(tl.maximum(scores, 0.0), s_sat), 0.0)
         partial += _second(widths, v, rise, fall, decay, COEF, POWERS, NP, LEAK, DOT)
@@ -387,8 +399,8 @@ def grad_queries_kernel(
     key_ramp = _ramp(BN, eps, LEAK)
     for _ in range(0, total):
         k, v, visible, decay, fall, scores = _chunk_scores(
-            K, V, bh, t, t0, d, q, q_sum, rise, key_ramp, round0 + lap + k_round, s, c, T, D, M, R, eps, COEF, beta0,
-            POWERS, NP, CONST, LEAK, DOT, BN,
+            K, V, bh, t, t0, d, q, q_sum, rise, key_ramp, round0 + lap + k_round, s, c, T, T, D, M, R, eps, COEF,
+            beta0, POWERS, NP, CONST, LEAK, DOT, BN, False,
         )  # fmt: skip
         unsaturated = visible & (scores >= 0.0) & (scores <= s_sat)
         g = grad_out * _load_passes(PASS, s, bh, t, rows, T, BD, WORD)
@@ -453,7 +465,7 @@ def grad_stored_kernel(
         d = tl.arange(0, BD)
         stored = (n < n1)[:, None] & (d < D)[None, :]
         key_offsets = bh * T * D + n[:, None] * D + d[None, :]
-        k, v = _keys(K, V, bh, n, n1, d, T, D)
+        k, v = _keys(K, V, bh, n, n1, d, T, D, M, False)
         beta0 = tl.load(COEF)
         grad_beta0 = tl.load(GCOEF)
         dk = tl.zeros((BN, BD), tl.float32)
