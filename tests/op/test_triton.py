@@ -97,6 +97,11 @@ def test_generation_steps_through_the_fused_kernel_equal_the_torch_steps_and_the
     interpreter.submit(triton_worker.check_generation, case).result()
 
 
+@pytest.mark.parametrize("case", [CASES[2], CASES[7]], ids=[CASES[i][0] for i in (2, 7)])
+def test_generation_steps_through_the_fused_kernels_take_a_bf16_models_projections(interpreter, case):
+    interpreter.submit(triton_worker.check_generation, case, 2, 8, "bfloat16").result()
+
+
 @pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[8]], ids=[CASES[i][0] for i in (1, 6, 8)])
 def test_first_kernels_stay_selectable_and_exact(interpreter, case):
     """v1, kept for side-by-side timing, still computes the op (T > M with M % R ≠ 0, leakage, saturation)."""
@@ -241,6 +246,11 @@ def test_the_generation_step_kernel_compiles_for_sm90(compiler, precision, cell,
     built = compiler.submit(triton_worker.compile_sm90, "forward_kernel", config, 64, precision, True, False, False,
                             "v2", True).result()  # fmt: skip
     assert built["shared"] <= triton_worker.SM90_SHARED
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_the_generation_front_end_kernel_compiles_for_sm90(compiler, dtype):
+    assert compiler.submit(triton_worker.compile_sm90_front_end, dtype).result()["shared"] <= triton_worker.SM90_SHARED
 
 
 def _device_run():

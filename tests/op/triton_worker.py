@@ -118,15 +118,17 @@ def _check_case(case, heads, dim) -> dict:
     return off
 
 
-def check_generation(case, heads=2, dim=8) -> dict:
-    """Generation through a memory whose steps run the fused kernel in its one-query form (``RING``): a
-    third of the tokens prefilled, then one step per token, against the same with the torch steps and
-    against the SPEC reference of the parallel op. Returns the outputs a step apart in each comparison."""
+def check_generation(case, heads=2, dim=8, dtype_name="float32") -> dict:
+    """Generation through a memory whose steps run the fused kernels (the front end and write in one launch,
+    the read in the forward kernel's one-query form, ``RING``): a third of the tokens prefilled, then one
+    step per token, against the same with the torch steps and against the SPEC reference of the parallel
+    op, the projections in ``dtype_name`` (a bf16 model's are loaded as they are by the kernels, cast by the
+    torch step). Returns the outputs a step apart in each comparison."""
     from gaincell import GainCellMemory
 
     name, kind, length, window, rows, leakage, gradient, changes = case
     config = config_for(kind, length, window, rows, leakage, gradient, changes)
-    (q, k, v), scalers = inputs(heads, length, dim)
+    (q, k, v), scalers = inputs(heads, length, dim, dtype=getattr(torch, dtype_name))
     q, k, v = (x.detach() for x in (q, k, v))
     cut = max(1, length // 3)
     outputs = {}
@@ -136,9 +138,9 @@ def check_generation(case, heads=2, dim=8) -> dict:
         with torch.no_grad():
             prompt = memory.prefill(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut])
             steps = [memory.step(*(x[:, :, t : t + 1] for x in (q, k, v))) for t in range(cut, length)]
-        outputs[kernel] = torch.cat([prompt, *steps], 2)
+        outputs[kernel] = torch.cat([prompt, *steps], 2).float()
     with torch.no_grad():
-        reference = reference_attention(q, k, v, scalers, config)
+        reference = reference_attention(q.float(), k.float(), v.float(), scalers, config).to(q.dtype).float()
     return {
         "vs_torch_steps": assert_within_one_step(outputs["triton"], outputs["torch"], scalers, f"{name}: fused steps"),
         "vs_reference": assert_within_one_step(outputs["triton"], reference, scalers, f"{name}: fused steps vs SPEC"),
@@ -227,6 +229,26 @@ def compile_sm90(
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     assert compiled.asm["cubin"], f"{kernel}: no cubin"
     assert compiled.metadata.shared <= SM90_SHARED, f"{kernel}: {compiled.metadata.shared} B of shared memory"
+    return {"shared": compiled.metadata.shared, **_registers(compiled.asm["cubin"])}
+
+
+def compile_sm90_front_end(dtype: str) -> dict:
+    """v2's generation front end (:func:`fused.fused_step_front_end`) built for sm_90 with q, k, v in ``dtype``
+    (``fp32``, ``bf16``, ``fp16``: a model's projections as the kernel loads them)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from gaincell.op.kernels import fused
+
+    fn = fused.kernels("v2").step_front_end_kernel
+    signature = {name: f"*{dtype}" for name in ("Q", "K", "V")}
+    signature |= {name: "*fp32" for name in ("A", "B", "PULSES", "KEYS", "VALUES")}
+    signature |= {name: "i32" for name in ("slot", "H", "D", "M")}
+    signature |= {name: "fp32" for name in ("q_low", "q_high", "q_step", "kv_low", "kv_high", "kv_step", "offset")}
+    signature["BD"] = "constexpr"
+    source = triton.compiler.ASTSource(fn, signature, {"BD": 64})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+    assert compiled.asm["cubin"], "step_front_end_kernel: no cubin"
     return {"shared": compiled.metadata.shared, **_registers(compiled.asm["cubin"])}
 
 

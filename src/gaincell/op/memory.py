@@ -23,7 +23,7 @@ from gaincell.errors import GainCellError
 from gaincell.op.attention import check_qkv, gain_cell_attention
 from gaincell.op.equations import front_end
 from gaincell.op.kernels.dispatch import choose_kernel
-from gaincell.op.kernels.fused import fused_step_readout
+from gaincell.op.kernels.fused import fused_step_front_end, fused_step_readout
 from gaincell.op.kernels.softmax import sliding_window_softmax_step
 from gaincell.op.kernels.step import StepKernel, encode, quantizer_grid, stacked_scalers
 from gaincell.op.normaliser import divide, ones_value
@@ -149,19 +149,21 @@ class GainCellMemory:
             self._write(k, v)
             return sliding_window_softmax_step(q, self.keys, self.values, self.positions)
         dtype = q.dtype
-        q, k, v = (_compute_dtype(x) for x in (q, k, v))
         with torch.inference_mode():  # a step is ~40 tiny ops: skip autograd's bookkeeping on each
-            readout, a, b = (self._write_and_read_fused if self.form == "triton" else self._write_and_read)(q, k, v)
-        out = torch.addcmul(b[3], a[3], readout)  # outside inference mode: an ordinary tensor for the caller
+            if self.form == "triton":  # the fused kernels cast what they load: no float32 copies first
+                readout, a_o, b_o = self._write_and_read_fused(q, k, v)
+            else:
+                readout, a_o, b_o = self._write_and_read(*(_compute_dtype(x) for x in (q, k, v)))
+        out = torch.addcmul(b_o, a_o, readout)  # outside inference mode: an ordinary tensor for the caller
         return out if out.dtype == dtype else out.to(dtype)
 
     def _write_and_read(self, q, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The chip's step: front end, write into slot t mod M, both products, ADCs. Returns the digital
-        sum (B, H, 1, D) and the scalers' a and b (the output scaler is the caller's)."""
+        sum (B, H, 1, D) and the output scaler's a and b (applying it is the caller's)."""
         batch, heads, dim = self.shape
         t, slot = self.length, self.length % self.config.window
         self._affine_cache = stacked_scalers(self.scalers, q.dtype, self._affine_cache)
-        a, b, b_qkv, a_qkv = self._affine_cache[2]
+        _, _, b_qkv, a_qkv, a_o, b_o = self._affine_cache[2]
         pulses, stored = encode(self.config.periphery, self._grid(q.dtype), q, k, v, a_qkv, b_qkv)
         if stored.dtype != self.keys.dtype:
             stored = stored.to(self.keys.dtype)
@@ -184,21 +186,28 @@ class GainCellMemory:
         if self.ones_kernel is not None:  # the same pulses and S noise, the ones column's read-out: divide
             readout = divide(readout, self._read(self.ones_kernel, flat, t, anchor, row, seed)[..., :1])
         readout = readout.view(batch, heads, 1, dim)
-        return (readout if readout.dtype == pulses.dtype else readout.to(pulses.dtype)), a, b
+        return (readout if readout.dtype == pulses.dtype else readout.to(pulses.dtype)), a_o, b_o
 
     def _write_and_read_fused(self, q, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`_write_and_read` through the fused kernel: front end, write into slot t mod M, then one launch
-        that reads every slot from k~ and v~ as they are stored (no stored side kept between steps)."""
+        """:meth:`_write_and_read` through the fused kernels: the front end and the write into slot t mod M in
+        one launch (:func:`~gaincell.op.kernels.fused.fused_step_front_end`; the torch front end where a
+        quantiser is off SPEC's zero-origin grid), then one launch that reads every slot from k~ and v~ as
+        stored (no stored side kept between steps). The raw q, k, v in any float dtype."""
         t, slot = self.length, self.length % self.config.window
-        self._affine_cache = stacked_scalers(self.scalers, q.dtype, self._affine_cache)
-        a, b, b_qkv, a_qkv = self._affine_cache[2]
-        pulses, stored = encode(self.config.periphery, self._grid(q.dtype), q, k, v, a_qkv, b_qkv)
-        self.keys[:, :, slot] = stored[0, :, :, 0]
-        self.values[:, :, slot] = stored[1, :, :, 0]
+        self._affine_cache = stacked_scalers(self.scalers, torch.float32, self._affine_cache)
+        a, b, b_qkv, a_qkv, a_o, b_o = self._affine_cache[2]
+        grid = self._grid(torch.float32)
+        if grid is None:
+            q, k, v = (x.float() for x in (q, k, v))
+            pulses, stored = encode(self.config.periphery, grid, q, k, v, a_qkv, b_qkv)
+            self.keys[:, :, slot] = stored[0, :, :, 0]
+            self.values[:, :, slot] = stored[1, :, :, 0]
+        else:
+            pulses = fused_step_front_end(q, k, v, a, b, self.keys, self.values, slot, self.config)
         self.positions[slot] = t
         self.length += 1
         self._anchor = None  # the torch step's stored side (unused here) is stale
-        return fused_step_readout(pulses, self.keys, self.values, t, self.config), a, b
+        return fused_step_readout(pulses, self.keys, self.values, t, self.config), a_o, b_o
 
     def _read(self, kernel: StepKernel, pulses: torch.Tensor, t: int, anchor: int, row: int, seed: int | None):
         """One kernel's read of the memory with query pulses (BH, 1, D); ``seed`` fixes its read noise."""

@@ -323,6 +323,26 @@ def fused_step_readout(pulses, keys, values, position: int, config: GainCellConf
     return out.view(batch, heads, 1, dim)
 
 
+def fused_step_front_end(q, k, v, a, b, keys, values, slot: int, config: GainCellConfig) -> torch.Tensor:
+    """A generation step's front end in one launch: the raw projections q, k, v (B, H, 1, D, any float dtype)
+    through their scalers (``a``, ``b``: (4, H, ...) in q, k, v, o order, float32, as
+    :func:`~gaincell.op.kernels.step.stacked_scalers` stacks them) and quantisers; returns the pulses
+    (B, H, 1, D, float32) and writes k~ and v~ into ``slot`` of ``keys`` and ``values`` (B, H, M, D, float32).
+    :func:`~gaincell.op.kernels.step.encode` and the write, for quantisers on SPEC's zero-origin grid (the
+    caller checks: :func:`~gaincell.op.kernels.step.quantizer_grid` is not None)."""
+    batch, heads, _, dim = q.shape
+    periphery = config.periphery
+    pulses = torch.empty(batch, heads, 1, dim, dtype=torch.float32, device=q.device)
+    raw = [x if x.is_contiguous() else x.contiguous() for x in (q, k, v)]
+    with _on(q.device):
+        kernels("v2").step_front_end_kernel[(batch * heads,)](
+            *raw, a, b, pulses, keys, values, slot, heads, dim, keys.shape[2],
+            periphery.q.low, periphery.q.high, periphery.q.step, periphery.kv.low, periphery.kv.high,
+            periphery.kv.step, periphery.offset, BD=_pow2(dim),
+        )  # fmt: skip
+    return pulses
+
+
 @functools.lru_cache(maxsize=8)
 def _no_passes(device: torch.device) -> torch.Tensor:
     """The pass-mask argument of a launch that saves none (never read or written)."""

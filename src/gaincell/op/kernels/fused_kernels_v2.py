@@ -35,6 +35,7 @@ from gaincell.op.kernels.fused_kernels import (
     _adc,
     _dot,
     _load_passes,
+    _round_half_even,
     _scores,
     _store_passes,
     _tile,
@@ -504,3 +505,53 @@ def grad_stored_kernel(
             dv = dv * fall[:, None]
         tl.store(DK + key_offsets, dk, mask=stored)
         tl.store(DV + key_offsets, dv * read_scale, mask=stored)
+
+
+@triton.jit
+def _quantised(x, low, high, step):
+    """The front end's quantiser on SPEC's zero-origin grid: step · round_half_even(clamp(x) / step)."""
+    return _round_half_even(tl.math.div_rn(tl.minimum(tl.maximum(x, low), high), step)) * step
+
+
+@triton.jit
+def step_front_end_kernel(
+    Q,
+    K,
+    V,
+    A,
+    B,
+    PULSES,
+    KEYS,
+    VALUES,
+    slot,
+    H,
+    D,
+    M,
+    q_low,
+    q_high,
+    q_step,
+    kv_low,
+    kv_high,
+    kv_step,
+    offset,
+    BD: tl.constexpr,
+):
+    """A generation step's front end for one (batch, head), one token: each of q, k, v through its scaler
+    a·x + b and quantiser, the pulses out, and k~, v~ (less the offset) written into ``slot`` of the memory's
+    (BH, M, D) arrays; :func:`gaincell.op.kernels.step.encode` in one launch. A and B hold the scalers' a and
+    b as (4, H) rows in q, k, v, o order."""
+    bh = tl.program_id(0).to(tl.int64)
+    h = bh % H
+    d = tl.arange(0, BD)
+    inside = d < D
+    row = bh * D + d
+    q = tl.load(Q + row, mask=inside, other=0.0).to(tl.float32)
+    k = tl.load(K + row, mask=inside, other=0.0).to(tl.float32)
+    v = tl.load(V + row, mask=inside, other=0.0).to(tl.float32)
+    q = _quantised(tl.load(A + h) * q + tl.load(B + h), q_low, q_high, q_step)
+    k = _quantised(tl.load(A + H + h) * k + tl.load(B + H + h), kv_low, kv_high, kv_step) - offset
+    v = _quantised(tl.load(A + 2 * H + h) * v + tl.load(B + 2 * H + h), kv_low, kv_high, kv_step) - offset
+    tl.store(PULSES + row, q, mask=inside)
+    stored = bh * M * D + slot * D + d
+    tl.store(KEYS + stored, k, mask=inside)
+    tl.store(VALUES + stored, v, mask=inside)

@@ -40,7 +40,8 @@ _SCALER_KEYS = tuple(f"{ab}_{name}" for ab in "ab" for name in Scalers.names)
 
 def stacked_scalers(scalers: Scalers, dtype: torch.dtype, cached: tuple | None) -> tuple:
     """All scalers' a and b as (4, H, 1, 1) in q, k, v, o order (Scalers.apply computes the same
-    a·x + b), then b and a of q, k, v as (3, 1, H, 1, 1) for the stacked front end, behind the
+    a·x + b), then b and a of q, k, v as (3, 1, H, 1, 1) for the stacked front end, then the output
+    scaler's a and b (H, 1, 1), behind the
     scalers' versions and dtype: ``cached`` (the previous return) is reused until a scaler changes
     in place (its tensor version moves; a write through ``.data`` does not move it)."""
     registered = scalers._parameters  # a dict look-up each, not nn.Module.__getattr__
@@ -52,7 +53,7 @@ def stacked_scalers(scalers: Scalers, dtype: torch.dtype, cached: tuple | None) 
     if cached is None or versions is None or cached[0] != versions or cached[1] != dtype:
         half = len(parameters) // 2
         a, b = (torch.stack(parameters[i : i + half]).to(dtype)[:, :, None, None] for i in (0, half))
-        cached = (versions, dtype, (a, b, b[:3, None], a[:3, None]))
+        cached = (versions, dtype, (a, b, b[:3, None], a[:3, None], a[3], b[3]))
     return cached
 
 
