@@ -732,13 +732,14 @@ F_MODELS = {
     "stories": {
         "share": 0.35,
         "gpu": ["--batch", "128", "--transfer-lr", "6e-3", "--stories", "32768", "--sample-batch", "16384",
-                "--in-domain-tokens", "262144", "--eval-batch", "64"],
+                "--in-domain-tokens", "262144", "--eval-batch", "64", "--ood-curve", "1024"],
         "dry": ["--batch", "4", "--stories", "32", "--sample-batch", "32", "--eval-tokens", "256",
-                "--calibration-iterations", "2"],
+                "--calibration-iterations", "2", "--ood-curve", "128"],
     },
     "smollm2": {
         "share": 0.65,
-        "gpu": ["--batch", "32", "--lr", "3e-4", "--transfer-lr", "9e-3", "--transfer-share", "0.5", "--eval-batch", "32"],
+        "gpu": ["--batch", "32", "--lr", "3e-4", "--transfer-lr", "9e-3", "--transfer-share", "0.5", "--eval-batch", "32",
+                "--ood-curve", "1024"],
     },
 }  # fmt: skip
 #: The rows in the order they run: the original, the transfer recipe, softmax at its budget, the paper's recipe.
@@ -961,13 +962,18 @@ def row_result(row: dict) -> dict:
 
 
 def copy_real_model_results(run: Run, results: Path, model: str, args) -> None:
-    """real_models.py's results.json and results.md, as real-models-MODEL.json/.md beside device_run.json."""
+    """real_models.py's results.json, results.md and curve.png (in-domain and out-of-domain perplexity against
+    tokens), as real-models-MODEL.json/.md and real-models-MODEL-curve.png beside device_run.json."""
     folder = results / f"real-models-{model}-{args.tag}"
     for suffix in ("json", "md"):
         source = folder / f"results.{suffix}"
         if source.is_file():
             with atomic_file(run.out / f"real-models-{model}.{suffix}") as handle:
                 handle.write(source.read_text())
+    if (folder / "curve.png").is_file():
+        temporary = run.out / f".real-models-{model}-curve.png"
+        temporary.write_bytes((folder / "curve.png").read_bytes())
+        temporary.replace(run.out / f"real-models-{model}-curve.png")
 
 
 def step_seconds(experiment, batch: int, mixed_precision: str, run: Run) -> dict:

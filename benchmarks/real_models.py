@@ -183,7 +183,37 @@ def perplexities(model, setup) -> dict[str, float]:
     return scores
 
 
-def softmax_fine_tuned(pretrained, recipe: dict, output: Path, args):
+class OutOfDomainCurve:
+    """A training callback (``--ood-curve N``): at each evaluation of every training stage, the model's
+    perplexity on the first N tokens of each text no recipe trains on, logged beside the held-out loss as
+    ``ood_ppl`` (issue 24: a recipe that learns its corpus's format can improve in domain while it gets
+    worse everywhere else, which only these curves show while it happens)."""
+
+    def __init__(self, setup, tokens: int):
+        self.texts = {name: ids[:tokens] for name, ids in setup["texts"].items() if name != "in-domain"}
+        self.context, self.stride = min(setup["context"], tokens), min(setup["stride"], tokens // 2)
+        self.batch = setup.get("eval_batch", 4)
+
+    def on_eval(self, step: int, model, metrics: dict) -> None:
+        metrics["ood_ppl"] = self.scores(getattr(model, "student", model))  # transfer and distillation wrap it
+
+    def scores(self, model) -> dict[str, float]:
+        """``model``'s perplexity on each text's first N tokens (row (a) gets them too: the curves' baseline)."""
+        training = model.training
+        model.eval()
+        with torch.no_grad():
+            scores = {name: strided_perplexity(model, ids, self.context, self.stride, batch_size=self.batch)["ppl"]
+                      for name, ids in self.texts.items()}  # fmt: skip
+        model.train(training)
+        return scores
+
+
+def callbacks(args, setup) -> list:
+    """The training callbacks of every stage this run trains: the out-of-domain curve when asked."""
+    return [OutOfDomainCurve(setup, args.ood_curve)] if args.ood_curve else []
+
+
+def softmax_fine_tuned(pretrained, recipe: dict, output: Path, args, callbacks=()):
     """(a′): the original model, its own attention, fine-tuned on the (e) recipes' blocks for their whole
     budget (one LM stage, the whole-model lr and schedule of their stages): what the tokens alone buy."""
     from gaincell.adaptation.settings import TrainConfig
@@ -197,7 +227,7 @@ def softmax_fine_tuned(pretrained, recipe: dict, output: Path, args):
     config = TrainConfig(**stage_settings(steps, args.batch, **gpu_settings(args), lr=args.lr,
                                           position_offset=args.position_offset))  # fmt: skip
     result = train(copy.deepcopy(pretrained), train_blocks, eval_blocks, config, output / "a-prime",
-                   resume=latest_checkpoint(output / "a-prime") is not None)  # fmt: skip
+                   resume=latest_checkpoint(output / "a-prime") is not None, callbacks=callbacks)  # fmt: skip
     log = log_entries(output / "a-prime" / config.log_jsonl)
     wall = max((entry.get("elapsed", 0.0) for entry in log), default=0.0)  # train keeps it across resumes
     return result.model.eval(), result.step * args.batch * int(train_blocks.shape[1]), wall
@@ -324,6 +354,9 @@ def parser() -> argparse.ArgumentParser:
                         help="stories260K: score the first N held-out tokens (default: all)")  # fmt: skip
     parser.add_argument("--eval-batch", type=int, default=4, help="perplexity windows scored at once")
     parser.add_argument("--checkpoints", type=int, default=4, help="checkpoints per training stage (the last at its end)")
+    parser.add_argument("--ood-curve", type=int, default=0, metavar="N",
+                        help="at every evaluation of a training stage, also score the first N tokens of each text "
+                             "no recipe trains on (the out-of-domain curves; default 0: off)")  # fmt: skip
     parser.add_argument("--dequantised", type=Path, help="SmolLM2: dequantise the GGUF once into this folder, load it there")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (a log of thousands of steps stays readable)")
     return parser
@@ -371,6 +404,7 @@ class Experiment:
         setup["long_context"] = args.long_context
         setup["eval_batch"] = args.eval_batch
         self.setup = setup
+        self.callbacks = callbacks(args, setup)
         self.pretrained = load_pretrained(setup["model"])
         if args.device is not None:
             self.pretrained.to(args.device)
@@ -398,6 +432,8 @@ class Experiment:
             result["table1"] = table1(model, self.tokenizer, args, setup["block_size"])
         if row == "a":  # the curves' reference: the original on the recipes' held-out blocks
             result["held_out_ppl"] = held_out_perplexity(model, self.recipes["e-transfer"])
+            if self.callbacks:  # and on the out-of-domain curves' tokens
+                result["ood_curve_ppl"] = self.callbacks[0].scores(model)
         print(json.dumps(result), flush=True)
         write(args, setup, result, time.perf_counter() - self.started)
         return result
@@ -418,9 +454,10 @@ class Experiment:
             what, build = baselines[row]
             return self.measure(row, what, build())
         if row == "a-prime":
-            model, tokens, wall = softmax_fine_tuned(pretrained, self.recipes["e-transfer"], args.work / args.model, args)
-            return self.measure(row, "original fine-tuned (softmax), same tokens", model, tokens, wall,
-                                sample(model, self.tokenizer, setup["prompt"]))  # fmt: skip
+            folder = args.work / args.model
+            model, tokens, wall = softmax_fine_tuned(pretrained, self.recipes["e-transfer"], folder, args, self.callbacks)
+            text, curve = sample(model, self.tokenizer, setup["prompt"]), held_out_curve(folder, ["a-prime"])
+            return self.measure(row, "original fine-tuned (softmax), same tokens", model, tokens, wall, text, curve)
         recipe, output = self.recipes[row], args.work / f"{args.model}-{row}"
         if args.reuse and (output / "wall_s.json").is_file():  # adapted before: measure it again
             summary = json.loads((output / "summary.json").read_text())
@@ -431,7 +468,8 @@ class Experiment:
 
                 shutil.rmtree(output)
             began = time.perf_counter()
-            summary = adapt(recipe_from_dict({**recipe, "output_dir": str(output)}), device=args.device)
+            summary = adapt(recipe_from_dict({**recipe, "output_dir": str(output)}), device=args.device,
+                            callbacks=self.callbacks)  # fmt: skip
             wall = time.perf_counter() - began
             (output / "wall_s.json").write_text(json.dumps({"wall_s": wall}))
         tokens = sum(summary[name].get("tokens", 0) for name in recipe["stages"])
@@ -478,6 +516,8 @@ def held_out_curve(output: Path, stages: list[str]) -> list[dict]:
                 point["relative_mse"] = entry["eval_loss"]
             else:
                 point["ppl"] = math.exp(min(entry["eval_loss"], 50.0))
+            if entry.get("ood_ppl"):  # --ood-curve: the texts no recipe trains on, at the same evaluation
+                point["ood_ppl"] = entry["ood_ppl"]
             points.append(point)
         before += max((e.get("tokens", 0) for e in entries), default=0)
     return points
@@ -548,7 +588,8 @@ def args_model(setup) -> str:
 
 
 def plot_curves(rows: list[dict], path: Path, setup) -> None:
-    """Held-out perplexity against training tokens for each (e) recipe, the original model as a line."""
+    """Perplexity against training tokens for each trained row: on the held-out blocks of the training text,
+    then (``--ood-curve``) on each text no recipe trains on, one panel each, the original model as a line."""
     curves = [r for r in rows if r.get("curve")]
     if not curves:
         return
@@ -557,19 +598,26 @@ def plot_curves(rows: list[dict], path: Path, setup) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6.5, 4))
-    for row in curves:
-        for stage in dict.fromkeys(p["stage"] for p in row["curve"] if "ppl" in p):
-            points = [p for p in row["curve"] if p["stage"] == stage]
-            axis.plot([p["tokens"] for p in points], [p["ppl"] for p in points], "o-", label=f"{row['row']}: {stage}")
-    original = next((r.get("held_out_ppl") for r in rows if r["row"] == "a"), None)
-    if original:
-        axis.axhline(original, color="gray", ls="--", label="(a) original")
-        axis.axhline(3 * original, color="gray", ls=":", label="3 x (a)")
-    axis.set(xlabel="training tokens", ylabel="perplexity", yscale="log",
-             title=f"{args_model(setup)}: held-out blocks of the training text")  # fmt: skip
-    axis.title.set_fontsize(9)
-    axis.legend(fontsize=7)
+    texts = list(dict.fromkeys(name for r in curves for p in r["curve"] for name in p.get("ood_ppl", {})))
+    figure, axes = plt.subplots(1, 1 + len(texts), figsize=(6.5 + 4.5 * len(texts), 4), squeeze=False)
+    original = next((r for r in rows if r["row"] == "a"), {})
+    for axis, text in zip(axes[0], [None, *texts], strict=True):
+        for row in curves:
+            for stage in dict.fromkeys(p["stage"] for p in row["curve"] if "ppl" in p):
+                points = [p for p in row["curve"] if p["stage"] == stage and "ppl" in p]
+                if text is not None:
+                    points = [p for p in points if text in p.get("ood_ppl", {})]
+                values = [p["ppl"] if text is None else p["ood_ppl"][text] for p in points]
+                if points:
+                    axis.plot([p["tokens"] for p in points], values, "o-", label=f"{row['row']}: {stage}")
+        line = original.get("held_out_ppl") if text is None else original.get("ood_curve_ppl", {}).get(text)
+        if line:
+            axis.axhline(line, color="gray", ls="--", label="(a) original")
+            axis.axhline(3 * line, color="gray", ls=":", label="3 x (a)")
+        where = "held-out blocks of the training text" if text is None else f"{text} (no recipe trains on it)"
+        axis.set(xlabel="training tokens", ylabel="perplexity", yscale="log", title=f"{args_model(setup)}: {where}")
+        axis.title.set_fontsize(9)
+        axis.legend(fontsize=7)
     figure.tight_layout()
     temporary = path.with_suffix(".tmp.png")
     figure.savefig(temporary, dpi=120)

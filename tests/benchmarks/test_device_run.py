@@ -102,6 +102,9 @@ def _check_part_f(part: dict, out: Path) -> None:
     written = json.loads((out / "real-models-stories.json").read_text())
     assert [row["row"] for row in written["rows"]] == ["a", "a-prime", "e-paper", "e-transfer"]  # real_models' order
     assert written["settings"]["mixed_precision"] == "no" and (out / "real-models-stories.md").is_file()
+    for row in written["rows"][1:]:  # --ood-curve: every trained row's curve also on the texts none trains on
+        scored = [point["ood_ppl"] for point in row["curve"] if "ood_ppl" in point]
+        assert scored and all(set(s) == {"pydoc", "shakespeare", "wikitext-raw"} for s in scored), row["row"]
     assert written["budget_rule"] == budget["budget_rule"] == "dry run: 2 steps"
 
 

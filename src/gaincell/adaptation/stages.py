@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -102,13 +103,16 @@ def recipe_blocks(recipe: Recipe, tokenizer) -> tuple[torch.Tensor, torch.Tensor
     return train_blocks, eval_blocks
 
 
-def adapt(recipe: Recipe, *, resume: bool = False, device: str | torch.device | None = None) -> dict:
+def adapt(
+    recipe: Recipe, *, resume: bool = False, device: str | torch.device | None = None, callbacks: Sequence = ()
+) -> dict:
     """Run the recipe's stages; each saves its model under ``output_dir/<stage>/model``. Returns a summary.
 
     With ``resume`` a stage whose model is already saved is skipped and an interrupted training
     stage continues from its last checkpoint. ``device`` (e.g. ``"cuda"``) is where the model and the
     original's copies (initialisation, teachers) are loaded, so the work outside the training loop runs
     there too; None loads them on the CPU, and the training loop moves the model where accelerate runs.
+    ``callbacks`` go to every training stage (:func:`gaincell.adaptation.train.train`'s hooks).
     """
     hardware = recipe.hardware_config()
     output = Path(recipe.output_dir)
@@ -132,14 +136,14 @@ def adapt(recipe: Recipe, *, resume: bool = False, device: str | torch.device | 
             else:
                 _check_data(output, data)
         barrier()
-        return _run_stages(recipe, hardware, output, model, tokenizer, train_blocks, eval_blocks, resume, device)
+        return _run_stages(recipe, hardware, output, model, tokenizer, train_blocks, eval_blocks, resume, device, callbacks)
 
 
 def _run_stages(recipe: Recipe, hardware: GainCellConfig, output: Path, model, tokenizer, train_blocks, eval_blocks,
-                resume: bool, device=None) -> dict:  # fmt: skip
+                resume: bool, device=None, callbacks: Sequence = ()) -> dict:  # fmt: skip
     """Each stage in turn (or, resumed, its saved model once checked), saved under ``output/<stage>/model``."""
     summary: dict[str, Any] = {"model": recipe.model, "stages": list(recipe.stages), "hardware": hardware.to_dict()}
-    runner = _StageRunner(recipe, hardware, output, train_blocks, eval_blocks, resume, device)
+    runner = _StageRunner(recipe, hardware, output, train_blocks, eval_blocks, resume, device, callbacks)
     for name in recipe.stages:
         saved, stage_summary = output / name / "model", output / name / "summary.json"
         if resume and saved.is_dir() and stage_summary.is_file():  # the summary is written last
@@ -271,9 +275,10 @@ class _StageRunner:
     """One ``run_<stage>(model) -> summary dict`` per entry of :data:`~gaincell.adaptation.recipe.STAGES`."""
 
     def __init__(self, recipe: Recipe, hardware: GainCellConfig, output: Path, train_blocks, eval_blocks, resume: bool,
-                 device=None):  # fmt: skip
+                 device=None, callbacks: Sequence = ()):  # fmt: skip
         self.recipe, self.hardware, self.output, self.resume = recipe, hardware, output, resume
         self.train_blocks, self.eval_blocks, self.device = train_blocks, eval_blocks, device
+        self.callbacks = tuple(callbacks)
         self._teachers: dict[str, Any] = {}
 
     def pretrained(self):
@@ -291,7 +296,7 @@ class _StageRunner:
         stage_dir, config = self.output / name, getattr(self.recipe, name)
         result = stage_function(
             model, *teacher, self.train_blocks, self.eval_blocks, config, self.hardware, stage_dir,
-            resume=self.resume and latest_checkpoint(stage_dir) is not None,
+            resume=self.resume and latest_checkpoint(stage_dir) is not None, callbacks=self.callbacks,
         )  # fmt: skip
         world = int(os.environ.get("WORLD_SIZE", "1"))
         tokens = result.step * config.batch_size * config.grad_accum * world * int(self.train_blocks.shape[1])
