@@ -258,7 +258,7 @@ def _chunk_scores(K, V, bh, t, t0, d, q, q_sum, rise, key_ramp, round_, s, c, T,
     return k, v, visible, decay, fall, scores
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "START"])  # a generation step's position: one build, not one per residue
 def forward_kernel(
     Q,
     K,
@@ -513,7 +513,7 @@ def _quantised(x, low, high, step):
     return _round_half_even(tl.math.div_rn(tl.minimum(tl.maximum(x, low), high), step)) * step
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["slot"])
 def step_front_end_kernel(
     Q,
     K,
