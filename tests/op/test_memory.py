@@ -153,3 +153,33 @@ def test_steps_equal_parallel_on_the_ends_grid():
     assert memory._grid(torch.float64) is None
     stepped = torch.cat([memory.step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1]) for t in range(70)], 2)
     torch.testing.assert_close(stepped, parallel, rtol=1e-10, atol=1e-12)
+
+
+def test_a_first_fused_step_that_fails_turns_the_memory_to_the_torch_step_with_one_warning(monkeypatch):
+    """A Triton build the device refuses must not fail a generation: the memory warns once, steps with the
+    torch form from the state before the failed call, and gives the torch form's outputs."""
+    import gaincell.op.memory as memory_module
+
+    config = preset("paper", window=16, subtile_rows=8, block_size=8)
+    q, k, v = _sequence(24, torch.float32)
+    scalers = Scalers(3)
+    reference = GainCellMemory(config, scalers, 2, 3, 8, kernel="torch")
+    memory = GainCellMemory(config, scalers, 2, 3, 8, kernel="torch")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("PTX .version 8.7 does not support .target sm_120")
+
+    monkeypatch.setattr(memory_module, "fused_step_front_end", refuse)
+    with torch.no_grad():
+        expected = [reference.prefill(q[:, :, :5], k[:, :, :5], v[:, :, :5])]
+        got = [memory.prefill(q[:, :, :5], k[:, :, :5], v[:, :, :5])]
+        memory.form = "triton"  # its steps as the dispatcher picks them on CUDA (the prefill ran the torch form)
+        with pytest.warns(RuntimeWarning, match="fused generation step failed on its first use .*RuntimeError: PTX"):
+            got.append(memory.step(q[:, :, 5:6], k[:, :, 5:6], v[:, :, 5:6]))
+        expected.append(reference.step(q[:, :, 5:6], k[:, :, 5:6], v[:, :, 5:6]))
+        for t in range(6, 24):  # no more warnings: the memory is the torch form's now
+            got.append(memory.step(*(x[:, :, t : t + 1] for x in (q, k, v))))
+            expected.append(reference.step(*(x[:, :, t : t + 1] for x in (q, k, v))))
+    assert memory.form == "torch" and memory.length == reference.length == 24
+    assert torch.equal(memory.positions, reference.positions)
+    assert torch.equal(torch.cat(got, 2), torch.cat(expected, 2))

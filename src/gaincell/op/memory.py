@@ -15,6 +15,8 @@ per layer (device run, part c).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from gaincell.chip.cells import CellGains
@@ -67,7 +69,7 @@ class GainCellMemory:
         self.positions = torch.full((window,), -1, dtype=torch.long, device=device)
         self.length = 0
         self._anchor: int | None = None  # the anchor the kernel's stored side was built for (None: stale)
-        self.form = "torch"
+        self.form, self._fused_ran = "torch", False
         if config.attention != "softmax":
             self.form = choose_kernel(
                 kernel, self.keys.device, gains=gains is not None, read_noise=config.noise.read_noise, config=config,
@@ -150,9 +152,10 @@ class GainCellMemory:
             return sliding_window_softmax_step(q, self.keys, self.values, self.positions)
         dtype = q.dtype
         with torch.inference_mode():  # a step is ~40 tiny ops: skip autograd's bookkeeping on each
+            readout = None
             if self.form == "triton":  # the fused kernels cast what they load: no float32 copies first
-                readout, a_o, b_o = self._write_and_read_fused(q, k, v)
-            else:
+                readout, a_o, b_o = self._fused_step(q, k, v)
+            if readout is None:
                 readout, a_o, b_o = self._write_and_read(*(_compute_dtype(x) for x in (q, k, v)))
         out = torch.addcmul(b_o, a_o, readout)  # outside inference mode: an ordinary tensor for the caller
         return out if out.dtype == dtype else out.to(dtype)
@@ -187,6 +190,30 @@ class GainCellMemory:
             readout = divide(readout, self._read(self.ones_kernel, flat, t, anchor, row, seed)[..., :1])
         readout = readout.view(batch, heads, 1, dim)
         return (readout if readout.dtype == pulses.dtype else readout.to(pulses.dtype)), a_o, b_o
+
+    def _fused_step(self, q, k, v):
+        """:meth:`_write_and_read_fused`; a memory's first fused step that fails (a Triton build this GPU or
+        Triton version refuses) turns the memory to the torch step with one warning naming the error, rather
+        than failing the generation: it returns (None, None, None) with the memory as before the call. Once
+        a fused step has run, failures raise."""
+        if self._fused_ran:
+            return self._write_and_read_fused(q, k, v)
+        length, slot = self.length, self.length % self.config.window
+        position = int(self.positions[slot])
+        try:
+            found = self._write_and_read_fused(q, k, v)
+        except Exception as error:  # the first use only: what building the kernels on this device can raise
+            self.length, self.form = length, "torch"
+            self.positions[slot] = position
+            warnings.warn(
+                f"gain-cell memory: the fused generation step failed on its first use ({type(error).__name__}: "
+                f"{str(error).strip()[:200]}); this memory steps with the torch form (same outputs, more launches)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None, None, None
+        self._fused_ran = True
+        return found
 
     def _write_and_read_fused(self, q, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`_write_and_read` through the fused kernels: the front end and the write into slot t mod M in
