@@ -195,7 +195,7 @@ def compile_sm90(
 ) -> dict:
     """Compile one kernel configuration of ``version`` for sm_90 (cubin) on this CPU; returns what the
     build uses: shared memory (bytes), registers and stack (spilled) bytes per thread. ``ring``: v2's
-    forward kernel in its one-query generation form, as :func:`fused.fused_step_readout` launches it."""
+    forward kernel in its one-query generation form, as :func:`fused_step.fused_step_readout` launches it."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -205,8 +205,10 @@ def compile_sm90(
     plan = fused.make_fused_plan(config)
     blocks, structure = fused._launch(plan, dim, small_tiles, precision, kernel.removesuffix("_kernel"), version)
     if ring:
-        blocks["BT"] = fused.STEP_QUERIES
-        structure = plan.constexprs("v2", max(fused.STEP_QUERIES, blocks["BN"]))
+        from gaincell.op.kernels.fused_step import STEP_QUERIES
+
+        blocks["BT"] = STEP_QUERIES
+        structure = plan.constexprs("v2", max(STEP_QUERIES, blocks["BN"]))
     options = {key: blocks.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in blocks}
     constexprs = {**structure, **blocks, "DOT": precision}
     if kernel == "forward_kernel":
@@ -233,7 +235,7 @@ def compile_sm90(
 
 
 def compile_sm90_front_end(dtype: str) -> dict:
-    """v2's generation front end (:func:`fused.fused_step_front_end`) built for sm_90 with q, k, v in ``dtype``
+    """v2's generation front end (:func:`fused_step.fused_step_front_end`) built for sm_90 with q, k, v in ``dtype``
     (``fp32``, ``bf16``, ``fp16``: a model's projections as the kernel loads them)."""
     import triton
     from triton.backends.compiler import GPUTarget

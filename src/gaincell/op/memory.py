@@ -8,7 +8,7 @@ computed from its age rather than by repeated multiplication, so no rounding dri
 This module keeps the state (slots, positions, when the stored side is stale); the step's arithmetic
 is :mod:`gaincell.op.kernels.step`, the prompt's the parallel op. Where the dispatcher picks the fused
 kernels (CUDA; :mod:`gaincell.op.kernels.dispatch`), a step is the front end, the write, and one launch
-of the fused forward kernel over the slots (:func:`~gaincell.op.kernels.fused.fused_step_readout`): a
+of the fused forward kernel over the slots (:func:`~gaincell.op.kernels.fused_step.fused_step_readout`): a
 decode step on a GPU is bound by how many operations it launches, and the torch step takes about 100
 per layer (device run, part c).
 """
@@ -25,7 +25,7 @@ from gaincell.errors import GainCellError
 from gaincell.op.attention import check_qkv, gain_cell_attention
 from gaincell.op.equations import front_end
 from gaincell.op.kernels.dispatch import choose_kernel
-from gaincell.op.kernels.fused import fused_step_front_end, fused_step_readout
+from gaincell.op.kernels.fused_step import fused_step_front_end, fused_step_readout
 from gaincell.op.kernels.softmax import sliding_window_softmax_step
 from gaincell.op.kernels.step import StepKernel, encode, quantizer_grid, stacked_scalers
 from gaincell.op.normaliser import divide, ones_value
@@ -217,7 +217,7 @@ class GainCellMemory:
 
     def _write_and_read_fused(self, q, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`_write_and_read` through the fused kernels: the front end and the write into slot t mod M in
-        one launch (:func:`~gaincell.op.kernels.fused.fused_step_front_end`; the torch front end where a
+        one launch (:func:`~gaincell.op.kernels.fused_step.fused_step_front_end`; the torch front end where a
         quantiser is off SPEC's zero-origin grid), then one launch that reads every slot from k~ and v~ as
         stored (no stored side kept between steps). The raw q, k, v in any float dtype."""
         t, slot = self.length, self.length % self.config.window
