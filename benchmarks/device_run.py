@@ -731,15 +731,15 @@ def part_e(run: Run) -> None:
 F_MODELS = {
     "stories": {
         "share": 0.35,
-        "gpu": ["--batch", "128", "--transfer-lr", "6e-3", "--stories", "32768", "--sample-batch", "16384",
-                "--in-domain-tokens", "262144", "--eval-batch", "64", "--ood-curve", "1024"],
-        "dry": ["--batch", "4", "--stories", "32", "--sample-batch", "32", "--eval-tokens", "256",
-                "--calibration-iterations", "2", "--ood-curve", "128"],
+        "gpu": ["--batch", "128", "--transfer-batch", "16", "--transfer-lr", "6e-3", "--stories", "32768",
+                "--sample-batch", "16384", "--in-domain-tokens", "262144", "--eval-batch", "64", "--ood-curve", "1024"],
+        "dry": ["--batch", "4", "--transfer-batch", "2", "--stories", "32", "--sample-batch", "32",
+                "--eval-tokens", "256", "--calibration-iterations", "2", "--ood-curve", "128"],
     },
     "smollm2": {
         "share": 0.65,
-        "gpu": ["--batch", "32", "--lr", "3e-4", "--transfer-lr", "9e-3", "--transfer-share", "0.5", "--eval-batch", "32",
-                "--ood-curve", "1024"],
+        "gpu": ["--batch", "32", "--transfer-batch", "4", "--lr", "3e-4", "--transfer-lr", "9e-3", "--transfer-share",
+                "0.5", "--eval-batch", "32", "--ood-curve", "1024"],
     },
 }  # fmt: skip
 #: The rows in the order they run: the original, the transfer recipe, softmax at its budget, the paper's recipe.
@@ -872,6 +872,12 @@ def adapt_real_model(run: Run, model: str, data: Path, work: Path, gguf: Path) -
                 tried[batch] = f"peak {found['peak_bytes'] / 2**30:.0f} GiB of {total / 2**30:.0f}"
                 continue
             args.batch, state["step_s"] = batch, found
+            if args.transfer_batch and (args.transfer_batch >= batch or batch % args.transfer_batch):
+                args.transfer_batch = None  # the batch was halved below it: the transfer steps at the batch
+            if args.transfer_batch:  # the transfer's smaller steps: their own time (a gain-cell step and the teacher)
+                small = step_seconds(state["experiment"], args.transfer_batch, args.mixed_precision, run)
+                state["transfer_step_s"] = small["e-transfer"]
+                found = {**found, "transfer_step_s": small["e-transfer"], "transfer_batch": args.transfer_batch}
             return {**found, "batch": batch, "batches_refused": tried}
         return {"error": "no batch fits", "batches_refused": tried}
 
@@ -881,7 +887,10 @@ def adapt_real_model(run: Run, model: str, data: Path, work: Path, gguf: Path) -
         experiment, step, row_a = state["experiment"], state["step_s"], state["a_wall_s"]
         overhead = 0.0 if run.dry else F_ROW_OVERHEAD_S[model] + row_a  # each row also evaluates as (a) did
         calibration = args.calibration_iterations * step["forward"]
-        per_step = step["e-transfer"] + step["a-prime"] + step["e-paper"]
+        share = args.transfer_share  # e-transfer per step of the budget: its transfer share in smaller steps
+        small = args.batch // args.transfer_batch if args.transfer_batch else 1
+        transfer = share * small * state.get("transfer_step_s", step["e-transfer"]) + (1 - share) * step["e-transfer"]
+        per_step = transfer + step["a-prime"] + step["e-paper"]
         block = experiment.setup["block_size"]
         step_tokens, train_tokens = args.batch * block, state["train_tokens"]
         training_s = 0.9 * run.left() - 3 * overhead - calibration
@@ -892,10 +901,12 @@ def adapt_real_model(run: Run, model: str, data: Path, work: Path, gguf: Path) -
             f"{calibration:.0f} s of calibration ({bounds['time']}), {F_MAX_EPOCHS:g} epochs of the {train_tokens:,} "
             f"training tokens ({bounds['epochs']}), {F_MAX_TOKENS:,} tokens ({bounds['tokens']})); "
             f"budget = steps × batch {args.batch} × block {block}"
+            + (f"; the transfer's share in steps of {args.transfer_batch} blocks" if args.transfer_batch else "")
         )
         experiment.set_budget(steps * step_tokens, "dry run: 2 steps" if run.dry else rule)
         state["overhead_s"], state["steps"] = overhead, steps
         need = {row: overhead + steps * step[row] for row in ("e-transfer", "a-prime", "e-paper")}
+        need["e-transfer"] = overhead + steps * transfer
         need["e-paper"] += calibration
         state["need"] = need
         return {"budget_tokens": args.budget, "steps": steps, "batch": args.batch, "block": block,

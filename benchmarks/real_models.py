@@ -223,7 +223,8 @@ def softmax_fine_tuned(pretrained, recipe: dict, output: Path, args, callbacks=(
 
     recipe = recipe_from_dict({**recipe, "output_dir": str(output)})
     train_blocks, eval_blocks = recipe_blocks(recipe, load_pretrained_tokenizer(recipe.model))
-    steps = sum(getattr(recipe, stage).max_steps for stage in ("transfer", "distill"))
+    blocks = sum(getattr(recipe, stage).max_steps * getattr(recipe, stage).batch_size for stage in ("transfer", "distill"))
+    steps = blocks // args.batch  # the recipes' tokens (the transfer may step in smaller batches: --transfer-batch)
     config = TrainConfig(**stage_settings(steps, args.batch, **gpu_settings(args), lr=args.lr,
                                           position_offset=args.position_offset))  # fmt: skip
     result = train(copy.deepcopy(pretrained), train_blocks, eval_blocks, config, output / "a-prime",
@@ -256,7 +257,9 @@ def gpu_settings(args) -> dict:
 
 def recipes(setup, args) -> dict[str, dict]:
     """Both recipes spend ``args.budget`` tokens: paper 20 % linear / 80 % nonlinear (about the paper's
-    3,000 : 13,000 steps); transfer ``args.transfer_share`` on attention transfer, the rest distillation.
+    3,000 : 13,000 steps); transfer ``args.transfer_share`` on attention transfer, the rest distillation; the
+    transfer's tokens in steps of ``--transfer-batch`` blocks (default ``--batch``: the transfer needs steps
+    more than tokens, docs/real-models.md).
     Every training stage shifts its blocks' positions by up to ``--position-offset``."""
 
     def stage_table(steps: int, batch: int, **extra) -> dict:
@@ -268,7 +271,8 @@ def recipes(setup, args) -> dict[str, dict]:
     data = {"text": setup["train_text"], "block_size": setup["block_size"], "eval_fraction": 0.02, "eval_blocks": 8}
     base = {"model": setup["model"], "hardware": hardware, "data": data}
     linear_steps = max(1, steps // 5)
-    transfer_steps = max(1, round(steps * args.transfer_share))
+    transfer_steps = max(1, round(steps * args.transfer_share))  # in steps of args.batch: the budget's share
+    transfer_batch = args.transfer_batch or args.batch
     return {
         "e-paper": {**base, "stages": ["linear", "calibrated", "nonlinear"],
                     "calibration": {"batch_size": args.batch, "max_iterations": args.calibration_iterations},
@@ -276,7 +280,8 @@ def recipes(setup, args) -> dict[str, dict]:
                     "nonlinear": stage_table(steps - linear_steps, args.batch, lr=args.lr)},
         "e-transfer": {**base, "stages": ["initialised", "transfer", "distill"],
                        "initialise": {"batch_size": args.batch, "batches": max(1, 32 // args.batch)},
-                       "transfer": stage_table(transfer_steps, args.batch, lr=args.transfer_lr, weight_decay=0.0),
+                       "transfer": stage_table(transfer_steps * args.batch // transfer_batch, transfer_batch,
+                                               lr=args.transfer_lr, weight_decay=0.0),
                        "distill": stage_table(steps - transfer_steps, args.batch, lr=args.lr,
                                               lm_weight=args.lm_weight, kd_weight=1.0)},
     }  # fmt: skip
@@ -320,6 +325,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=6e-3, help="peak lr of every fine-tuning stage of both recipes")
     parser.add_argument("--transfer-lr", type=float, default=3e-3)
     parser.add_argument("--transfer-share", type=float, default=0.25)
+    parser.add_argument("--transfer-batch", type=int, default=None,
+                        help="blocks per step of the attention transfer, a divisor of --batch (default: --batch): "
+                             "the same tokens in more steps")  # fmt: skip
     parser.add_argument("--stories", type=int, default=2048, help="stories to sample (stories260K)")
     parser.add_argument("--train-text", type=Path, help="train on this file (90 %%) instead; its other 10 %% is in-domain")
     parser.add_argument("--lm-weight", type=float, default=1.0, help="distillation's LM-loss weight (0: logits only)")
@@ -366,6 +374,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line with its defaults filled in (the model's budget; --smoke's sizes)."""
     args = parser().parse_args(argv)
     args.task_limit = args.task_limit or None
+    if args.transfer_batch is not None and (args.transfer_batch < 1 or args.batch % args.transfer_batch):
+        parser().error(f"--transfer-batch must be a divisor of --batch {args.batch}, got {args.transfer_batch}")
     if args.budget is None:
         args.budget = {"stories": 900_000, "smollm2": 2_000_000}[args.model]
     if args.smoke:

@@ -89,6 +89,7 @@ def _check_part_f(part: dict, out: Path) -> None:
     assert budget["steps"] == 2 and budget["budget_tokens"] == 2 * budget["batch"] * budget["block"]
     assert budget["epochs"] == round(budget["budget_tokens"] / budget["train_tokens"], 2) and budget["max_epochs"] == 2
     assert all(seconds > 0 for seconds in cases["stories/throughput"]["tokens_per_s"].values())
+    assert cases["stories/throughput"]["transfer_batch"] == 2 and cases["stories/throughput"]["transfer_step_s"] > 0
     for row in rows:
         case = cases[f"stories/{row}"]
         assert case["row"] == row and set(case["ppl"]) == {"in-domain", "pydoc", "shakespeare", "wikitext-raw"}
