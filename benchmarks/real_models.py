@@ -226,7 +226,8 @@ def softmax_fine_tuned(pretrained, recipe: dict, output: Path, args, callbacks=(
     blocks = sum(getattr(recipe, stage).max_steps * getattr(recipe, stage).batch_size for stage in ("transfer", "distill"))
     steps = blocks // args.batch  # the recipes' tokens (the transfer may step in smaller batches: --transfer-batch)
     config = TrainConfig(**stage_settings(steps, args.batch, **gpu_settings(args), lr=args.lr,
-                                          position_offset=args.position_offset))  # fmt: skip
+                                          position_offset=args.position_offset,
+                                          untie_embeddings=getattr(args, "untie_embeddings", False)))  # fmt: skip
     result = train(copy.deepcopy(pretrained), train_blocks, eval_blocks, config, output / "a-prime",
                    resume=latest_checkpoint(output / "a-prime") is not None, callbacks=callbacks)  # fmt: skip
     log = log_entries(output / "a-prime" / config.log_jsonl)
@@ -273,17 +274,18 @@ def recipes(setup, args) -> dict[str, dict]:
     linear_steps = max(1, steps // 5)
     transfer_steps = max(1, round(steps * args.transfer_share))  # in steps of args.batch: the budget's share
     transfer_batch = args.transfer_batch or args.batch
+    untied = {"untie_embeddings": True} if getattr(args, "untie_embeddings", False) else {}  # whole-model stages
     return {
         "e-paper": {**base, "stages": ["linear", "calibrated", "nonlinear"],
                     "calibration": {"batch_size": args.batch, "max_iterations": args.calibration_iterations},
-                    "linear": stage_table(linear_steps, args.batch, lr=args.lr),
-                    "nonlinear": stage_table(steps - linear_steps, args.batch, lr=args.lr)},
+                    "linear": stage_table(linear_steps, args.batch, lr=args.lr, **untied),
+                    "nonlinear": stage_table(steps - linear_steps, args.batch, lr=args.lr, **untied)},
         "e-transfer": {**base, "stages": ["initialised", "transfer", "distill"],
                        "initialise": {"batch_size": args.batch, "batches": max(1, 32 // args.batch)},
                        "transfer": stage_table(transfer_steps * args.batch // transfer_batch, transfer_batch,
                                                lr=args.transfer_lr, weight_decay=0.0),
                        "distill": stage_table(steps - transfer_steps, args.batch, lr=args.lr,
-                                              lm_weight=args.lm_weight, kd_weight=1.0)},
+                                              lm_weight=args.lm_weight, kd_weight=1.0, **untied)},
     }  # fmt: skip
 
 
@@ -330,6 +332,8 @@ def parser() -> argparse.ArgumentParser:
                              "the same tokens in more steps")  # fmt: skip
     parser.add_argument("--stories", type=int, default=2048, help="stories to sample (stories260K)")
     parser.add_argument("--train-text", type=Path, help="train on this file (90 %%) instead; its other 10 %% is in-domain")
+    parser.add_argument("--untie-embeddings", action="store_true",
+                        help="every whole-model stage, (a′) too, trains the output head apart from the input embedding")
     parser.add_argument("--lm-weight", type=float, default=1.0, help="distillation's LM-loss weight (0: logits only)")
     parser.add_argument("--tasks", help="also run lm-eval tasks on every row: 'paper' (six) or 'table1' (+ WikiText-2)")
     parser.add_argument("--task-limit", type=int, default=1000, help="items per task (default 1,000; 0: all)")

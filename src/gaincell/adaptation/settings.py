@@ -80,6 +80,10 @@ class TrainConfig:
     ``batch_size`` is per process, as in the authors' code (SPEC §4): one optimiser step sees
     batch_size × grad_accum × processes × block tokens; :func:`~gaincell.adaptation.train.train`
     prints that number at start.
+
+    ``untie_embeddings`` (ours, off by default) gives a model whose output head shares the input
+    embedding's matrix a copy of its own before the first step, as RADLADS did for small tied models;
+    the checkpoints and the saved model are then untied.
     """
 
     lr: float = 6e-4
@@ -103,6 +107,7 @@ class TrainConfig:
     report_to: tuple[str, ...] = ()
     progress_bar: bool = True
     position_offset: int = 0  # each micro-batch's positions shifted by a random 0 … this (batches.offset_positions)
+    untie_embeddings: bool = False  # a tied output head gets its own copy first (gaincell.hf.embeddings)
 
     def __post_init__(self) -> None:
         check_positive("lr", self.lr)
@@ -144,6 +149,7 @@ class TrainConfig:
         object.__setattr__(self, "report_to", tuple(report_to))
         check_bool("progress_bar", self.progress_bar)
         check_bool("keep_best_checkpoint", self.keep_best_checkpoint)
+        check_bool("untie_embeddings", self.untie_embeddings)
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,8 @@ class TransferConfig(TrainConfig):
             ("loss", TRANSFER_LOSSES),
         ):
             check_choice(name, getattr(self, name), choices)
+        if self.untie_embeddings:
+            fail("untie_embeddings", "false in the transfer stage (it trains the attention only)", True)
 
 
 @dataclass(frozen=True)

@@ -224,8 +224,10 @@ def check_resumable(
     """Resume only what would replay the same steps: the same settings (``max_steps`` may grow, to extend
     a run; logging and checkpointing may change), chip config, processes and data (``data``: its
     :func:`data_digest`, checked against checkpoints that carry one)."""
-    saved = {key: value for key, value in state.get("config", {}).items() if key not in _FREE_ON_RESUME}
     now = {key: value for key, value in as_json(dataclasses.asdict(config)).items() if key not in _FREE_ON_RESUME}
+    defaults = as_json({f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING})
+    saved = {key: value for key, value in state.get("config", {}).items() if key not in _FREE_ON_RESUME}
+    saved = {**{key: defaults[key] for key in now.keys() - saved.keys() if key in defaults}, **saved}  # older runs
     changed = first_difference(
         {**saved, "hardware": state.get("hardware"), "num_processes": state.get("num_processes"),
          "train_blocks": state.get("train_blocks")},

@@ -48,6 +48,7 @@ from gaincell.adaptation.state import (
 )
 from gaincell.atomic import atomic_file
 from gaincell.errors import GainCellError
+from gaincell.hf.embeddings import untie_embeddings
 from gaincell.jsonl import read_jsonl
 from gaincell.validation import fail
 
@@ -197,6 +198,8 @@ def train(
 
     output_dir = Path(output_dir)
     accelerator = _accelerator(config, output_dir)
+    if config.untie_embeddings:  # before the optimiser sees the parameters and a checkpoint is loaded
+        untie_embeddings(getattr(model, "student", model))  # a distillation wrapper trains its student
     resumed, latest = _starting_point(accelerator, model, train_data, eval_data, config, output_dir, resume)
     objects = _prepare(accelerator, model, config, callbacks, latest if resume else None, resumed)
     model, optimizer, scheduler = objects.model, objects.optimizer, objects.scheduler
