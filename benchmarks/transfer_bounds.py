@@ -125,6 +125,7 @@ LEVERS: dict[str, dict] = {
     "lr-x10": {"lr_scale": 10.0},
     "lr-x0.3": {"lr_scale": 0.3},
     "steps-x2": {"steps_scale": 2.0},
+    "steps-x4": {"steps_scale": 4.0},  # epochs over the same recorded batches: steps without new tokens
     "variance-loss": {"loss": "variance"},
     "channel-affine": {"hardware": {"output_scaler": "channel"}},
     "sigmas-4": {"init_sigmas": 4.0},
