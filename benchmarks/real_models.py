@@ -25,7 +25,11 @@ and every evaluation there (the recipes' initialisation, calibration and teacher
 larger batches there, ``--eval-batch`` scores more windows at once and ``--checkpoints 1`` keeps one
 checkpoint per stage. Their defaults are the CPU runs recorded so far.
 
-Not run in CI.
+A row killed part-way (a session ends) continues with ``--resume`` from its checkpoints in ``--work``; one
+that finished is read back with ``--reuse``. ``--untie-embeddings`` trains every whole-model stage, (a′) too,
+with the output head apart from the input embedding (``TrainConfig.untie_embeddings``).
+
+Not run in CI (its row logic is: tests/benchmarks/test_real_models_rows.py).
 """
 
 from __future__ import annotations
@@ -332,8 +336,11 @@ def parser() -> argparse.ArgumentParser:
                              "the same tokens in more steps")  # fmt: skip
     parser.add_argument("--stories", type=int, default=2048, help="stories to sample (stories260K)")
     parser.add_argument("--train-text", type=Path, help="train on this file (90 %%) instead; its other 10 %% is in-domain")
-    parser.add_argument("--untie-embeddings", action="store_true",
-                        help="every whole-model stage, (a′) too, trains the output head apart from the input embedding")
+    parser.add_argument(
+        "--untie-embeddings",
+        action="store_true",
+        help="every whole-model stage, (a′) too, trains the output head apart from the input embedding",
+    )
     parser.add_argument("--lm-weight", type=float, default=1.0, help="distillation's LM-loss weight (0: logits only)")
     parser.add_argument("--tasks", help="also run lm-eval tasks on every row: 'paper' (six) or 'table1' (+ WikiText-2)")
     parser.add_argument("--task-limit", type=int, default=1000, help="items per task (default 1,000; 0: all)")
@@ -353,6 +360,12 @@ def parser() -> argparse.ArgumentParser:
         "--reuse",
         action="store_true",
         help="an (e) row whose recipe already finished in --work (wall_s.json there) is measured, not rerun",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="an (e) row interrupted in --work continues from its checkpoints (same settings), "
+        "not from scratch; (a′) always does",
     )
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
                         help="rows to run (default all); rows already in the JSON are kept, so two processes "
@@ -473,24 +486,32 @@ class Experiment:
             text, curve = sample(model, self.tokenizer, setup["prompt"]), held_out_curve(folder, ["a-prime"])
             return self.measure(row, "original fine-tuned (softmax), same tokens", model, tokens, wall, text, curve)
         recipe, output = self.recipes[row], args.work / f"{args.model}-{row}"
-        if args.reuse and (output / "wall_s.json").is_file():  # adapted before: measure it again
-            summary = json.loads((output / "summary.json").read_text())
-            wall = json.loads((output / "wall_s.json").read_text())["wall_s"]
-        else:
-            if output.exists():
-                import shutil
-
-                shutil.rmtree(output)
-            began = time.perf_counter()
-            summary = adapt(recipe_from_dict({**recipe, "output_dir": str(output)}), device=args.device,
-                            callbacks=self.callbacks)  # fmt: skip
-            wall = time.perf_counter() - began
-            (output / "wall_s.json").write_text(json.dumps({"wall_s": wall}))
+        summary, wall = adapted(recipe, output, args, self.callbacks)
         tokens = sum(summary[name].get("tokens", 0) for name in recipe["stages"])
         model = gaincell.load(output / recipe["stages"][-1] / "model", device=args.device)
         text = sample(model, self.tokenizer, setup["prompt"])
         return self.measure(row, " + ".join(recipe["stages"]), model, tokens, wall, text,
                             held_out_curve(output, recipe["stages"]))  # fmt: skip
+
+
+def adapted(recipe: dict, output: Path, args, callbacks=()) -> tuple[dict, float]:
+    """Adapt one (e) recipe in ``output``: (its summary, wall seconds). With ``--reuse`` a finished one is read
+    back; with ``--resume`` an interrupted one continues from its checkpoints; else the folder starts empty."""
+    if args.reuse and (output / "wall_s.json").is_file():  # adapted before: measure it again
+        return json.loads((output / "summary.json").read_text()), json.loads((output / "wall_s.json").read_text())["wall_s"]
+    resume = getattr(args, "resume", False) and output.is_dir()
+    if output.exists() and not resume:
+        import shutil
+
+        shutil.rmtree(output)
+    began = time.perf_counter()
+    summary = adapt(recipe_from_dict({**recipe, "output_dir": str(output)}), device=getattr(args, "device", None),
+                    callbacks=callbacks, resume=resume)  # fmt: skip
+    wall = time.perf_counter() - began
+    if resume:  # the training stages' clocks run across resumes (train() keeps them); this process's may be less
+        wall = max(wall, sum(stage_seconds(output, name) for name in recipe["stages"]))
+    (output / "wall_s.json").write_text(json.dumps({"wall_s": wall, "resumed": resume}))
+    return summary, wall
 
 
 @torch.no_grad()
@@ -509,6 +530,12 @@ def log_entries(path: Path) -> list[dict]:
     from gaincell.jsonl import read_jsonl
 
     return read_jsonl(path)
+
+
+def stage_seconds(output: Path, stage: str) -> float:
+    """A training stage's wall time from its log (train() keeps the clock across resumes); 0 for the others."""
+    log = output / stage / "metrics.jsonl"
+    return max((entry.get("elapsed", 0.0) for entry in log_entries(log)), default=0.0) if log.is_file() else 0.0
 
 
 def held_out_curve(output: Path, stages: list[str]) -> list[dict]:
