@@ -234,8 +234,7 @@ def softmax_fine_tuned(pretrained, recipe: dict, output: Path, args, callbacks=(
                                           untie_embeddings=getattr(args, "untie_embeddings", False)))  # fmt: skip
     result = train(copy.deepcopy(pretrained), train_blocks, eval_blocks, config, output / "a-prime",
                    resume=latest_checkpoint(output / "a-prime") is not None, callbacks=callbacks)  # fmt: skip
-    log = log_entries(output / "a-prime" / config.log_jsonl)
-    wall = max((entry.get("elapsed", 0.0) for entry in log), default=0.0)  # train keeps it across resumes
+    wall = stage_seconds(output, "a-prime")  # train keeps the clock across resumes
     return result.model.eval(), result.step * args.batch * int(train_blocks.shape[1]), wall
 
 
