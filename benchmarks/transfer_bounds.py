@@ -52,7 +52,9 @@ monkeypatched the op for it; the option gives the same outputs bit for bit on a 
 recorded rows mean the same.)
 
 Rows land one by one in ``--work`` (resumable: a finished row is read back, not rerun) and the table
-is rewritten after each: ``benchmarks/results/transfer-bounds-MODEL[-TAG]/results.{json,md}``.
+is rewritten after each: ``benchmarks/results/transfer-bounds-MODEL[-TAG]/results.{json,md}``. Layers
+train apart (each on its own teacher inputs), so a model's layers can run in groups, in parallel or across
+sessions, and ``--merge TAG ... --tag ALL`` puts the groups' tables together (:func:`merge_groups`).
 
     python benchmarks/transfer_bounds.py stories --steps 100 --eval-tokens 16384 --rows paper no-adc ...
     python benchmarks/transfer_bounds.py smollm2 --layers 0 10 20 --steps 24 --batch 1 --init-blocks 2 \
@@ -432,6 +434,67 @@ def write_tables(args, data: dict, types, rows: dict, baseline: dict) -> None:
         handle.write("\n".join(lines) + "\n")
 
 
+def merge_groups(out: Path, model: str, tags: list[str], tag: str) -> dict:
+    """One table over the layers of several runs (``--merge TAG ...``): each layer trains only on its own
+    teacher inputs, so layer groups run apart measure what one run over all of them would (apart from the
+    shared gradient clipping). A row counts where every group has it; the others are named as incomplete.
+    Writes ``transfer-bounds-MODEL-TAG/results.{json,md}`` and returns the JSON."""
+    groups = {}
+    for name in tags:
+        path = out / f"transfer-bounds-{model}-{name}" / "results.json"
+        if not path.is_file():
+            raise SystemExit(f"--merge: no results for tag {name!r} ({path})")
+        groups[name] = json.loads(path.read_text())
+    layers = [layer for found in groups.values() for layer in found["settings"]["layers"]]
+    if len(set(layers)) != len(layers):
+        raise SystemExit(f"--merge: the groups' layers overlap ({sorted(layers)}); each layer must be in one group")
+    names = list(dict.fromkeys(row for found in groups.values() for row in found["rows"]))
+    complete = [row for row in names if all(row in found["rows"] for found in groups.values())]
+    rows = {}
+    for row in complete:
+        per_layer = {str(i): found["rows"][row]["per_layer"][str(i)] for found in groups.values()
+                     for i in found["settings"]["layers"]}  # fmt: skip
+        ppl = {name: found["rows"][row]["perplexity"] for name, found in groups.items()}
+        rows[row] = {"per_layer": dict(sorted(per_layer.items(), key=lambda item: int(item[0]))),
+                     "mean_layer": sum(per_layer.values()) / len(per_layer),
+                     "train_seconds": sum(found["rows"][row]["train_seconds"] for found in groups.values()),
+                     "tokens_per_group": sorted({found["rows"][row]["tokens"] for found in groups.values()}),
+                     "group_perplexity": ppl}  # fmt: skip
+    incomplete = {row: [name for name, found in groups.items() if row not in found["rows"]]
+                  for row in names if row not in complete}  # fmt: skip
+    result = {"settings": {"groups": {name: found["settings"]["layers"] for name, found in groups.items()},
+                           "layers": sorted(layers)},
+              "reference": {name: found["reference"] for name, found in groups.items()},
+              "rows": rows, "incomplete": incomplete}  # fmt: skip
+    folder = out / f"transfer-bounds-{model}-{tag}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_file(folder / "results.json") as handle:
+        json.dump(result, handle, indent=1)
+    lines = [f"# Transfer bounds: {model}, {len(layers)} layers from {len(groups)} runs", "",
+             "Runs (tag: layers): " + "; ".join(f"{name}: {found['settings']['layers']}" for name, found in groups.items())
+             + ". Each run trained and measured its own layers; the others kept the teacher's attention there, so the "
+             "perplexities are per run (its layers on the chip).", "",
+             "| row | mean layer MSE | layers ≤ 0.15 | worst layer | perplexity per run | s |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for row, found in rows.items():
+        worst = max(found["per_layer"], key=found["per_layer"].get)
+        low, high = min(found["group_perplexity"].values()), max(found["group_perplexity"].values())
+        below = sum(value <= 0.15 for value in found["per_layer"].values())
+        lines.append(f"| {row} | {found['mean_layer']:.3f} | {below} of {len(layers)} | L{worst} "
+                     f"{found['per_layer'][worst]:.3f} | {low:.2f}–{high:.2f} | {found['train_seconds']:.0f} |")  # fmt: skip
+    lines += ["", "| layer | " + " | ".join(rows) + " |", "|---" * (1 + len(rows)) + "|"]
+    for layer in sorted(layers):
+        lines.append(f"| {layer} | " + " | ".join(f"{found['per_layer'][str(layer)]:.3f}" for found in rows.values()) + " |")
+    if incomplete:
+        lines += [
+            "",
+            "Incomplete rows (missing in): " + "; ".join(f"{row} ({', '.join(miss)})" for row, miss in incomplete.items()),
+        ]
+    with atomic_file(folder / "results.md") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=("stories", "smollm2"))
@@ -450,7 +513,14 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--init-blocks", type=int, default=32, help="blocks the scaler statistics come from")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--merge", nargs="+", metavar="TAG",
+                        help="no training: one table over these runs' layers, written under --tag")  # fmt: skip
     args = parser.parse_args()
+    if args.merge:
+        if not args.tag:
+            parser.error("--merge needs --tag: the merged table's own folder")
+        merge_groups(args.out, args.model, args.merge, args.tag)
+        return
     torch.set_num_threads(args.threads)
     data = setup(args)
     args.work = args.work / f"{args.model}{'-' + args.tag if args.tag else ''}"
