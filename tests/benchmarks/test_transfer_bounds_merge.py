@@ -24,7 +24,7 @@ def group(out: Path, tag: str, layers: list[int], rows: dict[str, list[float]]) 
                 "perplexity": 22.0 + len(layers),
                 "train_seconds": 100.0,
                 "tokens": 1000,
-            }  # fmt: skip
+            }
             for name, values in rows.items()
         },
     }
