@@ -398,8 +398,13 @@ def teacher_records(args, data: dict, hardware: GainCellConfig) -> dict:
     return records
 
 
+def results_folder(out: Path, model: str, tag: str) -> Path:
+    """Where a run's (or a merge's) tables go: ``OUT/transfer-bounds-MODEL[-TAG]/``."""
+    return out / f"transfer-bounds-{model}{'-' + tag if tag else ''}"
+
+
 def write_tables(args, data: dict, types, rows: dict, baseline: dict) -> None:
-    folder = args.out / f"transfer-bounds-{args.model}{'-' + args.tag if args.tag else ''}"
+    folder = results_folder(args.out, args.model, args.tag)
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / "results"
     settings = {"model": data["model"], "train_text": data["train_text"], "layers": args.layers, "steps": args.steps,
@@ -441,7 +446,7 @@ def merge_groups(out: Path, model: str, tags: list[str], tag: str) -> dict:
     Writes ``transfer-bounds-MODEL-TAG/results.{json,md}`` and returns the JSON."""
     groups = {}
     for name in tags:
-        path = out / f"transfer-bounds-{model}-{name}" / "results.json"
+        path = results_folder(out, model, name) / "results.json"
         if not path.is_file():
             raise SystemExit(f"--merge: no results for tag {name!r} ({path})")
         groups[name] = json.loads(path.read_text())
@@ -466,7 +471,7 @@ def merge_groups(out: Path, model: str, tags: list[str], tag: str) -> dict:
                            "layers": sorted(layers)},
               "reference": {name: found["reference"] for name, found in groups.items()},
               "rows": rows, "incomplete": incomplete}  # fmt: skip
-    folder = out / f"transfer-bounds-{model}-{tag}"
+    folder = results_folder(out, model, tag)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_file(folder / "results.json") as handle:
         json.dump(result, handle, indent=1)
