@@ -11,6 +11,10 @@ the last batch it recorded; the seed of batch i is ``--seed + i``), separated by
     python benchmarks/sample_corpus.py ~/.cache/gaincell/models/SmolLM2-135M-Instruct.Q4_1.gguf \\
         runs/smollm2-samples.txt --sequences 512 --tokens 512
 
+``--opening TEXT`` starts every sequence from that text alone instead: given the model's document
+separator (``<|endoftext|>`` for SmolLM2), the samples are what the model writes unprompted, as broad as its
+pre-training (prose, code, lists), where WikiText openings keep it near encyclopaedic prose.
+
 The openings need lm-eval's WikiText detokeniser, which a lent GPU lacks: ``--write-prompts`` writes them
 here, one per line, and ``--prompts FILE`` reads them there (``benchmarks/device_run.py`` part f samples
 SmolLM2's training text on the GPU this way, with :func:`sample`, ``--device cuda --dtype bfloat16``
@@ -100,12 +104,13 @@ def sample(
     return state
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="hub id, save_pretrained folder or GGUF file")
     parser.add_argument("output", type=Path)
     parser.add_argument("--prompts-from", type=Path, help="corpus whose paragraph openings prompt (default wikitext2-valid)")
     parser.add_argument("--prompts", type=Path, help="openings one per line (from --write-prompts), instead of a corpus")
+    parser.add_argument("--opening", help="start every sequence from this text alone (e.g. '<|endoftext|>' for SmolLM2)")
     parser.add_argument("--write-prompts", action="store_true", help="write the openings to OUTPUT, one per line, and stop")
     parser.add_argument("--prompt-words", type=int, default=6)
     parser.add_argument("--sequences", type=int, default=512)
@@ -117,9 +122,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the model samples (cpu, cuda)")
     parser.add_argument("--dtype", default=None, help="the model's weights (bfloat16 on a GPU; default float32)")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.opening is not None and (args.prompts is not None or args.prompts_from is not None):
+        parser.error("--opening replaces the openings: give it without --prompts and --prompts-from")
+    if args.opening is not None and not args.opening:
+        parser.error("--opening: expected a non-empty text (e.g. '<|endoftext|>'), got an empty one")
     torch.set_num_threads(args.threads)
-    if args.prompts is not None:
+    if args.opening is not None:
+        starts = [args.opening]
+    elif args.prompts is not None:
         starts = read_prompts(args.prompts)
     else:
         corpus = args.prompts_from or require_data_dir("sample_corpus.py") / "wikitext2-valid.txt"

@@ -53,3 +53,20 @@ def test_sample_resumes_and_stops_at_its_time_limit(tmp_path, tiny_gpt2, tokeniz
     text = out.read_text()
     assert state["batches"] == 3 and text.startswith(first) and "killed" not in text
     assert text.count("\n\n") == 6
+
+
+def test_opening_starts_every_sequence_from_one_text(tmp_path, tiny_gpt2, tokenizer):
+    folder = tmp_path / "model"
+    tiny_gpt2().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "samples.txt"
+    _module().main([str(folder), str(out), "--opening", "def", "--sequences", "4", "--tokens", "10", "--batch", "2"])
+    sequences = [text for text in out.read_text().split("\n\n") if text]
+    assert len(sequences) == 4 and all(text.startswith("def") for text in sequences)
+
+
+@pytest.mark.parametrize("extra", [["--opening", ""], ["--opening", "x", "--prompts", "p.txt"]])
+def test_opening_refuses_an_empty_text_and_other_openings(tmp_path, extra):
+    done = subprocess.run([sys.executable, str(SCRIPT), "unused-model", str(tmp_path / "o.txt"), *extra],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "--opening" in done.stderr.splitlines()[-1]
