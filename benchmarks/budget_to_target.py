@@ -12,9 +12,10 @@ power of the tokens, g(N) = c·N^(−α). α comes from two kinds of curve:
 
 - ``stories260K across budgets``: the e-transfer endpoints of three runs of the same recipe at 3.6M, 14.4M
   and 28.8M tokens (each with its own full schedule: the cleanest evidence of what more tokens buy);
-- ``SmolLM2 within one run``: the distillation curve of the best SmolLM2 run (transfer lr 9e-3), the
-  perplexity on held-out blocks and on each other text after every checkpoint, against the distillation
-  tokens so far. One schedule's curve, not endpoints of several: its tail is where the cosine lr runs out.
+- ``SmolLM2 TAG, within the run``: the distillation curve of a SmolLM2 run (``--smollm2 TAG``; lr9e-3 by
+  default, the best with its samples), the perplexity on held-out blocks and on each other text after every
+  checkpoint, against the distillation tokens so far. One schedule's curve, not endpoints of several: its
+  tail is where the cosine lr runs out.
 
 From the last measured SmolLM2 result (N_end tokens, gap g_end on each text's full evaluation) the budget
 that reaches a target gap g* is N* = N_end·(g_end / g*)^(1/α): the whole budget (transfer and distillation
@@ -43,7 +44,8 @@ OOD_TEXTS = ("pydoc", "shakespeare", "wikitext-raw")
 #: (a) as ratios of perplexity; Table 1 as points below (a)'s average.
 TARGETS = {"in-domain": (1.3, 2.0), "ood": (1.5, 3.0), "table1": (2.0, 5.0)}
 STORIES_BUDGETS = ("real-models-stories-fair", "real-models-stories-long", "real-models-stories-long2")
-SMOLLM2_RUN = "real-models-smollm2-lr9e-3"
+#: the SmolLM2 runs read by default (``--smollm2``): each gives an endpoint and a within-run curve
+SMOLLM2_RUNS = ("lr9e-3",)
 SMOLLM2_FAIR = "real-models-smollm2-fair"
 #: rows above this perplexity score chance on Table 1, so they say nothing about the slope
 TABLE1_PPL_CEILING = 1000.0
@@ -113,11 +115,11 @@ def smollm2_curves(run: dict) -> dict[str, list[tuple[float, float]]]:
     return curves
 
 
-def table1_line(fair: dict, run: dict) -> dict:
-    """Table 1 average against ln(raw WikiText-2 perplexity) over SmolLM2's rows (both runs), a least-squares
+def table1_line(runs: list[dict]) -> dict:
+    """Table 1 average against ln(raw WikiText-2 perplexity) over SmolLM2's rows (every run read), a least-squares
     line; and the perplexity a row needs to be within each target's points of (a)."""
     points = []
-    for results in (fair, run):
+    for results in runs:
         for entry in results["rows"]:
             average = (entry.get("table1") or {}).get("columns", {}).get("average")
             ppl = (entry.get("ppl") or {}).get("wikitext-raw")
@@ -136,12 +138,33 @@ def table1_line(fair: dict, run: dict) -> dict:
             "slope_points_per_e_fold": slope, "original_average": original, "ppl_needed": needed}  # fmt: skip
 
 
-def estimate(results: Path) -> dict:
-    fair, run = read(results / SMOLLM2_FAIR), read(results / SMOLLM2_RUN)
-    fits = {"stories260K across budgets": {t: fit_power_law(c) for t, c in stories_curves(results).items()},
-            "SmolLM2 within one run": {t: fit_power_law(c) for t, c in smollm2_curves(run).items()}}  # fmt: skip
-    adapted, original, softmax = row(run, "e-transfer"), row(run, "a"), row(fair, "a-prime")
-    table1 = table1_line(fair, run)
+STORIES_SOURCE = "stories260K across budgets"
+
+
+def run_source(tag: str) -> str:
+    return f"SmolLM2 {tag}, within the run"
+
+
+def estimate(results: Path, tags: tuple[str, ...] = SMOLLM2_RUNS) -> dict:
+    fair = read(results / SMOLLM2_FAIR)
+    runs = {tag: read(results / f"real-models-smollm2-{tag}") for tag in tags}
+    fits = {STORIES_SOURCE: {t: fit_power_law(c) for t, c in stories_curves(results).items()}}
+    for tag, run in runs.items():
+        fits[run_source(tag)] = {text: fit_power_law(curve) for text, curve in smollm2_curves(run).items()}
+    table1 = table1_line([fair, *runs.values()])
+    estimates = []
+    for tag, run in runs.items():
+        # (a′) on the run's own training text: its own row, else the fair run's (the same samples)
+        softmax = row(run, "a-prime") or row(fair, "a-prime")
+        sources = (STORIES_SOURCE, run_source(tag))
+        estimates += run_estimates(tag, run, softmax, table1, {source: fits[source] for source in sources})
+    return {"sources": {"stories260K": list(STORIES_BUDGETS), "SmolLM2": [f"real-models-smollm2-{t}" for t in tags]},
+            "targets": TARGETS, "fits": fits, "table1": table1, "estimates": estimates}  # fmt: skip
+
+
+def run_estimates(tag: str, run: dict, softmax: dict, table1: dict, fits: dict) -> list[dict]:
+    """For one SmolLM2 run's e-transfer: every target as a perplexity, and the budget each fit names for it."""
+    adapted, original = row(run, "e-transfer"), row(run, "a")
     # (text, goal, what the goal is measured against, the perplexity it asks for)
     wanted = [("in-domain", kind, f"{r:g}× (a′)", r * softmax["ppl"]["in-domain"])
               for r, kind in zip(TARGETS["in-domain"], ("target", "resolve"), strict=True)]  # fmt: skip
@@ -157,11 +180,10 @@ def estimate(results: Path) -> dict:
         gap_wanted = math.log(ppl_wanted / original["ppl"][text])
         budgets = {source: budget_for(adapted["tokens"], gap_end, gap_wanted, fit.get(text, {}).get("alpha"))
                    for source, fit in fits.items()}  # fmt: skip
-        estimates.append({"text": text, "kind": kind, "goal": goal, "ppl_wanted": ppl_wanted,
+        estimates.append({"run": tag, "text": text, "kind": kind, "goal": goal, "ppl_wanted": ppl_wanted,
                           "ppl_original": original["ppl"][text], "ppl_end": adapted["ppl"][text],
                           "tokens_end": adapted["tokens"], "budgets": budgets})  # fmt: skip
-    return {"sources": {"stories260K": list(STORIES_BUDGETS), "SmolLM2": [SMOLLM2_RUN, SMOLLM2_FAIR]},
-            "targets": TARGETS, "fits": fits, "table1": table1, "estimates": estimates}  # fmt: skip
+    return estimates
 
 
 def tokens_text(value: float | None) -> str:
@@ -192,11 +214,17 @@ def markdown(found: dict) -> str:
               "Perplexity needed: " + ", ".join(f"within {k:g} points: {v:.1f}" for k, v in line["ppl_needed"].items()),
               "", "| row | raw WikiText-2 | Table 1 average |", "|---|---:|---:|"]  # fmt: skip
     lines += [f"| {p['row']} | {p['wikitext_raw_ppl']:.2f} | {p['average']:.1f} |" for p in line["points"]]
-    sources = list(found["fits"])
-    lines += ["", "## Budgets (SmolLM2 e-transfer, transfer lr 9e-3; all tokens of the recipe)", "",
-              "| text | goal | (a) | ppl wanted | measured (tokens) | " + " | ".join(sources) + " |",
-              "|---|---|---:|---:|---|" + "---|" * len(sources)]  # fmt: skip
-    for item in found["estimates"]:
+    for tag in dict.fromkeys(item["run"] for item in found["estimates"]):
+        lines += budget_lines(tag, [item for item in found["estimates"] if item["run"] == tag])
+    return "\n".join(lines) + "\n"
+
+
+def budget_lines(tag: str, estimates: list[dict]) -> list[str]:
+    sources = list(estimates[0]["budgets"])
+    lines = ["", f"## Budgets from SmolLM2 run `{tag}` (e-transfer; all tokens of the recipe)", "",
+             "| text | goal | (a) | ppl wanted | measured (tokens) | " + " | ".join(sources) + " |",
+             "|---|---|---:|---:|---|" + "---|" * len(sources)]  # fmt: skip
+    for item in estimates:
         cells = []
         for source in sources:
             budget = item["budgets"][source]
@@ -206,19 +234,19 @@ def markdown(found: dict) -> str:
                 cells.append(f"{tokens_text(budget['tokens'])} ({budget['why']})" if budget["tokens"] else budget["why"])
         lines.append(f"| {item['text']} | {item['goal']} | {item['ppl_original']:.2f} | {item['ppl_wanted']:.2f} | "
                      f"{item['ppl_end']:.2f} ({tokens_text(item['tokens_end'])}) | " + " | ".join(cells) + " |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def plot(found: dict, results: Path, path: Path) -> None:
+def plot(found: dict, results: Path, path: Path, tags: tuple[str, ...]) -> None:
     """The gaps and their fitted power laws, one panel per curve, log-log."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {"stories260K across budgets": stories_curves(results),
-              "SmolLM2 within one run": smollm2_curves(read(results / SMOLLM2_RUN))}  # fmt: skip
-    figure, axes = plt.subplots(1, len(curves), figsize=(12, 4.2), squeeze=False)
+    curves = {STORIES_SOURCE: stories_curves(results)}
+    curves.update({run_source(tag): smollm2_curves(read(results / f"real-models-smollm2-{tag}")) for tag in tags})
+    figure, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.2), squeeze=False)
     for axis, (source, by_text) in zip(axes[0], curves.items(), strict=True):
         for text, points in by_text.items():
             shown = axis.plot([n for n, _ in points], [g for _, g in points], "o", label=text)[0]
@@ -240,22 +268,25 @@ def plot(found: dict, results: Path, path: Path) -> None:
     temporary.replace(path)
 
 
-def write(found: dict, folder: Path, results: Path) -> None:
+def write(found: dict, folder: Path, results: Path, tags: tuple[str, ...]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in (("results.json", json.dumps(found, indent=1)), ("results.md", markdown(found))):
         temporary = folder / f".{name}.tmp"
         temporary.write_text(text)
         temporary.replace(folder / name)
-    plot(found, results, folder / "curves.png")
+    plot(found, results, folder / "curves.png", tags)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the committed real-model results are")
     parser.add_argument("--out", type=Path, default=RESULTS / "budget-to-target", help="folder for the tables")
+    parser.add_argument("--smollm2", nargs="+", default=list(SMOLLM2_RUNS), metavar="TAG",
+                        help="SmolLM2 runs (real-models-smollm2-TAG/) whose endpoints and curves to read")  # fmt: skip
     args = parser.parse_args(argv)
-    found = estimate(args.results)
-    write(found, args.out, args.results)
+    tags = tuple(args.smollm2)
+    found = estimate(args.results, tags)
+    write(found, args.out, args.results, tags)
     print(markdown(found))
     return found
 

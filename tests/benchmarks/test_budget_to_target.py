@@ -62,3 +62,23 @@ def test_the_committed_results_give_a_table_a_plot_and_the_measured_state(tmp_pa
     line = found["table1"]
     assert line["slope_points_per_e_fold"] < 0
     assert line["ppl_needed"][2.0] < line["ppl_needed"][5.0]
+
+
+def test_each_smollm2_run_gets_its_own_curve_and_budgets(tmp_path):
+    """Two runs read side by side (here the same results under two tags) each give their own fit and table."""
+    results = tmp_path / "results"
+    results.mkdir()
+    committed = budget_to_target.RESULTS
+    for name in (*budget_to_target.STORIES_BUDGETS, budget_to_target.SMOLLM2_FAIR, "real-models-smollm2-lr9e-3"):
+        (results / name).symlink_to(committed / name)
+    (results / "real-models-smollm2-again").symlink_to(committed / "real-models-smollm2-lr9e-3")
+    out = tmp_path / "out"
+    found = budget_to_target.main(["--results", str(results), "--out", str(out), "--smollm2", "lr9e-3", "again"])
+    first, second = (found["fits"][budget_to_target.run_source(tag)] for tag in ("lr9e-3", "again"))
+    assert first == second
+    by_run = {tag: [e for e in found["estimates"] if e["run"] == tag] for tag in ("lr9e-3", "again")}
+    assert len(by_run["lr9e-3"]) == len(by_run["again"]) == 10
+    assert [e["budgets"][budget_to_target.STORIES_SOURCE] for e in by_run["lr9e-3"]] == [
+        e["budgets"][budget_to_target.STORIES_SOURCE] for e in by_run["again"]
+    ]
+    assert "run `again`" in (out / "results.md").read_text()
