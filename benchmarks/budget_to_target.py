@@ -12,10 +12,10 @@ power of the tokens, g(N) = c·N^(−α). α comes from two kinds of curve:
 
 - ``stories260K across budgets``: the e-transfer endpoints of three runs of the same recipe at 3.6M, 14.4M
   and 28.8M tokens (each with its own full schedule: the cleanest evidence of what more tokens buy);
-- ``SmolLM2 TAG, within the run``: the distillation curve of a SmolLM2 run (``--smollm2 TAG``; lr9e-3 by
-  default, the best with its samples), the perplexity on held-out blocks and on each other text after every
-  checkpoint, against the distillation tokens so far. One schedule's curve, not endpoints of several: its
-  tail is where the cosine lr runs out.
+- ``SmolLM2 TAG, within the run``: the distillation curve of a SmolLM2 run (``--smollm2 TAG``; by default
+  lr9e-3, trained on samples prompted by WikiText openings, and open, on unprompted samples), the
+  perplexity on held-out blocks and on each other text after every checkpoint, against the distillation
+  tokens so far. One schedule's curve, not endpoints of several: its tail is where the cosine lr runs out.
 
 From the last measured SmolLM2 result (N_end tokens, gap g_end on each text's full evaluation) the budget
 that reaches a target gap g* is N* = N_end·(g_end / g*)^(1/α): the whole budget (transfer and distillation
@@ -45,7 +45,7 @@ OOD_TEXTS = ("pydoc", "shakespeare", "wikitext-raw")
 TARGETS = {"in-domain": (1.3, 2.0), "ood": (1.5, 3.0), "table1": (2.0, 5.0)}
 STORIES_BUDGETS = ("real-models-stories-fair", "real-models-stories-long", "real-models-stories-long2")
 #: the SmolLM2 runs read by default (``--smollm2``): each gives an endpoint and a within-run curve
-SMOLLM2_RUNS = ("lr9e-3",)
+SMOLLM2_RUNS = ("lr9e-3", "open")
 SMOLLM2_FAIR = "real-models-smollm2-fair"
 #: rows above this perplexity score chance on Table 1, so they say nothing about the slope
 TABLE1_PPL_CEILING = 1000.0

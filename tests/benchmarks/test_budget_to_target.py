@@ -44,7 +44,8 @@ def test_the_committed_results_give_a_table_a_plot_and_the_measured_state(tmp_pa
     found = budget_to_target.main(["--out", str(tmp_path)])
     assert {p.name for p in tmp_path.iterdir()} == {"results.json", "results.md", "curves.png"}
     assert json.loads((tmp_path / "results.json").read_text())["estimates"] == found["estimates"]
-    by_goal = {(e["text"], e["goal"]): e for e in found["estimates"]}
+    assert {e["run"] for e in found["estimates"]} == set(budget_to_target.SMOLLM2_RUNS)
+    by_goal = {(e["text"], e["goal"]): e for e in found["estimates"] if e["run"] == "lr9e-3"}
     # in domain the best SmolLM2 run (73.44) is inside 2× (a′) = 2 × 38.24 and outside 1.3× (a′)
     resolve, target = by_goal[("in-domain", "2× (a′)")], by_goal[("in-domain", "1.3× (a′)")]
     assert resolve["ppl_wanted"] == pytest.approx(2 * 38.24, rel=1e-3)
