@@ -38,6 +38,8 @@ import json
 import math
 from pathlib import Path
 
+from gaincell.atomic import atomic_file
+
 RESULTS = Path(__file__).resolve().parent / "results"
 OOD_TEXTS = ("pydoc", "shakespeare", "wikitext-raw")
 #: issue 24's SmolLM2 targets, then the bars for resolving it: in domain against (a′), out of domain against
@@ -271,9 +273,8 @@ def plot(found: dict, results: Path, path: Path, tags: tuple[str, ...]) -> None:
 def write(found: dict, folder: Path, results: Path, tags: tuple[str, ...]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in (("results.json", json.dumps(found, indent=1)), ("results.md", markdown(found))):
-        temporary = folder / f".{name}.tmp"
-        temporary.write_text(text)
-        temporary.replace(folder / name)
+        with atomic_file(folder / name) as handle:
+            handle.write(text)
     plot(found, results, folder / "curves.png", tags)
 
 
