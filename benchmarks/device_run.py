@@ -750,13 +750,14 @@ F_ROW_OVERHEAD_S = {"stories": 10.0, "smollm2": 20.0}  # the second H200 run: 9â
 F_MAX_TOKENS = 100_000_000  # the issue's upper end
 F_MAX_EPOCHS = 2.0  # of the training text, per row
 #: SmolLM2's training text on a GPU: its own samples (benchmarks/sample_corpus.py; docs/real-models.md, the fair
-#: rows), so that the two-epoch cap leaves a budget worth a GPU and no row learns WikiText-2's format. They are
-#: prompted by the openings benchmarks/device_carry.py writes beside the data (lm-eval's detokeniser is not on the
-#: device) and take this share of the model's time. Without that file the rows train on wikitext2-valid. The
-#: second H200 run sampled 256 sequences at a time at 4,732 tokens/s (54 ms a step whatever the batch: the
-#: generation loop's overhead), and its samples' 0.3 of a call shared with stories260K left the rows 2 steps;
-#: so 1,024 at a time (a 12 GB cache) and 0.2 of a call of SmolLM2's own.
-F_SAMPLES = {"file": "smollm2-prompts.txt", "share": 0.2, "batch": 1024, "tokens": 512}
+#: rows), so that the two-epoch cap leaves a budget worth a GPU and no row learns WikiText-2's format. Every
+#: sequence starts from the document separator alone: what the model writes unprompted, as broad as its
+#: pre-training, with no evaluation text's openings in it (docs/real-models.md, "Unprompted samples": on the CPU
+#: at 160k tokens as good as WikiText-prompted samples on the sum of the other texts). They take this share of
+#: the model's time. The second H200 run sampled 256 sequences at a time at 4,732 tokens/s (54 ms a step whatever
+#: the batch: the generation loop's overhead), and its samples' 0.3 of a call shared with stories260K left the
+#: rows 2 steps; so 1,024 at a time (a 12 GB cache) and 0.2 of a call of SmolLM2's own.
+F_SAMPLES = {"opening": "<|endoftext|>", "share": 0.2, "batch": 1024, "tokens": 512}
 
 
 def part_f(run: Run) -> None:
@@ -831,11 +832,10 @@ def adapt_real_model(run: Run, model: str, data: Path, work: Path, gguf: Path) -
 
     settings = F_MODELS[model]["dry" if run.dry else "gpu"]
     argv = [model, *settings, "--data", str(data), "--work", str(work / model), "--out", str(work / "results")]
-    prompts = data / F_SAMPLES["file"]
-    if model == "smollm2" and prompts.is_file():
+    if model == "smollm2":
         samples = work / "smollm2-samples.txt"
         seconds = F_SAMPLES["share"] * run.left()
-        sampled = run.case(f"{model}/samples", lambda: own_samples(run.device, gguf, prompts, samples, seconds))
+        sampled = run.case(f"{model}/samples", lambda: own_samples(run.device, gguf, samples, seconds))
         if "error" not in sampled and "skipped" not in sampled:
             argv += ["--train-text", str(samples)]
     argv += ["--device", str(run.device), "--checkpoints", "1", "--quiet", "--tag", "dry-run" if run.dry else "gpu"]
@@ -941,9 +941,11 @@ def budget_steps(seconds: float, step_s: float, step_tokens: int, train_tokens: 
     return max(2, min(bounds.values())), bounds
 
 
-def own_samples(device: torch.device, model_path: Path, prompts: Path, output: Path, seconds: float) -> dict:
-    """The model's own text (:data:`F_SAMPLES`): batches of sequences sampled on ``device`` (bf16 on a GPU) from
-    the openings in ``prompts`` until ``seconds`` have passed."""
+def own_samples(
+    device: torch.device, model_path: Path, output: Path, seconds: float, opening: str = F_SAMPLES["opening"]
+) -> dict:
+    """The model's own text (:data:`F_SAMPLES`): batches of sequences sampled on ``device`` (bf16 on a GPU), each
+    from ``opening`` alone, until ``seconds`` have passed."""
     import gc
 
     import sample_corpus
@@ -955,8 +957,7 @@ def own_samples(device: torch.device, model_path: Path, prompts: Path, output: P
     batch, tokens = F_SAMPLES["batch"], F_SAMPLES["tokens"]
     if device.type != "cuda":  # the CPU test: two short sequences
         batch, tokens = 2, 16
-    starts = sample_corpus.read_prompts(prompts)
-    state = sample_corpus.sample(model, tokenizer, output, starts, 10**6, tokens, batch, seconds=seconds)
+    state = sample_corpus.sample(model, tokenizer, output, [opening], 10**6, tokens, batch, seconds=seconds)
     del model
     gc.collect()
     if device.type == "cuda":

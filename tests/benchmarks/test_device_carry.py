@@ -74,14 +74,3 @@ def test_the_commands_ask_device_run_for_parts_and_models_it_has(carry):
         found = re.search(r"--f-models (\S+)", command)
         assert (found and found.group(1)) == models and set((models or "").split(",")) - {""} <= set(device_run.F_MODELS)
         assert 300 <= float(re.search(r"--budget-s (\S+)", command).group(1)) <= 370 - 30
-
-
-def test_the_prompts_for_smollm2s_own_samples_are_written_into_the_carried_data(carry, tmp_path):
-    source, target = tmp_path / "shared", tmp_path / "carry-data"
-    source.mkdir()
-    target.mkdir()
-    paragraphs = [" ".join(f"word{i}x{j}" for j in range(40)) for i in range(3)]
-    (source / "wikitext2-valid.txt").write_text("\n".join([" = Heading = ", *paragraphs, "short line"]) + "\n")
-    carry.write_prompts(source, target)
-    lines = (target / "smollm2-prompts.txt").read_text().splitlines()
-    assert sorted(lines) == sorted(" ".join(p.split()[:6]) for p in paragraphs)  # six words, headings left out

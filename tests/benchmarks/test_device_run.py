@@ -213,16 +213,16 @@ def test_the_rows_budget_is_capped_in_epochs_of_the_training_text(device_run):
     assert device_run.budget_steps(0.1, 0.5, 4096, 250_000)[0] == 2  # at least two steps
 
 
-def test_part_f_samples_a_models_own_text_from_the_carried_openings(device_run, shared_data, tmp_path):
-    """SmolLM2's training text on the GPU is its own samples; here the same code on stories260K on the CPU."""
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("Once upon a time\nThe little dog\n")
+def test_part_f_samples_a_models_own_text_from_one_opening(device_run, shared_data, tmp_path):
+    """SmolLM2's training text on the GPU is its own samples, each from the document separator alone
+    (``F_SAMPLES``); here the same code on stories260K on the CPU, from an opening of its own."""
+    assert device_run.F_SAMPLES["opening"] == "<|endoftext|>"
     out = tmp_path / "samples.txt"
     model = shared_data / "models" / "stories260K"
-    found = device_run.own_samples(torch.device("cpu"), model, prompts, out, seconds=0.0)
+    found = device_run.own_samples(torch.device("cpu"), model, out, seconds=0.0, opening="Once upon a time")
     assert found["sequences"] == 2 and found["bytes"] == len(out.read_bytes()) > 0
     texts = [text for text in out.read_text().split("\n\n") if text]
-    assert len(texts) == 2 and texts[0].startswith("Once upon a time") and texts[1].startswith("The little dog")
+    assert len(texts) == 2 and all(text.startswith("Once upon a time") for text in texts)
 
 
 def test_part_g_times_every_tile_candidate_and_applies_the_fastest_for_the_rest_of_the_run(
