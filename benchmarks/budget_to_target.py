@@ -264,10 +264,9 @@ def plot(found: dict, results: Path, path: Path, tags: tuple[str, ...]) -> None:
         axis.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="gap ln(ppl / ppl of (a))", title=source)
         axis.legend(fontsize=7)
     figure.tight_layout()
-    temporary = path.with_suffix(".tmp.png")
-    figure.savefig(temporary, dpi=120)
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120)
     plt.close(figure)
-    temporary.replace(path)
 
 
 def write(found: dict, folder: Path, results: Path, tags: tuple[str, ...]) -> None:

@@ -659,10 +659,9 @@ def plot_curves(rows: list[dict], path: Path, setup) -> None:
         axis.title.set_fontsize(9)
         axis.legend(fontsize=7)
     figure.tight_layout()
-    temporary = path.with_suffix(".tmp.png")
-    figure.savefig(temporary, dpi=120)
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120)
     plt.close(figure)
-    temporary.replace(path)
 
 
 if __name__ == "__main__":
